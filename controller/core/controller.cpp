@@ -1,0 +1,385 @@
+#include "controller.h"
+
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <ctime>
+
+#include "signet/fsutil.h"
+#include "signet/json.h"
+#include "signet/log.h"
+
+namespace signet::core {
+
+namespace asio = boost::asio;
+using rapidjson::Value;
+
+namespace {
+constexpr const char* kLog = "controller";
+constexpr auto kMaxSyncWait = std::chrono::minutes(10);
+
+ipc::Response json_response(int status, const rapidjson::Document& d) {
+    return ipc::Response{status, json::to_string(d, true) + "\n", "application/json"};
+}
+
+// Parses a duration such as "1500" (ms), "1500ms", "10s", "2m".
+bool parse_timeout(const std::string& text, std::chrono::milliseconds* out) {
+    if (text.empty()) return false;
+    uint64_t n = 0;
+    auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc()) return false;
+    std::string unit(p, text.data() + text.size());
+    if (n > 24ull * 3600 * 1000) return false;
+    if (unit.empty() || unit == "ms") *out = std::chrono::milliseconds(n);
+    else if (unit == "s") *out = std::chrono::milliseconds(n * 1000);
+    else if (unit == "m") *out = std::chrono::milliseconds(n * 60000);
+    else return false;
+    return true;
+}
+}  // namespace
+
+Controller::Controller(asio::io_context& io, Options opts)
+    : io_(io),
+      opts_(std::move(opts)),
+      source_(opts_.source_dir),
+      registry_(opts_.state_dir + "/pods.json", pods::netns_alive),
+      server_(io, [this](const ipc::Request& r, ipc::Responder resp) { handle(r, std::move(resp)); }),
+      debounce_timer_(io),
+      sweep_timer_(io) {}
+
+Controller::~Controller() { stop(); }
+
+Status Controller::start() {
+    started_at_ = std::time(nullptr);
+    if (auto st = fs::make_dirs(opts_.state_dir, 0700); !st) return st;
+    auto dropped = registry_.load();
+    if (!dropped) {
+        // A corrupt state file was moved aside: start empty, say so loudly.
+        log::error(kLog, "pod registry: " + dropped.error().message);
+    } else {
+        for (const auto& k : *dropped) log::info(kLog, "dropped registration " + k + ": its netns is gone");
+        log::info(kLog, "recovered " + std::to_string(registry_.size()) + " registered pod(s) from " +
+                            registry_.state_file());
+    }
+
+    if (auto st = source_.start_watch(); !st) {
+        log::warn(kLog, "cannot watch " + opts_.source_dir + ": " + st.error().message +
+                            " (changes are picked up by `signetctl sync` and periodic rescans)");
+    } else {
+        inotify_ = std::make_unique<asio::posix::stream_descriptor>(io_, ::dup(source_.watch_fd()));
+        watch();
+    }
+    rescan();
+    apply_all();
+
+    if (auto st = server_.listen(opts_.socket_path); !st) return st;
+    ready_ = true;
+    schedule_sweep();
+    log::info(kLog, "serving " + opts_.socket_path + " (node " + opts_.node_name + ", source dir:" +
+                        opts_.source_dir + ", source version " + std::to_string(source_version_) + ")");
+    return {};
+}
+
+void Controller::stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    ready_ = false;
+    server_.stop();
+    boost::system::error_code ignored;
+    if (inotify_) inotify_->close(ignored);
+    debounce_timer_.cancel();
+    sweep_timer_.cancel();
+    for (auto& [id, w] : waiters_) {
+        w.timer->cancel();
+        w.respond(ipc::json_error(503, "signetd is shutting down"));
+    }
+    waiters_.clear();
+}
+
+uint64_t Controller::applied_version() const {
+    uint64_t v = source_version_;
+    for (const auto& [k, rec] : registry_.all()) v = std::min(v, rec.applied_version);
+    return v;
+}
+
+void Controller::watch() {
+    inotify_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
+        if (ec || stopped_) return;
+        source_.drain_events();
+        schedule_rescan();
+        watch();
+    });
+}
+
+void Controller::schedule_rescan() {
+    if (rescan_pending_) return;
+    rescan_pending_ = true;
+    // Editors and `kubectl`-style writers produce bursts of events: settle first.
+    debounce_timer_.expires_after(opts_.debounce);
+    debounce_timer_.async_wait([this](boost::system::error_code ec) {
+        rescan_pending_ = false;
+        if (ec || stopped_) return;
+        if (rescan()) apply_all();
+    });
+}
+
+bool Controller::rescan() {
+    auto changed = source_.rescan();
+    for (auto& w : source_.take_warnings()) log::warn("source", w);
+    if (!changed) {
+        if (source_error_ != changed.error().message)
+            log::error("source", "cannot read " + opts_.source_dir + ": " + changed.error().message +
+                                     " (keeping the last objects read)");
+        source_error_ = changed.error().message;
+        return false;
+    }
+    if (!source_error_.empty()) log::info("source", "source readable again: " + opts_.source_dir);
+    source_error_.clear();
+    for (const auto& e : source_.errors()) log::warn("source", e.file + ": " + e.message + " (keeping its last good objects)");
+    if (*changed || source_version_ == 0) {
+        ++source_version_;
+        log::info("source", "source version " + std::to_string(source_version_));
+    }
+    return true;
+}
+
+void Controller::resolve(api::PodRecord& rec) const {
+    const auto& pods = source_.snapshot().pods;
+    auto it = pods.find(cache::ObjectKey{rec.reg.namespace_, rec.reg.name});
+    const cache::Pod* pod = it == pods.end() ? nullptr : &it->second;
+    rec.has_object = pod != nullptr;
+    rec.labels = pod ? pod->labels : std::map<std::string, std::string>{};
+    rec.container_ports = pod ? pod->container_ports : std::vector<api::ContainerPort>{};
+    rec.applied_version = source_version_;
+}
+
+void Controller::apply_all() {
+    bool changed = false;
+    for (auto& [k, rec] : registry_.all_mut()) {
+        api::PodRecord before = rec;
+        resolve(rec);
+        changed = changed || before.labels != rec.labels || before.container_ports != rec.container_ports ||
+                  before.has_object != rec.has_object || before.applied_version != rec.applied_version;
+    }
+    if (changed) persist();
+    notify_waiters();
+}
+
+void Controller::persist() {
+    if (auto st = registry_.save(); !st) log::error(kLog, "cannot persist the pod registry: " + st.error().message);
+}
+
+void Controller::notify_waiters() {
+    uint64_t applied = applied_version();
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+        if (applied >= it->second.target) {
+            it->second.timer->cancel();
+            rapidjson::Document d(rapidjson::kObjectType);
+            d.AddMember("appliedVersion", Value(static_cast<uint64_t>(applied)), d.GetAllocator());
+            d.AddMember("sourceVersion", Value(static_cast<uint64_t>(source_version_)), d.GetAllocator());
+            Value errs(rapidjson::kArrayType);
+            for (const auto& e : source_.errors()) {
+                Value o(rapidjson::kObjectType);
+                o.AddMember("file", json::str(e.file, d.GetAllocator()), d.GetAllocator());
+                o.AddMember("message", json::str(e.message, d.GetAllocator()), d.GetAllocator());
+                errs.PushBack(o, d.GetAllocator());
+            }
+            d.AddMember("fileErrors", errs, d.GetAllocator());
+            it->second.respond(json_response(200, d));
+            it = waiters_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+void Controller::schedule_sweep() {
+    sweep_timer_.expires_after(opts_.sweep_interval);
+    sweep_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec || stopped_) return;
+        sweep();
+        // Without inotify (or after a lost event) a periodic rescan keeps the source current.
+        if (!inotify_ && rescan()) apply_all();
+        schedule_sweep();
+    });
+}
+
+void Controller::sweep() {
+    auto removed = registry_.sweep();
+    if (removed.empty()) return;
+    for (const auto& k : removed) log::info(kLog, "dropped registration " + k + ": its netns is gone");
+    swept_ += removed.size();
+    persist();
+    notify_waiters();
+}
+
+ipc::Response Controller::status_json() const {
+    rapidjson::Document d(rapidjson::kObjectType);
+    auto& a = d.GetAllocator();
+    d.AddMember("ready", ready_, a);
+    d.AddMember("node", json::str(opts_.node_name, a), a);
+    d.AddMember("version", json::str(SIGNET_VERSION, a), a);
+    d.AddMember("startedAt", Value(static_cast<int64_t>(started_at_)), a);
+    d.AddMember("sourceVersion", Value(static_cast<uint64_t>(source_version_)), a);
+    d.AddMember("appliedVersion", Value(static_cast<uint64_t>(applied_version())), a);
+    d.AddMember("pods", Value(static_cast<uint64_t>(registry_.size())), a);
+    Value src(rapidjson::kObjectType);
+    src.AddMember("kind", "dir", a);
+    src.AddMember("path", json::str(opts_.source_dir, a), a);
+    const auto& snap = source_.snapshot();
+    src.AddMember("namespaces", Value(static_cast<uint64_t>(snap.namespaces.size())), a);
+    src.AddMember("podObjects", Value(static_cast<uint64_t>(snap.pods.size())), a);
+    src.AddMember("networkPolicies", Value(static_cast<uint64_t>(snap.policies.size())), a);
+    src.AddMember("lastError", json::str(source_error_, a), a);
+    Value errs(rapidjson::kArrayType);
+    for (const auto& e : source_.errors()) {
+        Value o(rapidjson::kObjectType);
+        o.AddMember("file", json::str(e.file, a), a);
+        o.AddMember("message", json::str(e.message, a), a);
+        errs.PushBack(o, a);
+    }
+    src.AddMember("fileErrors", errs, a);
+    d.AddMember("source", src, a);
+    Value counters(rapidjson::kObjectType);
+    counters.AddMember("registrations", Value(static_cast<uint64_t>(registrations_)), a);
+    counters.AddMember("unregistrations", Value(static_cast<uint64_t>(unregistrations_)), a);
+    counters.AddMember("sweptDeadNetns", Value(static_cast<uint64_t>(swept_)), a);
+    d.AddMember("counters", counters, a);
+    return json_response(200, d);
+}
+
+void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
+    const auto& s = req.segments;
+    const std::string& m = req.method;
+    if (s.size() == 1 && (s[0] == "readyz" || s[0] == "healthz")) {
+        if (m != "GET" && m != "HEAD") return respond(ipc::json_error(405, "use GET"));
+        if (s[0] == "healthz" || ready_) return respond(ipc::Response{200, "ok\n", "text/plain"});
+        return respond(ipc::Response{503, "not ready\n", "text/plain"});
+    }
+    if (s.size() < 2 || s[0] != "v1") return respond(ipc::json_error(404, "no such endpoint: " + req.path));
+    const std::string& what = s[1];
+
+    if (what == "status" && s.size() == 2) {
+        if (m != "GET") return respond(ipc::json_error(405, "use GET"));
+        return respond(status_json());
+    }
+    if (what == "sync" && s.size() == 2) {
+        if (m != "POST") return respond(ipc::json_error(405, "use POST"));
+        return handle_sync(req, std::move(respond));
+    }
+    if (what == "gc" && s.size() == 2) {
+        if (m != "POST") return respond(ipc::json_error(405, "use POST"));
+        auto doc = json::parse(req.body);
+        if (!doc) return respond(ipc::json_error(400, doc.error().message));
+        auto gc = api::gc_from_json(*doc);
+        if (!gc) return respond(ipc::json_error(400, gc.error().message));
+        auto removed = registry_.gc(*gc);
+        rapidjson::Document d(rapidjson::kObjectType);
+        Value list(rapidjson::kArrayType);
+        for (const auto& k : removed) {
+            log::info(kLog, "GC removed registration " + k + " (network " + gc->network + ")");
+            list.PushBack(json::str(k, d.GetAllocator()), d.GetAllocator());
+        }
+        d.AddMember("removed", list, d.GetAllocator());
+        if (!removed.empty()) {
+            unregistrations_ += removed.size();
+            persist();
+            notify_waiters();
+        }
+        return respond(json_response(200, d));
+    }
+    if (what == "pods") {
+        if (s.size() == 2) {
+            if (m == "GET") {
+                rapidjson::Document d(rapidjson::kObjectType);
+                Value list(rapidjson::kArrayType);
+                for (const auto& [k, rec] : registry_.all()) {
+                    Value v;
+                    api::to_json(rec, v, d.GetAllocator());
+                    list.PushBack(v, d.GetAllocator());
+                }
+                d.AddMember("pods", list, d.GetAllocator());
+                return respond(json_response(200, d));
+            }
+            if (m == "POST") return handle_register(req, respond);
+            return respond(ipc::json_error(405, "use GET or POST"));
+        }
+        if (s.size() == 4) {
+            std::string key = api::key(s[2], s[3]);
+            if (m == "GET") {
+                const api::PodRecord* rec = registry_.get(key);
+                if (rec == nullptr) return respond(ipc::json_error(404, "no registration " + key));
+                rapidjson::Document d;
+                api::to_json(*rec, d, d.GetAllocator());
+                return respond(json_response(200, d));
+            }
+            if (m == "DELETE") {
+                bool removed = registry_.remove(key);
+                if (removed) {
+                    ++unregistrations_;
+                    log::info(kLog, "unregistered " + key);
+                    persist();
+                    notify_waiters();
+                }
+                rapidjson::Document d(rapidjson::kObjectType);
+                d.AddMember("removed", removed, d.GetAllocator());
+                return respond(json_response(200, d));
+            }
+            return respond(ipc::json_error(405, "use GET or DELETE"));
+        }
+    }
+    return respond(ipc::json_error(404, "no such endpoint: " + req.path));
+}
+
+void Controller::handle_register(const ipc::Request& req, ipc::Responder& respond) {
+    if (!ready_) return respond(ipc::json_error(503, "signetd is not ready"));
+    auto doc = json::parse(req.body);
+    if (!doc) return respond(ipc::json_error(400, doc.error().message));
+    auto reg = api::registration_from_json(*doc);
+    if (!reg) return respond(ipc::json_error(400, reg.error().message));
+    auto inode = pods::netns_inode(reg->netns);
+    if (!inode) return respond(ipc::json_error(400, inode.error().message));
+
+    api::PodRecord rec;
+    rec.reg = std::move(*reg);
+    rec.registered_at = std::time(nullptr);
+    rec.netns_inode = *inode;
+    std::string key = api::key(rec.reg.container_id, rec.reg.ifname);
+    if (const api::PodRecord* old = registry_.get(key); old != nullptr && old->reg.netns == rec.reg.netns)
+        rec.registered_at = old->registered_at;  // a repeated ADD
+    resolve(rec);
+    rapidjson::Document out;
+    api::to_json(rec, out, out.GetAllocator());
+    log::info(kLog, "registered " + key + " pod " + rec.reg.namespace_ + "/" + rec.reg.name + " netns " +
+                        rec.reg.netns + (rec.has_object ? "" : " (no Pod object: no labels)"));
+    registry_.put(std::move(rec));
+    ++registrations_;
+    persist();
+    respond(json_response(200, out));
+}
+
+void Controller::handle_sync(const ipc::Request& req, ipc::Responder respond) {
+    std::chrono::milliseconds timeout{30000};
+    std::string t = ipc::query_param(req.query, "timeout");
+    if (!t.empty() && !parse_timeout(t, &timeout))
+        return respond(ipc::json_error(400, "timeout: expected a duration such as 500ms, 10s or 2m"));
+    timeout = std::min<std::chrono::milliseconds>(timeout, kMaxSyncWait);
+    if (!rescan()) return respond(ipc::json_error(503, "cannot read the source: " + source_error_));
+    uint64_t id = next_waiter_++;
+    auto timer = std::make_shared<asio::steady_timer>(io_);
+    timer->expires_after(timeout);
+    waiters_.emplace(id, SyncWaiter{source_version_, timer, std::move(respond)});
+    timer->async_wait([this, id, timer](boost::system::error_code ec) {
+        auto it = waiters_.find(id);
+        if (ec || it == waiters_.end()) return;  // answered already
+        it->second.respond(ipc::json_error(504, "source version " + std::to_string(it->second.target) +
+                                                    " not applied to every pod in time (applied: " +
+                                                    std::to_string(applied_version()) + ")"));
+        waiters_.erase(it);
+    });
+    apply_all();
+}
+
+}  // namespace signet::core

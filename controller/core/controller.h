@@ -1,0 +1,93 @@
+// The node controller's core: ties the source (object cache), the pod
+// registry and the API together on one Boost.Asio event loop.
+//
+// Versions: every change of the source's object set bumps sourceVersion.
+// A pod's appliedVersion is the source version last applied to it; the
+// controller's appliedVersion is the version applied to every local pod.
+// Callers that need a change in force wait for appliedVersion (sync), never
+// sleep.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "../ipc/server.h"
+#include "../pods/registry.h"
+#include "../source/manifest_dir.h"
+#include "signet/result.h"
+
+namespace signet::core {
+
+struct Options {
+    std::string node_name;
+    std::string socket_path;
+    std::string state_dir;
+    std::string source_dir;
+    std::chrono::milliseconds debounce{50};
+    std::chrono::milliseconds sweep_interval{5000};
+};
+
+class Controller {
+public:
+    Controller(boost::asio::io_context& io, Options opts);
+    ~Controller();
+
+    // Loads the registry, reads the source, starts the watch and the API.
+    Status start();
+    void stop();
+
+    uint64_t source_version() const { return source_version_; }
+    uint64_t applied_version() const;
+    bool ready() const { return ready_; }
+
+    // The API entry point (also used by tests without a socket).
+    void handle(const ipc::Request& req, ipc::Responder respond);
+
+private:
+    struct SyncWaiter {
+        uint64_t target;
+        std::shared_ptr<boost::asio::steady_timer> timer;
+        ipc::Responder respond;
+    };
+
+    void watch();
+    void schedule_rescan();
+    // Reads the source afresh; returns false (and records why) on failure.
+    bool rescan();
+    void apply_all();
+    void resolve(api::PodRecord& rec) const;
+    void persist();
+    void notify_waiters();
+    void sweep();
+    void schedule_sweep();
+
+    ipc::Response status_json() const;
+    void handle_register(const ipc::Request& req, ipc::Responder& respond);
+    void handle_sync(const ipc::Request& req, ipc::Responder respond);
+
+    boost::asio::io_context& io_;
+    Options opts_;
+    source::ManifestDir source_;
+    pods::Registry registry_;
+    ipc::Server server_;
+    std::unique_ptr<boost::asio::posix::stream_descriptor> inotify_;
+    boost::asio::steady_timer debounce_timer_;
+    boost::asio::steady_timer sweep_timer_;
+    bool rescan_pending_ = false;
+    bool ready_ = false;
+    bool stopped_ = false;
+    uint64_t source_version_ = 0;
+    std::string source_error_;  // why the source cannot be read now, or ""
+    std::map<uint64_t, SyncWaiter> waiters_;  // by id
+    uint64_t next_waiter_ = 0;
+    int64_t started_at_ = 0;
+    uint64_t registrations_ = 0, unregistrations_ = 0, swept_ = 0;
+};
+
+}  // namespace signet::core

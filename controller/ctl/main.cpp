@@ -1,0 +1,202 @@
+// signetctl: the operator's command line for signetd.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "signet/api.h"
+#include "signet/http_client.h"
+#include "signet/json.h"
+
+namespace {
+
+using namespace signet;
+
+constexpr const char* kUsage = R"(Usage: signetctl [--socket PATH] COMMAND [flags]
+
+Commands:
+  status              the controller's state: readiness, source and applied versions, pods
+  pods                the pods registered on this node, with their labels
+  sync                make signetd read its source afresh now; returns once everything read
+                      is applied to every local pod, and prints the applied version
+  version             print signetctl's version
+
+Flags:
+  --socket PATH       signetd's API socket (default: $SIGNET_SOCKET, else /run/signet/signetd.sock)
+  -o, --output FMT    text (default) or json
+  --timeout DURATION  how long to wait for signetd (e.g. 500ms, 10s, 2m; default 30s)
+  -h, --help          show this help
+
+Exit status: 0 on success, 1 when signetd reports a failure or cannot be
+reached (the reason is printed on stderr), 2 on a usage error.
+)";
+
+struct Options {
+    std::string socket = api::kDefaultSocket;
+    std::string output = "text";
+    std::string timeout = "30s";
+    int timeout_ms = 30000;
+};
+
+int usage_error(const std::string& msg) {
+    std::fprintf(stderr, "signetctl: %s\nRun 'signetctl --help' for usage.\n", msg.c_str());
+    return 2;
+}
+
+bool parse_duration_ms(const std::string& text, int* out) {
+    size_t i = 0;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+    if (i == 0 || i > 9) return false;
+    long long n = std::stoll(text.substr(0, i));
+    std::string unit = text.substr(i);
+    if (unit == "ms") *out = static_cast<int>(n);
+    else if (unit == "s" || unit.empty()) n *= 1000;
+    else if (unit == "m") n *= 60000;
+    else return false;
+    if (unit != "ms") {
+        if (n > 3600000) return false;
+        *out = static_cast<int>(n);
+    }
+    return *out > 0;
+}
+
+Result<rapidjson::Document> call(const Options& o, const char* method, const std::string& target, int extra_ms = 0) {
+    auto resp = http::request(o.socket, method, target, {}, o.timeout_ms + extra_ms);
+    if (!resp) return make_error(1, "cannot talk to signetd at " + o.socket + ": " + resp.error().message);
+    auto doc = json::parse(resp->body);
+    if (resp->status / 100 != 2) {
+        std::string msg = resp->body;
+        if (doc && doc->IsObject())
+            if (auto e = json::opt_string(*doc, "error")) msg = *e;
+        while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+        return make_error(1, "signetd: " + msg + " (HTTP " + std::to_string(resp->status) + ")");
+    }
+    if (!doc) return make_error(1, "signetd sent a bad answer: " + doc.error().message);
+    return doc;
+}
+
+std::string labels_text(const rapidjson::Value& pod) {
+    std::string out;
+    if (const auto* l = json::find(pod, "labels"); l != nullptr && l->IsObject()) {
+        for (auto it = l->MemberBegin(); it != l->MemberEnd(); ++it) {
+            if (!out.empty()) out += ',';
+            out += std::string(it->name.GetString()) + "=" + (it->value.IsString() ? it->value.GetString() : "");
+        }
+    }
+    return out.empty() ? "<none>" : out;
+}
+
+int cmd_status(const Options& o) {
+    auto doc = call(o, "GET", "/v1/status");
+    if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
+    if (o.output == "json") return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
+    const auto& d = *doc;
+    auto num = [&](const rapidjson::Value& v, const char* k) -> unsigned long long {
+        const auto* f = json::find(v, k);
+        return f != nullptr && f->IsUint64() ? f->GetUint64() : 0;
+    };
+    const auto* ready = json::find(d, "ready");
+    std::printf("node:            %s\n", json::opt_string(d, "node").value_or("?").c_str());
+    std::printf("signetd:         %s\n", json::opt_string(d, "version").value_or("?").c_str());
+    std::printf("ready:           %s\n", ready != nullptr && ready->IsBool() && ready->GetBool() ? "yes" : "no");
+    std::printf("source version:  %llu\n", num(d, "sourceVersion"));
+    std::printf("applied version: %llu%s\n", num(d, "appliedVersion"),
+                num(d, "appliedVersion") == num(d, "sourceVersion") ? " (up to date)" : " (applying)");
+    std::printf("pods:            %llu\n", num(d, "pods"));
+    if (const auto* s = json::find(d, "source"); s != nullptr && s->IsObject()) {
+        std::printf("source:          %s:%s (%llu namespaces, %llu pod objects, %llu network policies)\n",
+                    json::opt_string(*s, "kind").value_or("?").c_str(), json::opt_string(*s, "path").value_or("").c_str(),
+                    num(*s, "namespaces"), num(*s, "podObjects"), num(*s, "networkPolicies"));
+        std::string err = json::opt_string(*s, "lastError").value_or("");
+        if (!err.empty()) std::printf("source error:    %s\n", err.c_str());
+        if (const auto* fe = json::find(*s, "fileErrors"); fe != nullptr && fe->IsArray())
+            for (const auto& e : fe->GetArray())
+                std::printf("file error:      %s: %s\n", json::opt_string(e, "file").value_or("?").c_str(),
+                            json::opt_string(e, "message").value_or("?").c_str());
+    }
+    return 0;
+}
+
+int cmd_pods(const Options& o) {
+    auto doc = call(o, "GET", "/v1/pods");
+    if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
+    if (o.output == "json") return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
+    const auto* pods = json::find(*doc, "pods");
+    if (pods == nullptr || !pods->IsArray()) return std::fprintf(stderr, "signetctl: bad answer from signetd\n"), 1;
+    std::printf("%-16s %-24s %-14s %-6s %-20s %s\n", "NAMESPACE", "NAME", "CONTAINER", "IF", "IPS", "LABELS");
+    for (const auto& p : pods->GetArray()) {
+        std::string ips;
+        if (const auto* a = json::find(p, "ips"); a != nullptr && a->IsArray())
+            for (const auto& ip : a->GetArray())
+                if (ip.IsString()) ips += (ips.empty() ? "" : ",") + std::string(ip.GetString());
+        std::printf("%-16s %-24s %-14s %-6s %-20s %s\n", json::opt_string(p, "namespace").value_or("").c_str(),
+                    json::opt_string(p, "name").value_or("").c_str(),
+                    json::opt_string(p, "containerID").value_or("").substr(0, 12).c_str(),
+                    json::opt_string(p, "ifname").value_or("").c_str(), ips.empty() ? "<none>" : ips.c_str(),
+                    labels_text(p).c_str());
+    }
+    return 0;
+}
+
+int cmd_sync(const Options& o) {
+    // signetd enforces the timeout; the socket call gets a little longer so its answer arrives.
+    auto doc = call(o, "POST", "/v1/sync?timeout=" + std::to_string(o.timeout_ms) + "ms", 2000);
+    if (!doc) return std::fprintf(stderr, "signetctl: sync failed: %s\n", doc.error().message.c_str()), 1;
+    if (const auto* fe = json::find(*doc, "fileErrors"); fe != nullptr && fe->IsArray())
+        for (const auto& e : fe->GetArray())
+            std::fprintf(stderr, "signetctl: warning: %s: %s (its last good objects are in force)\n",
+                         json::opt_string(e, "file").value_or("?").c_str(),
+                         json::opt_string(e, "message").value_or("?").c_str());
+    if (o.output == "json") return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
+    const auto* v = json::find(*doc, "appliedVersion");
+    std::printf("applied version %llu\n", v != nullptr && v->IsUint64() ? static_cast<unsigned long long>(v->GetUint64()) : 0ULL);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options o;
+    if (const char* s = std::getenv("SIGNET_SOCKET"); s != nullptr && *s != '\0') o.socket = s;
+    std::string command;
+    for (int i = 1; i < argc; ++i) {
+        std::string arg = argv[i];
+        std::string value;
+        bool has_value = false;
+        if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+            value = arg.substr(eq + 1);
+            arg = arg.substr(0, eq);
+            has_value = true;
+        }
+        auto need = [&](std::string* out) -> bool {
+            if (has_value) return *out = value, true;
+            if (i + 1 >= argc) return false;
+            *out = argv[++i];
+            return true;
+        };
+        if (arg == "-h" || arg == "--help" || arg == "help") {
+            std::fputs(kUsage, stdout);
+            return 0;
+        } else if (arg == "--socket") {
+            if (!need(&o.socket)) return usage_error("--socket needs a value");
+        } else if (arg == "-o" || arg == "--output") {
+            if (!need(&o.output) || (o.output != "json" && o.output != "text"))
+                return usage_error("--output takes text or json");
+        } else if (arg == "--timeout") {
+            if (!need(&o.timeout) || !parse_duration_ms(o.timeout, &o.timeout_ms))
+                return usage_error("--timeout takes a duration such as 500ms, 10s or 2m (at most 1h)");
+        } else if (!arg.empty() && arg[0] == '-') {
+            return usage_error("unknown flag '" + arg + "'");
+        } else if (command.empty()) {
+            command = arg;
+        } else {
+            return usage_error("unexpected argument '" + arg + "'");
+        }
+    }
+    if (command.empty()) return usage_error("no command given");
+    if (command == "status") return cmd_status(o);
+    if (command == "pods") return cmd_pods(o);
+    if (command == "sync") return cmd_sync(o);
+    if (command == "version") return std::printf("signetctl %s\n", SIGNET_VERSION), 0;
+    return usage_error("unknown command '" + command + "'");
+}

@@ -1,0 +1,144 @@
+// signetd: the signet node controller. main only parses flags and wires the
+// stages together; see controller/core for the logic.
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "core/controller.h"
+#include "signet/api.h"
+#include "signet/log.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(Usage: signetd [flags]
+
+signetd is signet's node controller. It keeps the cluster's Namespaces, Pods
+and NetworkPolicies, registers the pods that the `signet` CNI plugin reports
+on this node, and serves its API on a unix socket (HTTP/1.1 + JSON).
+
+Flags:
+  --node-name NAME        name of this node (default: $NODE_NAME, else the host name)
+  --source SOURCE         where objects come from:
+                            dir:PATH    Namespace, Pod and NetworkPolicy manifests (YAML or JSON,
+                                        as `kubectl apply -f` takes them) in folder PATH,
+                                        followed with inotify (default: dir:/etc/signet/manifests)
+                            kubernetes  the Kubernetes API (not available in this version yet)
+  --kubeconfig FILE       kubeconfig for --source kubernetes (not available in this version yet)
+  --socket PATH           API socket (default: /run/signet/signetd.sock)
+  --state-dir PATH        where the pod registry is kept across restarts (default: /var/lib/signet)
+  --influxdb URL          flow export to InfluxDB (not available in this version yet)
+  --metrics-address ADDR  Prometheus /metrics listener (not available in this version yet)
+  --log-level LEVEL       debug, info, warn or error (default: info)
+  --help                  show this help
+  --version               print the version
+
+Signals: SIGTERM/SIGINT stop cleanly (registrations are kept in --state-dir);
+SIGHUP re-reads the source now.
+)";
+
+int usage_error(const std::string& msg) {
+    std::fprintf(stderr, "signetd: %s\nRun 'signetd --help' for usage.\n", msg.c_str());
+    return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    using namespace signet;
+    core::Options opts;
+    opts.socket_path = api::kDefaultSocket;
+    opts.state_dir = api::kDefaultStateDir;
+    std::string source = "dir:/etc/signet/manifests";
+    if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') opts.node_name = n;
+
+    for (int i = 1; i < argc; ++i) {
+        std::string arg = argv[i];
+        std::string value;
+        bool has_value = false;
+        if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+            value = arg.substr(eq + 1);
+            arg = arg.substr(0, eq);
+            has_value = true;
+        }
+        auto need = [&](std::string* out) -> bool {
+            if (has_value) {
+                *out = value;
+                return true;
+            }
+            if (i + 1 >= argc) return false;
+            *out = argv[++i];
+            return true;
+        };
+        std::string v;
+        if (arg == "--help" || arg == "-h") {
+            std::fputs(kUsage, stdout);
+            return 0;
+        } else if (arg == "--version") {
+            std::printf("signetd %s\n", SIGNET_VERSION);
+            return 0;
+        } else if (arg == "--node-name") {
+            if (!need(&opts.node_name)) return usage_error("--node-name needs a value");
+        } else if (arg == "--source") {
+            if (!need(&source)) return usage_error("--source needs a value");
+        } else if (arg == "--socket") {
+            if (!need(&opts.socket_path)) return usage_error("--socket needs a value");
+        } else if (arg == "--state-dir") {
+            if (!need(&opts.state_dir)) return usage_error("--state-dir needs a value");
+        } else if (arg == "--log-level") {
+            log::Level level;
+            if (!need(&v) || !log::parse_level(v, &level)) return usage_error("--log-level takes debug, info, warn or error");
+            log::set_level(level);
+        } else if (arg == "--kubeconfig" || arg == "--influxdb" || arg == "--metrics-address") {
+            if (!need(&v)) return usage_error(arg + " needs a value");
+            return usage_error(arg + " is not available in signetd " SIGNET_VERSION " yet");
+        } else {
+            return usage_error("unknown flag '" + arg + "'");
+        }
+    }
+
+    if (source == "kubernetes")
+        return usage_error("--source kubernetes is not available in signetd " SIGNET_VERSION
+                           " yet; use --source dir:PATH");
+    if (source.rfind("dir:", 0) != 0 || source.size() <= 4)
+        return usage_error("--source must be dir:PATH or kubernetes, not '" + source + "'");
+    opts.source_dir = source.substr(4);
+    if (opts.node_name.empty()) {
+        char host[256] = {};
+        if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
+            return usage_error("cannot tell the node name: pass --node-name");
+        opts.node_name = host;
+    }
+    if (opts.state_dir.empty()) return usage_error("--state-dir must not be empty");
+
+    boost::asio::io_context io;
+    core::Controller controller(io, opts);
+    if (auto st = controller.start(); !st) {
+        log::error("signetd", st.error().message);
+        return 1;
+    }
+    boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+    signals.async_wait([&](boost::system::error_code ec, int sig) {
+        if (ec) return;
+        log::info("signetd", std::string("received ") + ::strsignal(sig) + ", stopping");
+        controller.stop();
+        io.stop();
+    });
+    boost::asio::signal_set hup(io, SIGHUP);
+    std::function<void()> wait_hup = [&]() {
+        hup.async_wait([&](boost::system::error_code ec, int) {
+            if (ec) return;
+            ipc::Request req{"POST", "/v1/sync", "", {"v1", "sync"}, ""};
+            controller.handle(req, [](ipc::Response) {});
+            wait_hup();
+        });
+    };
+    wait_hup();
+    io.run();
+    log::info("signetd", "stopped");
+    return 0;
+}

@@ -1,0 +1,227 @@
+#include "manifest_dir.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <utility>
+
+#include "manifest.h"
+
+namespace signet::source {
+
+namespace {
+
+constexpr uint32_t kWatchMask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
+                                IN_DELETE_SELF | IN_MOVE_SELF | IN_MODIFY | IN_ATTRIB | IN_ONLYDIR;
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// kubectl apply -f DIR takes .json, .yaml and .yml (case-sensitive).
+bool is_manifest_name(std::string_view name) {
+    if (name.empty() || name.front() == '.' || name.back() == '~') return false;
+    return ends_with(name, ".yaml") || ends_with(name, ".yml") || ends_with(name, ".json");
+}
+
+int64_t nanoseconds(const struct timespec& ts) { return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec; }
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+// Owns a file descriptor for the length of a scope.
+class ScopedFd {
+public:
+    explicit ScopedFd(int fd) : fd_(fd) {}
+    ~ScopedFd() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    ScopedFd(const ScopedFd&) = delete;
+    ScopedFd& operator=(const ScopedFd&) = delete;
+    int get() const { return fd_; }
+
+private:
+    int fd_;
+};
+
+}  // namespace
+
+ManifestDir::ManifestDir(std::string dir) : dir_(std::move(dir)) {}
+
+ManifestDir::~ManifestDir() {
+    if (fd_ >= 0) ::close(fd_);
+}
+
+int ManifestDir::watch_fd() const { return fd_; }
+
+Status ManifestDir::start_watch() {
+    if (fd_ < 0) {
+        fd_ = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        if (fd_ < 0) {
+            int err = errno;
+            return make_error(err, "inotify_init1: " + errno_text(err));
+        }
+    }
+    return arm_watch();
+}
+
+Status ManifestDir::arm_watch() {
+    if (wd_ >= 0) ::inotify_rm_watch(fd_, wd_);  // may already be gone; harmless
+    wd_ = ::inotify_add_watch(fd_, dir_.c_str(), kWatchMask);
+    if (wd_ < 0) {
+        int err = errno;
+        watch_lost_ = true;
+        return make_error(err, "cannot watch manifest directory " + dir_ + ": " + errno_text(err));
+    }
+    watch_lost_ = false;
+    return {};
+}
+
+void ManifestDir::drain_events() {
+    if (fd_ < 0) return;
+    alignas(struct inotify_event) char buf[16 * 1024];
+    while (true) {
+        ssize_t n = ::read(fd_, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;  // EAGAIN: drained
+        for (ssize_t off = 0; off + static_cast<ssize_t>(sizeof(struct inotify_event)) <= n;) {
+            const auto* ev = reinterpret_cast<const struct inotify_event*>(buf + off);
+            if (ev->wd == wd_ && (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED))) watch_lost_ = true;
+            off += static_cast<ssize_t>(sizeof(struct inotify_event) + ev->len);
+        }
+    }
+}
+
+void ManifestDir::load(const std::string& name, FileState& state) {
+    const std::string path = dir_ + "/" + name;
+    auto fail = [&](std::string message) { state.error = name + ": " + message; };
+
+    ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+    if (fd.get() < 0) return fail("cannot open: " + errno_text(errno));
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return fail("cannot stat: " + errno_text(errno));
+    state.stamp = Stamp{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), st.st_size,
+                        nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)};
+    if (!S_ISREG(st.st_mode)) return fail("not a regular file");
+    if (static_cast<uint64_t>(st.st_size) > kMaxManifestBytes)
+        return fail("file too large (" + std::to_string(st.st_size) + " bytes, limit " +
+                    std::to_string(kMaxManifestBytes) + ")");
+
+    // Read at most one byte past the limit, in case the file grew since fstat.
+    std::string text;
+    text.resize(kMaxManifestBytes + 1);
+    size_t used = 0;
+    while (used < text.size()) {
+        ssize_t n = ::read(fd.get(), text.data() + used, text.size() - used);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return fail("cannot read: " + errno_text(errno));
+        if (n == 0) break;
+        used += static_cast<size_t>(n);
+    }
+    text.resize(used);
+
+    std::vector<std::string> ignored;
+    auto parsed = parse_manifest(text, name, &ignored);
+    if (!parsed) {
+        state.error = parsed.error().message;  // already starts with the file name
+        return;
+    }
+    state.objects = std::move(*parsed);
+    state.ignored = std::move(ignored);
+    state.error.clear();
+}
+
+Result<bool> ManifestDir::rescan() {
+    std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir_.c_str()), &::closedir);
+    if (!d) {
+        int err = errno;
+        return make_error(err, "cannot read manifest directory " + dir_ + ": " + errno_text(err));
+    }
+    std::set<std::string> names;
+    while (true) {
+        errno = 0;
+        const struct dirent* ent = ::readdir(d.get());
+        if (ent == nullptr) {
+            if (errno != 0) {
+                int err = errno;
+                return make_error(err, "cannot read manifest directory " + dir_ + ": " + errno_text(err));
+            }
+            break;
+        }
+        if (is_manifest_name(ent->d_name)) names.insert(ent->d_name);
+    }
+    d.reset();
+
+    if (watch_lost_ && fd_ >= 0) (void)arm_watch();  // the directory is back
+
+    bool files_changed = false;
+    std::map<std::string, FileState> next;
+    for (const std::string& name : names) {
+        struct stat st {};
+        // Follow symlinks (ConfigMap volumes); skip what is not a regular file (or a dangling link).
+        if (::stat((dir_ + "/" + name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        Stamp stamp{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), st.st_size,
+                    nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)};
+        FileState state;
+        if (auto old = files_.find(name); old != files_.end()) {
+            state = std::move(old->second);
+            if (state.stamp == stamp) {
+                next.emplace(name, std::move(state));
+                continue;
+            }
+        }
+        const bool known = files_.contains(name);
+        const FileState before = state;
+        load(name, state);
+        files_changed = files_changed || !known || state.objects != before.objects ||
+                        state.ignored != before.ignored || state.error != before.error;
+        next.emplace(name, std::move(state));
+    }
+    for (const auto& [name, state] : files_)
+        if (!next.contains(name)) files_changed = true;  // removed or renamed away
+    files_ = std::move(next);
+
+    errors_.clear();
+    for (const auto& [name, state] : files_)
+        if (!state.error.empty()) errors_.push_back(FileError{name, state.error});
+
+    if (!files_changed) return false;
+    cache::Snapshot before = std::move(snapshot_);
+    merge();
+    return !(snapshot_ == before);
+}
+
+void ManifestDir::merge() {
+    snapshot_ = {};
+    std::set<std::string> warnings;
+    std::map<std::string, std::string> defined_in;  // "Kind name" -> file
+    for (const auto& [name, state] : files_) {
+        for (const cache::Object& obj : state.objects) {
+            std::string id = std::string(cache::kind_of(obj)) + " " + cache::display_name(obj);
+            auto [it, first] = defined_in.try_emplace(id, name);
+            if (!first) {
+                if (it->second == name)
+                    warnings.insert(id + " is defined more than once in " + name + "; using the last definition");
+                else
+                    warnings.insert(id + " is defined in both " + it->second + " and " + name + "; using " + name);
+                it->second = name;
+            }
+            snapshot_.put(obj);
+        }
+        for (const std::string& ignored : state.ignored)
+            warnings.insert(name + ": " + ignored + ": kind not used by signet, ignored");
+    }
+    for (const std::string& w : warnings)
+        if (!active_warnings_.contains(w)) pending_warnings_.push_back(w);
+    active_warnings_ = std::move(warnings);
+}
+
+std::vector<std::string> ManifestDir::take_warnings() { return std::exchange(pending_warnings_, {}); }
+
+}  // namespace signet::source

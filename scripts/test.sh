@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Sets everything up and runs signet's whole test suite: unit tests, fuzz
+# corpora as regression tests, the same under ASan+UBSan, short libFuzzer
+# runs, the integration tests with real netns/CNI runtimes (as root), and the
+# benchmarks. Exit status is non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+
+bash scripts/install-deps.sh || { echo "test: dependency installation failed" >&2; exit 1; }
+
+total_pass=0
+total_fail=0
+total_skip=0
+failed_steps=()
+
+count_meson() {  # $1 = build dir: adds its last testlog to the totals
+  local log="$1/meson-logs/testlog.json"
+  [[ -f "$log" ]] || return 0
+  read -r p f s < <(python3 - "$log" <<'PY'
+import json, sys
+p = f = s = 0
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    res = r.get("result")
+    if res == "OK" or res == "EXPECTEDFAIL": p += 1
+    elif res == "SKIP": s += 1
+    else: f += 1
+print(p, f, s)
+PY
+)
+  total_pass=$((total_pass + p)); total_fail=$((total_fail + f)); total_skip=$((total_skip + s))
+}
+
+step() {  # $1 = name, rest = command
+  local name=$1; shift
+  echo
+  echo "=== $name"
+  if "$@"; then echo "=== $name: ok"; else echo "=== $name: FAILED"; failed_steps+=("$name"); fi
+}
+
+build() {  # $1 = dir, rest = meson options
+  local dir=$1; shift
+  if [[ ! -f "$dir/build.ninja" ]]; then
+    meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
+  fi
+  ninja -C "$dir" >"$dir.ninja.log" 2>&1 || { tail -n 80 "$dir.ninja.log"; return 1; }
+}
+
+mtest() {  # $1 = dir, rest = meson test options
+  local dir=$1; shift
+  meson test -C "$dir" --print-errorlogs "$@"
+  local rc=$?
+  count_meson "$dir"
+  return $rc
+}
+
+step "build" build build
+step "unit tests" mtest build --suite unit --suite fuzz-regression
+
+step "sanitizer build (ASan+UBSan)" build build-asan -Db_sanitize=address,undefined -Db_lundef=false
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+step "unit tests under ASan+UBSan" mtest build-asan --suite unit --suite fuzz-regression
+
+fuzz_run() {
+  local rc=0
+  for t in build-fuzz/test/fuzz/fuzz_*; do
+    [[ -x "$t" ]] || continue
+    local name; name=$(basename "$t")
+    local corpus="test/fuzz/corpus/${name#fuzz_}"
+    local work; work=$(mktemp -d)
+    cp -r "$corpus"/. "$work"/
+    echo "--- $name: ${FUZZ_SECONDS}s"
+    if "$t" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="build-fuzz/$name-" "$work" >"build-fuzz/$name.log" 2>&1; then
+      total_pass=$((total_pass + 1)); tail -n 1 "build-fuzz/$name.log"
+    else
+      total_fail=$((total_fail + 1)); rc=1; tail -n 40 "build-fuzz/$name.log"
+    fi
+    rm -rf "$work"
+  done
+  return $rc
+}
+fuzz_build() {
+  CXX=clang++ build build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined -Db_lundef=false
+}
+step "libFuzzer build (clang)" fuzz_build
+step "libFuzzer runs" fuzz_run
+
+if [[ $(id -u) -eq 0 ]]; then
+  step "integration tests (real netns, CNI chain, runtimes)" mtest build --suite integration
+else
+  echo
+  echo "!!! NOT ROOT: the integration tests (real netns, CNI runtimes) are SKIPPED. Run as root to test them. !!!"
+fi
+
+step "benchmarks" bash test/bench/run.sh build
+
+echo
+echo "=== summary"
+if [[ ${#failed_steps[@]} -gt 0 ]]; then
+  printf 'failed step: %s\n' "${failed_steps[@]}"
+fi
+echo "$total_pass passed, $total_fail failed, $total_skip skipped"
+[[ ${#failed_steps[@]} -eq 0 && $total_fail -eq 0 ]]

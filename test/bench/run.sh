@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs signet's benchmarks against a build folder and prints their figures.
+# bash test/bench/run.sh [BUILD_DIR]
+set -euo pipefail
+B=${1:-build}
+bridge_args=()
+[[ $(id -u) -eq 0 && -x /usr/lib/cni/bridge ]] && bridge_args=(--bridge /usr/lib/cni/bridge)
+"$B/test/bench/bench_cni_add" --plugin "$B/cni-plugin/signet" --signetd "$B/controller/signetd" \
+  --iterations "${BENCH_ITERATIONS:-300}" "${bridge_args[@]}"

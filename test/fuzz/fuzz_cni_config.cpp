@@ -1,0 +1,20 @@
+// Network config from the runtime (stdin of the plugin), through every pure step of ADD.
+#include <cstdint>
+#include <string_view>
+
+#include "cni.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    using namespace signet;
+    std::string_view text(reinterpret_cast<const char*>(data), size);
+    auto cfg = cni::parse_config(text);
+    if (!cfg) return 0;
+    (void)cni::passthrough(*cfg);
+    cni::Env env;
+    env.container_id = "c1";
+    env.ifname = "eth0";
+    env.netns = "/x";
+    (void)cni::make_registration(env, *cfg);
+    (void)cni::parse_cni_args(text);
+    return 0;
+}

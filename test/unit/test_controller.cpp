@@ -1,0 +1,168 @@
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <optional>
+#include <string>
+
+#include "core/controller.h"
+#include "signet/fsutil.h"
+#include "signet/json.h"
+
+using namespace signet;
+
+namespace {
+
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char t[] = "/tmp/signet-ctl-XXXXXX";
+        path = ::mkdtemp(t);
+    }
+    ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+};
+
+struct Harness {
+    TempDir dir;
+    boost::asio::io_context io;
+    std::unique_ptr<core::Controller> ctl;
+
+    Harness() {
+        REQUIRE(fs::make_dirs(dir.path + "/manifests").ok());
+        write("pods.yaml", R"(apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web, tier: front}
+spec:
+  containers:
+  - name: c
+    image: x
+    ports:
+    - {name: http, containerPort: 8080}
+)");
+        start();
+    }
+    void start() {
+        core::Options o;
+        o.node_name = "node-1";
+        o.socket_path = dir.path + "/api.sock";
+        o.state_dir = dir.path + "/state";
+        o.source_dir = dir.path + "/manifests";
+        ctl = std::make_unique<core::Controller>(io, o);
+        REQUIRE(ctl->start().ok());
+    }
+    void write(const std::string& name, const std::string& text) {
+        REQUIRE(fs::write_atomic(dir.path + "/manifests/" + name, text, 0644).ok());
+    }
+    ipc::Response call(const std::string& method, const std::string& path, const std::string& body = {}) {
+        ipc::Request req;
+        req.method = method;
+        size_t q = path.find('?');
+        req.path = path.substr(0, q);
+        if (q != std::string::npos) req.query = path.substr(q + 1);
+        size_t pos = 1;
+        while (pos < req.path.size()) {
+            size_t s = req.path.find('/', pos);
+            req.segments.push_back(req.path.substr(pos, s == std::string::npos ? std::string::npos : s - pos));
+            if (s == std::string::npos) break;
+            pos = s + 1;
+        }
+        req.body = body;
+        std::optional<ipc::Response> got;
+        ctl->handle(req, [&](ipc::Response r) { got = std::move(r); });
+        for (int i = 0; i < 200 && !got; ++i) io.run_one_for(std::chrono::milliseconds(20));
+        REQUIRE(got.has_value());
+        return *got;
+    }
+};
+
+const char* kReg = R"({"containerID":"c0ffee","ifname":"eth0","netns":"/proc/self/ns/net","network":"net",
+  "namespace":"shop","name":"web","uid":"u1","ips":["10.9.0.2/24"]})";
+
+}  // namespace
+
+TEST_CASE("register resolves labels from the source; sync applies edits") {
+    Harness h;
+    CHECK(h.call("GET", "/readyz").status == 200);
+    auto reg = h.call("POST", "/v1/pods", kReg);
+    REQUIRE(reg.status == 200);
+    auto rec = json::parse(reg.body);
+    REQUIRE(rec.ok());
+    CHECK(std::string((*rec)["labels"]["app"].GetString()) == "web");
+    CHECK((*rec)["containerPorts"][0]["containerPort"].GetInt() == 8080);
+    CHECK((*rec)["hasObject"].GetBool());
+
+    auto status = json::parse(h.call("GET", "/v1/status").body);
+    uint64_t v1 = (*status)["appliedVersion"].GetUint64();
+    CHECK(v1 == (*status)["sourceVersion"].GetUint64());
+
+    h.write("pods.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: api}}
+spec: {containers: [{name: c, image: x}]}
+)");
+    auto sync = h.call("POST", "/v1/sync?timeout=5s");
+    REQUIRE(sync.status == 200);
+    auto s = json::parse(sync.body);
+    CHECK((*s)["appliedVersion"].GetUint64() > v1);
+    auto one = json::parse(h.call("GET", "/v1/pods/c0ffee/eth0").body);
+    CHECK(std::string((*one)["labels"]["app"].GetString()) == "api");
+    CHECK_FALSE((*one)["labels"].HasMember("tier"));
+
+    // An invalid file keeps the last good objects and is reported.
+    h.write("pods.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: [oops]}\n");
+    auto sync2 = json::parse(h.call("POST", "/v1/sync").body);
+    REQUIRE(sync2.ok());
+    CHECK((*sync2)["fileErrors"].Size() == 1);
+    auto still = json::parse(h.call("GET", "/v1/pods/c0ffee/eth0").body);
+    CHECK(std::string((*still)["labels"]["app"].GetString()) == "api");
+
+    // A pod with no Pod object has no labels.
+    h.write("pods.yaml", "");
+    h.call("POST", "/v1/sync");
+    auto none = json::parse(h.call("GET", "/v1/pods/c0ffee/eth0").body);
+    CHECK((*none)["labels"].MemberCount() == 0);
+    CHECK_FALSE((*none)["hasObject"].GetBool());
+}
+
+TEST_CASE("registry survives a controller restart; delete is idempotent") {
+    Harness h;
+    REQUIRE(h.call("POST", "/v1/pods", kReg).status == 200);
+    h.ctl->stop();
+    h.ctl.reset();
+    h.start();
+    auto list = json::parse(h.call("GET", "/v1/pods").body);
+    REQUIRE((*list)["pods"].Size() == 1);
+    CHECK(std::string((*list)["pods"][0]["containerID"].GetString()) == "c0ffee");
+
+    CHECK(h.call("DELETE", "/v1/pods/c0ffee/eth0").status == 200);
+    auto again = json::parse(h.call("DELETE", "/v1/pods/c0ffee/eth0").body);
+    CHECK_FALSE((*again)["removed"].GetBool());
+    CHECK(h.call("GET", "/v1/pods/c0ffee/eth0").status == 404);
+}
+
+TEST_CASE("bad requests get clear errors") {
+    Harness h;
+    CHECK(h.call("POST", "/v1/pods", "{").status == 400);
+    CHECK(h.call("POST", "/v1/pods", R"({"containerID":"x"})").status == 400);
+    auto nons = h.call("POST", "/v1/pods", R"({"containerID":"c1","ifname":"eth0","netns":"/nonexistent","name":"p"})");
+    CHECK(nons.status == 400);
+    CHECK(nons.body.find("/nonexistent") != std::string::npos);
+    CHECK(h.call("GET", "/v2/anything").status == 404);
+    CHECK(h.call("PUT", "/v1/status").status == 405);
+    CHECK(h.call("POST", "/v1/sync?timeout=forever").status == 400);
+    CHECK(h.call("POST", "/v1/gc", R"({"network":"net"})").status == 400);
+}
+
+TEST_CASE("GC through the API") {
+    Harness h;
+    REQUIRE(h.call("POST", "/v1/pods", kReg).status == 200);
+    std::string other = kReg;
+    other.replace(other.find("c0ffee"), 6, "beef01");
+    REQUIRE(h.call("POST", "/v1/pods", other).status == 200);
+    auto gc = json::parse(h.call("POST", "/v1/gc", R"({"network":"net","validAttachments":[{"containerID":"beef01","ifname":"eth0"}]})").body);
+    REQUIRE((*gc)["removed"].Size() == 1);
+    CHECK(std::string((*gc)["removed"][0].GetString()) == "c0ffee/eth0");
+}
