@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < iterations && rc == 0; ++i) {
         std::string id = "bench" + std::to_string(i);
         std::vector<std::string> env{"CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns, "CNI_IFNAME=eth0",
-                                     "CNI_PATH=/usr/lib/cni", "CNI_ARGS=K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p" + std::to_string(i)};
+                                     "CNI_PATH=/usr/lib/cni", "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p" + std::to_string(i)};
         auto with = [&](const char* cmd) {
             auto e = env;
             e.push_back(std::string("CNI_COMMAND=") + cmd);
