@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/controller.h"
+#include "source/dir_source.h"
 #include "signet/api.h"
 #include "signet/log.h"
 
@@ -106,7 +107,7 @@ int main(int argc, char** argv) {
                            " yet; use --source dir:PATH");
     if (source.rfind("dir:", 0) != 0 || source.size() <= 4)
         return usage_error("--source must be dir:PATH or kubernetes, not '" + source + "'");
-    opts.source_dir = source.substr(4);
+    std::string source_dir = source.substr(4);
     if (opts.node_name.empty()) {
         char host[256] = {};
         if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
@@ -116,7 +117,8 @@ int main(int argc, char** argv) {
     if (opts.state_dir.empty()) return usage_error("--state-dir must not be empty");
 
     boost::asio::io_context io;
-    core::Controller controller(io, opts);
+    auto src = std::make_unique<source::DirSource>(source_dir, [](const std::string& m) { log::warn("source", m); });
+    core::Controller controller(io, opts, std::move(src));
     if (auto st = controller.start(); !st) {
         log::error("signetd", st.error().message);
         return 1;

@@ -1,6 +1,5 @@
 #include "controller.h"
 
-#include <sys/inotify.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,13 +39,12 @@ bool parse_timeout(const std::string& text, std::chrono::milliseconds* out) {
 }
 }  // namespace
 
-Controller::Controller(asio::io_context& io, Options opts)
+Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<source::Source> source)
     : io_(io),
       opts_(std::move(opts)),
-      source_(opts_.source_dir),
+      source_(std::move(source)),
       registry_(opts_.state_dir + "/pods.json", pods::netns_alive),
       server_(io, [this](const ipc::Request& r, ipc::Responder resp) { handle(r, std::move(resp)); }),
-      debounce_timer_(io),
       sweep_timer_(io) {}
 
 Controller::~Controller() { stop(); }
@@ -64,21 +62,14 @@ Status Controller::start() {
                             registry_.state_file());
     }
 
-    if (auto st = source_.start_watch(); !st) {
-        log::warn(kLog, "cannot watch " + opts_.source_dir + ": " + st.error().message +
-                            " (changes are picked up by `signetctl sync` and periodic rescans)");
-    } else {
-        inotify_ = std::make_unique<asio::posix::stream_descriptor>(io_, ::dup(source_.watch_fd()));
-        watch();
-    }
-    rescan();
+    if (auto st = source_->start(io_, [this] { on_source_change(); }); !st) return st;
     apply_all();
 
     if (auto st = server_.listen(opts_.socket_path); !st) return st;
     ready_ = true;
     schedule_sweep();
-    log::info(kLog, "serving " + opts_.socket_path + " (node " + opts_.node_name + ", source dir:" +
-                        opts_.source_dir + ", source version " + std::to_string(source_version_) + ")");
+    log::info(kLog, "serving " + opts_.socket_path + " (node " + opts_.node_name + ", source version " +
+                        std::to_string(source_version_) + ")");
     return {};
 }
 
@@ -87,9 +78,7 @@ void Controller::stop() {
     stopped_ = true;
     ready_ = false;
     server_.stop();
-    boost::system::error_code ignored;
-    if (inotify_) inotify_->close(ignored);
-    debounce_timer_.cancel();
+    source_->stop();
     sweep_timer_.cancel();
     for (auto& [id, w] : waiters_) {
         w.timer->cancel();
@@ -104,49 +93,14 @@ uint64_t Controller::applied_version() const {
     return v;
 }
 
-void Controller::watch() {
-    inotify_->async_wait(asio::posix::stream_descriptor::wait_read, [this](boost::system::error_code ec) {
-        if (ec || stopped_) return;
-        source_.drain_events();
-        schedule_rescan();
-        watch();
-    });
-}
-
-void Controller::schedule_rescan() {
-    if (rescan_pending_) return;
-    rescan_pending_ = true;
-    // Editors and `kubectl`-style writers produce bursts of events: settle first.
-    debounce_timer_.expires_after(opts_.debounce);
-    debounce_timer_.async_wait([this](boost::system::error_code ec) {
-        rescan_pending_ = false;
-        if (ec || stopped_) return;
-        if (rescan()) apply_all();
-    });
-}
-
-bool Controller::rescan() {
-    auto changed = source_.rescan();
-    for (auto& w : source_.take_warnings()) log::warn("source", w);
-    if (!changed) {
-        if (source_error_ != changed.error().message)
-            log::error("source", "cannot read " + opts_.source_dir + ": " + changed.error().message +
-                                     " (keeping the last objects read)");
-        source_error_ = changed.error().message;
-        return false;
-    }
-    if (!source_error_.empty()) log::info("source", "source readable again: " + opts_.source_dir);
-    source_error_.clear();
-    for (const auto& e : source_.errors()) log::warn("source", e.file + ": " + e.message + " (keeping its last good objects)");
-    if (*changed || source_version_ == 0) {
-        ++source_version_;
-        log::info("source", "source version " + std::to_string(source_version_));
-    }
-    return true;
+void Controller::on_source_change() {
+    ++source_version_;
+    log::info("source", "source version " + std::to_string(source_version_) + " (" + source_->origin_version() + ")");
+    apply_all();
 }
 
 void Controller::resolve(api::PodRecord& rec) const {
-    const auto& pods = source_.snapshot().pods;
+    const auto& pods = source_->snapshot().pods;
     auto it = pods.find(cache::ObjectKey{rec.reg.namespace_, rec.reg.name});
     const cache::Pod* pod = it == pods.end() ? nullptr : &it->second;
     rec.has_object = pod != nullptr;
@@ -179,14 +133,9 @@ void Controller::notify_waiters() {
             rapidjson::Document d(rapidjson::kObjectType);
             d.AddMember("appliedVersion", Value(static_cast<uint64_t>(applied)), d.GetAllocator());
             d.AddMember("sourceVersion", Value(static_cast<uint64_t>(source_version_)), d.GetAllocator());
-            Value errs(rapidjson::kArrayType);
-            for (const auto& e : source_.errors()) {
-                Value o(rapidjson::kObjectType);
-                o.AddMember("file", json::str(e.file, d.GetAllocator()), d.GetAllocator());
-                o.AddMember("message", json::str(e.message, d.GetAllocator()), d.GetAllocator());
-                errs.PushBack(o, d.GetAllocator());
-            }
-            d.AddMember("fileErrors", errs, d.GetAllocator());
+            Value src;
+            source_->status(src, d.GetAllocator());
+            d.AddMember("source", src, d.GetAllocator());
             it->second.respond(json_response(200, d));
             it = waiters_.erase(it);
         } else {
@@ -200,8 +149,6 @@ void Controller::schedule_sweep() {
     sweep_timer_.async_wait([this](boost::system::error_code ec) {
         if (ec || stopped_) return;
         sweep();
-        // Without inotify (or after a lost event) a periodic rescan keeps the source current.
-        if (!inotify_ && rescan()) apply_all();
         schedule_sweep();
     });
 }
@@ -225,22 +172,14 @@ ipc::Response Controller::status_json() const {
     d.AddMember("sourceVersion", Value(static_cast<uint64_t>(source_version_)), a);
     d.AddMember("appliedVersion", Value(static_cast<uint64_t>(applied_version())), a);
     d.AddMember("pods", Value(static_cast<uint64_t>(registry_.size())), a);
-    Value src(rapidjson::kObjectType);
-    src.AddMember("kind", "dir", a);
-    src.AddMember("path", json::str(opts_.source_dir, a), a);
-    const auto& snap = source_.snapshot();
+    Value src;
+    source_->status(src, a);
+    const auto& snap = source_->snapshot();
+    src.AddMember("ready", source_->ready(), a);
+    src.AddMember("originVersion", json::str(source_->origin_version(), a), a);
     src.AddMember("namespaces", Value(static_cast<uint64_t>(snap.namespaces.size())), a);
     src.AddMember("podObjects", Value(static_cast<uint64_t>(snap.pods.size())), a);
     src.AddMember("networkPolicies", Value(static_cast<uint64_t>(snap.policies.size())), a);
-    src.AddMember("lastError", json::str(source_error_, a), a);
-    Value errs(rapidjson::kArrayType);
-    for (const auto& e : source_.errors()) {
-        Value o(rapidjson::kObjectType);
-        o.AddMember("file", json::str(e.file, a), a);
-        o.AddMember("message", json::str(e.message, a), a);
-        errs.PushBack(o, a);
-    }
-    src.AddMember("fileErrors", errs, a);
     d.AddMember("source", src, a);
     Value counters(rapidjson::kObjectType);
     counters.AddMember("registrations", Value(static_cast<uint64_t>(registrations_)), a);
@@ -366,11 +305,17 @@ void Controller::handle_sync(const ipc::Request& req, ipc::Responder respond) {
     if (!t.empty() && !parse_timeout(t, &timeout))
         return respond(ipc::json_error(400, "timeout: expected a duration such as 500ms, 10s or 2m"));
     timeout = std::min<std::chrono::milliseconds>(timeout, kMaxSyncWait);
-    if (!rescan()) return respond(ipc::json_error(503, "cannot read the source: " + source_error_));
+    source_->refresh([this, timeout, respond = std::move(respond)](Status st) mutable {
+        if (!st) return respond(ipc::json_error(503, "cannot read the source: " + st.error().message));
+        wait_applied(source_version_, timeout, std::move(respond));
+    });
+}
+
+void Controller::wait_applied(uint64_t target, std::chrono::milliseconds timeout, ipc::Responder respond) {
     uint64_t id = next_waiter_++;
     auto timer = std::make_shared<asio::steady_timer>(io_);
     timer->expires_after(timeout);
-    waiters_.emplace(id, SyncWaiter{source_version_, timer, std::move(respond)});
+    waiters_.emplace(id, SyncWaiter{target, timer, std::move(respond)});
     timer->async_wait([this, id, timer](boost::system::error_code ec) {
         auto it = waiters_.find(id);
         if (ec || it == waiters_.end()) return;  // answered already

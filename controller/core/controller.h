@@ -9,7 +9,6 @@
 #pragma once
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
@@ -19,7 +18,7 @@
 
 #include "../ipc/server.h"
 #include "../pods/registry.h"
-#include "../source/manifest_dir.h"
+#include "../source/source.h"
 #include "signet/result.h"
 
 namespace signet::core {
@@ -28,14 +27,12 @@ struct Options {
     std::string node_name;
     std::string socket_path;
     std::string state_dir;
-    std::string source_dir;
-    std::chrono::milliseconds debounce{50};
     std::chrono::milliseconds sweep_interval{5000};
 };
 
 class Controller {
 public:
-    Controller(boost::asio::io_context& io, Options opts);
+    Controller(boost::asio::io_context& io, Options opts, std::unique_ptr<source::Source> source);
     ~Controller();
 
     // Loads the registry, reads the source, starts the watch and the API.
@@ -56,10 +53,7 @@ private:
         ipc::Responder respond;
     };
 
-    void watch();
-    void schedule_rescan();
-    // Reads the source afresh; returns false (and records why) on failure.
-    bool rescan();
+    void on_source_change();
     void apply_all();
     void resolve(api::PodRecord& rec) const;
     void persist();
@@ -70,20 +64,18 @@ private:
     ipc::Response status_json() const;
     void handle_register(const ipc::Request& req, ipc::Responder& respond);
     void handle_sync(const ipc::Request& req, ipc::Responder respond);
+    // Answers `respond` once every local pod has `target` applied, or 504 after `timeout`.
+    void wait_applied(uint64_t target, std::chrono::milliseconds timeout, ipc::Responder respond);
 
     boost::asio::io_context& io_;
     Options opts_;
-    source::ManifestDir source_;
+    std::unique_ptr<source::Source> source_;
     pods::Registry registry_;
     ipc::Server server_;
-    std::unique_ptr<boost::asio::posix::stream_descriptor> inotify_;
-    boost::asio::steady_timer debounce_timer_;
     boost::asio::steady_timer sweep_timer_;
-    bool rescan_pending_ = false;
     bool ready_ = false;
     bool stopped_ = false;
     uint64_t source_version_ = 0;
-    std::string source_error_;  // why the source cannot be read now, or ""
     std::map<uint64_t, SyncWaiter> waiters_;  // by id
     uint64_t next_waiter_ = 0;
     int64_t started_at_ = 0;

@@ -142,7 +142,8 @@ int cmd_sync(const Options& o) {
     // signetd enforces the timeout; the socket call gets a little longer so its answer arrives.
     auto doc = call(o, "POST", "/v1/sync?timeout=" + std::to_string(o.timeout_ms) + "ms", 2000);
     if (!doc) return std::fprintf(stderr, "signetctl: sync failed: %s\n", doc.error().message.c_str()), 1;
-    if (const auto* fe = json::find(*doc, "fileErrors"); fe != nullptr && fe->IsArray())
+    const auto* src = json::find(*doc, "source");
+    if (const auto* fe = src != nullptr ? json::find(*src, "fileErrors") : nullptr; fe != nullptr && fe->IsArray())
         for (const auto& e : fe->GetArray())
             std::fprintf(stderr, "signetctl: warning: %s: %s (its last good objects are in force)\n",
                          json::opt_string(e, "file").value_or("?").c_str(),

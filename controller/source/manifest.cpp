@@ -2,6 +2,8 @@
 
 #include <rapidjson/error/en.h>
 #include <rapidjson/memorystream.h>
+#include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <array>
@@ -10,8 +12,11 @@
 #include <cmath>
 #include <exception>
 #include <limits>
+#include <map>
+#include <memory>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <variant>
 
 namespace signet::source {
@@ -120,30 +125,182 @@ Value float_value(double d) {
     return Value(d);
 }
 
+// A cheap look at the raw text before yaml-cpp (or RapidJSON) sees it. yaml-cpp's scanner
+// queues every token of a flow collection ("[...]", "{...}") that might be a
+// mapping key, and recurses once per nesting level, so 4 MiB of "[" or of
+// "[a, a, ..." costs it gigabytes or seconds before its own guards act. This
+// approximate lexer (quotes and comments skipped, document markers reset the
+// count) refuses flow nesting far beyond kMaxDepth and flow collections with
+// more entries than the node bound. It can only over-count brackets that sit
+// in plain or block scalars, so its limits are set well above what a real
+// manifest has.
+constexpr int kMaxFlowDepthPrescan = 1024;
+
+Status prescan(std::string_view text) {
+    int depth = 0;
+    size_t entries = 0, line = 1;
+    bool in_double = false, in_single = false, in_comment = false;
+    for (size_t i = 0; i < text.size(); ++i) {
+        char c = text[i];
+        if (c == '\n') ++line;
+        if (in_comment) {
+            in_comment = c != '\n';
+            continue;
+        }
+        if (in_double) {
+            if (c == '\\')
+                ++i;
+            else if (c == '"')
+                in_double = false;
+            continue;
+        }
+        if (in_single) {
+            in_single = c != '\'';
+            continue;
+        }
+        bool line_start = i == 0 || text[i - 1] == '\n';
+        bool after_space = line_start || text[i - 1] == ' ' || text[i - 1] == '\t';
+        if (line_start && text.substr(i, 3) == "---") depth = 0;
+        switch (c) {
+            case '#':
+                in_comment = after_space;
+                break;
+            case '"': in_double = true; break;
+            case '\'': in_single = after_space || depth > 0; break;
+            case '[':
+            case '{':
+                if (depth == 0) entries = 0;
+                if (++depth > kMaxFlowDepthPrescan || ++entries > kMaxNodes)
+                    return make_error(EINVAL, "line " + std::to_string(line) + ": " +
+                                                  (depth > kMaxFlowDepthPrescan ? "nesting deeper than " + std::to_string(kMaxDepth) + " levels"
+                                                                                : "flow collection with more than " + std::to_string(kMaxNodes) + " entries"));
+                break;
+            case ']':
+            case '}':
+                if (depth > 0) --depth;
+                break;
+            case ',':
+                if (depth > 0 && ++entries > kMaxNodes)
+                    return make_error(EINVAL, "line " + std::to_string(line) + ": flow collection with more than " + std::to_string(kMaxNodes) + " entries");
+                break;
+            default: break;
+        }
+    }
+    return {};
+}
+
+// One YAML node as the parser reported it. Aliases are pointers to the
+// anchored node, so a tree may share subtrees (and even contain cycles: an
+// alias inside its own anchor); the converter's depth and node bounds stop both.
+struct YamlNode {
+    enum class Kind { Null, Scalar, Sequence, Map };
+    Kind kind = Kind::Null;
+    std::string tag;    // scalars: "?" plain, "!" quoted, else the resolved tag
+    std::string value;  // scalars
+    YAML::Mark mark;
+    std::vector<const YamlNode*> items;  // sequence items; map keys and values alternating
+};
+
+// Thrown from the event handler to stop the parser; never leaves this file.
+struct TooManyNodes {};
+
+// Builds YamlNode trees from yaml-cpp's parser events, one document at a time.
+// (YAML::LoadAll is not used: on some malformed input its parser reports
+// empty documents forever without advancing; the caller detects that here.)
+class TreeBuilder : public YAML::EventHandler {
+public:
+    void OnDocumentStart(const YAML::Mark& mark) override {
+        start_ = mark;
+        root_ = nullptr;
+        open_.clear();
+        anchors_.clear();  // anchors are per document
+    }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { add(make(YamlNode::Kind::Null, mark), anchor); }
+    void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+        auto it = anchors_.find(anchor);
+        // yaml-cpp rejects undefined aliases itself; be safe anyway.
+        attach(it != anchors_.end() ? it->second : make(YamlNode::Kind::Null, mark));
+    }
+    void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t anchor,
+                  const std::string& value) override {
+        YamlNode* n = make(YamlNode::Kind::Scalar, mark);
+        n->tag = tag;
+        n->value = value;
+        add(n, anchor);
+    }
+    void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                         YAML::EmitterStyle::value) override {
+        open(make(YamlNode::Kind::Sequence, mark), anchor);
+    }
+    void OnSequenceEnd() override { close(); }
+    void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                    YAML::EmitterStyle::value) override {
+        open(make(YamlNode::Kind::Map, mark), anchor);
+    }
+    void OnMapEnd() override { close(); }
+
+    const YamlNode* root() const { return root_; }
+    const YAML::Mark& document_start() const { return start_; }
+
+private:
+    YamlNode* make(YamlNode::Kind kind, const YAML::Mark& mark) {
+        if (arena_.size() >= kMaxNodes) throw TooManyNodes{};
+        arena_.push_back(std::make_unique<YamlNode>());
+        arena_.back()->kind = kind;
+        arena_.back()->mark = mark;
+        return arena_.back().get();
+    }
+    void add(YamlNode* n, YAML::anchor_t anchor) {
+        if (anchor != YAML::NullAnchor) anchors_[anchor] = n;
+        attach(n);
+    }
+    void attach(const YamlNode* n) {
+        if (open_.empty()) {
+            if (root_ == nullptr) root_ = n;
+        } else {
+            open_.back()->items.push_back(n);
+        }
+    }
+    void open(YamlNode* n, YAML::anchor_t anchor) {
+        add(n, anchor);
+        open_.push_back(n);
+    }
+    void close() {
+        if (!open_.empty()) open_.pop_back();
+    }
+
+    std::vector<std::unique_ptr<YamlNode>> arena_;  // owns every node of the file
+    std::vector<YamlNode*> open_;                   // containers being filled
+    std::map<YAML::anchor_t, YamlNode*> anchors_;
+    const YamlNode* root_ = nullptr;
+    YAML::Mark start_;
+};
+
+// Converts YamlNode trees to RapidJSON values.
 class YamlToJson {
 public:
     explicit YamlToJson(Alloc& alloc) : alloc_(alloc) {}
 
-    Result<Value> convert(const YAML::Node& node, int depth) {
+    Result<Value> convert(const YamlNode& node, int depth) {
         if (++nodes_ > kMaxNodes)
             return error(node, "more than " + std::to_string(kMaxNodes) + " values (YAML aliases expand too far?)");
-        switch (node.Type()) {
-            case YAML::NodeType::Undefined:
-            case YAML::NodeType::Null:
+        switch (node.kind) {
+            case YamlNode::Kind::Null:
                 return Value(rapidjson::kNullType);
-            case YAML::NodeType::Scalar:
+            case YamlNode::Kind::Scalar:
                 return scalar(node);
-            case YAML::NodeType::Sequence: {
+            case YamlNode::Kind::Sequence: {
                 if (depth >= kMaxDepth) return too_deep(node);
                 Value arr(rapidjson::kArrayType);
-                for (const YAML::Node& item : node) {
-                    auto v = convert(item, depth + 1);
+                for (const YamlNode* item : node.items) {
+                    auto v = convert(*item, depth + 1);
                     if (!v) return v.error();
                     arr.PushBack(std::move(*v), alloc_);
                 }
                 return arr;
             }
-            case YAML::NodeType::Map: {
+            case YamlNode::Kind::Map: {
                 if (depth >= kMaxDepth) return too_deep(node);
                 Value obj(rapidjson::kObjectType);
                 std::set<std::string> keys;
@@ -155,54 +312,55 @@ public:
     }
 
 private:
-    static Error error(const YAML::Node& node, std::string message) {
-        const YAML::Mark mark = node.Mark();
-        if (mark.is_null()) return make_error(EINVAL, std::move(message));
-        return make_error(EINVAL, "line " + std::to_string(mark.line + 1) + ", column " +
-                                      std::to_string(mark.column + 1) + ": " + message);
+    static Error error(const YamlNode& node, std::string message) {
+        if (node.mark.is_null()) return make_error(EINVAL, std::move(message));
+        return make_error(EINVAL, "line " + std::to_string(node.mark.line + 1) + ", column " +
+                                      std::to_string(node.mark.column + 1) + ": " + message);
     }
 
-    static Error too_deep(const YAML::Node& node) {
+    static Error too_deep(const YamlNode& node) {
         return error(node, "nesting deeper than " + std::to_string(kMaxDepth) + " levels");
     }
 
-    static bool is_merge_key(const YAML::Node& key) {
-        return key.Type() == YAML::NodeType::Scalar && key.Tag() == "?" && key.Scalar() == "<<";
+    static bool is_merge_key(const YamlNode& key) {
+        return key.kind == YamlNode::Kind::Scalar && key.tag == "?" && key.value == "<<";
     }
 
     // Explicit keys first; then YAML merge keys ("<<: *base" or "<<: [*a, *b]")
     // add the keys not already present, earlier merge sources first.
-    Status add_members(const YAML::Node& map, Value& obj, std::set<std::string>& keys, int depth) {
-        std::vector<YAML::Node> merges;
-        for (auto it = map.begin(); it != map.end(); ++it) {
-            if (is_merge_key(it->first)) {
-                merges.push_back(it->second);
+    Status add_members(const YamlNode& map, Value& obj, std::set<std::string>& keys, int depth) {
+        std::vector<const YamlNode*> merges;
+        for (size_t i = 0; i + 1 < map.items.size(); i += 2) {
+            const YamlNode& k = *map.items[i];
+            const YamlNode& v = *map.items[i + 1];
+            if (is_merge_key(k)) {
+                merges.push_back(&v);
                 continue;
             }
-            auto key = key_string(it->first);
+            auto key = key_string(k);
             if (!key) return key.error();
-            if (!keys.insert(*key).second) return error(it->first, "duplicate key " + quoted(*key));
-            auto value = convert(it->second, depth + 1);
+            if (!keys.insert(*key).second) return error(k, "duplicate key " + quoted(*key));
+            auto value = convert(v, depth + 1);
             if (!value) return value.error();
             obj.AddMember(Value(key->data(), static_cast<rapidjson::SizeType>(key->size()), alloc_),
                           std::move(*value), alloc_);
         }
-        for (const YAML::Node& merge : merges) {
-            std::vector<YAML::Node> sources;
-            if (merge.IsMap()) {
+        for (const YamlNode* merge : merges) {
+            std::vector<const YamlNode*> sources;
+            if (merge->kind == YamlNode::Kind::Map)
                 sources.push_back(merge);
-            } else if (merge.IsSequence()) {
-                for (const YAML::Node& s : merge) sources.push_back(s);
-            }
-            if (sources.empty() && !merge.IsSequence())
-                return error(merge, "map merge requires a map or a sequence of maps as the value");
-            for (const YAML::Node& source : sources) {
-                if (!source.IsMap()) return error(source, "map merge requires a map or a sequence of maps as the value");
-                if (++nodes_ > kMaxNodes) return error(source, "too many values");
-                if (depth + 1 >= kMaxDepth) return too_deep(source);
+            else if (merge->kind == YamlNode::Kind::Sequence)
+                sources = merge->items;
+            else
+                return error(*merge, "map merge requires a map or a sequence of maps as the value");
+            for (const YamlNode* source : sources) {
+                if (source->kind != YamlNode::Kind::Map)
+                    return error(*source, "map merge requires a map or a sequence of maps as the value");
+                if (++nodes_ > kMaxNodes) return error(*source, "too many values");
+                if (depth + 1 >= kMaxDepth) return too_deep(*source);
                 Value merged(rapidjson::kObjectType);
                 std::set<std::string> merged_keys;
-                if (auto st = add_members(source, merged, merged_keys, depth + 1); !st) return st;
+                if (auto st = add_members(*source, merged, merged_keys, depth + 1); !st) return st;
                 // Index loop: RapidJSON's mutable member iterators trip clang's C++20 operator rewriting.
                 for (rapidjson::SizeType i = 0; i < merged.MemberCount(); ++i) {
                     auto m = merged.MemberBegin() + i;
@@ -216,11 +374,9 @@ private:
 
     // Map keys become strings as sigs.k8s.io/yaml does: ints in decimal,
     // booleans "true"/"false"; null and non-scalar keys are errors.
-    Result<std::string> key_string(const YAML::Node& key) {
-        if (key.Type() != YAML::NodeType::Scalar) {
-            if (key.Type() == YAML::NodeType::Null) return error(key, "map key must not be null");
-            return error(key, "map key must be a scalar");
-        }
+    Result<std::string> key_string(const YamlNode& key) {
+        if (key.kind == YamlNode::Kind::Null) return error(key, "map key must not be null");
+        if (key.kind != YamlNode::Kind::Scalar) return error(key, "map key must be a scalar");
         auto v = scalar(key);
         if (!v) return v.error();
         if (v->IsString()) return std::string(as_view(*v));
@@ -239,9 +395,9 @@ private:
         return Value(s.data(), static_cast<rapidjson::SizeType>(s.size()), alloc_);
     }
 
-    Result<Value> scalar(const YAML::Node& node) {
-        const std::string& text = node.Scalar();
-        const std::string& tag = node.Tag();
+    Result<Value> scalar(const YamlNode& node) {
+        const std::string& text = node.value;
+        const std::string& tag = node.tag;
         if (tag == "?") return plain(node, text);
         if (tag == "!" || tag == "tag:yaml.org,2002:str") return string_value(text);
         if (tag == "tag:yaml.org,2002:null") {
@@ -256,14 +412,14 @@ private:
         if (tag == "tag:yaml.org,2002:int" || tag == "tag:yaml.org,2002:float") {
             auto v = plain(node, text);
             if (!v) return v;
-            if (!v->IsNumber()) return error(node, "cannot decode " + quoted(text) + " as " + tag.substr(tag.rfind(':') + 1));
+            if (!v->IsNumber()) return error(node, "cannot decode " + quoted(text) + " as !!" + tag.substr(tag.rfind(':') + 1));
             return v;
         }
         return string_value(text);  // other tags: the text, as go-yaml does
     }
 
     // Resolution of an untagged plain scalar (go-yaml v2 resolve()).
-    Result<Value> plain(const YAML::Node& node, const std::string& text) {
+    Result<Value> plain(const YamlNode& node, const std::string& text) {
         if (one_of(text, kNullWords)) return Value(rapidjson::kNullType);
         if (one_of(text, kTrueWords)) return Value(true);
         if (one_of(text, kFalseWords)) return Value(false);
@@ -319,6 +475,7 @@ bool looks_like_json(std::string_view text) {
 
 // Parses one or more concatenated JSON values into an array.
 Result<rapidjson::Document> json_stream(std::string_view text) {
+    if (auto st = prescan(text); !st) return st.error();
     rapidjson::Document out(rapidjson::kArrayType);
     rapidjson::MemoryStream stream(text.data(), text.size());
     size_t nodes = 0;
@@ -715,22 +872,40 @@ private:
 
 Result<rapidjson::Document> yaml_to_json(std::string_view text) {
     rapidjson::Document out(rapidjson::kArrayType);
+    auto yaml_error = [](const YAML::Mark& mark, const std::string& msg) {
+        if (mark.is_null()) return make_error(EINVAL, "invalid YAML: " + msg);
+        return make_error(EINVAL, "invalid YAML at line " + std::to_string(mark.line + 1) + ", column " +
+                                      std::to_string(mark.column + 1) + ": " + msg);
+    };
+    if (auto st = prescan(text); !st) return st.error();
     try {
-        std::vector<YAML::Node> docs = YAML::LoadAll(std::string(text));
+        std::istringstream in{std::string(text)};
+        YAML::Parser parser(in);
+        TreeBuilder builder;
         YamlToJson converter(out.GetAllocator());
-        for (const YAML::Node& doc : docs) {
-            auto v = converter.convert(doc, 0);
-            if (!v) {
-                Error e = v.error();
-                e.message = "document " + std::to_string(out.Size() + 1) + ": " + e.message;
-                return e;
+        int last_start = -1;
+        while (parser.HandleNextDocument(builder)) {
+            if (builder.document_start().pos <= last_start)
+                return yaml_error(builder.document_start(), "malformed input (the parser does not advance)");
+            last_start = builder.document_start().pos;
+            Value v(rapidjson::kNullType);
+            if (const YamlNode* root = builder.root()) {
+                auto converted = converter.convert(*root, 0);
+                if (!converted) {
+                    Error e = converted.error();
+                    e.message = "document " + std::to_string(out.Size() + 1) + ": " + e.message;
+                    return e;
+                }
+                v = std::move(*converted);
             }
-            out.PushBack(std::move(*v), out.GetAllocator());
+            out.PushBack(std::move(v), out.GetAllocator());
         }
+    } catch (const YAML::DeepRecursion& e) {  // its message text is wrong in yaml-cpp 0.7
+        return yaml_error(e.mark, "nesting too deep");
+    } catch (const TooManyNodes&) {
+        return make_error(EINVAL, "more than " + std::to_string(kMaxNodes) + " YAML nodes");
     } catch (const YAML::Exception& e) {
-        if (e.mark.is_null()) return make_error(EINVAL, "invalid YAML: " + e.msg);
-        return make_error(EINVAL, "invalid YAML at line " + std::to_string(e.mark.line + 1) + ", column " +
-                                      std::to_string(e.mark.column + 1) + ": " + e.msg);
+        return yaml_error(e.mark, e.msg);
     } catch (const std::exception& e) {
         return make_error(EINVAL, std::string("invalid YAML: ") + e.what());
     }

@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <ctime>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -30,6 +32,8 @@ bool is_manifest_name(std::string_view name) {
     if (name.empty() || name.front() == '.' || name.back() == '~') return false;
     return ends_with(name, ".yaml") || ends_with(name, ".yml") || ends_with(name, ".json");
 }
+
+constexpr int64_t kRacyWindowNs = 2'000'000'000;
 
 int64_t nanoseconds(const struct timespec& ts) { return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec; }
 
@@ -98,16 +102,26 @@ void ManifestDir::drain_events() {
     }
 }
 
-void ManifestDir::load(const std::string& name, FileState& state) {
+bool ManifestDir::load(const std::string& name, FileState& state) {
     const std::string path = dir_ + "/" + name;
-    auto fail = [&](std::string message) { state.error = name + ": " + message; };
+    auto fail = [&](std::string message) {
+        state.error = std::move(message);
+        return true;
+    };
 
     ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+    if (fd.get() < 0 && errno == ENOENT) return false;  // removed since the directory was read
     if (fd.get() < 0) return fail("cannot open: " + errno_text(errno));
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return fail("cannot stat: " + errno_text(errno));
     state.stamp = Stamp{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino), st.st_size,
                         nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)};
+    // File times tick at the kernel's clock granularity (a few ms): a file
+    // rewritten with the same size within one tick keeps its stamp. Until its
+    // times are safely in the past, read it again on every rescan ("racy git").
+    struct timespec now {};
+    ::clock_gettime(CLOCK_REALTIME, &now);
+    state.recent = std::max(state.stamp.mtime_ns, state.stamp.ctime_ns) > nanoseconds(now) - kRacyWindowNs;
     if (!S_ISREG(st.st_mode)) return fail("not a regular file");
     if (static_cast<uint64_t>(st.st_size) > kMaxManifestBytes)
         return fail("file too large (" + std::to_string(st.st_size) + " bytes, limit " +
@@ -129,12 +143,16 @@ void ManifestDir::load(const std::string& name, FileState& state) {
     std::vector<std::string> ignored;
     auto parsed = parse_manifest(text, name, &ignored);
     if (!parsed) {
-        state.error = parsed.error().message;  // already starts with the file name
-        return;
+        // FileError keeps the file name apart: drop parse_manifest's "<name>: " prefix.
+        std::string_view message = parsed.error().message;
+        if (message.starts_with(name + ": ")) message.remove_prefix(name.size() + 2);
+        state.error = std::string(message);
+        return true;
     }
     state.objects = std::move(*parsed);
     state.ignored = std::move(ignored);
     state.error.clear();
+    return true;
 }
 
 Result<bool> ManifestDir::rescan() {
@@ -171,14 +189,14 @@ Result<bool> ManifestDir::rescan() {
         FileState state;
         if (auto old = files_.find(name); old != files_.end()) {
             state = std::move(old->second);
-            if (state.stamp == stamp) {
+            if (state.stamp == stamp && !state.recent) {
                 next.emplace(name, std::move(state));
                 continue;
             }
         }
         const bool known = files_.contains(name);
         const FileState before = state;
-        load(name, state);
+        if (!load(name, state)) continue;  // vanished: dropped below like a removed file
         files_changed = files_changed || !known || state.objects != before.objects ||
                         state.ignored != before.ignored || state.error != before.error;
         next.emplace(name, std::move(state));

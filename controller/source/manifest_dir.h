@@ -26,7 +26,7 @@ namespace signet::source {
 
 struct FileError {
     std::string file;     // name inside the directory
-    std::string message;  // complete, starts with the file name
+    std::string message;  // without the file name, e.g. "document 2: spec.podSelector: must be an object, not a list"
     bool operator==(const FileError&) const = default;
 };
 
@@ -54,7 +54,8 @@ public:
 
     // Re-reads the directory: files ending .yaml/.yml/.json, non-recursive,
     // hidden files (leading '.') and editor temp files ('~' suffix) ignored.
-    // Reparses only files whose (device, inode, size, mtime, ctime) changed; a
+    // Reparses only files whose (device, inode, size, mtime, ctime) changed (or
+    // that were modified within the last 2 s, as file times are coarse); a
     // file that fails to read or parse keeps its last good objects and records
     // a FileError; a removed or renamed-away file drops its objects. Returns
     // true when the merged object set changed (by content). Errors only when
@@ -80,10 +81,12 @@ private:
         std::vector<cache::Object> objects;  // last good parse
         std::vector<std::string> ignored;    // from the last good parse
         std::string error;                   // "" when the current content is good
+        bool recent = false;                 // modified too recently to trust the stamp
     };
 
     // Reads and parses one file into `state` (keeping its objects on failure).
-    void load(const std::string& name, FileState& state);
+    // Returns false when the file no longer exists.
+    bool load(const std::string& name, FileState& state);
     Status arm_watch();
     void merge();
 

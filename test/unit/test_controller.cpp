@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/controller.h"
+#include "source/dir_source.h"
 #include "signet/fsutil.h"
 #include "signet/json.h"
 
@@ -49,8 +50,8 @@ spec:
         o.node_name = "node-1";
         o.socket_path = dir.path + "/api.sock";
         o.state_dir = dir.path + "/state";
-        o.source_dir = dir.path + "/manifests";
-        ctl = std::make_unique<core::Controller>(io, o);
+        auto src = std::make_unique<source::DirSource>(dir.path + "/manifests", [](const std::string&) {});
+        ctl = std::make_unique<core::Controller>(io, o, std::move(src));
         REQUIRE(ctl->start().ok());
     }
     void write(const std::string& name, const std::string& text) {
@@ -115,7 +116,7 @@ spec: {containers: [{name: c, image: x}]}
     h.write("pods.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: [oops]}\n");
     auto sync2 = json::parse(h.call("POST", "/v1/sync").body);
     REQUIRE(sync2.ok());
-    CHECK((*sync2)["fileErrors"].Size() == 1);
+    CHECK((*sync2)["source"]["fileErrors"].Size() == 1);
     auto still = json::parse(h.call("GET", "/v1/pods/c0ffee/eth0").body);
     CHECK(std::string((*still)["labels"]["app"].GetString()) == "api");
 

@@ -1,0 +1,79 @@
+// signet: an in-memory Backend for unit tests of the controller core. It
+// records every call and keeps one "table" per netns path.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nft/backend.h"
+
+namespace signet::nft {
+
+class FakeBackend final : public Backend {
+public:
+    struct Call {
+        enum Kind { apply, remove, table_exists, counters } kind;
+        std::string netns;               // Netns::path()
+        std::optional<PodRuleset> desired;  // apply only
+        bool had_current = false;        // apply: current != nullptr
+        bool incremental = false;        // apply: same structure as current
+    };
+
+    Status apply(Netns& ns, const PodRuleset& desired, const PodRuleset* current) override {
+        Call c{Call::apply, ns.path(), desired, current != nullptr, false};
+        c.incremental = current != nullptr && desired.same_structure(*current);
+        calls.push_back(std::move(c));
+        if (auto e = take_failure()) return *e;
+        tables[ns.path()] = desired;
+        return {};
+    }
+
+    Status remove(Netns& ns) override {
+        calls.push_back(Call{Call::remove, ns.path(), std::nullopt, false, false});
+        if (auto e = take_failure()) return *e;
+        tables.erase(ns.path());
+        return {};
+    }
+
+    Result<bool> table_exists(Netns& ns) override {
+        calls.push_back(Call{Call::table_exists, ns.path(), std::nullopt, false, false});
+        if (auto e = take_failure()) return *e;
+        return tables.count(ns.path()) > 0;
+    }
+
+    Result<Counters> counters(Netns& ns) override {
+        calls.push_back(Call{Call::counters, ns.path(), std::nullopt, false, false});
+        if (auto e = take_failure()) return *e;
+        auto it = counter_values.find(ns.path());
+        return it == counter_values.end() ? Counters{} : it->second;
+    }
+
+    // Makes the next `n` calls fail with `error`.
+    void fail_next(Error error, int n = 1) {
+        failure = std::move(error);
+        failures_left = n;
+    }
+
+    size_t count(Call::Kind kind) const {
+        size_t n = 0;
+        for (const auto& c : calls) n += c.kind == kind;
+        return n;
+    }
+
+    std::vector<Call> calls;
+    std::map<std::string, PodRuleset> tables;       // netns path -> installed
+    std::map<std::string, Counters> counter_values;  // what counters() returns
+
+private:
+    std::optional<Error> take_failure() {
+        if (failures_left <= 0) return std::nullopt;
+        --failures_left;
+        return failure;
+    }
+    Error failure;
+    int failures_left = 0;
+};
+
+}  // namespace signet::nft

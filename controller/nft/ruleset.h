@@ -1,0 +1,111 @@
+// The rule-set IR: what the policy compiler produces for one local pod and
+// what the nftables programmer writes into that pod's netns. Plain values,
+// comparable, so that changes can be diffed (structure vs. set membership)
+// and golden-tested without root.
+//
+// Table layout in the pod's netns (one `inet` table named kTableName):
+//
+//   chain ingress  (hook input,  priority filter, policy accept)
+//   chain egress   (hook output, priority filter, policy accept)
+//
+// each chain:
+//   1. ct state established,related accept      (replies to allowed connections)
+//   2. iifname/oifname "lo" accept               (the pod talking to itself)
+//   3. [ingress only] ip/ip6 saddr @node_v4/@node_v6 accept   (the pod's own node)
+//   4. if the direction is isolated: one `accept` rule per Rule below, then a
+//      counted `drop` (default deny). Not isolated: nothing more (accept).
+//
+// Addresses are 16-byte values; IPv4 addresses are IPv4 (4-byte) values in
+// `v4` sets and IPv6 in `v6` sets. Sets with intervals hold [first, last]
+// inclusive ranges, already merged and with `except` subtracted.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace signet::nft {
+
+inline constexpr const char* kTableName = "signet";
+
+enum class Family : uint8_t { v4 = 4, v6 = 6 };
+
+// An IP address in network byte order: 4 significant bytes for v4, 16 for v6.
+struct Addr {
+    std::array<uint8_t, 16> bytes{};
+    bool operator==(const Addr&) const = default;
+    auto operator<=>(const Addr&) const = default;
+};
+
+// Inclusive range of addresses of one family.
+struct Range {
+    Addr first;
+    Addr last;
+    bool operator==(const Range&) const = default;
+    auto operator<=>(const Range&) const = default;
+};
+
+// A named set of addresses (interval set). Elements sorted, merged, disjoint.
+struct AddrSet {
+    Family family = Family::v4;
+    std::vector<Range> elements;
+    bool operator==(const AddrSet&) const = default;
+};
+
+enum Proto : uint8_t { kTcp = 6, kUdp = 17, kSctp = 132 };
+
+// Protocol and inclusive destination-port range; [0, 65535] is every port
+// of that protocol (a NetworkPolicy port entry without `port`).
+struct PortRange {
+    uint8_t proto = kTcp;
+    uint16_t first = 0;
+    uint16_t last = 0;
+    bool operator==(const PortRange&) const = default;
+    auto operator<=>(const PortRange&) const = default;
+};
+
+// Where a rule came from, for explain and counters.
+struct Origin {
+    std::string policy_namespace;
+    std::string policy_name;
+    int rule_index = -1;  // index in spec.ingress / spec.egress
+    bool operator==(const Origin&) const = default;
+};
+
+// One accept rule: the peer (by address set names, or any address), and the
+// ports (empty = every protocol and port). One nft rule is emitted per
+// (family present, port range) pair.
+struct Rule {
+    bool any_peer = false;     // no peer restriction (empty from/to)
+    std::string set_v4;        // AddrSet name in PodRuleset::sets, or "" for no v4 peers
+    std::string set_v6;        // same for v6
+    std::vector<PortRange> ports;
+    Origin origin;
+    bool operator==(const Rule&) const = default;
+};
+
+struct Direction {
+    bool isolated = false;  // some policy selects the pod for this direction
+    std::vector<Rule> rules;
+    bool operator==(const Direction&) const = default;
+};
+
+struct PodRuleset {
+    Direction ingress;
+    Direction egress;
+    // Named sets referenced by the rules, plus "node_v4" / "node_v6" (the node's own addresses).
+    std::map<std::string, AddrSet> sets;
+    bool operator==(const PodRuleset&) const = default;
+
+    // True when `other` differs only in set elements (same rules, same set
+    // names and families): the programmer then updates elements in place.
+    bool same_structure(const PodRuleset& other) const;
+};
+
+// How new TCP connections reach the identity handshake (later issue): the
+// native nft `queue` expression or the xtables NFQUEUE target via nft_compat.
+enum class QueueBackend { none, nft_queue, xt_nfqueue };
+
+}  // namespace signet::nft

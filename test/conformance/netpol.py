@@ -1,0 +1,907 @@
+#!/usr/bin/python3
+"""NetworkPolicy conformance: the model, the truth tables, a reference
+evaluator, the manifest writer and the real cluster (netns pods + signetd).
+
+Modelled on the upstream Kubernetes e2e tests (test/e2e/network/netpol/ in
+kubernetes/kubernetes): namespaces x, y, z labelled ``ns=<name>``; pods a, b,
+c labelled ``pod=<name>``, each serving TCP and UDP on ports 80 and 81 with
+container ports named ``serve-80-tcp``, ``serve-80-udp``, ``serve-81-tcp``,
+``serve-81-udp``; a case states the policies and the expected 9x9 truth
+table (Reachability: ExpectPeer / ExpectAllIngress / ExpectAllEgress) per
+port and protocol, and the prober fills the observed table.
+
+Loopback (a pod probing its own IP) follows upstream's ``ignoreLoopback =
+true``: it is probed and printed but never decides pass/fail (upstream
+issue 95879: the semantics are undefined; in signet a pod reaching its own IP
+goes over ``lo`` inside its netns, which the datapath always accepts).
+
+Python 3 standard library only; reuses test/integration/harness.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "integration"))
+import harness  # noqa: E402  (the integration-test library: netns, CNI chain, signetd, cleanup)
+
+NAMESPACES = ("x", "y", "z")
+POD_NAMES = ("a", "b", "c")
+PORTS = (80, 81)
+PROTOCOLS = ("TCP", "UDP")
+ALL_PODS = tuple(f"{n}/{p}" for n in NAMESPACES for p in POD_NAMES)
+NS_NAME_LABEL = "kubernetes.io/metadata.name"
+NODE = "node"  # the host (root netns): the pods' own node
+
+
+def default_ns_labels(ns: str) -> dict:
+    return {"ns": ns}
+
+
+def default_pod_labels(pod: str) -> dict:
+    return {"pod": pod.split("/")[1]}
+
+
+def container_ports() -> list[dict]:
+    """Upstream's model: one container per port and protocol."""
+    return [{"name": f"serve-{p}-{proto.lower()}", "containerPort": p, "protocol": proto}
+            for p in PORTS for proto in PROTOCOLS]
+
+
+# =========================================================================== truth tables
+
+@dataclass(frozen=True)
+class Peer:
+    """Matches pods by namespace and/or pod name; empty matches all (upstream's Peer)."""
+    ns: str = ""
+    pod: str = ""
+
+    def matches(self, podstr: str) -> bool:
+        n, p = podstr.split("/")
+        return (not self.ns or self.ns == n) and (not self.pod or self.pod == p)
+
+
+class TruthTable:
+    def __init__(self, froms, tos, default: bool | None):
+        self.froms = list(froms)
+        self.tos = list(tos)
+        self.values: dict[str, dict[str, bool]] = {
+            f: ({t: default for t in self.tos} if default is not None else {}) for f in self.froms}
+
+    def set(self, frm: str, to: str, v: bool) -> None:
+        if frm not in self.values or to not in self.tos:
+            raise KeyError(f"{frm} -> {to} is not in the model")
+        self.values[frm][to] = bool(v)
+
+    def get(self, frm: str, to: str):
+        return self.values[frm].get(to)
+
+    def complete(self) -> bool:
+        return all(t in self.values[f] for f in self.froms for t in self.tos)
+
+
+class Reachability:
+    """Expected connectivity over the model's pods (upstream's Reachability)."""
+
+    def __init__(self, default: bool = True, pods=ALL_PODS):
+        self.pods = list(pods)
+        self.expected = TruthTable(self.pods, self.pods, default)
+
+    def expect(self, frm: str, to: str, v: bool) -> "Reachability":
+        self.expected.set(frm, to, v)
+        return self
+
+    def expect_all_ingress(self, pod: str, v: bool) -> "Reachability":
+        for f in self.pods:
+            self.expected.set(f, pod, v)
+        return self
+
+    def expect_all_egress(self, pod: str, v: bool) -> "Reachability":
+        for t in self.pods:
+            self.expected.set(pod, t, v)
+        return self
+
+    def expect_peer(self, frm: Peer, to: Peer, v: bool) -> "Reachability":
+        for f in self.pods:
+            if frm.matches(f):
+                for t in self.pods:
+                    if to.matches(t):
+                        self.expected.set(f, t, v)
+        return self
+
+    def allow_loopback(self) -> "Reachability":
+        for p in self.pods:
+            self.expected.set(p, p, True)
+        return self
+
+    def copy(self) -> "Reachability":
+        r = Reachability(True, self.pods)
+        for f in self.pods:
+            for t in self.pods:
+                r.expected.set(f, t, self.expected.get(f, t))
+        return r
+
+
+def R(default: bool = True) -> Reachability:
+    return Reachability(default)
+
+
+@dataclass
+class Observation:
+    ok: bool
+    detail: str = ""  # "timeout", "refused", a wrong reply, ...
+    ms: float = 0.0
+
+
+@dataclass
+class Comparison:
+    port: int
+    proto: str
+    expected: TruthTable
+    observed: dict  # (from, to) -> Observation
+    ignore_loopback: bool = True
+
+    def wrong(self) -> list[tuple[str, str]]:
+        out = []
+        for f in self.expected.froms:
+            for t in self.expected.tos:
+                if self.ignore_loopback and f == t:
+                    continue
+                if self.expected.get(f, t) != self.observed[(f, t)].ok:
+                    out.append((f, t))
+        return out
+
+    def counts(self) -> tuple[int, int, int]:
+        w = len(self.wrong())
+        n = len(self.expected.froms) * len(self.expected.tos)
+        ign = sum(1 for f in self.expected.froms if f in self.expected.tos) if self.ignore_loopback else 0
+        return n - ign - w, w, ign
+
+    def render(self) -> str:
+        """Expected and observed grids side by side (upstream's '.' allowed,
+        'X' blocked); in the observed grid a wrong cell is marked '!' after
+        its observed value, a loopback cell (ignored) is shown in parentheses."""
+        wrong = set(self.wrong())
+        tos = self.expected.tos
+        w = max(4, max(len(t) for t in tos) + 1)
+        fw = max(len(f) for f in self.expected.froms) + 1
+
+        def grid(cell):
+            rows = ["-".ljust(fw) + "".join(t.ljust(w) for t in tos)]
+            for f in self.expected.froms:
+                rows.append(f.ljust(fw) + "".join(cell(f, t).ljust(w) for t in tos))
+            return rows
+
+        def exp_cell(f, t):
+            v = self.expected.get(f, t)
+            return "?" if v is None else ("." if v else "X")
+
+        def obs_cell(f, t):
+            o = self.observed.get((f, t))
+            m = "?" if o is None else ("." if o.ok else "X")
+            if (f, t) in wrong:
+                return m + "!"
+            if self.ignore_loopback and f == t:
+                return f"({m})"
+            return m
+
+        left, right = grid(exp_cell), grid(obs_cell)
+        lw = max(len(x) for x in left) + 4
+        right_title = "observed ('!' = wrong, '(.)' = loopback, ignored)"
+        out = ["expected".ljust(lw) + right_title]
+        out += [a.ljust(lw) + b for a, b in zip(left, right)]
+        right_n, wrong_n, ign = self.counts()
+        out.append(f"correct: {right_n}, wrong: {wrong_n}, loopback ignored: {ign}")
+        for f, t in sorted(wrong):
+            o = self.observed[(f, t)]
+            e = "allowed" if self.expected.get(f, t) else "blocked"
+            got = "ALLOWED" if o.ok else f"BLOCKED ({o.detail})"
+            out.append(f"  WRONG {f} -> {t} {self.proto}/{self.port}: expected {e}, observed {got}")
+        return "\n".join(out)
+
+
+# =========================================================================== policy builders
+
+def sel(labels: dict | None = None, exprs: list | None = None) -> dict:
+    """A label selector; sel() is the empty selector (selects everything)."""
+    s = {}
+    if labels:
+        s["matchLabels"] = dict(labels)
+    if exprs:
+        s["matchExpressions"] = list(exprs)
+    return s
+
+
+def expr(key: str, op: str, values=None) -> dict:
+    e = {"key": key, "operator": op}
+    if values is not None:
+        e["values"] = list(values)
+    return e
+
+
+def peer(pods: dict | None = None, nss: dict | None = None, cidr: str | None = None,
+         except_: list | None = None) -> dict:
+    """A NetworkPolicyPeer: podSelector and/or namespaceSelector, or ipBlock."""
+    p = {}
+    if pods is not None:
+        p["podSelector"] = pods
+    if nss is not None:
+        p["namespaceSelector"] = nss
+    if cidr is not None:
+        p["ipBlock"] = {"cidr": cidr}
+        if except_:
+            p["ipBlock"]["except"] = list(except_)
+    return p
+
+
+def port(p=None, proto: str | None = None, end: int | None = None) -> dict:
+    d = {}
+    if proto is not None:
+        d["protocol"] = proto
+    if p is not None:
+        d["port"] = p
+    if end is not None:
+        d["endPort"] = end
+    return d
+
+
+def ingress_rule(frm: list | None = None, ports: list | None = None) -> dict:
+    r = {}
+    if frm is not None:
+        r["from"] = frm
+    if ports is not None:
+        r["ports"] = ports
+    return r
+
+
+def egress_rule(to: list | None = None, ports: list | None = None) -> dict:
+    r = {}
+    if to is not None:
+        r["to"] = to
+    if ports is not None:
+        r["ports"] = ports
+    return r
+
+
+def netpol(name: str, ns: str, pod_selector: dict | None = None, ingress: list | None = None,
+           egress: list | None = None, types: list | None = None) -> dict:
+    """A networking.k8s.io/v1 NetworkPolicy. ingress=[] / egress=[] is a deny
+    for that direction; policyTypes follows the directions given unless
+    `types` says otherwise (as upstream's SetSpecIngressRules/SetSpecEgressRules)."""
+    spec: dict = {"podSelector": pod_selector if pod_selector is not None else {}}
+    if types is None:
+        types = (["Ingress"] if ingress is not None else []) + (["Egress"] if egress is not None else [])
+    if types:
+        spec["policyTypes"] = list(types)
+    if ingress is not None:
+        spec["ingress"] = ingress
+    if egress is not None:
+        spec["egress"] = egress
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def namespace_obj(ns: str, labels: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": dict(labels)}}
+
+
+def pod_obj(podstr: str, labels: dict) -> dict:
+    ns, name = podstr.split("/")
+    containers = [{
+        "name": f"cont-{cp['containerPort']}-{cp['protocol'].lower()}",
+        "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+        "ports": [dict(cp)],
+    } for cp in container_ports()]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": dict(labels)},
+            "spec": {"terminationGracePeriodSeconds": 0, "containers": containers}}
+
+
+# =========================================================================== YAML (as kubectl apply -f takes it)
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+_YAML11_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"}
+
+
+def _key(k: str) -> str:
+    return k if _PLAIN_KEY.match(k) and k.lower() not in _YAML11_WORDS else json.dumps(k)
+
+
+def _inline(v) -> str:
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if v is None:
+        return "null"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a double-quoted YAML scalar
+    if isinstance(v, dict) and not v:
+        return "{}"
+    if isinstance(v, list) and not v:
+        return "[]"
+    raise TypeError(f"cannot inline {v!r}")
+
+
+def _emit(obj, ind: int) -> list[str]:
+    pad = " " * ind
+    lines: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{pad}{_key(k)}:")
+                lines += _emit(v, ind + 2 if isinstance(v, dict) else ind)
+            else:
+                lines.append(f"{pad}{_key(k)}: {_inline(v)}")
+    elif isinstance(obj, list):
+        for item in obj:
+            if isinstance(item, (dict, list)) and item:
+                sub = _emit(item, ind + 2)
+                sub[0] = pad + "- " + sub[0][ind + 2:]
+                lines += sub
+            else:
+                lines.append(f"{pad}- {_inline(item)}")
+    else:
+        lines.append(pad + _inline(obj))
+    return lines
+
+
+def to_yaml(*docs: dict) -> str:
+    return "---\n".join("\n".join(_emit(d, 0)) + "\n" for d in docs)
+
+
+# =========================================================================== reference evaluator
+
+@dataclass
+class State:
+    """What the source holds: namespace labels, pod labels, pod IPs, policies."""
+    ns_labels: dict = field(default_factory=lambda: {n: default_ns_labels(n) for n in NAMESPACES})
+    pod_labels: dict = field(default_factory=lambda: {p: default_pod_labels(p) for p in ALL_PODS})
+    pod_ips: dict = field(default_factory=dict)  # podstr -> [ip, ...]
+    policies: dict = field(default_factory=dict)  # (ns, name) -> NetworkPolicy dict
+
+    def full_ns_labels(self, ns: str) -> dict:
+        return {**self.ns_labels.get(ns, {}), NS_NAME_LABEL: ns}
+
+
+def selector_matches(s: dict, labels: dict) -> bool:
+    for k, v in (s.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in s.get("matchExpressions") or []:
+        k, op, vals = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and not (k in labels and labels[k] in vals):
+            return False
+        if op == "NotIn" and (k in labels and labels[k] in vals):
+            return False
+        if op == "Exists" and k not in labels:
+            return False
+        if op == "DoesNotExist" and k in labels:
+            return False
+    return True
+
+
+def _ip_in_block(ip: str, block: dict) -> bool:
+    a = ipaddress.ip_address(ip)
+    net = ipaddress.ip_network(block["cidr"], strict=False)
+    if a.version != net.version or a not in net:
+        return False
+    for ex in block.get("except") or []:
+        en = ipaddress.ip_network(ex, strict=False)
+        if en.version == a.version and a in en:
+            return False
+    return True
+
+
+def _peer_matches(st: State, pol_ns: str, p: dict, who: str | None, who_ip: str) -> bool:
+    """who: the peer pod (podstr) or None for a non-pod address (the node)."""
+    if "ipBlock" in p:
+        return _ip_in_block(who_ip, p["ipBlock"])
+    if who is None:
+        return False
+    ns = who.split("/")[0]
+    if "namespaceSelector" in p:
+        if not selector_matches(p["namespaceSelector"], st.full_ns_labels(ns)):
+            return False
+    elif ns != pol_ns:
+        return False
+    if "podSelector" in p and not selector_matches(p["podSelector"], st.pod_labels[who]):
+        return False
+    return True
+
+
+def _ports_match(ports, dst_pod: str, port_: int, proto: str) -> bool:
+    if not ports:
+        return True
+    for pp in ports:
+        if pp.get("protocol", "TCP") != proto:
+            continue
+        if "port" not in pp:
+            return True
+        v = pp["port"]
+        if isinstance(v, int):
+            if v <= port_ <= pp.get("endPort", v):
+                return True
+        else:  # named: resolved on the destination pod's container ports
+            for cp in container_ports():
+                if cp["name"] == v and cp["protocol"] == proto and cp["containerPort"] == port_:
+                    return True
+    return False
+
+
+def _types(pol: dict) -> list:
+    spec = pol["spec"]
+    if spec.get("policyTypes"):
+        return spec["policyTypes"]
+    return ["Ingress"] + (["Egress"] if spec.get("egress") else [])
+
+
+def _direction_allows(st: State, target: str, direction: str, other: str | None, other_ip: str,
+                      dst_pod: str, port_: int, proto: str) -> bool:
+    ns = target.split("/")[0]
+    selecting = [p for (pns, _), p in st.policies.items()
+                 if pns == ns and direction in _types(p)
+                 and selector_matches(p["spec"].get("podSelector") or {}, st.pod_labels[target])]
+    if not selecting:
+        return True
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    for p in selecting:
+        for rule in p["spec"].get(key) or []:
+            if not _ports_match(rule.get("ports"), dst_pod, port_, proto):
+                continue
+            peers = rule.get(peers_key)
+            if not peers or any(_peer_matches(st, ns, pe, other, other_ip) for pe in peers):
+                return True
+    return False
+
+
+def ip_of(st: State, pod: str, family: int = 4) -> str:
+    return next(i for i in st.pod_ips[pod] if ipaddress.ip_address(i).version == family)
+
+
+def evaluate(st: State, src: str, dst: str, port_: int, proto: str, family: int = 4) -> bool:
+    """Whether src (a podstr, or NODE) reaches pod dst on port/proto over IPv4
+    or IPv6 under the policies in st, by the NetworkPolicy API's rules
+    (networking.k8s.io/v1)."""
+    if proto not in ("TCP", "UDP"):
+        raise ValueError(proto)
+    if src == NODE:
+        return True  # traffic from the pod's own node is always allowed
+    dst_ip, src_ip = ip_of(st, dst, family), ip_of(st, src, family)
+    if not _direction_allows(st, src, "Egress", dst, dst_ip, dst, port_, proto):
+        return False
+    return _direction_allows(st, dst, "Ingress", src, src_ip, dst, port_, proto)
+
+
+def evaluate_table(st: State, port_: int, proto: str, family: int = 4) -> Reachability:
+    r = Reachability(True)
+    for f in ALL_PODS:
+        for t in ALL_PODS:
+            r.expect(f, t, evaluate(st, f, t, port_, proto, family))
+    return r
+
+
+def uses_ipblock(st: State) -> bool:
+    return '"ipBlock"' in json.dumps(list(st.policies.values()))
+
+
+def fake_ips(subnet: str = "10.244.77.0/24", subnet6: str = "fd00:10:244:77::/64") -> dict:
+    net, net6 = ipaddress.ip_network(subnet), ipaddress.ip_network(subnet6)
+    return {p: [str(net.network_address + 2 + i), str(net6.network_address + 2 + i)]
+            for i, p in enumerate(ALL_PODS)}
+
+
+# =========================================================================== the case API
+
+@dataclass
+class Check:
+    port: int
+    proto: str
+    reach: Reachability
+    node_allowed: bool | None = None  # also probe node -> every pod; None: don't
+
+
+@dataclass
+class Step:
+    """Mutations, then (after `signetctl sync`) the checks."""
+    what: str = ""
+    apply: list = field(default_factory=list)     # NetworkPolicy dicts to create/update
+    delete: list = field(default_factory=list)    # (ns, name) of policies to delete
+    pod_labels: dict = field(default_factory=dict)  # podstr -> full label set
+    ns_labels: dict = field(default_factory=dict)   # ns -> full label set (the name label is automatic)
+    checks: list = field(default_factory=list)
+
+
+@dataclass
+class Case:
+    name: str
+    build: object  # fn(model) -> list[Step]
+    upstream: str = ""  # the upstream e2e test it replays ("" = signet's own)
+    doc: str = ""
+
+
+class ModelView:
+    """What a case may ask of the running model: pod IPs (from CNI results)."""
+
+    def __init__(self, ips: dict):
+        self.ips = ips
+
+    def ip(self, pod: str) -> str:
+        return self.ips[pod][0]
+
+    def cidr(self, pod: str) -> str:
+        a = ipaddress.ip_address(self.ip(pod))
+        return f"{a}/{32 if a.version == 4 else 128}"
+
+    def large_cidr(self, pod: str) -> str:
+        """The /4 holding the pod's IP (upstream's makeLargeCIDRForIP)."""
+        a = ipaddress.ip_address(self.ip(pod))
+        return str(ipaddress.ip_network(f"{a}/4", strict=False))
+
+
+def apply_step(st: State, step: Step) -> None:
+    for ns, name in step.delete:
+        st.policies.pop((ns, name), None)
+    for pol in step.apply:
+        st.policies[(pol["metadata"]["namespace"], pol["metadata"]["name"])] = pol
+    st.pod_labels.update({k: dict(v) for k, v in step.pod_labels.items()})
+    st.ns_labels.update({k: dict(v) for k, v in step.ns_labels.items()})
+
+
+def selfcheck(cases: list[Case], log=print) -> list[str]:
+    """Replays every case on the reference evaluator: each hand-written table
+    (upstream's expectations) must agree with the NetworkPolicy rules, so a
+    typo in a table is found without any datapath. Also checks that the YAML
+    writer round-trips (when PyYAML happens to be installed)."""
+    problems = []
+    ips = fake_ips()
+    for c in cases:
+        st = State(pod_ips=ips)
+        try:
+            steps = c.build(ModelView(ips))
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{c.name}: building the case failed: {e!r}")
+            continue
+        for i, step in enumerate(steps):
+            apply_step(st, step)
+            for chk in step.checks:
+                for fam in ((4,) if uses_ipblock(st) else (4, 6)):
+                    model = evaluate_table(st, chk.port, chk.proto, fam)
+                    for f in ALL_PODS:
+                        for t in ALL_PODS:
+                            if f == t:
+                                continue
+                            if model.expected.get(f, t) != chk.reach.expected.get(f, t):
+                                problems.append(
+                                    f"{c.name} step {i + 1} {chk.proto}/{chk.port} IPv{fam}: table says "
+                                    f"{f}->{t} {chk.reach.expected.get(f, t)}, the rules say "
+                                    f"{model.expected.get(f, t)}")
+            for pol in step.apply:
+                problems += _yaml_roundtrip(pol, c.name)
+    return problems
+
+
+def _yaml_roundtrip(obj: dict, what: str) -> list[str]:
+    try:
+        import yaml  # optional; only for this check
+    except ImportError:
+        return []
+    back = yaml.safe_load(to_yaml(obj))
+    return [] if back == obj else [f"{what}: YAML writer does not round-trip {obj!r}: {back!r}"]
+
+
+# =========================================================================== the real cluster
+
+class Agent:
+    """A long-running podagent.py probe process; probes are JSON lines."""
+
+    def __init__(self, run: harness.Run, name: str, netns: str | None):
+        argv = ([] if netns is None else ["ip", "netns", "exec", netns]) + [
+            sys.executable, "-u", str(HERE / "podagent.py"), "probe", "--name", name]
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1,
+                                     start_new_session=True)
+        run.own_process(self.proc, f"probe agent {name}")
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._results: dict[int, dict] = {}
+        self._ready = False
+        self._dead = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            line = line.strip()
+            with self._cv:
+                if line == "ready":
+                    self._ready = True
+                else:
+                    try:
+                        r = json.loads(line)
+                        self._results[r["id"]] = r
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        pass
+                self._cv.notify_all()
+        with self._cv:
+            self._dead = True
+            self._cv.notify_all()
+
+    def wait_ready(self, timeout=10.0) -> None:
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._ready or self._dead, timeout) or not self._ready:
+                err = self.proc.stderr.read() if self._dead else ""
+                raise harness.Fatal(f"probe agent {self.name} did not start: {err}")
+
+    def send(self, reqs: list[dict]) -> None:
+        if self._dead:
+            raise harness.Fatal(f"probe agent {self.name} died")
+        self.proc.stdin.write("".join(json.dumps(r) + "\n" for r in reqs))
+        self.proc.stdin.flush()
+
+    def collect(self, ids: list[int], deadline: float) -> dict[int, dict]:
+        with self._cv:
+            self._cv.wait_for(lambda: self._dead or all(i in self._results for i in ids),
+                              max(0.0, deadline - time.monotonic()))
+            return {i: self._results.pop(i) for i in ids if i in self._results}
+
+
+class Cluster:
+    """signetd + x, y, z / a, b, c as real netns pods behind bridge + host-local + signet."""
+
+    def __init__(self, test: harness.Test, run: harness.Run, *, probe_timeout: float = 1.0,
+                 ipv6: bool = False, log=harness.log):
+        self.test = test
+        self.run = run
+        self.log = log
+        self.probe_timeout = probe_timeout
+        self.families = (4, 6) if ipv6 else (4,)
+        self.bins = harness.require_signet_binaries(test)
+        self.state = State()
+        self.pods: dict[str, dict] = {}  # podstr -> {netns, path, cid, uid, args, result}
+        self.agents: dict[str, Agent] = {}
+        self._ids = 0
+        self._id_lock = threading.Lock()
+        self.d: harness.Signetd | None = None
+        self.net: harness.Network | None = None
+        self.chain: harness.Chain | None = None
+        self._deleted = False
+
+    # -------------------------------------------------------------- manifests
+    @property
+    def mdir(self) -> Path:
+        return self.d.manifest_dir
+
+    def _write(self, fname: str, text: str) -> None:
+        tmp = self.mdir / f".{fname}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.write_text(text)
+        os.rename(tmp, self.mdir / fname)
+
+    @staticmethod
+    def policy_file(ns: str, name: str) -> str:
+        return f"np-{ns}-{name}.yaml"
+
+    def write_ns(self, ns: str, labels: dict) -> None:
+        self.state.ns_labels[ns] = dict(labels)
+        self._write(f"ns-{ns}.yaml", to_yaml(namespace_obj(ns, labels)))
+
+    def write_pod(self, podstr: str, labels: dict) -> None:
+        self.state.pod_labels[podstr] = dict(labels)
+        ns, name = podstr.split("/")
+        self._write(f"pod-{ns}-{name}.yaml", to_yaml(pod_obj(podstr, labels)))
+
+    def write_policy(self, pol: dict) -> None:
+        ns, name = pol["metadata"]["namespace"], pol["metadata"]["name"]
+        self.state.policies[(ns, name)] = pol
+        self._write(self.policy_file(ns, name), to_yaml(pol))
+
+    def delete_policy(self, ns: str, name: str) -> None:
+        self.state.policies.pop((ns, name), None)
+        try:
+            os.unlink(self.mdir / self.policy_file(ns, name))
+        except FileNotFoundError:
+            pass
+
+    def apply_step(self, step: Step) -> None:
+        for ns, name in step.delete:
+            self.delete_policy(ns, name)
+        for pol in step.apply:
+            self.write_policy(pol)
+        for p, labels in step.pod_labels.items():
+            self.write_pod(p, labels)
+        for ns, labels in step.ns_labels.items():
+            self.write_ns(ns, labels)
+
+    def reset(self) -> None:
+        """Back to the model: no policies, default labels."""
+        for f in self.mdir.glob("np-*.yaml"):
+            f.unlink()
+        self.state.policies.clear()
+        for ns in NAMESPACES:
+            if self.state.ns_labels.get(ns) != default_ns_labels(ns):
+                self.write_ns(ns, default_ns_labels(ns))
+        for p in ALL_PODS:
+            if self.state.pod_labels.get(p) != default_pod_labels(p):
+                self.write_pod(p, default_pod_labels(p))
+
+    def policies_text(self) -> str:
+        files = sorted(self.mdir.glob("np-*.yaml"))
+        if not files:
+            return "(no NetworkPolicy in force)"
+        return "\n".join(f"# {f.name}\n{f.read_text()}" for f in files)
+
+    def sync(self) -> tuple[bool, str]:
+        """`signetctl sync`: returns once the source as written is programmed."""
+        t0 = time.monotonic()
+        p = self.d.ctl("sync", "-o", "json", "--timeout", "20s", timeout=60)
+        dt = time.monotonic() - t0
+        if p.returncode != 0:
+            return False, f"signetctl sync rc={p.returncode}: {p.stdout.strip()} {p.stderr.strip()}"
+        try:
+            doc = json.loads(p.stdout)
+        except json.JSONDecodeError:
+            return False, f"signetctl sync -o json: unparsable: {p.stdout!r}"
+        errs = (doc.get("source") or {}).get("fileErrors") or doc.get("fileErrors") or []
+        if errs:
+            return False, f"signetd rejected manifest files: {json.dumps(errs)}"
+        if doc.get("appliedVersion") != doc.get("sourceVersion", doc.get("appliedVersion")):
+            return False, f"sync returned before applying: {json.dumps(doc)}"
+        return True, f"{dt * 1000:.0f} ms"
+
+    # -------------------------------------------------------------- setup
+    def setup(self) -> None:
+        t0 = time.monotonic()
+        self.d = harness.Signetd(self.run, self.bins, node="conformance-node").start()
+        for ns in NAMESPACES:
+            self.write_ns(ns, default_ns_labels(ns))
+        for p in ALL_PODS:
+            self.write_pod(p, default_pod_labels(p))
+        ok, detail = self.sync()
+        self.test.require("signetd took the model's Namespaces and Pods", ok, detail)
+
+        self.net = harness.Network(self.run, version="1.0.0", signet_socket=self.d.socket)
+        if 6 in self.families:  # dual-stack: a second host-local range, IPv6 ULA
+            x = self.net.subnet.network_address.packed[2]
+            self.net.conflist["plugins"][0]["ipam"]["ranges"].append(
+                [{"subnet": f"fd00:5e:{os.getpid() % 0xffff:x}:{x:x}::/64"}])
+        self.chain = self.net.chain([harness.CNI_BIN_DIR, str(self.bins["signet"].parent)])
+        for p in ALL_PODS:
+            name, path = self.run.netns_add()
+            cid = self.run.container_id()
+            uid = self.run.uid()
+            ns, pod = p.split("/")
+            self.pods[p] = {"netns": name, "path": path, "cid": cid, "uid": uid,
+                            "args": harness.k8s_args(ns, pod, uid, cid), "result": None}
+        self.run.on_cleanup("CNI DEL of the conformance pods", lambda: self.teardown(best_effort=True))
+
+        def add(p):
+            info = self.pods[p]
+            res, _ = self.chain.add(info["cid"], info["path"], "eth0", info["args"])
+            info["result"] = res
+            return res
+
+        errors = [(p, r) for p, r in harness.parallel(add, ALL_PODS, workers=9) if isinstance(r, Exception)]
+        self.test.require("CNI ADD (bridge + host-local + signet) for the 9 pods", not errors,
+                          "; ".join(f"{p}: {e}" for p, e in errors))
+        for p in ALL_PODS:
+            ips = [a.split("/")[0] for a in harness.ips_of_interface(self.pods[p]["result"], "eth0",
+                                                                      self.pods[p]["path"])]
+            self.state.pod_ips[p] = sorted(ips, key=lambda a: ipaddress.ip_address(a).version)
+        fams = "+".join(f"IPv{f}" for f in self.families)
+        self.test.require(f"every pod got {fams} addresses from its CNI result",
+                          all({ipaddress.ip_address(a).version for a in self.state.pod_ips[p]} == set(self.families)
+                              for p in ALL_PODS), self.state.pod_ips)
+
+        # servers and probe agents
+        servers = {}
+        for p in ALL_PODS:
+            argv = ["ip", "netns", "exec", self.pods[p]["netns"], sys.executable, "-u",
+                    str(HERE / "podagent.py"), "serve", "--name", p]
+            sp = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            self.run.own_process(sp, f"server {p}")
+            servers[p] = sp
+            self.agents[p] = Agent(self.run, p, self.pods[p]["netns"])
+        self.agents[NODE] = Agent(self.run, NODE, None)
+        for p, sp in servers.items():
+            line = sp.stdout.readline().strip()
+            self.test.require(f"server in {p} listening on TCP+UDP 80, 81", line == "ready",
+                              sp.stderr.read() if line != "ready" else None)
+        for a in self.agents.values():
+            a.wait_ready()
+
+        pods = {(r.get("namespace"), r.get("name")): r for r in self.d.pods()}
+        missing = [p for p in ALL_PODS if tuple(p.split("/")) not in pods]
+        self.test.require("signetd registered the 9 pods", not missing, missing)
+        wrong = [p for p in ALL_PODS if pods[tuple(p.split("/"))].get("labels") != default_pod_labels(p)]
+        self.test.require("signetd resolved the pods' labels from the Pod objects", not wrong,
+                          {p: pods[tuple(p.split('/'))].get("labels") for p in wrong})
+        self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: "
+                 + ", ".join(f"{p}={','.join(self.state.pod_ips[p])}" for p in ALL_PODS))
+
+    def teardown(self, best_effort: bool = True) -> None:
+        if self._deleted or self.chain is None:
+            return
+        self._deleted = True
+        todo = [p for p in self.pods if self.pods[p]["result"] is not None]
+
+        def delete(p):
+            i = self.pods[p]
+            return self.chain.delete(i["cid"], i["path"], "eth0", i["args"], i["result"],
+                                     best_effort=best_effort)
+
+        for p, r in harness.parallel(delete, todo, workers=9):
+            if isinstance(r, Exception):
+                self.run.cleanup_problems.append(f"CNI DEL {p}: {r}")
+
+    # -------------------------------------------------------------- probing
+    def _next_id(self) -> int:
+        with self._id_lock:
+            self._ids += 1
+            return self._ids
+
+    def probe(self, items: list[tuple[str, str, int, str, int]]) -> dict:
+        """items: (from, to, port, proto, family); from is a podstr or NODE.
+        All run at once; returns {item: Observation}."""
+        by_agent: dict[str, list] = {}
+        keys = {}
+        for it in items:
+            frm, to, port_, proto, fam = it
+            i = self._next_id()
+            keys[i] = it
+            by_agent.setdefault(frm, []).append({"id": i, "ip": ip_of(self.state, to, fam), "port": port_,
+                                                 "proto": proto, "timeout": self.probe_timeout})
+        for a, reqs in by_agent.items():
+            self.agents[a].send(reqs)
+        deadline = time.monotonic() + self.probe_timeout + 10
+        out = {}
+        for a, reqs in by_agent.items():
+            got = self.agents[a].collect([r["id"] for r in reqs], deadline)
+            for r in reqs:
+                it = keys[r["id"]]
+                res = got.get(r["id"])
+                if res is None:
+                    out[it] = Observation(False, "agent gave no answer")
+                elif res.get("ok") and res.get("reply") != it[1]:
+                    out[it] = Observation(False, f"answered by {res.get('reply')!r}, not {it[1]}", res.get("ms", 0))
+                else:
+                    out[it] = Observation(bool(res.get("ok")), res.get("error", ""), res.get("ms", 0))
+        return out
+
+    def probe_matrix(self, combos: list[tuple[int, str]], with_node: bool = False,
+                     families: tuple | None = None) -> dict:
+        """Every pod (and the node) to every pod, for each (port, proto) and
+        address family; keys (from, to, port, proto, family)."""
+        fams = families or self.families
+        items = [(f, t, p, pr, fa) for fa in fams for p, pr in combos for f in ALL_PODS for t in ALL_PODS]
+        if with_node:
+            items += [(NODE, t, p, pr, fa) for fa in fams for p, pr in combos for t in ALL_PODS]
+        return self.probe(items)
+
+    # -------------------------------------------------------------- debugging aids
+    def pods_json(self) -> str:
+        """`signetctl pods -o json`, one compact line per pod (model pods by name)."""
+        p = self.d.ctl("pods", "-o", "json")
+        try:
+            pods = json.loads(p.stdout)["pods"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return p.stdout.strip() or p.stderr.strip()
+        pods.sort(key=lambda r: (str(r.get("namespace")), str(r.get("name"))))
+        return "\n".join(json.dumps(r, sort_keys=True, separators=(",", ":")) for r in pods)
+
+    def nft_ruleset(self, pod: str) -> str:
+        p = harness.sh("ip", "netns", "exec", self.pods[pod]["netns"], "nft", "list", "ruleset", check=False)
+        return (p.stdout + p.stderr).strip() or "(empty ruleset)"

@@ -1,0 +1,213 @@
+// Golden tests of controller/nft without root: the exact netlink batch the
+// backend sends for a small rule set, rendered one message per line with the
+// rules as libnftnl expression lists (the notation of nftables' tests/py
+// `.payload` files), plus the pure helpers and the fake backend.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "nft/fake_backend.h"
+#include "nft/netlink_backend.h"
+
+using namespace signet::nft;
+
+// Temporary local copy until the policy library defines it (weak: the real
+// definition wins as soon as it is linked in).
+__attribute__((weak)) bool PodRuleset::same_structure(const PodRuleset& o) const {
+    if (!(ingress == o.ingress) || !(egress == o.egress) || sets.size() != o.sets.size()) return false;
+    for (auto a = sets.begin(), b = o.sets.begin(); a != sets.end(); ++a, ++b)
+        if (a->first != b->first || a->second.family != b->second.family) return false;
+    return true;
+}
+
+namespace {
+
+Addr v4(const char* s) {
+    Addr a;
+    inet_pton(AF_INET, s, a.bytes.data());
+    return a;
+}
+Addr v6(const char* s) {
+    Addr a;
+    inet_pton(AF_INET6, s, a.bytes.data());
+    return a;
+}
+
+PodRuleset sample() {
+    PodRuleset rs;
+    rs.sets["node_v4"] = AddrSet{Family::v4, {Range{v4("192.168.1.10"), v4("192.168.1.10")}}};
+    rs.sets["peers_v4"] = AddrSet{Family::v4, {Range{v4("10.0.0.0"), v4("10.0.0.255")},
+                                               Range{v4("240.0.0.0"), v4("255.255.255.255")}}};
+    rs.sets["peers_v6"] = AddrSet{Family::v6, {Range{v6("fd00::"), v6("fd00::ff")}}};
+    rs.ingress.isolated = true;
+    Rule r;
+    r.set_v4 = "peers_v4";
+    r.set_v6 = "peers_v6";
+    r.ports = {{kTcp, 80, 81}, {kUdp, 53, 53}};
+    r.origin = {"prod", "allow-web", 0};
+    rs.ingress.rules.push_back(r);
+    rs.egress.isolated = true;
+    Rule any;
+    any.any_peer = true;
+    any.ports = {{kTcp, 0, 65535}};
+    any.origin = {"prod", "egress-all-tcp", 1};
+    rs.egress.rules.push_back(any);
+    return rs;
+}
+
+std::vector<std::string> lines(const std::string& s) {
+    std::vector<std::string> out;
+    std::istringstream in(s);
+    for (std::string l; std::getline(in, l);) out.push_back(l);
+    return out;
+}
+
+void check_golden(const std::string& got, const std::string& want) {
+    auto g = lines(got), w = lines(want);
+    for (size_t i = 0; i < std::max(g.size(), w.size()); ++i) {
+        INFO("line " << i + 1);
+        CHECK((i < g.size() ? g[i] : "<missing>") == (i < w.size() ? w[i] : "<missing>"));
+    }
+}
+
+const std::string kFull = R"GOLDEN(destroy table inet signet
+add table inet signet
+add set inet signet node_v4 { type ipv4_addr; flags interval; id 1 }
+add element inet signet node_v4 { 192.168.1.10 (end 192.168.1.11) }
+add set inet signet peers_v4 { type ipv4_addr; flags interval; id 2 }
+add element inet signet peers_v4 { 10.0.0.0-10.0.0.255 (end 10.0.1.0), 240.0.0.0-255.255.255.255 (no end: max address) }
+add set inet signet peers_v6 { type ipv6_addr; flags interval; id 3 }
+add element inet signet peers_v6 { fd00::-fd00::ff (end fd00::100) }
+add chain inet signet ingress { type filter hook input priority 0; policy accept; }
+add chain inet signet egress { type filter hook output priority 0; policy accept; }
+add rule inet signet ingress [ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000006 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ immediate reg 0 accept ] comment "signet ingress base"
+add rule inet signet ingress [ meta load iifname => reg 1 ] [ cmp eq reg 1 0x00006f6c 0x00000000 0x00000000 0x00000000 ] [ immediate reg 0 accept ] comment "signet ingress base"
+add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x0000003a ] [ payload load 1b @ transport header + 0 => reg 1 ] [ range eq reg 1 0x00000085 0x00000088 ] [ immediate reg 0 accept ] comment "signet ingress base"
+add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set node_v4 ] [ immediate reg 0 accept ] comment "signet ingress base"
+add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set peers_v4 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ range eq reg 1 0x00005000 0x00005100 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet ingress prod/allow-web#0"
+add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set peers_v4 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000011 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00003500 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet ingress prod/allow-web#0"
+add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set peers_v6 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ range eq reg 1 0x00005000 0x00005100 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet ingress prod/allow-web#0"
+add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set peers_v6 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000011 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00003500 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet ingress prod/allow-web#0"
+add rule inet signet ingress [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment "signet ingress default-deny"
+add rule inet signet egress [ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000006 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ immediate reg 0 accept ] comment "signet egress base"
+add rule inet signet egress [ meta load oifname => reg 1 ] [ cmp eq reg 1 0x00006f6c 0x00000000 0x00000000 0x00000000 ] [ immediate reg 0 accept ] comment "signet egress base"
+add rule inet signet egress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x0000003a ] [ payload load 1b @ transport header + 0 => reg 1 ] [ range eq reg 1 0x00000085 0x00000088 ] [ immediate reg 0 accept ] comment "signet egress base"
+add rule inet signet egress [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet egress prod/egress-all-tcp#1"
+add rule inet signet egress [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment "signet egress default-deny"
+)GOLDEN";
+
+const std::string kUpdate = R"GOLDEN(delete element inet signet peers_v4 { 10.0.0.0-10.0.0.127 (end 10.0.0.128) }
+add element inet signet peers_v4 { 10.0.0.0-10.0.0.255 (end 10.0.1.0) }
+)GOLDEN";
+
+}  // namespace
+
+TEST_CASE("golden: full table batch") {
+    auto got = describe_full_batch(sample(), true);
+    REQUIRE(got.ok());
+    check_golden(*got, kFull);
+}
+
+TEST_CASE("golden: without NFT_MSG_DESTROYTABLE the delete is made idempotent") {
+    auto got = describe_full_batch(sample(), false);
+    REQUIRE(got.ok());
+    auto l = lines(*got);
+    REQUIRE(l.size() >= 3);
+    CHECK(l[0] == "add table inet signet");
+    CHECK(l[1] == "delete table inet signet");
+    CHECK(l[2] == "add table inet signet");
+}
+
+TEST_CASE("golden: membership-only update sends only element changes") {
+    PodRuleset desired = sample(), current = sample();
+    current.sets["peers_v4"].elements = {Range{v4("10.0.0.0"), v4("10.0.0.127")},
+                                         Range{v4("240.0.0.0"), v4("255.255.255.255")}};
+    REQUIRE(desired.same_structure(current));
+    auto got = describe_update_batch(desired, current);
+    REQUIRE(got.ok());
+    check_golden(*got, kUpdate);
+    auto none = describe_update_batch(desired, desired);
+    REQUIRE(none.ok());
+    CHECK(none->empty());
+}
+
+TEST_CASE("golden: SYN / SYN-ACK queue rule, both backends, no bypass") {
+    const std::string match =
+        "[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] "
+        "[ payload load 1b @ transport header + 13 => reg 1 ] "
+        "[ bitwise reg 1 = ( reg 1 & 0x00000007 ) ^ 0x00000000 ] [ cmp eq reg 1 0x00000002 ]";
+    CHECK(describe_syn_queue_rule("signet", "ingress", 3, QueueBackend::nft_queue) ==
+          "add rule inet signet ingress " + match + " [ queue num 3 ] comment \"signet handshake-queue 3\"");
+    CHECK(describe_syn_queue_rule("signet", "ingress", 3, QueueBackend::xt_nfqueue) ==
+          "add rule inet signet ingress " + match +
+              " [ target name NFQUEUE rev 3 ] comment \"signet handshake-queue 3\"");
+}
+
+TEST_CASE("invalid rule sets are refused before anything is sent") {
+    PodRuleset rs = sample();
+    rs.ingress.rules[0].set_v4 = "nope";
+    CHECK_FALSE(describe_full_batch(rs).ok());
+    rs = sample();
+    rs.ingress.rules[0].set_v4 = "peers_v6";  // wrong family
+    CHECK_FALSE(describe_full_batch(rs).ok());
+    rs = sample();
+    rs.ingress.rules[0].ports = {{kTcp, 90, 80}};
+    CHECK_FALSE(describe_full_batch(rs).ok());
+}
+
+TEST_CASE("rule comments carry the origin") {
+    Origin o{"team-a", "allow-db", 7};
+    auto c = rule_comment(Dir::egress, o);
+    CHECK(c == "signet egress team-a/allow-db#7");
+    auto p = parse_rule_comment(c);
+    REQUIRE(p.has_value());
+    CHECK(p->first == Dir::egress);
+    CHECK(p->second == o);
+    CHECK_FALSE(parse_rule_comment("signet ingress default-deny").has_value());
+    CHECK_FALSE(parse_rule_comment("signet ingress base").has_value());
+    CHECK_FALSE(parse_rule_comment("other ingress a/b#1").has_value());
+    CHECK_FALSE(parse_rule_comment("signet ingress a/b#x").has_value());
+    Origin longname{"ns", std::string(300, 'n'), 1};
+    auto lc = rule_comment(Dir::ingress, longname);
+    CHECK(lc.size() <= 250);
+    CHECK(parse_rule_comment(lc).has_value());
+}
+
+TEST_CASE("normalize_ranges sorts, merges overlapping and adjacent ranges, handles the top") {
+    auto r = normalize_ranges(Family::v4, {Range{v4("10.0.0.5"), v4("10.0.0.9")}, Range{v4("10.0.0.0"), v4("10.0.0.4")},
+                                           Range{v4("10.0.1.0"), v4("10.0.1.0")},
+                                           Range{v4("255.255.255.0"), v4("255.255.255.255")},
+                                           Range{v4("255.255.255.255"), v4("255.255.255.255")}});
+    REQUIRE(r.size() == 3);
+    CHECK(r[0] == Range{v4("10.0.0.0"), v4("10.0.0.9")});
+    CHECK(r[1] == Range{v4("10.0.1.0"), v4("10.0.1.0")});
+    CHECK(r[2] == Range{v4("255.255.255.0"), v4("255.255.255.255")});
+    auto r6 = normalize_ranges(Family::v6, {Range{v6("::"), v6("::1")}, Range{v6("::2"), v6("::2")}});
+    REQUIRE(r6.size() == 1);
+    CHECK(r6[0] == Range{v6("::"), v6("::2")});
+}
+
+TEST_CASE("fake backend records calls") {
+    FakeBackend fake;
+    Netns ns = Netns::detached("/var/run/netns/pod-1");
+    PodRuleset a = sample(), b = sample();
+    b.sets["peers_v4"].elements.clear();
+    CHECK(fake.apply(ns, a, nullptr).ok());
+    CHECK(fake.apply(ns, b, &a).ok());
+    REQUIRE(fake.calls.size() == 2);
+    CHECK_FALSE(fake.calls[0].incremental);
+    CHECK(fake.calls[1].incremental);
+    CHECK(fake.tables.at(ns.path()) == b);
+    fake.fail_next(signet::make_error(5, "boom"));
+    CHECK_FALSE(fake.remove(ns).ok());
+    CHECK(fake.remove(ns).ok());
+    CHECK_FALSE(fake.table_exists(ns).value());
+    CHECK(fake.count(FakeBackend::Call::apply) == 2);
+    // A detached handle never reaches the kernel.
+    CHECK_FALSE(ns.nfnl().ok());
+}
