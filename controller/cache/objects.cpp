@@ -40,8 +40,12 @@ std::string child(std::string_view path, std::string_view field) {
     return p;
 }
 
-bool is_lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
-bool is_alnum(char c) { return is_lower_alnum(c) || (c >= 'A' && c <= 'Z'); }
+bool is_lower_alnum(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+bool is_alnum(char c) {
+    return is_lower_alnum(c) || (c >= 'A' && c <= 'Z');
+}
 
 // ([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9] -- a label value or a key's name part, non-empty.
 bool is_qualified_name_part(std::string_view s) {
@@ -95,10 +99,14 @@ std::optional<Requirement::Op> parse_operator(std::string_view text) {
 
 std::string_view to_string(Requirement::Op op) {
     switch (op) {
-        case Requirement::In: return "In";
-        case Requirement::NotIn: return "NotIn";
-        case Requirement::Exists: return "Exists";
-        case Requirement::DoesNotExist: return "DoesNotExist";
+        case Requirement::In:
+            return "In";
+        case Requirement::NotIn:
+            return "NotIn";
+        case Requirement::Exists:
+            return "Exists";
+        case Requirement::DoesNotExist:
+            return "DoesNotExist";
     }
     return "?";
 }
@@ -122,8 +130,12 @@ std::string to_string(const LabelSelector& selector) {
                 out += ')';
                 break;
             }
-            case Requirement::Exists: out += r.key; break;
-            case Requirement::DoesNotExist: out += "!" + r.key; break;
+            case Requirement::Exists:
+                out += r.key;
+                break;
+            case Requirement::DoesNotExist:
+                out += "!" + r.key;
+                break;
         }
     }
     return out;
@@ -141,9 +153,12 @@ std::optional<Protocol> parse_protocol(std::string_view text) {
 
 std::string_view to_string(Protocol p) {
     switch (p) {
-        case Protocol::TCP: return "TCP";
-        case Protocol::UDP: return "UDP";
-        case Protocol::SCTP: return "SCTP";
+        case Protocol::TCP:
+            return "TCP";
+        case Protocol::UDP:
+            return "UDP";
+        case Protocol::SCTP:
+            return "SCTP";
     }
     return "?";
 }
@@ -154,7 +169,9 @@ std::optional<PolicyType> parse_policy_type(std::string_view text) {
     return std::nullopt;
 }
 
-std::string_view to_string(PolicyType t) { return t == PolicyType::Ingress ? "Ingress" : "Egress"; }
+std::string_view to_string(PolicyType t) {
+    return t == PolicyType::Ingress ? "Ingress" : "Egress";
+}
 
 // ---------------------------------------------------------------------------
 // Addresses
@@ -202,7 +219,8 @@ Result<Cidr> parse_cidr(std::string_view text) {
 bool is_ip_address(std::string_view text) {
     std::string s(text);
     std::array<uint8_t, 16> buf{};
-    return !s.empty() && (inet_pton(AF_INET, s.c_str(), buf.data()) == 1 || inet_pton(AF_INET6, s.c_str(), buf.data()) == 1);
+    return !s.empty() &&
+           (inet_pton(AF_INET, s.c_str(), buf.data()) == 1 || inet_pton(AF_INET6, s.c_str(), buf.data()) == 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -238,9 +256,12 @@ std::vector<PolicyType> effective_policy_types(const std::vector<PolicyType>& ex
 
 std::string_view kind_of(const Object& obj) {
     switch (obj.index()) {
-        case 0: return "Namespace";
-        case 1: return "Pod";
-        default: return "NetworkPolicy";
+        case 0:
+            return "Namespace";
+        case 1:
+            return "Pod";
+        default:
+            return "NetworkPolicy";
     }
 }
 
@@ -311,7 +332,8 @@ std::string check_label_key(std::string_view key) {
 std::string check_label_value(std::string_view value) {
     if (value.empty()) return {};
     if (value.size() > 63) return "must be no more than 63 characters";
-    if (!is_qualified_name_part(value)) return "a valid label value must be empty or " + std::string(kQualifiedNameRule);
+    if (!is_qualified_name_part(value))
+        return "a valid label value must be empty or " + std::string(kQualifiedNameRule);
     return {};
 }
 
@@ -358,7 +380,8 @@ Status validate(const LabelSelector& selector, std::string_view path) {
         }
         for (size_t j = 0; j < r.values.size(); ++j)
             if (auto why = check_label_value(r.values[j]); !why.empty())
-                return invalid(indexed(child(p, "values"), j), "invalid label value " + quoted(r.values[j]) + ": " + why);
+                return invalid(indexed(child(p, "values"), j),
+                               "invalid label value " + quoted(r.values[j]) + ": " + why);
     }
     return {};
 }
@@ -368,23 +391,26 @@ namespace {
 Status validate_namespace_name(std::string_view ns) {
     if (ns.empty()) return invalid("metadata.namespace", "must not be empty");
     if (!is_dns1123_label(ns))
-        return invalid("metadata.namespace", "invalid value " + quoted(ns) + ": a lowercase RFC 1123 label must "
-                                             "consist of lower case alphanumeric characters or '-', start and end "
-                                             "with an alphanumeric character, and be at most 63 characters");
+        return invalid("metadata.namespace", "invalid value " + quoted(ns) +
+                                                 ": a lowercase RFC 1123 label must "
+                                                 "consist of lower case alphanumeric characters or '-', start and end "
+                                                 "with an alphanumeric character, and be at most 63 characters");
     return {};
 }
 
 Status validate_subdomain_name(std::string_view name) {
     if (name.empty()) return invalid("metadata.name", "required value");
     if (!is_dns1123_subdomain(name))
-        return invalid("metadata.name", "invalid value " + quoted(name) + ": a lowercase RFC 1123 subdomain must "
-                                        "consist of lower case alphanumeric characters, '-' or '.', and must start "
-                                        "and end with an alphanumeric character, at most 253 characters");
+        return invalid("metadata.name", "invalid value " + quoted(name) +
+                                            ": a lowercase RFC 1123 subdomain must "
+                                            "consist of lower case alphanumeric characters, '-' or '.', and must start "
+                                            "and end with an alphanumeric character, at most 253 characters");
     return {};
 }
 
 Status validate_port_number(int64_t port, std::string_view path) {
-    if (port < 1 || port > 65535) return invalid(path, "invalid value " + std::to_string(port) + ": must be between 1 and 65535, inclusive");
+    if (port < 1 || port > 65535)
+        return invalid(path, "invalid value " + std::to_string(port) + ": must be between 1 and 65535, inclusive");
     return {};
 }
 
@@ -406,8 +432,8 @@ Status validate_policy_port(const PolicyPort& port, std::string_view path) {
         const auto* num = std::get_if<int32_t>(&*port.port);
         if (num == nullptr) return invalid(child(path, "endPort"), "may not be specified when `port` is non-numeric");
         if (*port.end_port < *num)
-            return invalid(child(path, "endPort"),
-                           "invalid value " + std::to_string(*port.end_port) + ": must be greater than or equal to `port`");
+            return invalid(child(path, "endPort"), "invalid value " + std::to_string(*port.end_port) +
+                                                       ": must be greater than or equal to `port`");
         if (auto st = validate_port_number(*port.end_port, child(path, "endPort")); !st) return st;
     }
     return {};
@@ -426,9 +452,9 @@ Status validate_peer(const Peer& peer, std::string_view path) {
         for (size_t i = 0; i < b.except.size(); ++i) {
             const Cidr& e = b.except[i];
             if (!b.cidr.contains(e) || e.prefix_len <= b.cidr.prefix_len)
-                return invalid(indexed(child(path, "ipBlock.except"), i),
-                               "invalid value " + quoted(e.to_string()) + ": must be a strict subset of `cidr` " +
-                                   b.cidr.to_string());
+                return invalid(indexed(child(path, "ipBlock.except"), i), "invalid value " + quoted(e.to_string()) +
+                                                                              ": must be a strict subset of `cidr` " +
+                                                                              b.cidr.to_string());
         }
     }
     return {};
@@ -451,9 +477,10 @@ Status validate_rule(const Rule& rule, const std::optional<std::vector<Peer>>& p
 Status validate(const Namespace& ns) {
     if (ns.name.empty()) return invalid("metadata.name", "required value");
     if (!is_dns1123_label(ns.name))
-        return invalid("metadata.name", "invalid value " + quoted(ns.name) + ": a lowercase RFC 1123 label must "
-                                         "consist of lower case alphanumeric characters or '-', start and end "
-                                         "with an alphanumeric character, and be at most 63 characters");
+        return invalid("metadata.name", "invalid value " + quoted(ns.name) +
+                                            ": a lowercase RFC 1123 label must "
+                                            "consist of lower case alphanumeric characters or '-', start and end "
+                                            "with an alphanumeric character, and be at most 63 characters");
     return validate_labels(ns.labels, "metadata.labels");
 }
 
@@ -466,13 +493,15 @@ Status validate(const Pod& pod) {
         std::string p = "spec.containers[*].ports[" + std::to_string(i) + "]";
         if (auto st = validate_port_number(cp.port, p + ".containerPort"); !st) return st;
         if (!parse_protocol(cp.protocol))
-            return invalid(p + ".protocol", "unsupported value " + quoted(cp.protocol) + ": supported values: \"SCTP\", \"TCP\", \"UDP\"");
+            return invalid(p + ".protocol", "unsupported value " + quoted(cp.protocol) +
+                                                ": supported values: \"SCTP\", \"TCP\", \"UDP\"");
         if (!cp.name.empty() && !is_port_name(cp.name))
             return invalid(p + ".name", "invalid value " + quoted(cp.name) + ": must be a valid port name");
     }
     for (size_t i = 0; i < pod.pod_ips.size(); ++i)
         if (!is_ip_address(pod.pod_ips[i]))
-            return invalid(indexed("status.podIPs", i) + ".ip", "invalid value " + quoted(pod.pod_ips[i]) + ": must be a valid IP address");
+            return invalid(indexed("status.podIPs", i) + ".ip",
+                           "invalid value " + quoted(pod.pod_ips[i]) + ": must be a valid IP address");
     return {};
 }
 
@@ -481,7 +510,8 @@ Status validate(const NetworkPolicy& np) {
     if (auto st = validate_subdomain_name(np.name); !st) return st;
     if (auto st = validate(np.pod_selector, "spec.podSelector"); !st) return st;
     for (size_t i = 0; i < np.ingress.size(); ++i)
-        if (auto st = validate_rule(np.ingress[i], np.ingress[i].from, indexed("spec.ingress", i), "from"); !st) return st;
+        if (auto st = validate_rule(np.ingress[i], np.ingress[i].from, indexed("spec.ingress", i), "from"); !st)
+            return st;
     for (size_t i = 0; i < np.egress.size(); ++i)
         if (auto st = validate_rule(np.egress[i], np.egress[i].to, indexed("spec.egress", i), "to"); !st) return st;
     if (np.policy_types.empty()) return invalid("spec.policyTypes", "must not be empty after defaulting");

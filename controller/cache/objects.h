@@ -100,8 +100,8 @@ std::string_view to_string(PolicyType t);
 // An IPv4 or IPv6 prefix. Host bits are cleared on parsing ("10.1.2.3/8" is
 // 10.0.0.0/8, as Go's net.ParseCIDR returns it).
 struct Cidr {
-    int family = 4;                      // 4 or 6
-    std::array<uint8_t, 16> address{};   // network byte order; IPv4 uses the first 4 bytes
+    int family = 4;                     // 4 or 6
+    std::array<uint8_t, 16> address{};  // network byte order; IPv4 uses the first 4 bytes
     int prefix_len = 0;
     bool operator==(const Cidr&) const = default;
     auto operator<=>(const Cidr&) const = default;
@@ -139,7 +139,7 @@ using PortValue = std::variant<int32_t, std::string>;
 
 struct PolicyPort {
     Protocol protocol = Protocol::TCP;
-    std::optional<PortValue> port;  // nullopt: all ports of the protocol
+    std::optional<PortValue> port;    // nullopt: all ports of the protocol
     std::optional<int32_t> end_port;  // only with a numeric port; range [port, end_port]
     bool operator==(const PolicyPort&) const = default;
 };

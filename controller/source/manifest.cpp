@@ -44,9 +44,13 @@ std::string indexed(std::string_view path, size_t i) {
     return std::string(path) + "[" + std::to_string(i) + "]";
 }
 
-std::string quoted(std::string_view s) { return "\"" + std::string(s) + "\""; }
+std::string quoted(std::string_view s) {
+    return "\"" + std::string(s) + "\"";
+}
 
-std::string_view as_view(const Value& v) { return {v.GetString(), v.GetStringLength()}; }
+std::string_view as_view(const Value& v) {
+    return {v.GetString(), v.GetStringLength()};
+}
 
 // ===========================================================================
 // YAML -> JSON, with the scalar typing of sigs.k8s.io/yaml (go-yaml v2, YAML 1.1)
@@ -54,8 +58,8 @@ std::string_view as_view(const Value& v) { return {v.GetString(), v.GetStringLen
 constexpr std::array kNullWords = {"", "~", "null", "Null", "NULL"};
 constexpr std::array kTrueWords = {"y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"};
 constexpr std::array kFalseWords = {"n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"};
-constexpr std::array kNonFiniteWords = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf",
-                                        "-.Inf", "-.INF", ".nan", ".NaN", ".NAN"};
+constexpr std::array kNonFiniteWords = {".inf",  ".Inf",  ".INF",  "+.inf", "+.Inf", "+.INF",
+                                        "-.inf", "-.Inf", "-.INF", ".nan",  ".NaN",  ".NAN"};
 
 template <size_t N>
 bool one_of(std::string_view s, const std::array<const char*, N>& words) {
@@ -140,6 +144,10 @@ Status prescan(std::string_view text) {
     int depth = 0;
     size_t entries = 0, line = 1;
     bool in_double = false, in_single = false, in_comment = false;
+    auto refuse = [&](const std::string& what) {
+        return make_error(EINVAL, "line " + std::to_string(line) + ": " + what);
+    };
+    const std::string too_wide = "flow collection with more than " + std::to_string(kMaxNodes) + " entries";
     for (size_t i = 0; i < text.size(); ++i) {
         char c = text[i];
         if (c == '\n') ++line;
@@ -165,25 +173,28 @@ Status prescan(std::string_view text) {
             case '#':
                 in_comment = after_space;
                 break;
-            case '"': in_double = true; break;
-            case '\'': in_single = after_space || depth > 0; break;
+            case '"':
+                in_double = true;
+                break;
+            case '\'':
+                in_single = after_space || depth > 0;
+                break;
             case '[':
             case '{':
                 if (depth == 0) entries = 0;
-                if (++depth > kMaxFlowDepthPrescan || ++entries > kMaxNodes)
-                    return make_error(EINVAL, "line " + std::to_string(line) + ": " +
-                                                  (depth > kMaxFlowDepthPrescan ? "nesting deeper than " + std::to_string(kMaxDepth) + " levels"
-                                                                                : "flow collection with more than " + std::to_string(kMaxNodes) + " entries"));
+                if (++depth > kMaxFlowDepthPrescan)
+                    return refuse("nesting deeper than " + std::to_string(kMaxDepth) + " levels");
+                if (++entries > kMaxNodes) return refuse(too_wide);
                 break;
             case ']':
             case '}':
                 if (depth > 0) --depth;
                 break;
             case ',':
-                if (depth > 0 && ++entries > kMaxNodes)
-                    return make_error(EINVAL, "line " + std::to_string(line) + ": flow collection with more than " + std::to_string(kMaxNodes) + " entries");
+                if (depth > 0 && ++entries > kMaxNodes) return refuse(too_wide);
                 break;
-            default: break;
+            default:
+                break;
         }
     }
     return {};
@@ -216,7 +227,9 @@ public:
         anchors_.clear();  // anchors are per document
     }
     void OnDocumentEnd() override {}
-    void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { add(make(YamlNode::Kind::Null, mark), anchor); }
+    void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+        add(make(YamlNode::Kind::Null, mark), anchor);
+    }
     void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
         auto it = anchors_.find(anchor);
         // yaml-cpp rejects undefined aliases itself; be safe anyway.
@@ -342,8 +355,8 @@ private:
             if (!keys.insert(*key).second) return error(k, "duplicate key " + quoted(*key));
             auto value = convert(v, depth + 1);
             if (!value) return value.error();
-            obj.AddMember(Value(key->data(), static_cast<rapidjson::SizeType>(key->size()), alloc_),
-                          std::move(*value), alloc_);
+            obj.AddMember(Value(key->data(), static_cast<rapidjson::SizeType>(key->size()), alloc_), std::move(*value),
+                          alloc_);
         }
         for (const YamlNode* merge : merges) {
             std::vector<const YamlNode*> sources;
@@ -412,7 +425,8 @@ private:
         if (tag == "tag:yaml.org,2002:int" || tag == "tag:yaml.org,2002:float") {
             auto v = plain(node, text);
             if (!v) return v;
-            if (!v->IsNumber()) return error(node, "cannot decode " + quoted(text) + " as !!" + tag.substr(tag.rfind(':') + 1));
+            if (!v->IsNumber())
+                return error(node, "cannot decode " + quoted(text) + " as !!" + tag.substr(tag.rfind(':') + 1));
             return v;
         }
         return string_value(text);  // other tags: the text, as go-yaml does
@@ -452,7 +466,8 @@ private:
 Status check_bounds(const Value& v, int depth, size_t& nodes) {
     if (++nodes > kMaxNodes) return make_error(EINVAL, "more than " + std::to_string(kMaxNodes) + " values");
     if (v.IsArray() || v.IsObject()) {
-        if (depth >= kMaxDepth) return make_error(EINVAL, "nesting deeper than " + std::to_string(kMaxDepth) + " levels");
+        if (depth >= kMaxDepth)
+            return make_error(EINVAL, "nesting deeper than " + std::to_string(kMaxDepth) + " levels");
         if (v.IsArray()) {
             for (const Value& item : v.GetArray())
                 if (auto st = check_bounds(item, depth + 1, nodes); !st) return st;
@@ -511,13 +526,19 @@ const Value* field(const Value& obj, const char* key) {
 
 const char* type_name(const Value& v) {
     switch (v.GetType()) {
-        case rapidjson::kNullType: return "null";
+        case rapidjson::kNullType:
+            return "null";
         case rapidjson::kFalseType:
-        case rapidjson::kTrueType: return "a boolean";
-        case rapidjson::kObjectType: return "an object";
-        case rapidjson::kArrayType: return "a list";
-        case rapidjson::kStringType: return "a string";
-        case rapidjson::kNumberType: return v.IsDouble() ? "a floating-point number" : "a number";
+        case rapidjson::kTrueType:
+            return "a boolean";
+        case rapidjson::kObjectType:
+            return "an object";
+        case rapidjson::kArrayType:
+            return "a list";
+        case rapidjson::kStringType:
+            return "a string";
+        case rapidjson::kNumberType:
+            return v.IsDouble() ? "a floating-point number" : "a number";
     }
     return "a value";
 }
@@ -645,8 +666,9 @@ Result<cache::LabelSelector> decode_selector(const Value& v, std::string_view pa
         if (op->empty()) return invalid(child(p, "operator"), "required value");
         auto parsed = cache::parse_operator(*op);
         if (!parsed)
-            return invalid(child(p, "operator"), "unsupported value " + quoted(*op) +
-                                                     ": supported values: \"DoesNotExist\", \"Exists\", \"In\", \"NotIn\"");
+            return invalid(child(p, "operator"),
+                           "unsupported value " + quoted(*op) +
+                               ": supported values: \"DoesNotExist\", \"Exists\", \"In\", \"NotIn\"");
         auto values = string_list_field(item, "values", p);
         if (!values) return values.error();
         r.key = std::move(*key);
@@ -659,7 +681,8 @@ Result<cache::LabelSelector> decode_selector(const Value& v, std::string_view pa
     return sel;
 }
 
-Result<std::optional<cache::LabelSelector>> optional_selector(const Value& obj, const char* key, std::string_view path) {
+Result<std::optional<cache::LabelSelector>> optional_selector(const Value& obj, const char* key,
+                                                              std::string_view path) {
     const Value* v = field(obj, key);
     if (v == nullptr) return std::optional<cache::LabelSelector>();
     auto sel = decode_selector(*v, child(path, key));
@@ -844,7 +867,8 @@ private:
         return wrap(decode_network_policy(v));
     }
 
-    void note_ignored(const Value& v, const std::string& path, const std::string& kind, const std::string& api_version) {
+    void note_ignored(const Value& v, const std::string& path, const std::string& kind,
+                      const std::string& api_version) {
         if (ignored_ == nullptr) return;
         std::string name = "(unnamed)";
         if (const Value* meta = field(v, "metadata"); meta != nullptr && meta->IsObject()) {
@@ -852,7 +876,8 @@ private:
             const Value* ns = field(*meta, "namespace");
             if (n != nullptr && n->IsString()) {
                 name = std::string(as_view(*n));
-                if (ns != nullptr && ns->IsString() && ns->GetStringLength() > 0) name = std::string(as_view(*ns)) + "/" + name;
+                if (ns != nullptr && ns->IsString() && ns->GetStringLength() > 0)
+                    name = std::string(as_view(*ns)) + "/" + name;
             }
         }
         std::string line = prefix_;
@@ -958,15 +983,16 @@ Result<cache::Pod> decode_pod(const Value& obj) {
                 if (!proto->empty()) cp.protocol = std::move(*proto);
                 // Checked here for a precise path; validate(Pod) checks again without one.
                 if (cp.port < 1 || cp.port > 65535)
-                    return invalid(child(ppath, "containerPort"),
-                                   "invalid value " + std::to_string(cp.port) + ": must be between 1 and 65535, inclusive");
+                    return invalid(child(ppath, "containerPort"), "invalid value " + std::to_string(cp.port) +
+                                                                      ": must be between 1 and 65535, inclusive");
                 if (!cache::parse_protocol(cp.protocol))
                     return invalid(child(ppath, "protocol"), "unsupported value " + quoted(cp.protocol) +
                                                                  ": supported values: \"SCTP\", \"TCP\", \"UDP\"");
                 if (!cp.name.empty() && !cache::is_port_name(cp.name))
-                    return invalid(child(ppath, "name"), "invalid value " + quoted(cp.name) +
-                                                             ": must be a valid port name (at most 15 characters: lower "
-                                                             "case alphanumerics and '-', at least one letter)");
+                    return invalid(child(ppath, "name"),
+                                   "invalid value " + quoted(cp.name) +
+                                       ": must be a valid port name (at most 15 characters: lower "
+                                       "case alphanumerics and '-', at least one letter)");
                 pod.container_ports.push_back(std::move(cp));
                 return {};
             });

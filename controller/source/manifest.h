@@ -26,7 +26,7 @@ using cache::Object;
 // counted after YAML alias expansion, so alias bombs ("billion laughs") are
 // cut short; YAML nodes before expansion are bounded by kMaxNodes as well.
 // (4 MiB of ordinary Pod manifests is about 200k values.)
-inline constexpr size_t kMaxManifestBytes = 4 * 1024 * 1024;
+inline constexpr size_t kMaxManifestBytes = size_t{4} << 20;  // 4 MiB
 inline constexpr int kMaxDepth = 64;
 inline constexpr size_t kMaxNodes = 500'000;
 

@@ -8,8 +8,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <ctime>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <utility>
@@ -20,8 +20,8 @@ namespace signet::source {
 
 namespace {
 
-constexpr uint32_t kWatchMask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO |
-                                IN_DELETE_SELF | IN_MOVE_SELF | IN_MODIFY | IN_ATTRIB | IN_ONLYDIR;
+constexpr uint32_t kWatchMask = IN_CLOSE_WRITE | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF |
+                                IN_MOVE_SELF | IN_MODIFY | IN_ATTRIB | IN_ONLYDIR;
 
 bool ends_with(std::string_view s, std::string_view suffix) {
     return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
@@ -35,9 +35,13 @@ bool is_manifest_name(std::string_view name) {
 
 constexpr int64_t kRacyWindowNs = 2'000'000'000;
 
-int64_t nanoseconds(const struct timespec& ts) { return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec; }
+int64_t nanoseconds(const struct timespec& ts) {
+    return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+    return std::strerror(err);
+}
 
 // Owns a file descriptor for the length of a scope.
 class ScopedFd {
@@ -62,7 +66,9 @@ ManifestDir::~ManifestDir() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-int ManifestDir::watch_fd() const { return fd_; }
+int ManifestDir::watch_fd() const {
+    return fd_;
+}
 
 Status ManifestDir::start_watch() {
     if (fd_ < 0) {
@@ -197,8 +203,8 @@ Result<bool> ManifestDir::rescan() {
         const bool known = files_.contains(name);
         const FileState before = state;
         if (!load(name, state)) continue;  // vanished: dropped below like a removed file
-        files_changed = files_changed || !known || state.objects != before.objects ||
-                        state.ignored != before.ignored || state.error != before.error;
+        files_changed = files_changed || !known || state.objects != before.objects || state.ignored != before.ignored ||
+                        state.error != before.error;
         next.emplace(name, std::move(state));
     }
     for (const auto& [name, state] : files_)
@@ -240,6 +246,8 @@ void ManifestDir::merge() {
     active_warnings_ = std::move(warnings);
 }
 
-std::vector<std::string> ManifestDir::take_warnings() { return std::exchange(pending_warnings_, {}); }
+std::vector<std::string> ManifestDir::take_warnings() {
+    return std::exchange(pending_warnings_, {});
+}
 
 }  // namespace signet::source

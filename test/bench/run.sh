@@ -7,3 +7,5 @@ bridge_args=()
 [[ $(id -u) -eq 0 && -x /usr/lib/cni/bridge ]] && bridge_args=(--bridge /usr/lib/cni/bridge)
 "$B/test/bench/bench_cni_add" --plugin "$B/cni-plugin/signet" --signetd "$B/controller/signetd" \
   --iterations "${BENCH_ITERATIONS:-300}" "${bridge_args[@]}"
+echo
+"$B/test/bench/bench_policy"

@@ -1,0 +1,851 @@
+#!/usr/bin/python3
+"""A test Kubernetes API server speaking the real list/watch protocol.
+
+Python 3 standard library only (YAML manifests additionally need PyYAML,
+Debian's python3-yaml, when present; JSON always works).
+
+It serves Namespaces, Pods, NetworkPolicies (networking.k8s.io/v1) and
+Nodes the way kube-apiserver 1.29 does:
+
+* ``GET /api/v1/pods?limit=N&continue=T`` -> ``PodList`` with
+  ``metadata.resourceVersion``, ``continue`` and ``remainingItemCount``; list
+  items carry no kind/apiVersion, as in real responses; an expired continue
+  token is ``410 Gone`` (reason Expired);
+* ``GET /api/v1/pods?watch=true&resourceVersion=RV&allowWatchBookmarks=true
+  &timeoutSeconds=S`` -> ``200``, ``Transfer-Encoding: chunked``, one JSON
+  event per line (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR); a
+  resourceVersion older than the compaction point is an ERROR event with a
+  410 Status (or, with fault ``gone_mode="http"``, an HTTP 410);
+* authentication (bearer tokens, client certificates over TLS) -> ``401``;
+  authorization (per-resource denial) -> ``403`` with the real Status body.
+
+Objects get uid, resourceVersion (one global counter, like etcd's
+revision), creationTimestamp, generation and managedFields as the real
+server fills them.
+
+Use it in-process (``Store`` + ``ApiServer``; ``stop()``/``start()`` again is
+a server restart with the same data, like etcd surviving it) or as a
+process::
+
+    apiserver.py [--port N] [--fixtures DIR] [--manifests DIR] [--tls-dir DIR]
+                 [--token T ...] [--write-kubeconfig FILE]
+
+which prints one JSON line ``{"url": ..., "control": ...}`` when serving.
+``--manifests DIR`` follows a folder of manifests (``*.yaml``, ``*.yml``,
+``*.json``, as ``kubectl apply -f`` takes them): files created, changed or
+removed become watch events within ~100 ms. That is how a harness that
+writes manifest files (test/conformance) can use the API source unchanged.
+
+Control API (plain JSON over the same port, no auth; see CONTROL below):
+``POST /_control/apply`` (object, list of objects or a List),
+``/_control/delete`` ``{"kind","namespace","name"}``, ``/_control/fault``
+(merge fault settings), ``/_control/compact``, ``/_control/drop``,
+``/_control/bulk_pods``, ``GET /_control/requests``, ``/_control/state``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import datetime
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# resource -> (group, version, kind, namespaced)
+RESOURCES = {
+    "namespaces": ("", "v1", "Namespace", False),
+    "pods": ("", "v1", "Pod", True),
+    "networkpolicies": ("networking.k8s.io", "v1", "NetworkPolicy", True),
+    "nodes": ("", "v1", "Node", False),
+}
+KIND_TO_RESOURCE = {v[2]: k for k, v in RESOURCES.items()}
+DEFAULT_USER = "system:serviceaccount:kube-system:signet"
+
+
+def api_version_of(resource: str) -> str:
+    g, v, _, _ = RESOURCES[resource]
+    return f"{g}/{v}" if g else v
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_body(code: int, reason: str, message: str, details: dict | None = None) -> dict:
+    d = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+         "message": message, "reason": reason, "code": code}
+    if details is not None:
+        d["details"] = details
+    return d
+
+
+class Gone(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# the object store (etcd + watch cache)
+
+class Store:
+    """Objects by resource, one global resourceVersion, an event history per
+    resource, compaction. Thread-safe; waiters are woken on every change."""
+
+    def __init__(self, start_rv: int = 1000):
+        self.cond = threading.Condition()
+        self.rv = start_rv
+        self.objects: dict[str, dict[tuple, dict]] = {r: {} for r in RESOURCES}
+        self.history: dict[str, list] = {r: [] for r in RESOURCES}  # (rv, type, obj)
+        self.compacted = 0  # watches from an RV below this get 410
+        self.list_snapshots: dict[str, tuple] = {}
+        self.faults = {
+            "forbidden": [],          # resources answered with 403 (list and watch)
+            "tokens": None,           # accepted bearer tokens; None = anything (and no auth) is accepted
+            "client_cert_users": True,  # a verified client certificate authenticates (CN)
+            "delay": 0.0,             # seconds before any API answer (slow server)
+            "gone_mode": "event",     # "event": 200 + ERROR 410 event; "http": HTTP 410
+            "bookmark_interval": 1.0,  # seconds between bookmarks (when allowWatchBookmarks)
+            "malformed": {},          # resource -> count of malformed events to inject in watches
+            "drop_partial": False,    # /_control/drop writes half an event before closing
+            "list_status": {},        # resource -> HTTP status forced on lists (e.g. 500)
+        }
+        self.requests: list[dict] = []
+        self.drop_generation = 0
+
+    # ---- helpers
+    @staticmethod
+    def key(resource: str, obj: dict) -> tuple:
+        md = obj.get("metadata") or {}
+        if RESOURCES[resource][3]:
+            return (md.get("namespace") or "default", md["name"])
+        return ("", md["name"])
+
+    def _bump(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    def _record(self, resource: str, typ: str, obj: dict) -> None:
+        self.history[resource].append((int(obj["metadata"]["resourceVersion"]), typ, obj))
+        self.cond.notify_all()
+
+    # ---- mutations
+    def apply(self, obj: dict, keep_meta: bool = False) -> dict:
+        """Creates or replaces an object (kubectl apply/replace semantics)."""
+        obj = copy.deepcopy(obj)
+        kind = obj.get("kind")
+        if kind not in KIND_TO_RESOURCE:
+            raise ValueError(f"unsupported kind {kind!r}")
+        resource = KIND_TO_RESOURCE[kind]
+        # kind and apiVersion first, as the real server serializes them
+        obj = {"kind": kind, "apiVersion": api_version_of(resource),
+               **{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}}
+        md = obj.setdefault("metadata", {})
+        if not md.get("name"):
+            raise ValueError("metadata.name is required")
+        if RESOURCES[resource][3]:
+            md.setdefault("namespace", "default")
+        else:
+            md.pop("namespace", None)
+        if resource == "namespaces":
+            md.setdefault("labels", {})["kubernetes.io/metadata.name"] = md["name"]
+            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+            obj.setdefault("status", {"phase": "Active"})
+        if resource == "pods":
+            obj.setdefault("status", {"phase": "Pending", "qosClass": "BestEffort"})
+        with self.cond:
+            k = self.key(resource, obj)
+            old = self.objects[resource].get(k)
+            if old is not None:
+                md["uid"] = old["metadata"]["uid"]
+                md["creationTimestamp"] = old["metadata"]["creationTimestamp"]
+                if "generation" in old["metadata"]:
+                    gen = old["metadata"]["generation"]
+                    md["generation"] = gen + (1 if obj.get("spec") != old.get("spec") else 0)
+            else:
+                if not keep_meta or "uid" not in md:
+                    md["uid"] = str(uuid.uuid4())
+                if not keep_meta or "creationTimestamp" not in md:
+                    md["creationTimestamp"] = now_rfc3339()
+                if resource in ("networkpolicies",):
+                    md.setdefault("generation", 1)
+            if "managedFields" not in md:
+                md["managedFields"] = [{
+                    "manager": "kubectl-client-side-apply", "operation": "Update",
+                    "apiVersion": obj["apiVersion"], "time": now_rfc3339(), "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:labels": {k2: {} for k2 in (md.get("labels") or {})}}}}]
+            md["resourceVersion"] = str(self._bump())
+            self.objects[resource][k] = obj
+            self._record(resource, "MODIFIED" if old is not None else "ADDED", obj)
+            return obj
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        resource = KIND_TO_RESOURCE[kind]
+        k = ((namespace or "default") if RESOURCES[resource][3] else "", name)
+        with self.cond:
+            old = self.objects[resource].pop(k, None)
+            if old is None:
+                return False
+            gone = copy.deepcopy(old)
+            gone["metadata"]["resourceVersion"] = str(self._bump())
+            self._record(resource, "DELETED", gone)
+            return True
+
+    def compact(self) -> int:
+        """Forgets the history: watches from an older RV get 410 Gone."""
+        with self.cond:
+            self.compacted = self._bump()  # etcd compacts up to its current revision
+            for r in RESOURCES:
+                self.history[r] = []
+            self.list_snapshots.clear()
+            self.cond.notify_all()
+            return self.compacted
+
+    def load_fixtures(self, folder: Path) -> None:
+        """Loads recorded List responses (namespaces.json, pods.json, ...)."""
+        for resource in RESOURCES:
+            f = Path(folder) / f"{resource}.json"
+            if not f.exists():
+                continue
+            lst = json.loads(f.read_text())
+            for item in lst.get("items", []):
+                item = dict(item)
+                item["kind"] = RESOURCES[resource][2]
+                self.apply(item, keep_meta=True)
+
+    # ---- reads
+    def list(self, resource: str, limit: int, cont: str | None) -> dict:
+        with self.cond:
+            if cont:
+                try:
+                    tok = json.loads(base64.urlsafe_b64decode(cont.encode() + b"==="))
+                    snap = self.list_snapshots[tok["id"]]
+                except Exception:
+                    raise Gone()
+                rv, items = snap
+                start = tok["start"]
+                if rv < self.compacted:
+                    raise Gone()
+            else:
+                rv = self.rv
+                items = [self.objects[resource][k] for k in sorted(self.objects[resource])]
+                start = 0
+            page = items[start:start + limit] if limit > 0 else items[start:]
+            out = {"kind": RESOURCES[resource][2] + "List", "apiVersion": api_version_of(resource),
+                   "metadata": {"resourceVersion": str(rv)}, "items": []}
+            for it in page:
+                it = dict(it)  # list items carry no kind/apiVersion, as kube-apiserver writes them
+                it.pop("kind", None)
+                it.pop("apiVersion", None)
+                out["items"].append(it)
+            nxt = start + len(page)
+            if limit > 0 and nxt < len(items):
+                sid = uuid.uuid4().hex
+                self.list_snapshots[sid] = (rv, items)
+                out["metadata"]["continue"] = base64.urlsafe_b64encode(
+                    json.dumps({"id": sid, "start": nxt, "rv": rv}).encode()).decode().rstrip("=")
+                out["metadata"]["remainingItemCount"] = len(items) - nxt
+            return out
+
+    def events_after(self, resource: str, rv: int) -> list:
+        if rv < self.compacted:
+            raise Gone()
+        return [e for e in self.history[resource] if e[0] > rv]
+
+    def current(self, resource: str) -> list:
+        return [self.objects[resource][k] for k in sorted(self.objects[resource])]
+
+    # ---- faults / log
+    def set_faults(self, **kw) -> None:
+        with self.cond:
+            self.faults.update(kw)
+            self.cond.notify_all()
+
+    def drop_watches(self) -> None:
+        with self.cond:
+            self.drop_generation += 1
+            self.cond.notify_all()
+
+    def log_request(self, entry: dict) -> None:
+        with self.cond:
+            self.requests.append(entry)
+            if len(self.requests) > 5000:
+                del self.requests[:1000]
+
+    def requests_for(self, resource: str | None = None, watch: bool | None = None) -> list:
+        with self.cond:
+            out = list(self.requests)
+        if resource:
+            out = [r for r in out if r["resource"] == resource]
+        if watch is not None:
+            out = [r for r in out if r["watch"] == watch]
+        return out
+
+
+def synthetic_pod(namespace: str, name: str, ip: str, labels: dict, node: str = "kind-worker") -> dict:
+    """A Pod as a Deployment's ReplicaSet creates it, scheduled and running."""
+    return {
+        "kind": "Pod", "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "generateName": name[:-5],
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name[:-6],
+                                          "uid": "1b2c3d4e-aaaa-4bbb-8ccc-0123456789ab", "controller": True,
+                                          "blockOwnerDeletion": True}]},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.4.2",
+                                 "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                                           {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}],
+                                 "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+                                 "terminationMessagePath": "/dev/termination-log",
+                                 "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"}],
+                 "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+                 "serviceAccountName": "default", "serviceAccount": "default", "nodeName": node,
+                 "securityContext": {}, "schedulerName": "default-scheduler", "priority": 0,
+                 "enableServiceLinks": True, "preemptionPolicy": "PreemptLowerPriority"},
+        "status": {"phase": "Running", "hostIP": "172.18.0.3", "hostIPs": [{"ip": "172.18.0.3"}],
+                   "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now_rfc3339(), "qosClass": "Burstable",
+                   "conditions": [{"type": "Ready", "status": "True", "lastProbeTime": None,
+                                   "lastTransitionTime": now_rfc3339()}],
+                   "containerStatuses": [{"name": "app", "state": {"running": {"startedAt": now_rfc3339()}},
+                                          "lastState": {}, "ready": True, "restartCount": 0,
+                                          "image": "registry.example/app:1.4.2",
+                                          "imageID": "registry.example/app@sha256:" + "ab" * 32,
+                                          "containerID": "containerd://" + "cd" * 32, "started": True}]},
+    }
+
+
+def bookmark_object(resource: str, rv: int) -> dict:
+    """What kube-apiserver sends as a BOOKMARK's object: only the RV is meaningful."""
+    o = {"kind": RESOURCES[resource][2], "apiVersion": api_version_of(resource),
+         "metadata": {"resourceVersion": str(rv), "creationTimestamp": None}}
+    if resource == "pods":
+        o["spec"] = {"containers": None}
+        o["status"] = {}
+    elif resource == "networkpolicies":
+        o["spec"] = {"podSelector": {}}
+    else:
+        o["spec"] = {}
+        o["status"] = {}
+    return o
+
+
+# --------------------------------------------------------------------------
+# HTTP
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "kube-apiserver-test"
+    sys_version = ""
+
+    def log_message(self, fmt, *args):  # quiet
+        if os.environ.get("APISERVER_DEBUG"):
+            sys.stderr.write("apiserver: " + (fmt % args) + "\n")
+
+    @property
+    def store(self) -> Store:
+        return self.server.store
+
+    # ---- responses
+    def _headers(self, code: int, length: int | None, chunked: bool = False) -> None:
+        self.send_response(code)
+        self.send_header("Audit-Id", str(uuid.uuid4()))
+        self.send_header("Cache-Control", "no-cache, private")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Kubernetes-Pf-Flowschema-Uid", "3a1b2c4d-0000-4000-8000-00000000aaaa")
+        self.send_header("X-Kubernetes-Pf-Prioritylevel-Uid", "3a1b2c4d-0000-4000-8000-00000000bbbb")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length or 0))
+        self.end_headers()
+
+    def _json(self, code: int, body) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self._headers(code, len(data))
+        self.wfile.write(data)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    # ---- auth
+    def _authenticate(self) -> str | None:
+        tokens = self.store.faults["tokens"]
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            tok = auth[7:].strip()
+            if tokens is None or tok in tokens:
+                return DEFAULT_USER if tokens is None else (tokens[tok] if isinstance(tokens, dict) else DEFAULT_USER)
+            return None  # a wrong token is refused even when a cert is present (as the real server)
+        cert = getattr(self.connection, "getpeercert", lambda: None)()
+        if cert and self.store.faults["client_cert_users"]:
+            for rdn in cert.get("subject", ()):
+                for k, v in rdn:
+                    if k == "commonName":
+                        return v
+        if tokens is None:
+            return "system:anonymous"
+        return None
+
+    # ---- dispatch
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
+        try:
+            if url.path.startswith("/_control/"):
+                return self._control(method, url.path[len("/_control/"):], q)
+            resource = None
+            for r in RESOURCES:
+                g, v, _, _ = RESOURCES[r]
+                base = f"/apis/{g}/{v}/{r}" if g else f"/api/{v}/{r}"
+                if url.path == base:
+                    resource = r
+            watch = q.get("watch") in ("true", "1")
+            cert = getattr(self.connection, "getpeercert", lambda: None)()
+            self.store.log_request({"method": method, "path": url.path, "query": q, "resource": resource,
+                                    "watch": watch, "time": time.time(),
+                                    "authorization": self.headers.get("Authorization", ""),
+                                    "clientCert": bool(cert), "userAgent": self.headers.get("User-Agent", "")})
+            delay = self.store.faults["delay"]
+            if delay:
+                time.sleep(delay)
+            user = self._authenticate()
+            if user is None:
+                return self._json(401, status_body(401, "Unauthorized", "Unauthorized"))
+            if resource is None or method != "GET":
+                return self._json(404, status_body(404, "NotFound", "the server could not find the requested resource",
+                                                   {}))
+            verb = "watch" if watch else "list"
+            if resource in self.store.faults["forbidden"]:
+                g = RESOURCES[resource][0]
+                return self._json(403, status_body(
+                    403, "Forbidden",
+                    f'{resource} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group "{g}" '
+                    f"at the cluster scope", {"kind": resource}))
+            if watch:
+                return self._watch(resource, q)
+            forced = self.store.faults["list_status"].get(resource)
+            if forced:
+                return self._json(forced, status_body(forced, "InternalError", "an error on the server (\"\") has "
+                                                      "prevented the request from succeeding"))
+            limit = int(q.get("limit") or 0)
+            try:
+                body = self.store.list(resource, limit, q.get("continue"))
+            except Gone:
+                return self._json(410, status_body(
+                    410, "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start "
+                    "a new list without the continue parameter, or use the continue token in this response to "
+                    "retrieve the remainder of the results. Continuing with the provided token results in an "
+                    "inconsistent list - objects that were created, modified, or deleted between the time the first "
+                    "chunk was returned and now may show up in the list."))
+            return self._json(200, body)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
+            self.close_connection = True
+
+    def _watch(self, resource: str, q: dict) -> None:
+        st = self.store
+        rv_s = q.get("resourceVersion", "")
+        timeout = float(q.get("timeoutSeconds") or 1800)
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
+        with st.cond:
+            try:
+                if rv_s in ("", "0"):
+                    # "most recent": synthetic ADDED events for what exists, then changes
+                    pending = [(st.rv, "ADDED", o) for o in st.current(resource)]
+                    pos = st.rv
+                else:
+                    pos = int(rv_s)
+                    pending = st.events_after(resource, pos)
+            except Gone:
+                msg = f"too old resource version: {rv_s} ({st.compacted})"
+                if st.faults["gone_mode"] == "http":
+                    self.close_connection = True
+                    return self._json(410, status_body(410, "Expired", msg))
+                pending = None
+            except ValueError:
+                return self._json(400, status_body(400, "BadRequest", f"invalid resource version {rv_s!r}"))
+            drop_gen = st.drop_generation
+        self.close_connection = True  # the watch owns this connection
+        self._headers(200, None, chunked=True)
+        if pending is None:
+            self._chunk(json.dumps({"type": "ERROR", "object": status_body(
+                410, "Expired", f"too old resource version: {rv_s} ({st.compacted})")}).encode() + b"\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        deadline = time.monotonic() + timeout
+        next_bookmark = time.monotonic() + st.faults["bookmark_interval"]
+        self.server.track_watch(self, True)
+        try:
+            while True:
+                for (erv, typ, obj) in pending:
+                    self._chunk(json.dumps({"type": typ, "object": obj}, separators=(",", ":")).encode() + b"\n")
+                    pos = max(pos, erv)
+                with st.cond:
+                    bad = st.faults["malformed"].get(resource, 0)
+                    if bad:
+                        st.faults["malformed"][resource] = bad - 1
+                if bad:
+                    self._chunk(b'{"type":"MODIFIED","object":{"kind":"Pod",,}}\n')
+                with st.cond:
+                    while True:
+                        if self.server.stopping or st.drop_generation != drop_gen:
+                            raise _Drop(st.faults["drop_partial"])
+                        now = time.monotonic()
+                        new = [e for e in st.history[resource] if e[0] > pos]
+                        if new or now >= deadline or (bookmarks and now >= next_bookmark) or \
+                                st.faults["malformed"].get(resource, 0):
+                            break
+                        st.cond.wait(min(deadline, next_bookmark if bookmarks else deadline) - now)
+                    pending = new
+                    cur = st.rv
+                    interval = st.faults["bookmark_interval"]
+                if time.monotonic() >= deadline and not pending:
+                    break
+                if bookmarks and time.monotonic() >= next_bookmark and not pending:
+                    self._chunk(json.dumps({"type": "BOOKMARK", "object": bookmark_object(resource, cur)},
+                                           separators=(",", ":")).encode() + b"\n")
+                    pos = max(pos, cur)
+                    next_bookmark = time.monotonic() + interval
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except _Drop as d:
+            try:
+                if d.partial:
+                    self._chunk(b'{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"na')
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        finally:
+            self.server.track_watch(self, False)
+
+    # ---- control API
+    def _control(self, method: str, op: str, q: dict) -> None:
+        st = self.store
+        body = None
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            body = json.loads(self.rfile.read(n))
+        if op == "apply":
+            objs = body if isinstance(body, list) else body.get("items", []) if body.get("kind", "").endswith("List") \
+                else [body]
+            out = [st.apply(o) for o in objs]
+            return self._json(200, {"applied": [o["metadata"]["resourceVersion"] for o in out], "rv": st.rv})
+        if op == "delete":
+            ok = st.delete(body["kind"], body.get("namespace", ""), body["name"])
+            return self._json(200 if ok else 404, {"deleted": ok, "rv": st.rv})
+        if op == "fault":
+            st.set_faults(**body)
+            return self._json(200, {"faults": st.faults})
+        if op == "compact":
+            return self._json(200, {"compacted": st.compact(), "rv": st.rv})
+        if op == "drop":
+            st.drop_watches()
+            return self._json(200, {"dropped": True})
+        if op == "bulk_pods":
+            bulk_pods(st, body.get("namespace", "bulk"), int(body["count"]), body.get("prefix", "app"))
+            return self._json(200, {"rv": st.rv})
+        if op == "requests":
+            if method == "POST":
+                with st.cond:
+                    st.requests.clear()
+                return self._json(200, {"cleared": True})
+            return self._json(200, {"requests": st.requests_for(q.get("resource"))})
+        if op == "state":
+            with st.cond:
+                return self._json(200, {"rv": st.rv, "compacted": st.compacted,
+                                        "counts": {r: len(st.objects[r]) for r in RESOURCES},
+                                        "watches": len(self.server.watches)})
+        return self._json(404, {"error": "unknown control operation " + op})
+
+
+class _Drop(Exception):
+    def __init__(self, partial: bool):
+        super().__init__("drop")
+        self.partial = partial
+
+
+def bulk_pods(store: Store, namespace: str, count: int, prefix: str = "app") -> None:
+    """Creates a namespace and `count` realistic running pods in it."""
+    store.apply({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": namespace}})
+    for i in range(count):
+        suffix = f"{i:05d}"
+        name = f"{prefix}-7d9f8b6c4d-{suffix}"
+        ip = f"10.{(i >> 16) & 255 | 64}.{(i >> 8) & 255}.{i & 255}"
+        store.apply(synthetic_pod(namespace, name, ip, {"app": f"{prefix}-{i % 50}", "pod-template-hash": "7d9f8b6c4d",
+                                                         "tier": "backend" if i % 3 else "frontend"},
+                                  node=f"node-{i % 100}"))
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, store: Store, port: int = 0, tls: dict | None = None, host: str = "127.0.0.1"):
+        self.store = store
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.stopping = False
+        self.watches: set = set()
+        self.conns: set = set()
+        self._lock = threading.Lock()
+        self._thread = None
+        self._ctx = None
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls["cert"], tls["key"])
+            if tls.get("client_ca"):
+                ctx.load_verify_locations(tls["client_ca"])
+                ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._ctx = ctx
+        self._bound = False
+
+    # ---- lifecycle
+    def start(self) -> "ApiServer":
+        self.stopping = False
+        super().__init__((self.host, self.port), Handler)
+        self.port = self.server_address[1]
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops listening and cuts every connection (a crash or restart of the real server)."""
+        self.stopping = True
+        with self.store.cond:
+            self.store.cond.notify_all()
+        self.shutdown()
+        self.server_close()
+        with self._lock:
+            conns = list(self.conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread:
+            self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self._ctx else 'http'}://{self.host}:{self.port}"
+
+    # ---- connections
+    def finish_request(self, request, client_address):
+        if self._ctx:
+            try:
+                request.settimeout(10)
+                request = self._ctx.wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except (ssl.SSLError, OSError):
+                return  # e.g. the client refused our certificate
+        with self._lock:
+            self.conns.add(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            with self._lock:
+                self.conns.discard(request)
+
+    def shutdown_request(self, request):
+        try:
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        request.close()
+
+    def handle_error(self, request, client_address):
+        if os.environ.get("APISERVER_DEBUG"):
+            super().handle_error(request, client_address)
+
+    def track_watch(self, h, add: bool) -> None:
+        with self._lock:
+            (self.watches.add if add else self.watches.discard)(h)
+
+
+# --------------------------------------------------------------------------
+# test PKI with the openssl CLI
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def make_pki(folder: Path) -> dict:
+    """CA, server certificate (127.0.0.1, ::1, localhost), client certificate
+    (CN=signet-node, O=system:nodes) signed by the CA, and an unrelated CA."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f = str(folder)
+    for ca in ("ca", "wrong-ca"):
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN={ca}-test", cwd=f)
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
+                                       "extendedKeyUsage=serverAuth\n")
+    (folder / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subj, ext in (("server", "/CN=kube-apiserver", "server.ext"),
+                            ("client", "/O=system:nodes/CN=signet-node", "client.ext")):
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj, cwd=f)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "2", "-extfile", ext, cwd=f)
+    return {k: str(folder / v) for k, v in {
+        "ca": "ca.crt", "wrong_ca": "wrong-ca.crt", "cert": "server.crt", "key": "server.key",
+        "client_cert": "client.crt", "client_key": "client.key"}.items()}
+
+
+def kubeconfig(server: str, user: dict, cluster_extra: dict | None = None, context: str = "test") -> str:
+    """A kubeconfig (as JSON, which is YAML) for `server` with the given user entry."""
+    cluster = {"server": server, **(cluster_extra or {})}
+    return json.dumps({"apiVersion": "v1", "kind": "Config", "current-context": context,
+                       "clusters": [{"name": "test-cluster", "cluster": cluster}],
+                       "users": [{"name": "test-user", "user": user}],
+                       "contexts": [{"name": context, "context": {"cluster": "test-cluster", "user": "test-user"}}],
+                       "preferences": {}}, indent=1)
+
+
+# --------------------------------------------------------------------------
+# following a folder of manifests
+
+def parse_manifest_text(text: str, name: str) -> list[dict]:
+    if name.endswith(".json"):
+        docs = [json.loads(text)]
+    else:
+        try:
+            import yaml  # PyYAML (Debian: python3-yaml); optional
+        except ImportError:
+            raise RuntimeError(f"{name}: YAML needs PyYAML (python3-yaml); JSON manifests work without it")
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    out = []
+    for d in docs:
+        if not isinstance(d, dict):
+            continue
+        if str(d.get("kind", "")).endswith("List") and isinstance(d.get("items"), list):
+            out.extend(d["items"])
+        else:
+            out.append(d)
+    return [o for o in out if isinstance(o, dict) and o.get("kind") in KIND_TO_RESOURCE]
+
+
+class ManifestFollower:
+    """Mirrors a folder of manifests into the store (poll, 100 ms)."""
+
+    def __init__(self, store: Store, folder: Path, interval: float = 0.1):
+        self.store, self.folder, self.interval = store, Path(folder), interval
+        self.seen: dict[str, float] = {}
+        self.owned: dict[tuple, dict] = {}  # (kind, ns, name) -> object as last applied
+        self.errors: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.scan()
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.scan()
+            except Exception as e:  # keep following
+                sys.stderr.write(f"apiserver: manifests: {e}\n")
+
+    def scan(self) -> None:
+        files = {}
+        for p in sorted(self.folder.iterdir()) if self.folder.is_dir() else []:
+            if p.name.startswith(".") or p.name.endswith("~") or p.suffix not in (".yaml", ".yml", ".json"):
+                continue
+            st = p.stat()
+            files[p.name] = (st.st_mtime_ns, st.st_size)
+        if files == self.seen:
+            return
+        self.seen = files
+        want: dict[tuple, dict] = {}
+        for name in files:
+            try:
+                for o in parse_manifest_text((self.folder / name).read_text(), name):
+                    o = dict(o, _file=name)
+                    md = o.get("metadata") or {}
+                    ns = (md.get("namespace") or "default") if RESOURCES[KIND_TO_RESOURCE[o["kind"]]][3] else ""
+                    want[(o["kind"], ns, md.get("name"))] = o
+                self.errors.pop(name, None)
+            except Exception as e:
+                self.errors[name] = str(e)
+                # keep what this file had: reuse the previously owned objects
+                for k, o in self.owned.items():
+                    if o.get("_file") == name:
+                        want[k] = o
+        for k, o in want.items():
+            if self.owned.get(k) != o:
+                self.store.apply({kk: vv for kk, vv in o.items() if kk != "_file"})
+        for k in list(self.owned):
+            if k not in want:
+                self.store.delete(k[0], k[1], k[2])
+        self.owned = want
+
+
+# --------------------------------------------------------------------------
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--fixtures", help="folder of recorded List responses (namespaces.json, pods.json, ...)")
+    ap.add_argument("--manifests", help="folder of manifests to follow")
+    ap.add_argument("--tls-dir", help="make a test PKI here and serve HTTPS (client certificates accepted)")
+    ap.add_argument("--token", action="append", help="accepted bearer token (repeatable); default: no auth")
+    ap.add_argument("--bookmark-interval", type=float, default=1.0)
+    ap.add_argument("--write-kubeconfig", help="write a kubeconfig for this server here")
+    a = ap.parse_args()
+    store = Store()
+    store.faults["bookmark_interval"] = a.bookmark_interval
+    if a.token:
+        store.faults["tokens"] = {t: DEFAULT_USER for t in a.token}
+    if a.fixtures:
+        store.load_fixtures(Path(a.fixtures))
+    tls = None
+    if a.tls_dir:
+        pki = make_pki(Path(a.tls_dir))
+        tls = {"cert": pki["cert"], "key": pki["key"], "client_ca": pki["ca"]}
+    srv = ApiServer(store, a.port, tls, a.host).start()
+    follower = ManifestFollower(store, Path(a.manifests)).start() if a.manifests else None
+    if a.write_kubeconfig:
+        user = {"token": a.token[0]} if a.token else {}
+        extra = {"certificate-authority": pki["ca"]} if tls else {}
+        Path(a.write_kubeconfig).write_text(kubeconfig(srv.url, user, extra))
+    print(json.dumps({"url": srv.url, "control": srv.url.replace("https", "http") if not tls else srv.url}),
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if follower:
+            follower.stop()
+        srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
