@@ -73,8 +73,9 @@ Status replace_file(const std::string& path, const std::string& content, mode_t 
         }
         off += static_cast<size_t>(n);
     }
-    // Owner first: fchown clears set-id bits, fchmod then sets the mode.
-    if (::geteuid() == 0 && ::fchown(fd, uid, gid) != 0) return fail("cannot chown");
+    // The original owner, when it is not us (needs CAP_CHOWN). Owner first:
+    // fchown clears set-id bits, fchmod then sets the mode.
+    if ((uid != ::geteuid() || gid != ::getegid()) && ::fchown(fd, uid, gid) != 0) return fail("cannot chown");
     if (::fchmod(fd, mode) != 0) return fail("cannot chmod");
     if (::fsync(fd) != 0) return fail("cannot sync");
     ::close(fd);
@@ -290,7 +291,7 @@ Result<Report> install(const Options& opts) {
 
     // 3. Write.
     if (copy) {
-        if (auto st = replace_file(bin_target, binary, 0755, 0, 0); !st) return st.error();
+        if (auto st = replace_file(bin_target, binary, 0755, ::geteuid(), ::getegid()); !st) return st.error();
     }
     if (edit->change == Change::none) return rep;
     if (auto st = replace_file(new_path, edit->text, target->mode, target->uid, target->gid); !st) return st.error();

@@ -25,7 +25,8 @@ using cache::Object;
 // kMaxDepth or more than kMaxNodes values in one file are errors. Values are
 // counted after YAML alias expansion, so alias bombs ("billion laughs") are
 // cut short; YAML nodes before expansion are bounded by kMaxNodes as well.
-// (4 MiB of ordinary Pod manifests is about 200k values.)
+// Dense manifests run at about 8 bytes per value, so a file near 4 MiB can
+// hit the node bound first; such files should be split.
 inline constexpr size_t kMaxManifestBytes = size_t{4} << 20;  // 4 MiB
 inline constexpr int kMaxDepth = 64;
 inline constexpr size_t kMaxNodes = 500'000;
