@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/controller.h"
+#include "nft/netlink_backend.h"
 #include "source/dir_source.h"
 #include "signet/api.h"
 #include "signet/log.h"
@@ -118,7 +119,14 @@ int main(int argc, char** argv) {
 
     boost::asio::io_context io;
     auto src = std::make_unique<source::DirSource>(source_dir, [](const std::string& m) { log::warn("source", m); });
-    core::Controller controller(io, opts, std::move(src));
+    if (auto probe = nft::probe_kernel(); probe) {
+        opts.queue_backend = nft::to_string(probe->queue);
+        log::info("signetd", "kernel: new-connection queue via " + opts.queue_backend +
+                                 (probe->native_queue_error.empty() ? "" : " (native nft queue: " + probe->native_queue_error + ")"));
+    } else {
+        log::warn("signetd", "kernel probe failed: " + probe.error().message);
+    }
+    core::Controller controller(io, opts, std::move(src), std::make_unique<nft::NetlinkBackend>());
     if (auto st = controller.start(); !st) {
         log::error("signetd", st.error().message);
         return 1;

@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 
 bash scripts/install-deps.sh || { echo "test: dependency installation failed" >&2; exit 1; }
 
@@ -40,12 +40,19 @@ step() {  # $1 = name, rest = command
   if "$@"; then echo "=== $name: ok"; else echo "=== $name: FAILED"; failed_steps+=("$name"); fi
 }
 
-build() {  # $1 = dir, rest = meson options
-  local dir=$1; shift
+build() {  # $1 = dir, $2 = ninja targets ("" = all), rest = meson options
+  local dir=$1 targets=$2; shift 2
   if [[ ! -f "$dir/build.ninja" ]]; then
     meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
   fi
-  ninja -C "$dir" >"$dir.ninja.log" 2>&1 || { tail -n 80 "$dir.ninja.log"; return 1; }
+  # shellcheck disable=SC2086
+  ninja -C "$dir" $targets >"$dir.ninja.log" 2>&1 || { grep -A30 -m3 FAILED "$dir.ninja.log" || tail -n 80 "$dir.ninja.log"; return 1; }
+}
+
+# The targets the sanitizer and fuzzing builds need (not the whole tree: CI has 2 cores).
+targets_matching() {  # $1 = build dir, $2 = regex on target paths
+  ninja -C "$1" -t targets all 2>/dev/null | sed -n 's/^\([^:]*\): \(cpp_LINKER\|CPP_LINKER\|cpp_linker\).*/\1/p' \
+    | grep -E "$2" | tr '\n' ' '
 }
 
 mtest() {  # $1 = dir, rest = meson test options
@@ -56,17 +63,20 @@ mtest() {  # $1 = dir, rest = meson test options
   return $rc
 }
 
-step "build" build build
+step "build" build build ""
 step "unit tests" mtest build --suite unit --suite fuzz-regression
 
-step "sanitizer build (ASan+UBSan)" build build-asan -Db_sanitize=address,undefined -Db_lundef=false
-export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-step "unit tests under ASan+UBSan" mtest build-asan --suite unit --suite fuzz-regression
+asan_build() {
+  build build-asan "" -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false || return 1
+}
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:suppressions=$ROOT/test/ubsan.supp
+export ASAN_OPTIONS=detect_leaks=1
+step "sanitizer build (ASan+UBSan)" asan_build
+step "unit tests under ASan+UBSan" mtest build-asan --no-rebuild --suite unit --suite fuzz-regression
 
 fuzz_run() {
   local rc=0
-  for t in build-fuzz/test/fuzz/fuzz_*; do
-    [[ -x "$t" ]] || continue
+  for t in $(find build-fuzz/test/fuzz -maxdepth 1 -type f -executable -name 'fuzz_*' | sort); do
     local name; name=$(basename "$t")
     local corpus="test/fuzz/corpus/${name#fuzz_}"
     local work; work=$(mktemp -d)
@@ -83,7 +93,13 @@ fuzz_run() {
   return $rc
 }
 fuzz_build() {
-  CXX=clang++ build build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined -Db_lundef=false
+  if [[ ! -f build-fuzz/build.ninja ]]; then
+    CXX=clang++ meson setup build-fuzz -Dfuzzing=true -Db_sanitize=address,undefined -Db_lundef=false \
+      >build-fuzz.setup.log 2>&1 || { cat build-fuzz.setup.log; return 1; }
+  fi
+  local targets; targets=$(targets_matching build-fuzz '^test/fuzz/fuzz_')
+  [[ -n "$targets" ]] || { echo "no fuzz targets found"; return 1; }
+  build build-fuzz "$targets"
 }
 step "libFuzzer build (clang)" fuzz_build
 step "libFuzzer runs" fuzz_run

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <ctime>
+#include <optional>
 
 #include "signet/fsutil.h"
 #include "signet/json.h"
@@ -39,13 +40,16 @@ bool parse_timeout(const std::string& text, std::chrono::milliseconds* out) {
 }
 }  // namespace
 
-Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<source::Source> source)
+Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<source::Source> source,
+                       std::unique_ptr<nft::Backend> backend)
     : io_(io),
       opts_(std::move(opts)),
       source_(std::move(source)),
       registry_(opts_.state_dir + "/pods.json", pods::netns_alive),
+      enforcer_(std::move(backend), [](const std::string& m) { log::warn("datapath", m); }),
       server_(io, [this](const ipc::Request& r, ipc::Responder resp) { handle(r, std::move(resp)); }),
-      sweep_timer_(io) {}
+      sweep_timer_(io),
+      retry_timer_(io) {}
 
 Controller::~Controller() { stop(); }
 
@@ -62,12 +66,14 @@ Status Controller::start() {
                             registry_.state_file());
     }
 
-    if (auto st = source_->start(io_, [this] { on_source_change(); }); !st) return st;
-    apply_all();
-
+    node_addresses_ = opts_.node_addresses();
+    // Serve first: until the source has a complete snapshot, /readyz says 503
+    // and ADD gets "try again later"; the tables already in the pods' netns
+    // keep enforcing what they had, and established connections live on.
     if (auto st = server_.listen(opts_.socket_path); !st) return st;
-    ready_ = true;
+    if (auto st = source_->start(io_, [this] { on_source_change(); }); !st) return st;
     schedule_sweep();
+    schedule_retry();
     log::info(kLog, "serving " + opts_.socket_path + " (node " + opts_.node_name + ", source version " +
                         std::to_string(source_version_) + ")");
     return {};
@@ -80,6 +86,7 @@ void Controller::stop() {
     server_.stop();
     source_->stop();
     sweep_timer_.cancel();
+    retry_timer_.cancel();
     for (auto& [id, w] : waiters_) {
         w.timer->cancel();
         w.respond(ipc::json_error(503, "signetd is shutting down"));
@@ -96,6 +103,17 @@ uint64_t Controller::applied_version() const {
 void Controller::on_source_change() {
     ++source_version_;
     log::info("source", "source version " + std::to_string(source_version_) + " (" + source_->origin_version() + ")");
+    if (enforcing_) {
+        enforcer_.source_changed(source_->snapshot(), registry_.all());
+    } else if (source_->ready()) {
+        // First complete snapshot: program every recovered pod (replacing the
+        // tables a previous signetd left, without touching established connections).
+        enforcer_.reset(source_->snapshot(), registry_.all(), node_addresses_);
+        enforcing_ = true;
+        ready_ = true;
+        log::info(kLog, "enforcing: " + std::to_string(registry_.size()) + " registered pod(s), source version " +
+                            std::to_string(source_version_));
+    }
     apply_all();
 }
 
@@ -106,7 +124,6 @@ void Controller::resolve(api::PodRecord& rec) const {
     rec.has_object = pod != nullptr;
     rec.labels = pod ? pod->labels : std::map<std::string, std::string>{};
     rec.container_ports = pod ? pod->container_ports : std::vector<api::ContainerPort>{};
-    rec.applied_version = source_version_;
 }
 
 void Controller::apply_all() {
@@ -114,6 +131,8 @@ void Controller::apply_all() {
     for (auto& [k, rec] : registry_.all_mut()) {
         api::PodRecord before = rec;
         resolve(rec);
+        // Applied means: the pod's table holds the rules for this version.
+        if (enforcing_ && enforcer_.programmed(k)) rec.applied_version = source_version_;
         changed = changed || before.labels != rec.labels || before.container_ports != rec.container_ports ||
                   before.has_object != rec.has_object || before.applied_version != rec.applied_version;
     }
@@ -154,12 +173,39 @@ void Controller::schedule_sweep() {
 }
 
 void Controller::sweep() {
+    std::map<std::string, api::PodRecord> before = registry_.all();
     auto removed = registry_.sweep();
-    if (removed.empty()) return;
-    for (const auto& k : removed) log::info(kLog, "dropped registration " + k + ": its netns is gone");
+    for (const auto& k : removed) {
+        log::info(kLog, "dropped registration " + k + ": its netns is gone");
+        forget(k, before.at(k), false);
+    }
     swept_ += removed.size();
-    persist();
-    notify_waiters();
+    if (enforcing_) {
+        auto addrs = opts_.node_addresses();
+        if (addrs != node_addresses_) {
+            node_addresses_ = std::move(addrs);
+            log::info(kLog, "node addresses changed");
+            enforcer_.node_addresses_changed(node_addresses_, registry_.all());
+        }
+    }
+    if (!removed.empty()) persist();
+    apply_all();
+}
+
+void Controller::forget(const std::string& key, const api::PodRecord& gone, bool remove_table) {
+    if (enforcing_) enforcer_.pod_removed(key, gone, remove_table, registry_.all());
+}
+
+void Controller::schedule_retry() {
+    retry_timer_.expires_after(opts_.retry_interval);
+    retry_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec || stopped_) return;
+        if (enforcing_ && enforcer_.has_failures()) {
+            enforcer_.retry_failed(registry_.all());
+            apply_all();
+        }
+        schedule_retry();
+    });
 }
 
 ipc::Response Controller::status_json() const {
@@ -181,6 +227,11 @@ ipc::Response Controller::status_json() const {
     src.AddMember("podObjects", Value(static_cast<uint64_t>(snap.pods.size())), a);
     src.AddMember("networkPolicies", Value(static_cast<uint64_t>(snap.policies.size())), a);
     d.AddMember("source", src, a);
+    Value dp;
+    enforcer_.status(dp, a);
+    dp.AddMember("enforcing", enforcing_, a);
+    dp.AddMember("queueBackend", json::str(opts_.queue_backend, a), a);
+    d.AddMember("datapath", dp, a);
     Value counters(rapidjson::kObjectType);
     counters.AddMember("registrations", Value(static_cast<uint64_t>(registrations_)), a);
     counters.AddMember("unregistrations", Value(static_cast<uint64_t>(unregistrations_)), a);
@@ -208,13 +259,23 @@ void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
         if (m != "POST") return respond(ipc::json_error(405, "use POST"));
         return handle_sync(req, std::move(respond));
     }
+    if (what == "explain" && s.size() == 2) {
+        if (m != "GET") return respond(ipc::json_error(405, "use GET"));
+        return handle_explain(req, respond);
+    }
+    if (what == "policies" && s.size() == 4) {
+        if (m != "GET") return respond(ipc::json_error(405, "use GET"));
+        return handle_policies(req, respond);
+    }
     if (what == "gc" && s.size() == 2) {
         if (m != "POST") return respond(ipc::json_error(405, "use POST"));
         auto doc = json::parse(req.body);
         if (!doc) return respond(ipc::json_error(400, doc.error().message));
         auto gc = api::gc_from_json(*doc);
         if (!gc) return respond(ipc::json_error(400, gc.error().message));
+        std::map<std::string, api::PodRecord> before = registry_.all();
         auto removed = registry_.gc(*gc);
+        for (const auto& k : removed) forget(k, before.at(k), true);
         rapidjson::Document d(rapidjson::kObjectType);
         Value list(rapidjson::kArrayType);
         for (const auto& k : removed) {
@@ -225,7 +286,7 @@ void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
         if (!removed.empty()) {
             unregistrations_ += removed.size();
             persist();
-            notify_waiters();
+            apply_all();
         }
         return respond(json_response(200, d));
     }
@@ -255,12 +316,15 @@ void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
                 return respond(json_response(200, d));
             }
             if (m == "DELETE") {
+                std::optional<api::PodRecord> gone;
+                if (const api::PodRecord* rec = registry_.get(key)) gone = *rec;
                 bool removed = registry_.remove(key);
                 if (removed) {
                     ++unregistrations_;
                     log::info(kLog, "unregistered " + key);
+                    forget(key, *gone, true);
                     persist();
-                    notify_waiters();
+                    apply_all();
                 }
                 rapidjson::Document d(rapidjson::kObjectType);
                 d.AddMember("removed", removed, d.GetAllocator());
@@ -273,7 +337,7 @@ void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
 }
 
 void Controller::handle_register(const ipc::Request& req, ipc::Responder& respond) {
-    if (!ready_) return respond(ipc::json_error(503, "signetd is not ready"));
+    if (!ready_) return respond(ipc::json_error(503, "signetd is not ready: the source has no complete snapshot yet"));
     auto doc = json::parse(req.body);
     if (!doc) return respond(ipc::json_error(400, doc.error().message));
     auto reg = api::registration_from_json(*doc);
@@ -289,14 +353,56 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     if (const api::PodRecord* old = registry_.get(key); old != nullptr && old->reg.netns == rec.reg.netns)
         rec.registered_at = old->registered_at;  // a repeated ADD
     resolve(rec);
+    std::optional<api::PodRecord> previous;
+    if (const api::PodRecord* old = registry_.get(key)) previous = *old;
+    registry_.put(rec);
+    // The pod's table must be in place before the ADD returns: no packet
+    // reaches or leaves the pod before its policy does.
+    if (auto st = enforcer_.pod_added(key, registry_.all()); !st) {
+        registry_.remove(key);
+        forget(key, rec, true);
+        if (previous) registry_.put(*previous);
+        return respond(ipc::json_error(500, st.error().message));
+    }
+    rec.applied_version = source_version_;
+    registry_.put(rec);
     rapidjson::Document out;
     api::to_json(rec, out, out.GetAllocator());
     log::info(kLog, "registered " + key + " pod " + rec.reg.namespace_ + "/" + rec.reg.name + " netns " +
-                        rec.reg.netns + (rec.has_object ? "" : " (no Pod object: no labels)"));
-    registry_.put(std::move(rec));
+                        rec.reg.netns + (rec.has_object ? "" : " (no Pod object: no labels, isolated until it appears)"));
     ++registrations_;
     persist();
     respond(json_response(200, out));
+    notify_waiters();
+}
+
+void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond) {
+    auto from = policy::parse_endpoint(ipc::query_param(req.query, "from"));
+    if (!from) return respond(ipc::json_error(400, "from: " + from.error().message));
+    auto to = policy::parse_endpoint(ipc::query_param(req.query, "to"));
+    if (!to) return respond(ipc::json_error(400, "to: " + to.error().message));
+    std::string proto_text = ipc::query_param(req.query, "protocol");
+    auto proto = policy::parse_proto(proto_text.empty() ? "TCP" : proto_text);
+    if (!proto) return respond(ipc::json_error(400, "protocol: expected TCP, UDP or SCTP"));
+    std::string port_text = ipc::query_param(req.query, "port");
+    uint16_t port = 0;
+    auto [p, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+    if (ec != std::errc() || p != port_text.data() + port_text.size() || port == 0)
+        return respond(ipc::json_error(400, "port: expected a number 1-65535"));
+    auto ex = enforcer_.explain(*from, *to, *proto, port);
+    if (!ex) return respond(ipc::json_error(ex.error().code == ENOENT ? 404 : 400, ex.error().message));
+    rapidjson::Document d;
+    ex->to_json(d, d.GetAllocator());
+    d.AddMember("text", json::str(ex->text(), d.GetAllocator()), d.GetAllocator());
+    respond(json_response(200, d));
+}
+
+void Controller::handle_policies(const ipc::Request& req, ipc::Responder& respond) {
+    rapidjson::Document d;
+    cache::ObjectKey key{req.segments[2], req.segments[3]};
+    if (auto st = enforcer_.describe_pod(key, registry_.all(), d, d.GetAllocator()); !st)
+        return respond(ipc::json_error(st.error().code == ENOENT ? 404 : 400, st.error().message));
+    respond(json_response(200, d));
 }
 
 void Controller::handle_sync(const ipc::Request& req, ipc::Responder respond) {

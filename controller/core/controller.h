@@ -17,6 +17,8 @@
 #include <string>
 
 #include "../ipc/server.h"
+#include "../nft/backend.h"
+#include "enforcer.h"
 #include "../pods/registry.h"
 #include "../source/source.h"
 #include "signet/result.h"
@@ -28,11 +30,16 @@ struct Options {
     std::string socket_path;
     std::string state_dir;
     std::chrono::milliseconds sweep_interval{5000};
+    std::chrono::milliseconds retry_interval{1000};  // reprogramming of failed pods
+    std::string queue_backend = "unknown";           // what the kernel probe found (for status)
+    // The node's own addresses; empty = read them from the host's interfaces.
+    std::function<std::vector<std::string>()> node_addresses = host_addresses;
 };
 
 class Controller {
 public:
-    Controller(boost::asio::io_context& io, Options opts, std::unique_ptr<source::Source> source);
+    Controller(boost::asio::io_context& io, Options opts, std::unique_ptr<source::Source> source,
+               std::unique_ptr<nft::Backend> backend);
     ~Controller();
 
     // Loads the registry, reads the source, starts the watch and the API.
@@ -64,6 +71,11 @@ private:
     ipc::Response status_json() const;
     void handle_register(const ipc::Request& req, ipc::Responder& respond);
     void handle_sync(const ipc::Request& req, ipc::Responder respond);
+    void handle_explain(const ipc::Request& req, ipc::Responder& respond);
+    void handle_policies(const ipc::Request& req, ipc::Responder& respond);
+    // A registration is gone (DEL, GC, dead netns).
+    void forget(const std::string& key, const api::PodRecord& gone, bool remove_table);
+    void schedule_retry();
     // Answers `respond` once every local pod has `target` applied, or 504 after `timeout`.
     void wait_applied(uint64_t target, std::chrono::milliseconds timeout, ipc::Responder respond);
 
@@ -71,8 +83,12 @@ private:
     Options opts_;
     std::unique_ptr<source::Source> source_;
     pods::Registry registry_;
+    Enforcer enforcer_;
+    bool enforcing_ = false;  // the enforcer has the source's first complete snapshot
+    std::vector<std::string> node_addresses_;
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
+    boost::asio::steady_timer retry_timer_;
     bool ready_ = false;
     bool stopped_ = false;
     uint64_t source_version_ = 0;

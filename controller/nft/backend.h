@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
+#include "nft/conntrack.h"
 #include "nft/netns.h"
 #include "nft/ruleset.h"
 #include "signet/result.h"
@@ -52,6 +54,14 @@ public:
     virtual Result<bool> table_exists(Netns& ns) = 0;
 
     virtual Result<Counters> counters(Netns& ns) = 0;
+
+    // Opens the pod's netns (the fake returns a detached handle).
+    virtual Result<Netns> open(const std::string& path) = 0;
+
+    // The netns's conntrack entries, and removal of one (to cut an
+    // established connection that the policy no longer allows).
+    virtual Result<std::vector<CtEntry>> conntrack(Netns& ns) = 0;
+    virtual Status conntrack_delete(Netns& ns, const CtTuple& orig) = 0;
 };
 
 }  // namespace signet::nft

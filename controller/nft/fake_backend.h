@@ -2,6 +2,7 @@
 // records every call and keeps one "table" per netns path.
 #pragma once
 
+#include <cerrno>
 #include <map>
 #include <optional>
 #include <string>
@@ -14,7 +15,7 @@ namespace signet::nft {
 class FakeBackend final : public Backend {
 public:
     struct Call {
-        enum Kind { apply, remove, table_exists, counters } kind;
+        enum Kind { apply, remove, table_exists, counters, conntrack, conntrack_delete } kind;
         std::string netns;               // Netns::path()
         std::optional<PodRuleset> desired;  // apply only
         bool had_current = false;        // apply: current != nullptr
@@ -50,6 +51,26 @@ public:
         return it == counter_values.end() ? Counters{} : it->second;
     }
 
+    Result<Netns> open(const std::string& path) override { return Netns::detached(path); }
+
+    Result<std::vector<CtEntry>> conntrack(Netns& ns) override {
+        calls.push_back(Call{Call::conntrack, ns.path(), std::nullopt, false, false});
+        if (auto e = take_failure()) return *e;
+        return ct_entries[ns.path()];
+    }
+
+    Status conntrack_delete(Netns& ns, const CtTuple& orig) override {
+        calls.push_back(Call{Call::conntrack_delete, ns.path(), std::nullopt, false, false});
+        if (auto e = take_failure()) return *e;
+        auto& v = ct_entries[ns.path()];
+        for (auto it = v.begin(); it != v.end(); ++it)
+            if (it->orig == orig) {
+                v.erase(it);
+                return {};
+            }
+        return make_error(ENOENT, "no such conntrack entry");
+    }
+
     // Makes the next `n` calls fail with `error`.
     void fail_next(Error error, int n = 1) {
         failure = std::move(error);
@@ -65,6 +86,7 @@ public:
     std::vector<Call> calls;
     std::map<std::string, PodRuleset> tables;       // netns path -> installed
     std::map<std::string, Counters> counter_values;  // what counters() returns
+    std::map<std::string, std::vector<CtEntry>> ct_entries;  // conntrack per netns path
 
 private:
     std::optional<Error> take_failure() {

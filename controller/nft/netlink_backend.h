@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "nft/backend.h"
+#include "nft/conntrack.h"
 
 namespace signet::nft {
 
@@ -51,6 +52,9 @@ public:
     Status remove(Netns& ns) override;
     Result<bool> table_exists(Netns& ns) override;
     Result<Counters> counters(Netns& ns) override;
+    Result<Netns> open(const std::string& path) override { return Netns::open(path); }
+    Result<std::vector<CtEntry>> conntrack(Netns& ns) override { return ct_list(ns); }
+    Status conntrack_delete(Netns& ns, const CtTuple& orig) override { return ct_delete(ns, orig); }
 
     // nullopt when there is no signet table in the netns.
     Result<std::optional<TableState>> read_state(Netns& ns);

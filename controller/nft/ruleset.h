@@ -11,6 +11,8 @@
 // each chain:
 //   1. ct state established,related accept      (replies to allowed connections)
 //   2. iifname/oifname "lo" accept               (the pod talking to itself)
+//   2b. icmpv6 type 133-136 accept               (router/neighbour discovery: not tracked
+//                                                 by conntrack, IPv6 breaks without it)
 //   3. [ingress only] ip/ip6 saddr @node_v4/@node_v6 accept   (the pod's own node)
 //   4. if the direction is isolated: one `accept` rule per Rule below, then a
 //      counted `drop` (default deny). Not isolated: nothing more (accept).
@@ -107,5 +109,14 @@ struct PodRuleset {
 // How new TCP connections reach the identity handshake (later issue): the
 // native nft `queue` expression or the xtables NFQUEUE target via nft_compat.
 enum class QueueBackend { none, nft_queue, xt_nfqueue };
+
+inline const char* to_string(QueueBackend b) {
+    switch (b) {
+        case QueueBackend::nft_queue: return "nft-queue";
+        case QueueBackend::xt_nfqueue: return "xt-NFQUEUE (nft_compat)";
+        case QueueBackend::none: break;
+    }
+    return "none";
+}
 
 }  // namespace signet::nft

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <set>
+
 #include "signet/json.h"
 
 namespace signet::source {
@@ -89,9 +91,16 @@ Status DirSource::rescan() {
     last_error_.clear();
     bool first = !scanned_once_;
     scanned_once_ = true;
+    // A file that broke keeps its last good objects (no change), but is reported once.
+    std::set<std::string> errors;
+    for (const auto& e : dir_.errors()) {
+        std::string line = e.file + ": " + e.message;
+        if (reported_errors_.count(line) == 0) report_(line + " (keeping its last good objects)");
+        errors.insert(std::move(line));
+    }
+    reported_errors_ = std::move(errors);
     if (*changed || first) {
         ++generation_;
-        for (const auto& e : dir_.errors()) report_(e.file + ": " + e.message + " (keeping its last good objects)");
         if (on_change_) on_change_();
     }
     return {};

@@ -7,6 +7,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,7 @@ private:
     bool stopped_ = false;
     uint64_t generation_ = 0;  // bumps when the object set changes
     std::string last_error_;
+    std::set<std::string> reported_errors_;  // "file: message" reported while they hold
     Report report_;
 };
 

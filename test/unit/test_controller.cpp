@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/controller.h"
+#include "nft/fake_backend.h"
 #include "source/dir_source.h"
 #include "signet/fsutil.h"
 #include "signet/json.h"
@@ -27,6 +28,7 @@ struct Harness {
     TempDir dir;
     boost::asio::io_context io;
     std::unique_ptr<core::Controller> ctl;
+    nft::FakeBackend* backend = nullptr;  // owned by ctl
 
     Harness() {
         REQUIRE(fs::make_dirs(dir.path + "/manifests").ok());
@@ -51,7 +53,10 @@ spec:
         o.socket_path = dir.path + "/api.sock";
         o.state_dir = dir.path + "/state";
         auto src = std::make_unique<source::DirSource>(dir.path + "/manifests", [](const std::string&) {});
-        ctl = std::make_unique<core::Controller>(io, o, std::move(src));
+        o.node_addresses = [] { return std::vector<std::string>{"192.0.2.1"}; };
+        auto fake = std::make_unique<nft::FakeBackend>();
+        backend = fake.get();
+        ctl = std::make_unique<core::Controller>(io, o, std::move(src), std::move(fake));
         REQUIRE(ctl->start().ok());
     }
     void write(const std::string& name, const std::string& text) {

@@ -102,7 +102,7 @@ clusters: [{name: k, cluster: {server: "https://x", insecure-skip-tls-verify: tr
 contexts: [{name: c, context: {cluster: k, user: u}}]
 clusters: [{name: k, cluster: {server: "https://x"}}]
 users: [{name: u, user: {exec: {apiVersion: client.authentication.k8s.io/v1, command: x}}}]
-)").find("interactiveMode must be specified") != std::string::npos);
+)").find("must be specified for client.authentication.k8s.io/v1") != std::string::npos);
     CHECK(err(R"(current-context: c
 contexts: [{name: c, context: {cluster: k, user: u}}]
 clusters: [{name: k, cluster: {server: "https://x"}}]

@@ -1,0 +1,328 @@
+#include "enforcer.h"
+
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+
+#include "signet/json.h"
+
+namespace signet::core {
+
+using rapidjson::Value;
+using cache::ObjectKey;
+
+namespace {
+
+ObjectKey object_key(const api::PodRecord& rec) { return ObjectKey{rec.reg.namespace_, rec.reg.name}; }
+
+std::string key_text(const ObjectKey& k) { return k.namespace_ + "/" + k.name; }
+
+bool covered(const std::vector<nft::Range>& by, const nft::Range& r) {
+    for (const auto& b : by)
+        if (!(r.first < b.first) && !(b.last < r.last)) return true;
+    return false;
+}
+
+// True when `next` allows everything `cur` allowed: same rules, and every set
+// element of `cur` still covered. Then no established connection can have
+// become disallowed and conntrack need not be re-checked.
+bool only_widens(const nft::PodRuleset& cur, const nft::PodRuleset& next) {
+    if (!next.same_structure(cur)) return false;
+    for (const auto& [name, set] : cur.sets) {
+        auto it = next.sets.find(name);
+        if (it == next.sets.end()) return false;
+        for (const auto& r : set.elements)
+            if (!covered(it->second.elements, r)) return false;
+    }
+    return true;
+}
+
+void put(Value& o, const char* k, const std::string& v, rapidjson::Document::AllocatorType& a) {
+    o.AddMember(Value(k, a), json::str(v, a), a);
+}
+
+}  // namespace
+
+std::vector<std::string> host_addresses() {
+    std::vector<std::string> out;
+    ifaddrs* ifa = nullptr;
+    if (::getifaddrs(&ifa) != 0) return out;
+    for (ifaddrs* p = ifa; p != nullptr; p = p->ifa_next) {
+        if (p->ifa_addr == nullptr) continue;
+        char buf[INET6_ADDRSTRLEN] = {};
+        if (p->ifa_addr->sa_family == AF_INET) {
+            inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(p->ifa_addr)->sin_addr, buf, sizeof buf);
+        } else if (p->ifa_addr->sa_family == AF_INET6) {
+            const auto* a6 = reinterpret_cast<sockaddr_in6*>(p->ifa_addr);
+            if (IN6_IS_ADDR_LINKLOCAL(&a6->sin6_addr)) continue;  // not routable to pods
+            inet_ntop(AF_INET6, &a6->sin6_addr, buf, sizeof buf);
+        } else {
+            continue;
+        }
+        out.emplace_back(buf);
+    }
+    ::freeifaddrs(ifa);
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
+}
+
+Enforcer::Enforcer(std::unique_ptr<nft::Backend> backend, Report report)
+    : backend_(std::move(backend)), report_(std::move(report)) {}
+
+policy::LocalPod Enforcer::local_of(const ObjectKey& key, const Records& records) const {
+    policy::LocalPod lp{key.namespace_, key.name, {}};
+    for (const auto& [k, rec] : records)
+        if (object_key(rec) == key) lp.ips.insert(lp.ips.end(), rec.reg.ips.begin(), rec.reg.ips.end());
+    return lp;
+}
+
+void Enforcer::reset(const cache::Snapshot& snapshot, const Records& records,
+                     const std::vector<std::string>& node_addresses) {
+    std::set<ObjectKey> keys;
+    for (const auto& [k, rec] : records) keys.insert(object_key(rec));
+    std::vector<policy::LocalPod> locals;
+    for (const auto& k : keys) locals.push_back(local_of(k, records));
+    compiler_.reset(snapshot, locals, node_addresses);
+    policy::Affected all;
+    all.pods = keys;
+    program(all, records);
+}
+
+void Enforcer::source_changed(const cache::Snapshot& snapshot, const Records& records) {
+    program(compiler_.update(snapshot), records);
+}
+
+Status Enforcer::pod_added(const std::string& key, const Records& records) {
+    auto it = records.find(key);
+    if (it == records.end()) return make_error(ENOENT, "no registration " + key);
+    policy::Affected affected = compiler_.put_local_pod(local_of(object_key(it->second), records));
+    affected.pods.erase(object_key(it->second));
+    // This pod first: the ADD waits for it. Then the others whose peer sets changed.
+    Status own;
+    for (const auto& [k, rec] : records) {
+        if (object_key(rec) != object_key(it->second)) continue;
+        Status st = program_one(k, rec);
+        if (k == key) own = st;
+    }
+    program(affected, records);
+    return own;
+}
+
+void Enforcer::pod_removed(const std::string& key, const api::PodRecord& gone, bool remove_table,
+                           const Records& records) {
+    auto it = pods_.find(key);
+    if (it != pods_.end()) {
+        if (remove_table && it->second.netns) {
+            if (auto st = backend_->remove(*it->second.netns); !st)
+                report_("cannot remove the table of " + key + ": " + st.error().message);
+        }
+        pods_.erase(it);
+    }
+    ObjectKey ok = object_key(gone);
+    policy::LocalPod rest = local_of(ok, records);
+    bool still_local = false;
+    for (const auto& [k, rec] : records) still_local = still_local || object_key(rec) == ok;
+    program(still_local ? compiler_.put_local_pod(rest) : compiler_.remove_local_pod(ok), records);
+}
+
+void Enforcer::node_addresses_changed(const std::vector<std::string>& addresses, const Records& records) {
+    program(compiler_.set_node_addresses(addresses), records);
+}
+
+void Enforcer::retry_failed(const Records& records) {
+    for (const auto& [k, rec] : records) {
+        auto it = pods_.find(k);
+        if (it != pods_.end() && !it->second.error.empty()) (void)program_one(k, rec);
+    }
+}
+
+void Enforcer::program(const policy::Affected& affected, const Records& records) {
+    if (affected.empty()) return;
+    for (const auto& [k, rec] : records)
+        if (affected.pods.count(object_key(rec)) > 0) (void)program_one(k, rec);
+}
+
+Status Enforcer::program_one(const std::string& key, const api::PodRecord& rec) {
+    PodState& st = pods_[key];
+    auto fail = [&](const Error& e) -> Status {
+        ++failures_;
+        std::string msg = "cannot program " + key + " (" + rec.reg.namespace_ + "/" + rec.reg.name + "): " + e.message;
+        if (st.error != msg) report_(msg);
+        st.error = msg;
+        st.rules.reset();  // the table's content is unknown now: the next write replaces it whole
+        return make_error(e.code, msg);
+    };
+    auto rs = compiler_.compile(object_key(rec));
+    if (!rs) return fail(rs.error());
+    if (!st.netns) {
+        auto ns = backend_->open(rec.reg.netns);
+        if (!ns) return fail(ns.error());
+        st.netns.emplace(std::move(*ns));
+    }
+    const nft::PodRuleset* cur = st.rules ? &*st.rules : nullptr;
+    if (cur != nullptr && *cur == *rs) {
+        ++unchanged_;
+        st.error.clear();
+        return {};
+    }
+    bool check_conntrack = cur == nullptr || !only_widens(*cur, *rs);
+    if (auto applied = backend_->apply(*st.netns, *rs, cur); !applied) {
+        st.netns.reset();  // reopen next time: the netns or its socket may be what failed
+        return fail(applied.error());
+    }
+    ++full_programs_;
+    if (!st.error.empty()) report_("programmed " + key + " again");
+    st.error.clear();
+    st.rules = std::move(*rs);
+    if (check_conntrack) cut_disallowed(rec, st);
+    return {};
+}
+
+void Enforcer::cut_disallowed(const api::PodRecord& rec, PodState& st) {
+    std::vector<policy::Ip> own;
+    for (const auto& text : rec.reg.ips)
+        if (auto ip = policy::parse_ip(text)) own.push_back(*ip);
+    auto entries = backend_->conntrack(*st.netns);
+    if (!entries) {
+        report_("cannot read conntrack of " + rec.reg.namespace_ + "/" + rec.reg.name + ": " + entries.error().message);
+        return;
+    }
+    ++ct_checks_;
+    for (const auto& e : *entries) {
+        policy::Ip src{e.orig.family, e.orig.src}, dst{e.orig.family, e.orig.dst};
+        bool from_pod = std::find(own.begin(), own.end(), src) != own.end();
+        bool to_pod = std::find(own.begin(), own.end(), dst) != own.end();
+        if (from_pod == to_pod) continue;  // the pod talking to itself, or not the pod's traffic
+        bool ingress = to_pod;
+        const policy::Ip& peer = ingress ? src : dst;
+        if (policy::allows(*st.rules, ingress, peer, e.orig.proto, e.orig.dport)) continue;
+        if (auto del = backend_->conntrack_delete(*st.netns, e.orig); del || del.error().code == ENOENT) {
+            ++st.cut;
+            ++cut_total_;
+            report_("cut " + std::string(ingress ? "incoming" : "outgoing") + " " +
+                    std::string(policy::proto_name(e.orig.proto)) + " connection " + policy::to_string(src) + ":" +
+                    std::to_string(e.orig.sport) + " -> " + policy::to_string(dst) + ":" + std::to_string(e.orig.dport) +
+                    " of " + rec.reg.namespace_ + "/" + rec.reg.name + ": no longer allowed by policy");
+        } else {
+            report_("cannot cut a connection of " + rec.reg.namespace_ + "/" + rec.reg.name + ": " + del.error().message);
+        }
+    }
+}
+
+bool Enforcer::programmed(const std::string& key) const {
+    auto it = pods_.find(key);
+    return it != pods_.end() && it->second.rules.has_value() && it->second.error.empty();
+}
+
+bool Enforcer::has_failures() const {
+    for (const auto& [k, st] : pods_)
+        if (!st.error.empty()) return true;
+    return false;
+}
+
+Result<policy::Explanation> Enforcer::explain(const policy::Endpoint& from, const policy::Endpoint& to, uint8_t proto,
+                                              uint16_t port) const {
+    return compiler_.explain(from, to, proto, port);
+}
+
+Status Enforcer::describe_pod(const ObjectKey& pod, const Records& records, Value& out,
+                              rapidjson::Document::AllocatorType& a) {
+    auto rs = compiler_.compile_any(pod);
+    if (!rs) return rs.error();
+    out.SetObject();
+    put(out, "pod", key_text(pod), a);
+    bool local = false;
+    PodState* st = nullptr;
+    for (const auto& [k, rec] : records)
+        if (object_key(rec) == pod) {
+            local = true;
+            auto it = pods_.find(k);
+            if (it != pods_.end() && it->second.netns) st = &it->second;
+        }
+    out.AddMember("local", local, a);
+    std::optional<nft::Counters> counters;
+    if (st != nullptr) {
+        if (auto c = backend_->counters(*st->netns); c) counters = *c;
+    }
+    for (bool ingress : {true, false}) {
+        const nft::Direction& d = ingress ? rs->ingress : rs->egress;
+        Value dir(rapidjson::kObjectType);
+        dir.AddMember("isolated", d.isolated, a);
+        Value pols(rapidjson::kArrayType);
+        for (const auto& p : compiler_.selecting_policies(pod, ingress ? cache::PolicyType::Ingress : cache::PolicyType::Egress))
+            pols.PushBack(json::str(key_text(p), a), a);
+        dir.AddMember("policies", pols, a);
+        Value rules(rapidjson::kArrayType);
+        for (const auto& r : d.rules) {
+            Value rule(rapidjson::kObjectType);
+            put(rule, "policy", r.origin.policy_namespace + "/" + r.origin.policy_name, a);
+            rule.AddMember("rule", r.origin.rule_index, a);
+            std::string peers;
+            if (r.any_peer) {
+                peers = "any";
+            } else {
+                for (const auto* name : {&r.set_v4, &r.set_v6}) {
+                    if (name->empty()) continue;
+                    auto s = rs->sets.find(*name);
+                    if (s == rs->sets.end()) continue;
+                    for (const auto& e : s->second.elements) {
+                        if (!peers.empty()) peers += ", ";
+                        peers += policy::to_string(s->second.family, e);
+                    }
+                }
+                if (peers.empty()) peers = "none";
+            }
+            put(rule, "peers", peers, a);
+            std::string ports;
+            for (const auto& p : r.ports) {
+                if (!ports.empty()) ports += ", ";
+                ports += std::string(policy::proto_name(p.proto)) + "/";
+                ports += p.first == 0 && p.last == 65535 ? std::string("*")
+                         : p.first == p.last            ? std::to_string(p.first)
+                                                        : std::to_string(p.first) + "-" + std::to_string(p.last);
+            }
+            put(rule, "ports", ports.empty() ? "all" : ports, a);
+            if (counters) {
+                uint64_t packets = 0;
+                for (const auto& c : counters->accepts)
+                    if (c.origin == r.origin && (c.direction == nft::Dir::ingress) == ingress) packets += c.packets;
+                rule.AddMember("packets", Value(static_cast<uint64_t>(packets)), a);
+            }
+            rules.PushBack(rule, a);
+        }
+        dir.AddMember("rules", rules, a);
+        if (counters)
+            dir.AddMember("deniedPackets",
+                          Value(static_cast<uint64_t>(ingress ? counters->ingress_drop_packets : counters->egress_drop_packets)), a);
+        out.AddMember(Value(ingress ? "ingress" : "egress", a), dir, a);
+    }
+    if (st != nullptr) {
+        out.AddMember("cutConnections", Value(static_cast<uint64_t>(st->cut)), a);
+        put(out, "error", st->error, a);
+    }
+    return {};
+}
+
+void Enforcer::status(Value& out, rapidjson::Document::AllocatorType& a) const {
+    out.SetObject();
+    uint64_t programmed = 0;
+    Value failing(rapidjson::kArrayType);
+    for (const auto& [k, st] : pods_) {
+        if (st.rules && st.error.empty()) ++programmed;
+        if (!st.error.empty()) failing.PushBack(json::str(st.error, a), a);
+    }
+    out.AddMember("programmedAttachments", Value(programmed), a);
+    out.AddMember("failing", failing, a);
+    out.AddMember("tableWrites", Value(full_programs_), a);
+    out.AddMember("unchangedSkips", Value(unchanged_), a);
+    out.AddMember("programFailures", Value(failures_), a);
+    out.AddMember("conntrackChecks", Value(ct_checks_), a);
+    out.AddMember("cutConnections", Value(cut_total_), a);
+    out.AddMember("selectors", Value(static_cast<uint64_t>(compiler_.selector_count())), a);
+    out.AddMember("compilerBytes", Value(static_cast<uint64_t>(compiler_.memory_estimate())), a);
+}
+
+}  // namespace signet::core
