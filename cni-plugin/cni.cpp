@@ -11,7 +11,9 @@ namespace signet::cni {
 using rapidjson::Value;
 
 const std::vector<std::string>& supported_versions() {
-    static const std::vector<std::string> v{"0.4.0", "1.0.0", "1.1.0"};
+    // 0.3.x: what flannel, calico and kindnet write by default; its results
+    // have 0.4.0's shape (CHECK needs 0.4.0).
+    static const std::vector<std::string> v{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
     return v;
 }
 
@@ -118,9 +120,12 @@ Result<Config> parse_config(std::string_view text) {
     const Value* ver = json::find(cfg.doc, "cniVersion");
     if (ver == nullptr || !ver->IsString()) return make_error(kInvalidConfig, "cniVersion: required string missing");
     cfg.cni_version = ver->GetString();
-    if (!is_supported(cfg.cni_version))
+    if (!is_supported(cfg.cni_version)) {
+        std::string list;
+        for (const auto& v : supported_versions()) list += (list.empty() ? "" : ", ") + v;
         return make_error(kIncompatibleVersion, "incompatible CNI version " + cfg.cni_version,
-                          "supported versions: 0.4.0, 1.0.0, 1.1.0");
+                          "supported versions: " + list);
+    }
 
     if (auto name = json::find(cfg.doc, "name"); name != nullptr) {
         if (!name->IsString()) return make_error(kInvalidConfig, "name: must be a string");

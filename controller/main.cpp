@@ -12,6 +12,7 @@
 #include "core/controller.h"
 #include "nft/netlink_backend.h"
 #include "source/dir_source.h"
+#include "source/kubernetes/kubernetes_source.h"
 #include "signet/api.h"
 #include "signet/log.h"
 
@@ -29,8 +30,9 @@ Flags:
                             dir:PATH    Namespace, Pod and NetworkPolicy manifests (YAML or JSON,
                                         as `kubectl apply -f` takes them) in folder PATH,
                                         followed with inotify (default: dir:/etc/signet/manifests)
-                            kubernetes  the Kubernetes API (not available in this version yet)
-  --kubeconfig FILE       kubeconfig for --source kubernetes (not available in this version yet)
+                            kubernetes  the Kubernetes API: in-cluster config (service account),
+                                        or --kubeconfig
+  --kubeconfig FILE       kubeconfig for --source kubernetes (certificates, tokens, exec plugins)
   --socket PATH           API socket (default: /run/signet/signetd.sock)
   --state-dir PATH        where the pod registry is kept across restarts (default: /var/lib/signet)
   --influxdb URL          flow export to InfluxDB (not available in this version yet)
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
     opts.socket_path = api::kDefaultSocket;
     opts.state_dir = api::kDefaultStateDir;
     std::string source = "dir:/etc/signet/manifests";
+    std::string kubeconfig;
     if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') opts.node_name = n;
 
     for (int i = 1; i < argc; ++i) {
@@ -95,7 +98,9 @@ int main(int argc, char** argv) {
             log::Level level;
             if (!need(&v) || !log::parse_level(v, &level)) return usage_error("--log-level takes debug, info, warn or error");
             log::set_level(level);
-        } else if (arg == "--kubeconfig" || arg == "--influxdb" || arg == "--metrics-address") {
+        } else if (arg == "--kubeconfig") {
+            if (!need(&kubeconfig)) return usage_error("--kubeconfig needs a value");
+        } else if (arg == "--influxdb" || arg == "--metrics-address") {
             if (!need(&v)) return usage_error(arg + " needs a value");
             return usage_error(arg + " is not available in signetd " SIGNET_VERSION " yet");
         } else {
@@ -103,12 +108,9 @@ int main(int argc, char** argv) {
         }
     }
 
-    if (source == "kubernetes")
-        return usage_error("--source kubernetes is not available in signetd " SIGNET_VERSION
-                           " yet; use --source dir:PATH");
-    if (source.rfind("dir:", 0) != 0 || source.size() <= 4)
+    if (source != "kubernetes" && (source.rfind("dir:", 0) != 0 || source.size() <= 4))
         return usage_error("--source must be dir:PATH or kubernetes, not '" + source + "'");
-    std::string source_dir = source.substr(4);
+    if (!kubeconfig.empty() && source != "kubernetes") return usage_error("--kubeconfig goes with --source kubernetes");
     if (opts.node_name.empty()) {
         char host[256] = {};
         if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
@@ -118,7 +120,22 @@ int main(int argc, char** argv) {
     if (opts.state_dir.empty()) return usage_error("--state-dir must not be empty");
 
     boost::asio::io_context io;
-    auto src = std::make_unique<source::DirSource>(source_dir, [](const std::string& m) { log::warn("source", m); });
+    // Sources report from their own threads too: log::write is thread-safe.
+    auto report = [](const std::string& m) { log::warn("source", m); };
+    std::unique_ptr<source::Source> src;
+    if (source == "kubernetes") {
+        source::KubernetesOptions ko;
+        ko.kubeconfig = kubeconfig;
+        ko.node_name = opts.node_name;
+        auto k = source::make_kubernetes_source(ko, report);
+        if (!k) {
+            log::error("signetd", "--source kubernetes: " + k.error().message);
+            return 1;
+        }
+        src = std::move(*k);
+    } else {
+        src = std::make_unique<source::DirSource>(source.substr(4), report);
+    }
     if (auto probe = nft::probe_kernel(); probe) {
         opts.queue_backend = nft::to_string(probe->queue);
         log::info("signetd", "kernel: new-connection queue via " + opts.queue_backend +

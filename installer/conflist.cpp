@@ -16,7 +16,9 @@ using rapidjson::Value;
 // ---------------------------------------------------------------------------
 // Spans
 
-bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+bool is_ws(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
 struct Scanner {
     std::string_view t;
@@ -99,7 +101,9 @@ struct Scanner {
 // ---------------------------------------------------------------------------
 // Go encoding/json semantics over a RapidJSON value
 
-std::string str_of(const Value& v) { return std::string(v.GetString(), v.GetStringLength()); }
+std::string str_of(const Value& v) {
+    return std::string(v.GetString(), v.GetStringLength());
+}
 
 bool ascii_iequal(const Value& name, std::string_view want) {
     if (name.GetStringLength() != want.size()) return false;
@@ -139,7 +143,8 @@ Status want_string_or_null(const Value& v, const std::string& where) {
 
 Status check_string_list(const Value& v, const std::string& where) {
     if (v.IsNull()) return {};
-    if (!v.IsArray()) return make_error(0, where + ": cannot unmarshal " + std::string(type_name(v)) + " into []string");
+    if (!v.IsArray())
+        return make_error(0, where + ": cannot unmarshal " + std::string(type_name(v)) + " into []string");
     for (const auto& e : v.GetArray())
         if (auto st = want_string_or_null(e, where + "[]"); !st) return st;
     return {};
@@ -150,7 +155,8 @@ Status check_string_list(const Value& v, const std::string& where) {
 // Returns the plugin type.
 Result<std::string> check_netconf(const Value& v, const std::string& where) {
     if (v.IsNull()) return make_error(0, where + ": missing 'type'");
-    if (!v.IsObject()) return make_error(0, where + ": cannot unmarshal " + std::string(type_name(v)) + " into a network config");
+    if (!v.IsObject())
+        return make_error(0, where + ": cannot unmarshal " + std::string(type_name(v)) + " into a network config");
     std::string type;
     for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) {
         const Value& name = it->name;
@@ -163,23 +169,28 @@ Result<std::string> check_netconf(const Value& v, const std::string& where) {
             if (val.IsString()) type = str_of(val);
         } else if (ascii_iequal(name, "capabilities")) {
             if (val.IsNull()) continue;
-            if (!val.IsObject()) return make_error(0, w + ": cannot unmarshal " + std::string(type_name(val)) + " into map[string]bool");
+            if (!val.IsObject())
+                return make_error(0, w + ": cannot unmarshal " + std::string(type_name(val)) + " into map[string]bool");
             for (auto c = val.MemberBegin(); c != val.MemberEnd(); ++c)
                 if (!c->value.IsBool() && !c->value.IsNull())
-                    return make_error(0, w + "." + str_of(c->name) + ": cannot unmarshal " + type_name(c->value) + " into bool");
+                    return make_error(
+                        0, w + "." + str_of(c->name) + ": cannot unmarshal " + type_name(c->value) + " into bool");
         } else if (ascii_iequal(name, "ipam")) {
             if (val.IsNull()) continue;
-            if (!val.IsObject()) return make_error(0, w + ": cannot unmarshal " + std::string(type_name(val)) + " into an IPAM config");
+            if (!val.IsObject())
+                return make_error(0, w + ": cannot unmarshal " + std::string(type_name(val)) + " into an IPAM config");
             for (auto c = val.MemberBegin(); c != val.MemberEnd(); ++c)
                 if (ascii_iequal(c->name, "type"))
                     if (auto st = want_string_or_null(c->value, w + ".type"); !st) return st.error();
         } else if (ascii_iequal(name, "dns")) {
             if (val.IsNull()) continue;
-            if (!val.IsObject()) return make_error(0, w + ": cannot unmarshal " + std::string(type_name(val)) + " into a DNS config");
+            if (!val.IsObject())
+                return make_error(0, w + ": cannot unmarshal " + std::string(type_name(val)) + " into a DNS config");
             for (auto c = val.MemberBegin(); c != val.MemberEnd(); ++c) {
                 std::string cw = w + "." + str_of(c->name);
                 Status st;
-                if (ascii_iequal(c->name, "domain")) st = want_string_or_null(c->value, cw);
+                if (ascii_iequal(c->name, "domain"))
+                    st = want_string_or_null(c->value, cw);
                 else if (ascii_iequal(c->name, "nameservers") || ascii_iequal(c->name, "search") ||
                          ascii_iequal(c->name, "options"))
                     st = check_string_list(c->value, cw);
@@ -248,7 +259,8 @@ Result<Parsed> parse_config(std::string_view text, FileKind kind) {
 
     // libcni's ConfListFromBytes: a map[string]interface{} (exact keys, the
     // last duplicate wins).
-    if (!d.IsObject()) return make_error(0, std::string("cannot unmarshal ") + type_name(d) + " into a network config list");
+    if (!d.IsObject())
+        return make_error(0, std::string("cannot unmarshal ") + type_name(d) + " into a network config list");
     int i = last_exact(d, "name");
     if (i < 0) return make_error(0, "no name");
     const Value& name = d.MemberBegin()[i].value;
@@ -288,8 +300,8 @@ Result<Parsed> parse_config(std::string_view text, FileKind kind) {
 // Where signet may be: once, as the last plugin.
 Status check_placement(const ConfigInfo& info) {
     if (info.signet_count > 1)
-        return make_error(0, "signet appears " + std::to_string(info.signet_count) +
-                                 " times in plugins; fix the file by hand");
+        return make_error(
+            0, "signet appears " + std::to_string(info.signet_count) + " times in plugins; fix the file by hand");
     if (info.signet_count == 1 && info.signet_index != static_cast<int>(info.plugin_types.size()) - 1)
         return make_error(0, "signet is plugins[" + std::to_string(info.signet_index) + "] of " +
                                  std::to_string(info.plugin_types.size()) +
@@ -298,7 +310,9 @@ Status check_placement(const ConfigInfo& info) {
     return {};
 }
 
-const Node& plugins_node(const Parsed& p) { return p.root.children[static_cast<size_t>(p.plugins_member)]; }
+const Node& plugins_node(const Parsed& p) {
+    return p.root.children[static_cast<size_t>(p.plugins_member)];
+}
 
 std::string replace(std::string_view text, Span s, std::string_view with) {
     std::string out(text.substr(0, s.begin));
@@ -360,7 +374,8 @@ std::string set_socket(std::string_view text, const Parsed& p, std::string_view 
     const Value& v = p.doc.MemberBegin()[p.plugins_member].value[static_cast<rapidjson::SizeType>(p.info.signet_index)];
     int i = 0, type_i = -1;
     for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it, ++i) {
-        if (exact_equal(it->name, "socket")) return replace(text, entry.children[static_cast<size_t>(i)].value, quote(socket));
+        if (exact_equal(it->name, "socket"))
+            return replace(text, entry.children[static_cast<size_t>(i)].value, quote(socket));
         if (ascii_iequal(it->name, "type")) type_i = i;
     }
     size_t at = entry.children[static_cast<size_t>(type_i)].value.end;
@@ -393,12 +408,13 @@ std::string join(const std::vector<std::string>& v) {
 
 Status check_version(const std::string& version, const InsertOptions& opts, bool from_flag) {
     if (opts.supported_versions.empty()) return {};
-    if (std::find(opts.supported_versions.begin(), opts.supported_versions.end(), version) != opts.supported_versions.end())
+    if (std::find(opts.supported_versions.begin(), opts.supported_versions.end(), version) !=
+        opts.supported_versions.end())
         return {};
     std::string shown = version.empty() ? "no cniVersion (plugins read it as 0.1.0)" : "cniVersion \"" + version + "\"";
     if (from_flag)
-        return make_error(0, "--set-cni-version " + version + ": the signet plugin supports " +
-                                 join(opts.supported_versions));
+        return make_error(
+            0, "--set-cni-version " + version + ": the signet plugin supports " + join(opts.supported_versions));
     return make_error(0, "the config has " + shown + ", which the signet plugin does not support (it supports " +
                              join(opts.supported_versions) +
                              "): the runtime would fail every pod's ADD. Once you have checked that the other "
@@ -426,11 +442,16 @@ Result<Node> locate(std::string_view text) {
 
 const char* change_name(Change c) {
     switch (c) {
-        case Change::none: return "unchanged";
-        case Change::inserted: return "inserted";
-        case Change::updated: return "updated";
-        case Change::converted: return "converted";
-        case Change::removed: return "removed";
+        case Change::none:
+            return "unchanged";
+        case Change::inserted:
+            return "inserted";
+        case Change::updated:
+            return "updated";
+        case Change::converted:
+            return "converted";
+        case Change::removed:
+            return "removed";
     }
     return "?";
 }
@@ -476,8 +497,8 @@ Result<Edit> insert_signet(std::string_view text, FileKind kind, const InsertOpt
         std::string out = "{\n";
         if (!version.empty()) out += "  \"cniVersion\": " + quote(version) + ",\n";
         out += "  \"name\": " + quote(info.name) + ",\n";
-        out += "  \"plugins\": [\n    " + plugin + ",\n    {\n      \"type\": \"signet\",\n      \"socket\": " +
-               quote(opts.socket) + "\n    }\n  ]\n}\n";
+        out += "  \"plugins\": [\n    " + plugin +
+               ",\n    {\n      \"type\": \"signet\",\n      \"socket\": " + quote(opts.socket) + "\n    }\n  ]\n}\n";
         return Edit{out, Change::converted,
                     "converted the single-plugin config (" + info.plugin_types[0] +
                         ") to a config list and added signet as its last plugin"};
@@ -521,8 +542,9 @@ Result<Edit> remove_signet(std::string_view text, FileKind kind) {
     if (auto st = check_placement(info); !st) return st.error();
     if (info.signet_index < 0) return Edit{std::string(text), Change::none, "signet is not in this config"};
     if (kind == FileKind::single || info.plugin_types.size() == 1)
-        return make_error(0, "signet is the only plugin of this config: removing it would leave no network; "
-                             "fix the file by hand");
+        return make_error(0,
+                          "signet is the only plugin of this config: removing it would leave no network; "
+                          "fix the file by hand");
     const Node& arr = plugins_node(*p);
     size_t k = static_cast<size_t>(info.signet_index);
     std::string out = replace(text, Span{arr.children[k - 1].value.end, arr.children[k].value.end}, "");

@@ -99,8 +99,8 @@ struct Span {
 struct Node {
     enum Kind { object, array, scalar } kind = scalar;
     Span value;
-    std::vector<Span> keys;       // objects: each member's key, with its quotes
-    std::vector<Node> children;   // objects: member values; arrays: elements
+    std::vector<Span> keys;      // objects: each member's key, with its quotes
+    std::vector<Node> children;  // objects: member values; arrays: elements
 };
 inline constexpr int kMaxDepth = 512;
 Result<Node> locate(std::string_view text);

@@ -107,7 +107,8 @@ Result<Target> open_target(const std::string& path) {
     if (::lstat(path.c_str(), &lst) != 0) return make_error(errno, errno_text("cannot stat", path));
     if (S_ISLNK(lst.st_mode)) {
         char buf[PATH_MAX];
-        if (::realpath(path.c_str(), buf) == nullptr) return make_error(errno, errno_text("cannot resolve symlink", path));
+        if (::realpath(path.c_str(), buf) == nullptr)
+            return make_error(errno, errno_text("cannot resolve symlink", path));
         t.write_path = buf;
     }
     struct stat st {};
@@ -162,7 +163,8 @@ Result<std::vector<Candidate>> list_configs(const std::string& dir) {
 }
 
 Result<std::vector<std::string>> plugin_versions(const std::string& plugin) {
-    if (::access(plugin.c_str(), X_OK) != 0) return make_error(errno, errno_text("cannot run the signet plugin", plugin));
+    if (::access(plugin.c_str(), X_OK) != 0)
+        return make_error(errno, errno_text("cannot run the signet plugin", plugin));
     int out[2];
     if (::pipe2(out, O_CLOEXEC) != 0) return make_error(errno, "pipe: " + std::string(std::strerror(errno)));
     pid_t pid = ::fork();
@@ -298,7 +300,8 @@ Result<Report> install(const Options& opts) {
     if (edit->change == Change::converted) {
         // The new conflist sorts right next to the old file, so until this
         // unlink the runtime still takes the old one; after it, the new one.
-        if (::unlink(path.c_str()) != 0) return make_error(errno, errno_text("wrote " + new_path + " but cannot remove", path));
+        if (::unlink(path.c_str()) != 0)
+            return make_error(errno, errno_text("wrote " + new_path + " but cannot remove", path));
         sync_folder(opts.conf_dir);
     }
     return rep;
@@ -334,7 +337,8 @@ Result<Report> uninstall(const Options& opts) {
     rep.changed = true;
     if (opts.dry_run) return rep;
     for (const auto& ch : changes)
-        if (auto st = replace_file(ch.target.write_path, ch.edit.text, ch.target.mode, ch.target.uid, ch.target.gid); !st)
+        if (auto st = replace_file(ch.target.write_path, ch.edit.text, ch.target.mode, ch.target.uid, ch.target.gid);
+            !st)
             return st.error();
     return rep;
 }

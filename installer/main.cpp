@@ -85,9 +85,12 @@ bool parse_seconds(const std::string& text, long* out) {
     if (i == 0 || i > 7) return false;
     long n = std::stol(text.substr(0, i));
     std::string unit = text.substr(i);
-    if (unit == "m") n *= 60;
-    else if (unit == "h") n *= 3600;
-    else if (unit != "s" && !unit.empty()) return false;
+    if (unit == "m")
+        n *= 60;
+    else if (unit == "h")
+        n *= 3600;
+    else if (unit != "s" && !unit.empty())
+        return false;
     *out = n;
     return true;
 }
@@ -146,7 +149,8 @@ int main(int argc, char** argv) {
         } else if (arg == "--set-cni-version") {
             if (!need(&opts.set_cni_version)) return usage_error("--set-cni-version needs a version (empty: off)");
         } else if (arg == "--wait") {
-            if (!need(&v) || !parse_seconds(v, &wait_s)) return usage_error("--wait takes a duration such as 30s or 5m");
+            if (!need(&v) || !parse_seconds(v, &wait_s))
+                return usage_error("--wait takes a duration such as 30s or 5m");
         } else if (arg == "--dry-run") {
             if (has_value) return usage_error("--dry-run takes no value");
             opts.dry_run = true;
@@ -176,7 +180,8 @@ int main(int argc, char** argv) {
             rep = installer::install(opts);
             if (rep || rep.error().code != ENOENT || std::chrono::steady_clock::now() >= deadline) break;
             if (!told) {
-                std::fprintf(stderr, "signet-install-cni: %s; waiting up to %lds\n", rep.error().message.c_str(), wait_s);
+                std::fprintf(stderr, "signet-install-cni: %s; waiting up to %lds\n", rep.error().message.c_str(),
+                             wait_s);
                 told = true;
             }
             std::this_thread::sleep_for(std::chrono::seconds(1));

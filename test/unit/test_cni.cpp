@@ -85,7 +85,8 @@ TEST_CASE("config parsing: versions and errors") {
     CHECK(code("[1,2]") == cni::kDecodeFailure);
     CHECK(code(R"({"cniVersion":"0.4.0"} trailing)") == cni::kDecodeFailure);
     CHECK(code(R"({"name":"n","type":"signet"})") == cni::kInvalidConfig);
-    CHECK(code(R"({"cniVersion":"0.3.1","name":"n","type":"signet"})") == cni::kIncompatibleVersion);
+    CHECK(code(R"({"cniVersion":"0.2.0","name":"n","type":"signet"})") == cni::kIncompatibleVersion);
+    CHECK(code(R"({"cniVersion":"0.3.1","name":"n","type":"signet"})") == 0);
     CHECK(code(R"({"cniVersion":"2.0.0","name":"n","type":"signet"})") == cni::kIncompatibleVersion);
     CHECK(code(R"({"cniVersion":"1.0.0","name":"n","type":"signet","socket":5})") == cni::kInvalidConfig);
     CHECK(code(R"({"cniVersion":"1.0.0","name":"n","type":"signet","prevResult":[]})") == cni::kInvalidConfig);
@@ -112,8 +113,9 @@ TEST_CASE("version negotiation and error JSON") {
     auto v = json::parse(cni::version_json("1.0.0"));
     REQUIRE(v.ok());
     CHECK(std::string((*v)["cniVersion"].GetString()) == "1.0.0");
-    REQUIRE((*v)["supportedVersions"].Size() == 3);
-    CHECK(std::string((*v)["supportedVersions"][0].GetString()) == "0.4.0");
+    REQUIRE((*v)["supportedVersions"].Size() == 5);
+    CHECK(std::string((*v)["supportedVersions"][0].GetString()) == "0.3.0");
+    CHECK(std::string((*v)["supportedVersions"][2].GetString()) == "0.4.0");
     auto unknown = json::parse(cni::version_json("9.9.9"));
     CHECK(std::string((*unknown)["cniVersion"].GetString()) == "1.1.0");
 

@@ -1,8 +1,8 @@
 // signet-install-cni: the pure conflist edits on the configs real network
 // plugins write, and the file side (runtime order, atomic replacement,
 // conversion, nothing written on error) in temporary folders.
-#include <doctest/doctest.h>
 #include <dirent.h>
+#include <doctest/doctest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -175,20 +175,26 @@ TEST_CASE("installer: containerd's default conflist, exact output") {
 }
 
 TEST_CASE("installer: compact and tab-indented layouts are followed") {
-    auto compact = insert_signet(R"({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"}]})", FileKind::conflist,
-                                 opts_all());
+    auto compact = insert_signet(R"({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"}]})",
+                                 FileKind::conflist, opts_all());
     REQUIRE(compact.ok());
-    CHECK(compact->text == R"({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"signet","socket":"/run/signet/signetd.sock"}]})");
+    CHECK(
+        compact->text ==
+        R"({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"signet","socket":"/run/signet/signetd.sock"}]})");
     auto spaced = insert_signet(R"({"cniVersion": "1.0.0", "name": "n", "plugins": [ {"type": "ptp"} ]})",
                                 FileKind::conflist, opts_all());
     REQUIRE(spaced.ok());
-    CHECK(spaced->text ==
-          R"({"cniVersion": "1.0.0", "name": "n", "plugins": [ {"type": "ptp"}, {"type": "signet", "socket": "/run/signet/signetd.sock"} ]})");
-    std::string tabs = "{\n\t\"cniVersion\": \"1.0.0\",\n\t\"name\": \"n\",\n\t\"plugins\": [\n\t\t{\n\t\t\t\"type\": \"ptp\"\n\t\t}\n\t]\n}\n";
+    CHECK(
+        spaced->text ==
+        R"({"cniVersion": "1.0.0", "name": "n", "plugins": [ {"type": "ptp"}, {"type": "signet", "socket": "/run/signet/signetd.sock"} ]})");
+    std::string tabs =
+        "{\n\t\"cniVersion\": \"1.0.0\",\n\t\"name\": \"n\",\n\t\"plugins\": [\n\t\t{\n\t\t\t\"type\": "
+        "\"ptp\"\n\t\t}\n\t]\n}\n";
     auto t = insert_signet(tabs, FileKind::conflist, opts_all());
     REQUIRE(t.ok());
     CHECK(t->text ==
-          "{\n\t\"cniVersion\": \"1.0.0\",\n\t\"name\": \"n\",\n\t\"plugins\": [\n\t\t{\n\t\t\t\"type\": \"ptp\"\n\t\t},\n"
+          "{\n\t\"cniVersion\": \"1.0.0\",\n\t\"name\": \"n\",\n\t\"plugins\": [\n\t\t{\n\t\t\t\"type\": "
+          "\"ptp\"\n\t\t},\n"
           "\t\t{\n\t\t\t\"type\": \"signet\",\n\t\t\t\"socket\": \"/run/signet/signetd.sock\"\n\t\t}\n\t]\n}\n");
     auto back = remove_signet(t->text, FileKind::conflist);
     REQUIRE(back.ok());
@@ -196,13 +202,16 @@ TEST_CASE("installer: compact and tab-indented layouts are followed") {
 }
 
 TEST_CASE("installer: a present entry with another socket gets only its socket changed") {
-    std::string with = R"({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}, {"type": "signet", "timeoutSeconds": 5, "socket": "/old.sock"}]})";
+    std::string with =
+        R"({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}, {"type": "signet", "timeoutSeconds": 5, "socket": "/old.sock"}]})";
     InsertOptions o = opts_all();
     o.socket = "/run/other/s.sock";
     auto e = insert_signet(with, FileKind::conflist, o);
     REQUIRE(e.ok());
     CHECK(e->change == Change::updated);
-    CHECK(e->text == R"({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}, {"type": "signet", "timeoutSeconds": 5, "socket": "/run/other/s.sock"}]})");
+    CHECK(
+        e->text ==
+        R"({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}, {"type": "signet", "timeoutSeconds": 5, "socket": "/run/other/s.sock"}]})");
     // No socket field: the default applies; another socket is added after "type".
     std::string nosock = R"({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}, {"type": "signet"}]})";
     auto same = insert_signet(nosock, FileKind::conflist, opts_all());
@@ -210,7 +219,9 @@ TEST_CASE("installer: a present entry with another socket gets only its socket c
     CHECK(same->change == Change::none);
     auto other = insert_signet(nosock, FileKind::conflist, o);
     REQUIRE(other.ok());
-    CHECK(other->text == R"({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}, {"type": "signet", "socket": "/run/other/s.sock"}]})");
+    CHECK(
+        other->text ==
+        R"({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "ptp"}, {"type": "signet", "socket": "/run/other/s.sock"}]})");
 }
 
 TEST_CASE("installer: a single-plugin .conf becomes a conflist") {
@@ -263,10 +274,13 @@ TEST_CASE("installer: a single-plugin .conf becomes a conflist") {
     CHECK(member_names(p0) == want);
     CHECK(member(p0, "ipam") == member(*a, "ipam"));
     // Compact single-line .conf, name last.
-    auto c = insert_signet(R"({"type":"ptp","ipMasq":true,"name":"x","cniVersion":"1.0.0"})", FileKind::single, opts_all());
+    auto c =
+        insert_signet(R"({"type":"ptp","ipMasq":true,"name":"x","cniVersion":"1.0.0"})", FileKind::single, opts_all());
     REQUIRE(c.ok());
-    CHECK(c->text == "{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"x\",\n  \"plugins\": [\n    {\"type\":\"ptp\",\"ipMasq\":true},\n"
-                     "    {\n      \"type\": \"signet\",\n      \"socket\": \"/run/signet/signetd.sock\"\n    }\n  ]\n}\n");
+    CHECK(c->text ==
+          "{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"x\",\n  \"plugins\": [\n    "
+          "{\"type\":\"ptp\",\"ipMasq\":true},\n"
+          "    {\n      \"type\": \"signet\",\n      \"socket\": \"/run/signet/signetd.sock\"\n    }\n  ]\n}\n");
 }
 
 TEST_CASE("installer: refused inputs") {
@@ -286,7 +300,8 @@ TEST_CASE("installer: refused inputs") {
           std::string::npos);
     CHECK(err(R"({"cniVersion":"1.0.0","name":"n","plugins":[{"type":"a","dns":{"nameservers":"x"}}]})")
               .find("dns.nameservers") != std::string::npos);
-    CHECK(err(R"({"cniVersion":"1.0.0","name":"n","plugins":[{"ipam":{}}]})").find("missing 'type'") != std::string::npos);
+    CHECK(err(R"({"cniVersion":"1.0.0","name":"n","plugins":[{"ipam":{}}]})").find("missing 'type'") !=
+          std::string::npos);
     CHECK(err(R"([1,2])").find("cannot unmarshal array") != std::string::npos);
     CHECK(err(R"({"type":"signet","cniVersion":"1.0.0"})", FileKind::single).find("only plugin") != std::string::npos);
     CHECK_FALSE(remove_signet(fixture("bad-signet-middle.conflist"), FileKind::conflist).ok());
@@ -302,7 +317,9 @@ TEST_CASE("installer: Go's reading of the file decides what is there") {
     auto e = insert_signet(R"({"name":"a","plugins":{},"cniVersion":"1.0.0","plugins":[{"Type":"bridge"}]})",
                            FileKind::conflist, opts_all());
     REQUIRE(e.ok());
-    CHECK(e->text == R"({"name":"a","plugins":{},"cniVersion":"1.0.0","plugins":[{"Type":"bridge"},{"type":"signet","socket":"/run/signet/signetd.sock"}]})");
+    CHECK(
+        e->text ==
+        R"({"name":"a","plugins":{},"cniVersion":"1.0.0","plugins":[{"Type":"bridge"},{"type":"signet","socket":"/run/signet/signetd.sock"}]})");
 }
 
 TEST_CASE("installer: cniVersion the plugin does not support") {
@@ -332,8 +349,9 @@ TEST_CASE("installer: cniVersion the plugin does not support") {
     o2.set_cni_version = "1.0.0";
     auto added = insert_signet("{\n  \"name\": \"n\",\n  \"plugins\": [{\"type\": \"a\"}]\n}", FileKind::conflist, o2);
     REQUIRE(added.ok());
-    CHECK(added->text == "{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"n\",\n  \"plugins\": [{\"type\": \"a\"}, "
-                         "{\"type\": \"signet\", \"socket\": \"/run/signet/signetd.sock\"}]\n}");
+    CHECK(added->text ==
+          "{\n  \"cniVersion\": \"1.0.0\",\n  \"name\": \"n\",\n  \"plugins\": [{\"type\": \"a\"}, "
+          "{\"type\": \"signet\", \"socket\": \"/run/signet/signetd.sock\"}]\n}");
 }
 
 // ---------------------------------------------------------------------------
@@ -542,8 +560,9 @@ TEST_CASE("installer files: a symlinked config is edited through the link") {
 TEST_CASE("installer files: the plugin's VERSION answer") {
     TempDir t;
     std::string p = t.path + "/fake";
-    put(p, "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] || exit 3\n"
-           "echo '{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\",\"1.1.0\"]}'\n",
+    put(p,
+        "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] || exit 3\n"
+        "echo '{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[\"0.4.0\",\"1.0.0\",\"1.1.0\"]}'\n",
         0755);
     auto v = plugin_versions(p);
     REQUIRE_MESSAGE(v.ok(), (v.ok() ? std::string() : v.error().message));
