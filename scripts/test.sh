@@ -106,6 +106,7 @@ step "libFuzzer runs" fuzz_run
 
 if [[ $(id -u) -eq 0 ]]; then
   step "integration tests (real netns, CNI chain, runtimes)" mtest build --suite integration
+  step "NetworkPolicy conformance (manifest folder and Kubernetes API sources)" mtest build --suite conformance
 else
   echo
   echo "!!! NOT ROOT: the integration tests (real netns, CNI runtimes) are SKIPPED. Run as root to test them. !!!"

@@ -40,7 +40,8 @@ Control API (plain JSON over the same port, no auth; see CONTROL below):
 ``POST /_control/apply`` (object, list of objects or a List),
 ``/_control/delete`` ``{"kind","namespace","name"}``, ``/_control/fault``
 (merge fault settings), ``/_control/compact``, ``/_control/drop``,
-``/_control/bulk_pods``, ``GET /_control/requests``, ``/_control/state``.
+``/_control/bulk_pods``, ``GET /_control/requests``, ``/_control/state``,
+``POST /_control/scan`` (ingest the followed manifest folder now).
 """
 
 from __future__ import annotations
@@ -566,6 +567,13 @@ class Handler(BaseHTTPRequestHandler):
                     st.requests.clear()
                 return self._json(200, {"cleared": True})
             return self._json(200, {"requests": st.requests_for(q.get("resource"))})
+        if op == "scan":
+            # Ingest the followed manifest folder now (what `kubectl apply` returning means).
+            follower = getattr(self.server, "follower", None)
+            if follower is None:
+                return self._json(404, {"error": "not following a manifest folder"})
+            follower.scan()
+            return self._json(200, {"rv": st.rv, "errors": follower.errors})
         if op == "state":
             with st.cond:
                 return self._json(200, {"rv": st.rv, "compacted": st.compacted,
@@ -753,6 +761,7 @@ class ManifestFollower:
         self.owned: dict[tuple, dict] = {}  # (kind, ns, name) -> object as last applied
         self.errors: dict[str, str] = {}
         self._stop = threading.Event()
+        self._scan_lock = threading.Lock()  # the poll thread and /_control/scan
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self):
@@ -771,6 +780,10 @@ class ManifestFollower:
                 sys.stderr.write(f"apiserver: manifests: {e}\n")
 
     def scan(self) -> None:
+        with self._scan_lock:
+            self._scan()
+
+    def _scan(self) -> None:
         files = {}
         for p in sorted(self.folder.iterdir()) if self.folder.is_dir() else []:
             if p.name.startswith(".") or p.name.endswith("~") or p.suffix not in (".yaml", ".yml", ".json"):
@@ -829,6 +842,7 @@ def main() -> int:
         tls = {"cert": pki["cert"], "key": pki["key"], "client_ca": pki["ca"]}
     srv = ApiServer(store, a.port, tls, a.host).start()
     follower = ManifestFollower(store, Path(a.manifests)).start() if a.manifests else None
+    srv.follower = follower
     if a.write_kubeconfig:
         user = {"token": a.token[0]} if a.token else {}
         extra = {"certificate-authority": pki["ca"]} if tls else {}

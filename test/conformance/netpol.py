@@ -663,7 +663,9 @@ class Cluster:
     """signetd + x, y, z / a, b, c as real netns pods behind bridge + host-local + signet."""
 
     def __init__(self, test: harness.Test, run: harness.Run, *, probe_timeout: float = 1.0,
-                 ipv6: bool = False, log=harness.log):
+                 ipv6: bool = False, log=harness.log, source: str = "dir"):
+        self.source = source
+        self.apiserver_url: str | None = None
         self.test = test
         self.run = run
         self.log = log
@@ -743,8 +745,33 @@ class Cluster:
             return "(no NetworkPolicy in force)"
         return "\n".join(f"# {f.name}\n{f.read_text()}" for f in files)
 
+    def _apiserver_scan(self) -> None:
+        """Kubernetes source: the test API server ingests the folder now (as `kubectl apply` returning)."""
+        import urllib.request
+        req = urllib.request.Request(self.apiserver_url + "/_control/scan", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            doc = json.loads(r.read())
+        if doc.get("errors"):
+            raise harness.Fatal(f"test API server rejected manifests: {doc['errors']}")
+
+    def _start_apiserver(self, folder: Path) -> list[str]:
+        kc = Path(self.run.mkdtemp("kubeconfig")) / "kubeconfig"
+        server = Path(__file__).resolve().parent.parent / "apiserver" / "apiserver.py"
+        proc = subprocess.Popen(["/usr/bin/python3", str(server), "--manifests", str(folder),
+                                 "--write-kubeconfig", str(kc), "--bookmark-interval", "0.2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                start_new_session=True, text=True)
+        self.run.own_process(proc, "test API server")
+        line = proc.stdout.readline()
+        if not line:
+            raise harness.Fatal("the test API server did not start")
+        self.apiserver_url = json.loads(line)["url"]
+        return ["--source", "kubernetes", "--kubeconfig", str(kc)]
+
     def sync(self) -> tuple[bool, str]:
         """`signetctl sync`: returns once the source as written is programmed."""
+        if self.source == "kubernetes":
+            self._apiserver_scan()
         t0 = time.monotonic()
         p = self.d.ctl("sync", "-o", "json", "--timeout", "20s", timeout=60)
         dt = time.monotonic() - t0
@@ -764,7 +791,12 @@ class Cluster:
     # -------------------------------------------------------------- setup
     def setup(self) -> None:
         t0 = time.monotonic()
-        self.d = harness.Signetd(self.run, self.bins, node="conformance-node").start()
+        if self.source == "kubernetes":
+            folder = Path(self.run.mkdtemp("manifests"))
+            self.d = harness.Signetd(self.run, self.bins, node="conformance-node", manifest_dir=folder,
+                                     source_args=self._start_apiserver(folder)).start()
+        else:
+            self.d = harness.Signetd(self.run, self.bins, node="conformance-node").start()
         for ns in NAMESPACES:
             self.write_ns(ns, default_ns_labels(ns))
         for p in ALL_PODS:

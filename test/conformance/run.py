@@ -58,6 +58,9 @@ def parse_args(argv):
     ap.add_argument("--emulate-datapath", action="store_true",
                     help="TEST THE SUITE ONLY, NOT SIGNET: after each sync, program nft rules computed by the "
                          "reference evaluator into every pod netns (a stand-in datapath)")
+    ap.add_argument("--source", choices=["dir", "kubernetes"], default="dir",
+                    help="how signetd reads the objects: the manifest folder (default), or the Kubernetes API "
+                         "(the test API server in test/apiserver following the same folder)")
     ap.add_argument("--debug-nft", action="store_true",
                     help="on a failure also print the nft ruleset of the pods involved")
     return ap.parse_args(argv)
@@ -304,7 +307,7 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
         r.notes = table_problems
         results.append(r)
     t0 = time.monotonic()
-    cl = netpol.Cluster(setup_test, run, probe_timeout=args.timeout, ipv6=args.ipv6)
+    cl = netpol.Cluster(setup_test, run, probe_timeout=args.timeout, ipv6=args.ipv6, source=args.source)
     cl.setup()
     setup_secs = time.monotonic() - t0
     if args.emulate_datapath:

@@ -593,7 +593,7 @@ class Network:
 
 class Signetd:
     def __init__(self, run: "Run", bins: dict, *, node="node-1", manifest_dir=None, state_dir=None,
-                 socket_path=None, log_level="debug"):
+                 socket_path=None, log_level="debug", source_args=None):
         self.run = run
         self.bins = bins
         self.node = node
@@ -604,6 +604,8 @@ class Signetd:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.socket = str(socket_path or self.dir / "signetd.sock")
         self.log_level = log_level
+        # Default: the manifest folder; e.g. ["--source", "kubernetes", "--kubeconfig", F] instead.
+        self.source_args = source_args
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -615,8 +617,8 @@ class Signetd:
             raise RuntimeError("signetd already running")
         self.starts += 1
         logf = open(self.log_path(), "wb")
-        argv = [str(self.bins["signetd"]), "--node-name", self.node,
-                "--source", f"dir:{self.manifest_dir}", "--socket", self.socket,
+        source = self.source_args or ["--source", f"dir:{self.manifest_dir}"]
+        argv = [str(self.bins["signetd"]), "--node-name", self.node, *source, "--socket", self.socket,
                 "--state-dir", str(self.state_dir)]
         if self.log_level:
             argv += ["--log-level", self.log_level]
