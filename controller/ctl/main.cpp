@@ -1,5 +1,7 @@
 // signetctl: the operator's command line for signetd.
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -19,6 +21,11 @@ Commands:
   pods                the pods registered on this node, with their labels
   sync                make signetd read its source afresh now; returns once everything read
                       is applied to every local pod, and prints the applied version
+  explain --from A --to B --port PORT[/PROTO]
+                      whether a connection from A to B is allowed, and the policies and rules
+                      that decide it; A and B are NAMESPACE/POD or an IP address
+  policies NS/POD     the policies in force for a pod, its rules (peers, ports), and the
+                      packets each rule accepted and the default deny dropped
   version             print signetctl's version
 
 Flags:
@@ -32,6 +39,8 @@ reached (the reason is printed on stderr), 2 on a usage error.
 )";
 
 struct Options {
+    std::string from, to, port;  // explain
+    std::vector<std::string> args;  // positional arguments after the command
     std::string socket = api::kDefaultSocket;
     std::string output = "text";
     std::string timeout = "30s";
@@ -138,6 +147,82 @@ int cmd_pods(const Options& o) {
     return 0;
 }
 
+std::string query_escape(const std::string& s) {
+    static const char* hex = "0123456789ABCDEF";
+    std::string out;
+    for (unsigned char c : s) {
+        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == ':') {
+            out += static_cast<char>(c);
+        } else {
+            out += '%';
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        }
+    }
+    return out;
+}
+
+int cmd_explain(const Options& o) {
+    if (o.from.empty() || o.to.empty() || o.port.empty())
+        return usage_error("explain needs --from, --to and --port (e.g. --port 80/TCP)");
+    std::string port = o.port, proto = "TCP";
+    if (size_t slash = port.find('/'); slash != std::string::npos) {
+        proto = port.substr(slash + 1);
+        port = port.substr(0, slash);
+    }
+    auto doc = call(o, "GET", "/v1/explain?from=" + query_escape(o.from) + "&to=" + query_escape(o.to) +
+                                  "&port=" + query_escape(port) + "&protocol=" + query_escape(proto));
+    if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
+    if (o.output == "json") {
+        doc->RemoveMember("text");
+        return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
+    }
+    std::printf("%s", json::opt_string(*doc, "text").value_or("").c_str());
+    return 0;
+}
+
+int cmd_policies(const Options& o) {
+    if (o.args.size() != 1 || o.args[0].find('/') == std::string::npos)
+        return usage_error("policies needs one NAMESPACE/POD");
+    const std::string& pod = o.args[0];
+    std::string ns = pod.substr(0, pod.find('/')), name = pod.substr(pod.find('/') + 1);
+    auto doc = call(o, "GET", "/v1/policies/" + query_escape(ns) + "/" + query_escape(name));
+    if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
+    if (o.output == "json") return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
+    const auto& d = *doc;
+    const auto* local = json::find(d, "local");
+    std::printf("pod %s%s\n", pod.c_str(), local != nullptr && local->IsBool() && local->GetBool() ? " (on this node)" : " (not on this node: rules it would get)");
+    for (const char* dir : {"ingress", "egress"}) {
+        const auto* v = json::find(d, dir);
+        if (v == nullptr || !v->IsObject()) continue;
+        const auto* iso = json::find(*v, "isolated");
+        bool isolated = iso != nullptr && iso->IsBool() && iso->GetBool();
+        std::printf("\n%s: %s\n", dir, isolated ? "isolated (default deny; only the rules below allow)" : "not isolated (everything allowed)");
+        if (const auto* p = json::find(*v, "policies"); p != nullptr && p->IsArray() && p->Size() > 0) {
+            std::printf("  policies:");
+            for (const auto& x : p->GetArray()) std::printf(" %s", x.IsString() ? x.GetString() : "?");
+            std::printf("\n");
+        }
+        if (const auto* r = json::find(*v, "rules"); r != nullptr && r->IsArray()) {
+            for (const auto& rule : r->GetArray()) {
+                const auto* idx = json::find(rule, "rule");
+                const auto* pk = json::find(rule, "packets");
+                std::printf("  allow  %s rule %d: %s %s, ports %s", json::opt_string(rule, "policy").value_or("?").c_str(),
+                            idx != nullptr && idx->IsInt() ? idx->GetInt() : -1, std::strcmp(dir, "ingress") == 0 ? "from" : "to",
+                            json::opt_string(rule, "peers").value_or("?").c_str(), json::opt_string(rule, "ports").value_or("?").c_str());
+                if (pk != nullptr && pk->IsUint64()) std::printf("  [%llu packets]", static_cast<unsigned long long>(pk->GetUint64()));
+                std::printf("\n");
+            }
+        }
+        if (const auto* dp = json::find(*v, "deniedPackets"); dp != nullptr && dp->IsUint64() && isolated)
+            std::printf("  deny   everything else  [%llu packets denied]\n", static_cast<unsigned long long>(dp->GetUint64()));
+    }
+    if (const auto* c = json::find(d, "cutConnections"); c != nullptr && c->IsUint64() && c->GetUint64() > 0)
+        std::printf("\nconnections cut after policy changes: %llu\n", static_cast<unsigned long long>(c->GetUint64()));
+    if (auto e = json::opt_string(d, "error"); e && !e->empty()) std::printf("\nprogramming error: %s\n", e->c_str());
+    return 0;
+}
+
 int cmd_sync(const Options& o) {
     // signetd enforces the timeout; the socket call gets a little longer so its answer arrives.
     auto doc = call(o, "POST", "/v1/sync?timeout=" + std::to_string(o.timeout_ms) + "ms", 2000);
@@ -186,18 +271,27 @@ int main(int argc, char** argv) {
         } else if (arg == "--timeout") {
             if (!need(&o.timeout) || !parse_duration_ms(o.timeout, &o.timeout_ms))
                 return usage_error("--timeout takes a duration such as 500ms, 10s or 2m (at most 1h)");
+        } else if (arg == "--from") {
+            if (!need(&o.from)) return usage_error("--from needs NAMESPACE/POD or an IP");
+        } else if (arg == "--to") {
+            if (!need(&o.to)) return usage_error("--to needs NAMESPACE/POD or an IP");
+        } else if (arg == "--port") {
+            if (!need(&o.port)) return usage_error("--port needs PORT or PORT/PROTOCOL");
         } else if (!arg.empty() && arg[0] == '-') {
             return usage_error("unknown flag '" + arg + "'");
         } else if (command.empty()) {
             command = arg;
         } else {
-            return usage_error("unexpected argument '" + arg + "'");
+            o.args.push_back(arg);
         }
     }
     if (command.empty()) return usage_error("no command given");
+    if (command != "policies" && !o.args.empty()) return usage_error("unexpected argument '" + o.args[0] + "'");
     if (command == "status") return cmd_status(o);
     if (command == "pods") return cmd_pods(o);
     if (command == "sync") return cmd_sync(o);
+    if (command == "explain") return cmd_explain(o);
+    if (command == "policies") return cmd_policies(o);
     if (command == "version") return std::printf("signetctl %s\n", SIGNET_VERSION), 0;
     return usage_error("unknown command '" + command + "'");
 }
