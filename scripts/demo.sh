@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # signet on one machine: starts signetd on a manifest folder, creates pods as
 # network namespaces through a real CNI chain (bridge + host-local + signet,
-# driven by libcni as container runtimes drive it), and shows them registered
-# with the labels their Pod objects give them. Everything it creates is
+# driven by libcni as container runtimes drive it), shows them registered
+# with the labels their Pod objects give them, then enforces a NetworkPolicy
+# (nftables in each pod's netns) and explains the verdicts. Everything it creates is
 # removed at the end (Ctrl-C too). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -105,9 +106,41 @@ done
 say "signetctl pods: registered, with the labels of their Pod objects"
 "${CTL[@]}" pods
 
-say "pods reach each other over the bridge (policy comes with the NetworkPolicy release)"
 BACKEND_IP=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ips"][0]["address"].split("/")[0])' "$T/backend.result")
-ip netns exec "${TAG}-frontend" ping -c 1 -W 2 "$BACKEND_IP" | sed 's/^/    /'
+say "backend serves on 9000; with no policy every pod reaches it"
+ip netns exec "${TAG}-backend" /usr/bin/python3 -m http.server 9000 --bind 0.0.0.0 >/dev/null 2>&1 &
+SERVER_PID=$!
+connects() {  # $1 = client pod: can it open a TCP connection to backend:9000?
+  ip netns exec "${TAG}-$1" /usr/bin/python3 -c \
+    'import socket,sys; socket.create_connection((sys.argv[1], 9000), timeout=1).close()' "$BACKEND_IP" 2>/dev/null
+}
+probe() { if connects "$1"; then echo "    $1 -> backend:9000  allowed"; else echo "    $1 -> backend:9000  DENIED"; fi; }
+for _ in $(seq 50); do connects frontend && break; sleep 0.1; done  # the server starting up
+probe frontend; probe db
+
+say "a NetworkPolicy: backend accepts only frontend, on its grpc port"
+cat > "$T/manifests/backend-policy.yaml" <<YAML
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: backend-from-frontend, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+    ports: [{port: grpc}]
+YAML
+sed 's/^/    /' "$T/manifests/backend-policy.yaml"
+"${CTL[@]}" sync
+probe frontend; probe db
+
+say "signetctl explain: why"
+"${CTL[@]}" explain --from shop/frontend --to shop/backend --port 9000/TCP | sed 's/^/    /'
+"${CTL[@]}" explain --from shop/db --to shop/backend --port 9000/TCP | sed 's/^/    /'
+
+say "signetctl policies shop/backend: what is in force, with counters"
+"${CTL[@]}" policies shop/backend | sed 's/^/    /'
+kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true
 
 say "relabel backend in its manifest, then 'signetctl sync' (no sleeping)"
 sed -i 's/app: backend, tier: api/app: backend, tier: api, version: v2/' "$T/manifests/shop.yaml"

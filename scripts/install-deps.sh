@@ -10,7 +10,7 @@ BUILD_PKGS=(g++ clang libclang-rt-14-dev meson ninja-build pkg-config
 # Tests and demo: real network namespaces, real CNI plugins and runtimes.
 RUN_PKGS=(iproute2 nftables conntrack curl python3 containernetworking-plugins
   podman runc busybox-static golang-go golang-github-appc-cni-dev
-  containerd python3-grpcio python3-yaml)
+  containerd python3-grpcio python3-yaml iperf3)
 
 missing=()
 for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}"; do

@@ -9,3 +9,9 @@ bridge_args=()
   --iterations "${BENCH_ITERATIONS:-300}" "${bridge_args[@]}"
 echo
 "$B/test/bench/bench_policy"
+echo
+if [[ $(id -u) -eq 0 ]]; then
+  /usr/bin/python3 test/bench/bench_datapath.py "$(cd "$B" && pwd)"
+else
+  echo "bench_datapath: NOT ROOT: the datapath benchmark (netns, nftables, iperf3) is SKIPPED"
+fi
