@@ -169,11 +169,12 @@ Status Enforcer::program_one(const std::string& key, const api::PodRecord& rec) 
         return {};
     }
     bool check_conntrack = cur == nullptr || !only_widens(*cur, *rs);
+    bool members_only = cur != nullptr && rs->same_structure(*cur);
     if (auto applied = backend_->apply(*st.netns, *rs, cur); !applied) {
         st.netns.reset();  // reopen next time: the netns or its socket may be what failed
         return fail(applied.error());
     }
-    ++full_programs_;
+    ++(members_only ? set_updates_ : full_programs_);
     if (!st.error.empty()) report_("programmed " + key + " again");
     st.error.clear();
     st.rules = std::move(*rs);
@@ -316,7 +317,8 @@ void Enforcer::status(Value& out, rapidjson::Document::AllocatorType& a) const {
     }
     out.AddMember("programmedAttachments", Value(programmed), a);
     out.AddMember("failing", failing, a);
-    out.AddMember("tableWrites", Value(full_programs_), a);
+    out.AddMember("tableWrites", Value(full_programs_), a);  // whole-table replacements
+    out.AddMember("setUpdates", Value(set_updates_), a);     // membership-only batches
     out.AddMember("unchangedSkips", Value(unchanged_), a);
     out.AddMember("programFailures", Value(failures_), a);
     out.AddMember("conntrackChecks", Value(ct_checks_), a);

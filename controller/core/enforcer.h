@@ -82,7 +82,7 @@ private:
     Report report_;
     policy::Compiler compiler_;
     std::map<std::string, PodState> pods_;
-    uint64_t full_programs_ = 0, unchanged_ = 0, failures_ = 0, cut_total_ = 0, ct_checks_ = 0;
+    uint64_t full_programs_ = 0, set_updates_ = 0, unchanged_ = 0, failures_ = 0, cut_total_ = 0, ct_checks_ = 0;
 };
 
 // The node's own addresses (every interface of the host netns), as strings.
