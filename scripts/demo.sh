@@ -98,7 +98,7 @@ sed 's/^/    /' "$T/net.d/10-demonet.conflist"
 say "creating pods (netns + CNI ADD through libcni, as kubelet's runtimes do)"
 for p in "${PODS[@]}"; do
   ip netns add "${TAG}-$p"
-  CNI_PATH=$T/bin CNI_ARGS="K8S_POD_NAMESPACE=shop;K8S_POD_NAME=$p;K8S_POD_UID=uid-$p" \
+  CNI_PATH=$T/bin CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=$p;K8S_POD_UID=uid-$p" \
     "$T/cnitool" -cache-dir "$T/cache" add "$T/net.d" demonet "${TAG}-$p" "/var/run/netns/${TAG}-$p" eth0 >"$T/$p.result"
   echo "  $p: $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["ips"][0]["address"])' "$T/$p.result")"
 done
@@ -148,7 +148,7 @@ sed -i 's/app: backend, tier: api/app: backend, tier: api, version: v2/' "$T/man
 "${CTL[@]}" pods
 
 say "CNI CHECK through libcni"
-CNI_PATH=$T/bin CNI_ARGS="K8S_POD_NAMESPACE=shop;K8S_POD_NAME=backend" \
+CNI_PATH=$T/bin CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=backend" \
   "$T/cnitool" -cache-dir "$T/cache" check "$T/net.d" demonet "${TAG}-backend" "/var/run/netns/${TAG}-backend" eth0 \
   && echo "    CHECK ok"
 

@@ -37,6 +37,8 @@ TEST_CASE("kubernetes source: unreachable API is reported, refresh fails, stop i
     std::ofstream(dir / "kubeconfig") << "current-context: c\n"
                                          "contexts: [{name: c, context: {cluster: k}}]\n"
                                          "clusters: [{name: k, cluster: {server: 'http://127.0.0.1:1'}}]\n";
+    // The loop outlives the source (its timers belong to the loop).
+    boost::asio::io_context io;
     KubernetesOptions o;
     o.kubeconfig = dir / "kubeconfig";
     o.backoff_initial = std::chrono::milliseconds(20);
@@ -49,7 +51,6 @@ TEST_CASE("kubernetes source: unreachable API is reported, refresh fails, stop i
     });
     REQUIRE(s.ok());
     auto& src = **s;
-    boost::asio::io_context io;
     int changes = 0;
     REQUIRE(src.start(io, [&] { ++changes; }).ok());
     bool refreshed = false;
