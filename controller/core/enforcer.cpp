@@ -193,6 +193,9 @@ void Enforcer::cut_disallowed(const api::PodRecord& rec, PodState& st) {
     }
     ++ct_checks_;
     for (const auto& e : *entries) {
+        // A closed TCP connection (TIME_WAIT, CLOSE) carries no traffic: nothing to cut.
+        constexpr uint8_t kTcpTimeWait = 7, kTcpClose = 8;
+        if (e.orig.proto == nft::kTcp && (e.tcp_state == kTcpTimeWait || e.tcp_state == kTcpClose)) continue;
         policy::Ip src{e.orig.family, e.orig.src}, dst{e.orig.family, e.orig.dst};
         bool from_pod = std::find(own.begin(), own.end(), src) != own.end();
         bool to_pod = std::find(own.begin(), own.end(), dst) != own.end();
