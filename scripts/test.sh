@@ -75,12 +75,13 @@ step "sanitizer build (ASan+UBSan)" asan_build
 step "unit tests under ASan+UBSan" mtest build-asan --no-rebuild --suite unit --suite fuzz-regression
 
 fuzz_run() {
-  local rc=0
+  local rc=0 n=0
   for t in $(find build-fuzz/test/fuzz -maxdepth 1 -type f -executable -name 'fuzz_*' | sort); do
     local name; name=$(basename "$t")
     local corpus="test/fuzz/corpus/${name#fuzz_}"
     local work; work=$(mktemp -d)
     cp -r "$corpus"/. "$work"/
+    n=$((n + 1))
     echo "--- $name: ${FUZZ_SECONDS}s"
     if "$t" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="build-fuzz/$name-" "$work" >"build-fuzz/$name.log" 2>&1; then
@@ -90,6 +91,7 @@ fuzz_run() {
     fi
     rm -rf "$work"
   done
+  if [[ $n -eq 0 ]]; then echo "no libFuzzer targets were built: nothing was fuzzed"; total_fail=$((total_fail + 1)); return 1; fi
   return $rc
 }
 fuzz_build() {

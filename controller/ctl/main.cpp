@@ -1,4 +1,5 @@
 // signetctl: the operator's command line for signetd.
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstring>
@@ -122,6 +123,23 @@ int cmd_status(const Options& o) {
             for (const auto& e : fe->GetArray())
                 std::printf("file error:      %s: %s\n", json::opt_string(e, "file").value_or("?").c_str(),
                             json::opt_string(e, "message").value_or("?").c_str());
+        // Kind-specific state (e.g. the Kubernetes source's server, connection, lag, resources).
+        static const char* shown[] = {"kind", "path", "namespaces", "podObjects", "networkPolicies", "lastError", "fileErrors"};
+        for (auto it = s->MemberBegin(); it != s->MemberEnd(); ++it) {
+            std::string key = it->name.GetString();
+            if (std::find(std::begin(shown), std::end(shown), key) != std::end(shown)) continue;
+            std::string value = it->value.IsString() ? it->value.GetString() : json::to_string(it->value);
+            if (value.size() > 200) value = value.substr(0, 200) + "...";
+            std::printf("  %-14s %s\n", (key + ":").c_str(), value.c_str());
+        }
+    }
+    if (const auto* dp = json::find(d, "datapath"); dp != nullptr && dp->IsObject()) {
+        std::printf("datapath:        queue %s, %llu attachment(s) programmed, %llu table write(s), %llu set update(s), %llu connection(s) cut\n",
+                    json::opt_string(*dp, "queueBackend").value_or("?").c_str(), num(*dp, "programmedAttachments"),
+                    num(*dp, "tableWrites"), num(*dp, "setUpdates"), num(*dp, "cutConnections"));
+        if (const auto* f = json::find(*dp, "failing"); f != nullptr && f->IsArray())
+            for (const auto& e : f->GetArray())
+                if (e.IsString()) std::printf("failing:         %s\n", e.GetString());
     }
     return 0;
 }
