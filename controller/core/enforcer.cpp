@@ -104,7 +104,11 @@ Status Enforcer::pod_added(const std::string& key, const Records& records) {
     Status own;
     for (const auto& [k, rec] : records) {
         if (object_key(rec) != object_key(it->second)) continue;
-        Status st = program_one(k, rec);
+        // A new attachment's netns was just set up by the runtime: it has no
+        // connections to re-check (and a conntrack dump walks the kernel's
+        // whole table: ~10 ms).
+        bool fresh = k == key && pods_.count(k) == 0;
+        Status st = program_one(k, rec, fresh);
         if (k == key) own = st;
     }
     program(affected, records);
@@ -145,7 +149,7 @@ void Enforcer::program(const policy::Affected& affected, const Records& records)
         if (affected.pods.count(object_key(rec)) > 0) (void)program_one(k, rec);
 }
 
-Status Enforcer::program_one(const std::string& key, const api::PodRecord& rec) {
+Status Enforcer::program_one(const std::string& key, const api::PodRecord& rec, bool fresh) {
     PodState& st = pods_[key];
     auto fail = [&](const Error& e) -> Status {
         ++failures_;
@@ -168,7 +172,7 @@ Status Enforcer::program_one(const std::string& key, const api::PodRecord& rec) 
         st.error.clear();
         return {};
     }
-    bool check_conntrack = cur == nullptr || !only_widens(*cur, *rs);
+    bool check_conntrack = !fresh && (cur == nullptr || !only_widens(*cur, *rs));
     bool members_only = cur != nullptr && rs->same_structure(*cur);
     if (auto applied = backend_->apply(*st.netns, *rs, cur); !applied) {
         st.netns.reset();  // reopen next time: the netns or its socket may be what failed

@@ -75,7 +75,8 @@ private:
 
     policy::LocalPod local_of(const cache::ObjectKey& key, const Records& records) const;
     void program(const policy::Affected& affected, const Records& records);
-    Status program_one(const std::string& key, const api::PodRecord& rec);
+    // `fresh`: a just-created attachment (no connections to re-check).
+    Status program_one(const std::string& key, const api::PodRecord& rec, bool fresh = false);
     void cut_disallowed(const api::PodRecord& rec, PodState& st);
 
     std::unique_ptr<nft::Backend> backend_;
