@@ -15,6 +15,7 @@
 #include "source/kubernetes/kubernetes_source.h"
 #include "signet/api.h"
 #include "signet/log.h"
+#include "signet/args.h"
 
 namespace {
 
@@ -61,24 +62,10 @@ int main(int argc, char** argv) {
     std::string kubeconfig;
     if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') opts.node_name = n;
 
-    for (int i = 1; i < argc; ++i) {
-        std::string arg = argv[i];
-        std::string value;
-        bool has_value = false;
-        if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-            value = arg.substr(eq + 1);
-            arg = arg.substr(0, eq);
-            has_value = true;
-        }
-        auto need = [&](std::string* out) -> bool {
-            if (has_value) {
-                *out = value;
-                return true;
-            }
-            if (i + 1 >= argc) return false;
-            *out = argv[++i];
-            return true;
-        };
+    signet::Args args(argc, argv);
+    while (args.next()) {
+        const std::string arg = args.arg();
+        auto need = [&](std::string* out) { return args.value(out); };
         std::string v;
         if (arg == "--help" || arg == "-h") {
             std::fputs(kUsage, stdout);

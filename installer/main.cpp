@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "installer.h"
+#include "signet/args.h"
 
 namespace {
 
@@ -111,24 +112,10 @@ int main(int argc, char** argv) {
     std::string command;
     bool plugin_set = false;
     long wait_s = 0;
-    for (int i = 1; i < argc; ++i) {
-        std::string arg = argv[i];
-        std::string value;
-        bool has_value = false;
-        if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-            value = arg.substr(eq + 1);
-            arg = arg.substr(0, eq);
-            has_value = true;
-        }
-        auto need = [&](std::string* out) -> bool {
-            if (has_value) {
-                *out = value;
-                return true;
-            }
-            if (i + 1 >= argc) return false;
-            *out = argv[++i];
-            return true;
-        };
+    signet::Args args(argc, argv);
+    while (args.next()) {
+        const std::string arg = args.arg();
+        auto need = [&](std::string* out) { return args.value(out); };
         std::string v;
         if (arg == "-h" || arg == "--help") {
             std::fputs(kUsage, stdout);
@@ -152,7 +139,7 @@ int main(int argc, char** argv) {
             if (!need(&v) || !parse_seconds(v, &wait_s))
                 return usage_error("--wait takes a duration such as 30s or 5m");
         } else if (arg == "--dry-run") {
-            if (has_value) return usage_error("--dry-run takes no value");
+            if (args.has_value()) return usage_error("--dry-run takes no value");
             opts.dry_run = true;
         } else if (arg.rfind("-", 0) == 0) {
             return usage_error("unknown flag '" + arg + "'");

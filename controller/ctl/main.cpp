@@ -10,6 +10,7 @@
 #include "signet/api.h"
 #include "signet/http_client.h"
 #include "signet/json.h"
+#include "signet/args.h"
 
 namespace {
 
@@ -263,21 +264,10 @@ int main(int argc, char** argv) {
     Options o;
     if (const char* s = std::getenv("SIGNET_SOCKET"); s != nullptr && *s != '\0') o.socket = s;
     std::string command;
-    for (int i = 1; i < argc; ++i) {
-        std::string arg = argv[i];
-        std::string value;
-        bool has_value = false;
-        if (size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-            value = arg.substr(eq + 1);
-            arg = arg.substr(0, eq);
-            has_value = true;
-        }
-        auto need = [&](std::string* out) -> bool {
-            if (has_value) return *out = value, true;
-            if (i + 1 >= argc) return false;
-            *out = argv[++i];
-            return true;
-        };
+    signet::Args args(argc, argv);
+    while (args.next()) {
+        const std::string arg = args.arg();
+        auto need = [&](std::string* out) { return args.value(out); };
         if (arg == "-h" || arg == "--help" || arg == "help") {
             std::fputs(kUsage, stdout);
             return 0;
