@@ -88,7 +88,4 @@ Result<std::string> passthrough(const Config& config);
 // The registration for ADD/CHECK, from the environment and prevResult.
 Result<api::PodRegistration> make_registration(const Env& env, const Config& config);
 
-// Percent-encodes a URL path segment.
-std::string url_segment(std::string_view s);
-
 }  // namespace signet::cni

@@ -60,7 +60,7 @@ std::string controller_message(const http::Response& r) {
 }
 
 std::string attachment_path(const cni::Env& env) {
-    return "/v1/pods/" + cni::url_segment(env.container_id) + "/" + cni::url_segment(env.ifname);
+    return "/v1/pods/" + http::percent_encode(env.container_id) + "/" + http::percent_encode(env.ifname);
 }
 
 int cmd_add(const cni::Env& env, const cni::Config& cfg) {

@@ -88,6 +88,22 @@ size_t complete_size(std::string_view raw) {
 
 }  // namespace
 
+std::string percent_encode(std::string_view s) {
+    static const char* hex = "0123456789ABCDEF";
+    std::string out;
+    for (unsigned char c : s) {
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+            c == '.' || c == '~') {
+            out += static_cast<char>(c);
+        } else {
+            out += '%';
+            out += hex[c >> 4];
+            out += hex[c & 15];
+        }
+    }
+    return out;
+}
+
 Result<Response> parse_response(std::string_view raw) {
     size_t line_end = raw.find("\r\n");
     if (line_end == std::string_view::npos) return make_error(kProtocol, "incomplete HTTP status line");

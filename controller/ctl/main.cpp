@@ -1,6 +1,5 @@
 // signetctl: the operator's command line for signetd.
 #include <algorithm>
-#include <cctype>
 #include <cstdio>
 #include <cstring>
 #include <cstdlib>
@@ -166,21 +165,6 @@ int cmd_pods(const Options& o) {
     return 0;
 }
 
-std::string query_escape(const std::string& s) {
-    static const char* hex = "0123456789ABCDEF";
-    std::string out;
-    for (unsigned char c : s) {
-        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == ':') {
-            out += static_cast<char>(c);
-        } else {
-            out += '%';
-            out += hex[c >> 4];
-            out += hex[c & 15];
-        }
-    }
-    return out;
-}
-
 int cmd_explain(const Options& o) {
     if (o.from.empty() || o.to.empty() || o.port.empty())
         return usage_error("explain needs --from, --to and --port (e.g. --port 80/TCP)");
@@ -189,8 +173,8 @@ int cmd_explain(const Options& o) {
         proto = port.substr(slash + 1);
         port = port.substr(0, slash);
     }
-    auto doc = call(o, "GET", "/v1/explain?from=" + query_escape(o.from) + "&to=" + query_escape(o.to) +
-                                  "&port=" + query_escape(port) + "&protocol=" + query_escape(proto));
+    auto doc = call(o, "GET", "/v1/explain?from=" + http::percent_encode(o.from) + "&to=" + http::percent_encode(o.to) +
+                                  "&port=" + http::percent_encode(port) + "&protocol=" + http::percent_encode(proto));
     if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
     if (o.output == "json") {
         doc->RemoveMember("text");
@@ -205,7 +189,7 @@ int cmd_policies(const Options& o) {
         return usage_error("policies needs one NAMESPACE/POD");
     const std::string& pod = o.args[0];
     std::string ns = pod.substr(0, pod.find('/')), name = pod.substr(pod.find('/') + 1);
-    auto doc = call(o, "GET", "/v1/policies/" + query_escape(ns) + "/" + query_escape(name));
+    auto doc = call(o, "GET", "/v1/policies/" + http::percent_encode(ns) + "/" + http::percent_encode(name));
     if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
     if (o.output == "json") return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
     const auto& d = *doc;

@@ -35,15 +35,6 @@
 
 using namespace signet::nft;
 
-// Temporary local copy until the policy library defines it (weak: the real
-// definition wins as soon as it is linked in).
-__attribute__((weak)) bool PodRuleset::same_structure(const PodRuleset& o) const {
-    if (!(ingress == o.ingress) || !(egress == o.egress) || sets.size() != o.sets.size()) return false;
-    for (auto a = sets.begin(), b = o.sets.begin(); a != sets.end(); ++a, ++b)
-        if (a->first != b->first || a->second.family != b->second.family) return false;
-    return true;
-}
-
 namespace {
 
 const std::string kPrefix = "signet-nft-";

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cni.h"
+#include "signet/http_client.h"
 #include "signet/json.h"
 
 using namespace signet;
@@ -199,6 +200,6 @@ TEST_CASE("version comparison and URL segments") {
     CHECK(cni::compare_versions("0.4.0", "1.0.0") < 0);
     CHECK(cni::compare_versions("1.1.0", "1.0.0") > 0);
     CHECK(cni::compare_versions("1.0.0", "1.0.0") == 0);
-    CHECK(cni::url_segment("eth0") == "eth0");
-    CHECK(cni::url_segment("a/b c%") == "a%2Fb%20c%25");
+    CHECK(http::percent_encode("eth0") == "eth0");
+    CHECK(http::percent_encode("a/b c%") == "a%2Fb%20c%25");
 }

@@ -28,6 +28,10 @@ inline constexpr size_t kMaxResponseBytes = 32u << 20;
 Result<Response> request(const std::string& socket_path, std::string_view method, std::string_view target,
                          std::string_view body, int timeout_ms);
 
+// Percent-encodes a URL path segment or query value (RFC 3986: everything
+// but unreserved characters is escaped).
+std::string percent_encode(std::string_view s);
+
 // Parses a complete response (status line, headers, body by Content-Length,
 // chunked, or up to end of input). Exposed for tests and fuzzing.
 Result<Response> parse_response(std::string_view raw);
