@@ -287,6 +287,37 @@ bool Snapshot::put(const Object& obj) {
     return store(policies, ObjectKey{np.namespace_, np.name}, np);
 }
 
+void Delta::note(const Object& obj) {
+    if (const auto* ns = std::get_if<Namespace>(&obj)) namespaces.insert(ns->name);
+    else if (const auto* pod = std::get_if<Pod>(&obj)) pods.insert(ObjectKey{pod->namespace_, pod->name});
+    else if (const auto* np = std::get_if<NetworkPolicy>(&obj)) policies.insert(ObjectKey{np->namespace_, np->name});
+}
+
+void Delta::merge(const Delta& other) {
+    all = all || other.all;
+    namespaces.insert(other.namespaces.begin(), other.namespaces.end());
+    pods.insert(other.pods.begin(), other.pods.end());
+    policies.insert(other.policies.begin(), other.policies.end());
+}
+
+namespace {
+template <typename Map, typename Keys>
+bool same_under(const Map& a, const Map& b, const Keys& keys) {
+    for (const auto& k : keys) {
+        auto x = a.find(k), y = b.find(k);
+        if ((x == a.end()) != (y == b.end())) return false;
+        if (x != a.end() && !(x->second == y->second)) return false;
+    }
+    return true;
+}
+}  // namespace
+
+bool Delta::same_in(const Snapshot& a, const Snapshot& b) const {
+    if (all) return a == b;
+    return same_under(a.namespaces, b.namespaces, namespaces) && same_under(a.pods, b.pods, pods) &&
+           same_under(a.policies, b.policies, policies);
+}
+
 // ---------------------------------------------------------------------------
 // Validation
 

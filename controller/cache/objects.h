@@ -13,6 +13,7 @@
 #include <compare>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -210,6 +211,22 @@ struct Snapshot {
     bool put(const Object& obj);
     bool empty() const { return namespaces.empty() && pods.empty() && policies.empty(); }
     size_t size() const { return namespaces.size() + pods.size() + policies.size(); }
+};
+
+// What changed in a snapshot since its consumer last looked: the keys to
+// read again (present in the snapshot: added or changed; absent: removed).
+// `all`: anything may have changed (a relist, a first read); compare everything.
+struct Delta {
+    bool all = false;
+    std::set<std::string> namespaces;
+    std::set<ObjectKey> pods;
+    std::set<ObjectKey> policies;
+
+    void note(const Object& obj);
+    void merge(const Delta& other);
+    bool empty() const { return !all && namespaces.empty() && pods.empty() && policies.empty(); }
+    // True when `a` and `b` hold the same objects under every key noted here.
+    bool same_in(const Snapshot& a, const Snapshot& b) const;
 };
 
 // ---------------------------------------------------------------------------

@@ -5,6 +5,9 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
 
 #include "signet/json.h"
 
@@ -19,10 +22,15 @@ ObjectKey object_key(const api::PodRecord& rec) { return ObjectKey{rec.reg.names
 
 std::string key_text(const ObjectKey& k) { return k.namespace_ + "/" + k.name; }
 
-bool covered(const std::vector<nft::Range>& by, const nft::Range& r) {
-    for (const auto& b : by)
-        if (!(r.first < b.first) && !(b.last < r.last)) return true;
-    return false;
+// Every range of `of` inside one range of `by`; both sorted and disjoint
+// (AddrSet's invariant), so one merge-like pass: O(n + m).
+bool covered_all(const std::vector<nft::Range>& by, const std::vector<nft::Range>& of) {
+    size_t j = 0;
+    for (const auto& r : of) {
+        while (j < by.size() && by[j].last < r.first) ++j;
+        if (j == by.size() || r.first < by[j].first || by[j].last < r.last) return false;
+    }
+    return true;
 }
 
 // True when `next` allows everything `cur` allowed: same rules, and every set
@@ -33,8 +41,8 @@ bool only_widens(const nft::PodRuleset& cur, const nft::PodRuleset& next) {
     for (const auto& [name, set] : cur.sets) {
         auto it = next.sets.find(name);
         if (it == next.sets.end()) return false;
-        for (const auto& r : set.elements)
-            if (!covered(it->second.elements, r)) return false;
+        if (nft::same_ranges(it->second.elements, set.elements)) continue;  // the common case: an untouched set
+        if (!covered_all(it->second.elements, set.elements)) return false;
     }
     return true;
 }
@@ -91,8 +99,11 @@ void Enforcer::reset(const cache::Snapshot& snapshot, const Records& records,
     program(all, records);
 }
 
-void Enforcer::source_changed(const cache::Snapshot& snapshot, const Records& records) {
-    program(compiler_.update(snapshot), records);
+void Enforcer::source_changed(const cache::Snapshot& snapshot, const cache::Delta& delta, const Records& records) {
+    auto t0 = std::chrono::steady_clock::now();
+    policy::Affected affected = compiler_.update(snapshot, delta);
+    last_update_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    program(affected, records);
 }
 
 Status Enforcer::pod_added(const std::string& key, const Records& records) {
@@ -145,57 +156,131 @@ void Enforcer::retry_failed(const Records& records) {
 
 void Enforcer::program(const policy::Affected& affected, const Records& records) {
     if (affected.empty()) return;
+    auto t0 = std::chrono::steady_clock::now();
+    std::vector<Job> jobs;
     for (const auto& [k, rec] : records)
-        if (affected.pods.count(object_key(rec)) > 0) (void)program_one(k, rec);
+        if (affected.pods.count(object_key(rec)) > 0) jobs.push_back(prepare(k, rec, false));
+    if (jobs.empty()) return;
+    write_all(jobs);
+    for (Job& j : jobs) (void)finish(j);
+    program_latency_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    last_program_pods_ = jobs.size();
 }
 
 Status Enforcer::program_one(const std::string& key, const api::PodRecord& rec, bool fresh) {
-    PodState& st = pods_[key];
-    auto fail = [&](const Error& e) -> Status {
+    Job job = prepare(key, rec, fresh);
+    write(job);
+    return finish(job);
+}
+
+// On the loop thread: everything that touches the map of pods or opens a netns.
+Enforcer::Job Enforcer::prepare(const std::string& key, const api::PodRecord& rec, bool fresh) {
+    Job job;
+    job.key = &key;
+    job.rec = &rec;
+    job.st = &pods_[key];
+    job.fresh = fresh;
+    if (!job.st->netns) {
+        auto ns = backend_->open(rec.reg.netns);
+        if (!ns) {
+            job.error = ns.error();
+            return job;
+        }
+        job.st->netns.emplace(std::move(*ns));
+    }
+    return job;
+}
+
+// Any thread: this job's own PodState, the backend (for its own netns), the
+// compiler read-only (compile is const and nothing writes it meanwhile) and
+// pure functions. What it finds is kept in the job for finish().
+void Enforcer::write(Job& job) {
+    if (job.error) return;
+    auto rs = compiler_.compile(object_key(*job.rec));
+    if (!rs) {
+        job.error = rs.error();
+        return;
+    }
+    job.desired = std::move(*rs);
+    PodState& st = *job.st;
+    const nft::PodRuleset* cur = st.rules ? &*st.rules : nullptr;
+    if (cur != nullptr && *cur == *job.desired) {
+        job.outcome = Job::Unchanged;
+        return;
+    }
+    bool check_conntrack = !job.fresh && (cur == nullptr || !only_widens(*cur, *job.desired));
+    bool members_only = cur != nullptr && job.desired->same_structure(*cur);
+    if (auto applied = backend_->apply(*st.netns, *job.desired, cur); !applied) {
+        st.netns.reset();  // reopen next time: the netns or its socket may be what failed
+        job.error = applied.error();
+        return;
+    }
+    job.outcome = members_only ? Job::SetUpdate : Job::FullWrite;
+    st.rules = std::move(*job.desired);
+    job.desired.reset();
+    if (check_conntrack) cut_disallowed(job);
+}
+
+void Enforcer::write_all(std::vector<Job>& jobs) {
+    size_t workers = backend_->concurrent() ? std::min<size_t>(jobs.size(), kWriters) : 1;
+    if (workers <= 1) {
+        for (Job& j : jobs) write(j);
+        return;
+    }
+    // The kernel work of one table is short but not free (a commit, a netlink
+    // round trip, sometimes a conntrack dump): spread the tables of a change.
+    std::atomic<size_t> next{0};
+    auto run = [&] {
+        for (size_t i = next++; i < jobs.size(); i = next++) write(jobs[i]);
+    };
+    std::vector<std::thread> threads;
+    threads.reserve(workers - 1);
+    for (size_t t = 1; t < workers; ++t) threads.emplace_back(run);
+    run();
+    for (auto& t : threads) t.join();
+}
+
+// On the loop thread again: counters, errors, reports.
+Status Enforcer::finish(Job& job) {
+    PodState& st = *job.st;
+    const std::string& key = *job.key;
+    const api::PodRecord& rec = *job.rec;
+    for (const std::string& m : job.reports) report_(m);
+    cut_total_ += job.cut;
+    st.cut += job.cut;
+    ct_checks_ += job.ct_checked ? 1 : 0;
+    if (job.error) {
         ++failures_;
-        std::string msg = "cannot program " + key + " (" + rec.reg.namespace_ + "/" + rec.reg.name + "): " + e.message;
+        std::string msg = "cannot program " + key + " (" + rec.reg.namespace_ + "/" + rec.reg.name +
+                          "): " + job.error->message;
         if (st.error != msg) report_(msg);
         st.error = msg;
         st.rules.reset();  // the table's content is unknown now: the next write replaces it whole
-        return make_error(e.code, msg);
-    };
-    auto rs = compiler_.compile(object_key(rec));
-    if (!rs) return fail(rs.error());
-    if (!st.netns) {
-        auto ns = backend_->open(rec.reg.netns);
-        if (!ns) return fail(ns.error());
-        st.netns.emplace(std::move(*ns));
+        return make_error(job.error->code, msg);
     }
-    const nft::PodRuleset* cur = st.rules ? &*st.rules : nullptr;
-    if (cur != nullptr && *cur == *rs) {
-        ++unchanged_;
-        st.error.clear();
-        return {};
+    switch (job.outcome) {
+        case Job::Unchanged: ++unchanged_; break;
+        case Job::SetUpdate: ++set_updates_; break;
+        case Job::FullWrite: ++full_programs_; break;
     }
-    bool check_conntrack = !fresh && (cur == nullptr || !only_widens(*cur, *rs));
-    bool members_only = cur != nullptr && rs->same_structure(*cur);
-    if (auto applied = backend_->apply(*st.netns, *rs, cur); !applied) {
-        st.netns.reset();  // reopen next time: the netns or its socket may be what failed
-        return fail(applied.error());
-    }
-    ++(members_only ? set_updates_ : full_programs_);
-    if (!st.error.empty()) report_("programmed " + key + " again");
+    if (job.outcome != Job::Unchanged && !st.error.empty()) report_("programmed " + key + " again");
     st.error.clear();
-    st.rules = std::move(*rs);
-    if (check_conntrack) cut_disallowed(rec, st);
     return {};
 }
 
-void Enforcer::cut_disallowed(const api::PodRecord& rec, PodState& st) {
+void Enforcer::cut_disallowed(Job& job) {
+    PodState& st = *job.st;
+    const api::PodRecord& rec = *job.rec;
     std::vector<policy::Ip> own;
     for (const auto& text : rec.reg.ips)
         if (auto ip = policy::parse_ip(text)) own.push_back(*ip);
     auto entries = backend_->conntrack(*st.netns);
     if (!entries) {
-        report_("cannot read conntrack of " + rec.reg.namespace_ + "/" + rec.reg.name + ": " + entries.error().message);
+        job.reports.push_back("cannot read conntrack of " + rec.reg.namespace_ + "/" + rec.reg.name + ": " +
+                              entries.error().message);
         return;
     }
-    ++ct_checks_;
+    job.ct_checked = true;
     for (const auto& e : *entries) {
         // A closed TCP connection (TIME_WAIT, CLOSE) carries no traffic: nothing to cut.
         constexpr uint8_t kTcpTimeWait = 7, kTcpClose = 8;
@@ -208,14 +293,15 @@ void Enforcer::cut_disallowed(const api::PodRecord& rec, PodState& st) {
         const policy::Ip& peer = ingress ? src : dst;
         if (policy::allows(*st.rules, ingress, peer, e.orig.proto, e.orig.dport)) continue;
         if (auto del = backend_->conntrack_delete(*st.netns, e.orig); del || del.error().code == ENOENT) {
-            ++st.cut;
-            ++cut_total_;
-            report_("cut " + std::string(ingress ? "incoming" : "outgoing") + " " +
-                    std::string(policy::proto_name(e.orig.proto)) + " connection " + policy::to_string(src) + ":" +
-                    std::to_string(e.orig.sport) + " -> " + policy::to_string(dst) + ":" + std::to_string(e.orig.dport) +
-                    " of " + rec.reg.namespace_ + "/" + rec.reg.name + ": no longer allowed by policy");
+            ++job.cut;
+            job.reports.push_back("cut " + std::string(ingress ? "incoming" : "outgoing") + " " +
+                                  std::string(policy::proto_name(e.orig.proto)) + " connection " +
+                                  policy::to_string(src) + ":" + std::to_string(e.orig.sport) + " -> " +
+                                  policy::to_string(dst) + ":" + std::to_string(e.orig.dport) + " of " +
+                                  rec.reg.namespace_ + "/" + rec.reg.name + ": no longer allowed by policy");
         } else {
-            report_("cannot cut a connection of " + rec.reg.namespace_ + "/" + rec.reg.name + ": " + del.error().message);
+            job.reports.push_back("cannot cut a connection of " + rec.reg.namespace_ + "/" + rec.reg.name + ": " +
+                                  del.error().message);
         }
     }
 }
@@ -330,6 +416,13 @@ void Enforcer::status(Value& out, rapidjson::Document::AllocatorType& a) const {
     out.AddMember("programFailures", Value(failures_), a);
     out.AddMember("conntrackChecks", Value(ct_checks_), a);
     out.AddMember("cutConnections", Value(cut_total_), a);
+    Value lat(rapidjson::kObjectType);
+    lat.AddMember("changes", Value(program_latency_.count()), a);
+    lat.AddMember("lastSeconds", Value(program_latency_.last()), a);
+    lat.AddMember("lastAttachments", Value(last_program_pods_), a);
+    lat.AddMember("medianBoundSeconds", Value(program_latency_.quantile_bound(0.5)), a);
+    lat.AddMember("p99BoundSeconds", Value(program_latency_.quantile_bound(0.99)), a);
+    out.AddMember("programLatency", lat, a);
     out.AddMember("selectors", Value(static_cast<uint64_t>(compiler_.selector_count())), a);
     out.AddMember("compilerBytes", Value(static_cast<uint64_t>(compiler_.memory_estimate())), a);
 }

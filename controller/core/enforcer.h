@@ -29,6 +29,7 @@
 #include "../nft/backend.h"
 #include "../policy/compiler.h"
 #include "signet/api.h"
+#include "signet/histogram.h"
 #include "signet/result.h"
 
 namespace signet::core {
@@ -45,7 +46,7 @@ public:
     void reset(const cache::Snapshot& snapshot, const Records& records, const std::vector<std::string>& node_addresses);
 
     // The source changed: recompile and reprogram the pods it affects.
-    void source_changed(const cache::Snapshot& snapshot, const Records& records);
+    void source_changed(const cache::Snapshot& snapshot, const cache::Delta& delta, const Records& records);
     // A registration (ADD). Error when this pod's table could not be written.
     Status pod_added(const std::string& key, const Records& records);
     // A registration went away (DEL, GC, netns gone). `records` no longer has it.
@@ -57,6 +58,11 @@ public:
     // True when the attachment's table holds its current rule set.
     bool programmed(const std::string& key) const;
     bool has_failures() const;
+    // Wall time of each change's programming: every affected table written.
+    const Histogram& program_latency() const { return program_latency_; }
+    // Of the last source change: the compiler's update, and the attachments written.
+    double last_update_seconds() const { return last_update_seconds_; }
+    uint64_t last_program_attachments() const { return last_program_pods_; }
 
     Result<policy::Explanation> explain(const policy::Endpoint& from, const policy::Endpoint& to, uint8_t proto,
                                         uint16_t port) const;
@@ -73,16 +79,40 @@ private:
         uint64_t cut = 0;                      // connections cut for this pod
     };
 
+    // One attachment's programming: prepared on the loop thread (its state,
+    // netns handle), compiled and written on any thread (compiler read-only,
+    // kernel), finished on the loop thread (counters, state, reports).
+    struct Job {
+        const std::string* key = nullptr;
+        const api::PodRecord* rec = nullptr;
+        PodState* st = nullptr;
+        bool fresh = false;
+        std::optional<nft::PodRuleset> desired;
+        std::optional<Error> error;
+        enum Outcome { Unchanged, SetUpdate, FullWrite } outcome = Unchanged;
+        bool ct_checked = false;
+        uint64_t cut = 0;
+        std::vector<std::string> reports;
+    };
+    static constexpr size_t kWriters = 4;  // threads writing the tables of one change
+
     policy::LocalPod local_of(const cache::ObjectKey& key, const Records& records) const;
     void program(const policy::Affected& affected, const Records& records);
     // `fresh`: a just-created attachment (no connections to re-check).
     Status program_one(const std::string& key, const api::PodRecord& rec, bool fresh = false);
-    void cut_disallowed(const api::PodRecord& rec, PodState& st);
+    Job prepare(const std::string& key, const api::PodRecord& rec, bool fresh);
+    void write(Job& job);
+    void write_all(std::vector<Job>& jobs);
+    Status finish(Job& job);
+    void cut_disallowed(Job& job);
 
     std::unique_ptr<nft::Backend> backend_;
     Report report_;
     policy::Compiler compiler_;
     std::map<std::string, PodState> pods_;
+    Histogram program_latency_;
+    uint64_t last_program_pods_ = 0;
+    double last_update_seconds_ = 0;
     uint64_t full_programs_ = 0, set_updates_ = 0, unchanged_ = 0, failures_ = 0, cut_total_ = 0, ct_checks_ = 0;
 };
 

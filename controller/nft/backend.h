@@ -40,6 +40,10 @@ class Backend {
 public:
     virtual ~Backend() = default;
 
+    // True when calls for different Netns handles may run concurrently (the
+    // enforcer then writes the tables of a change in parallel).
+    virtual bool concurrent() const { return false; }
+
     // Makes the pod's table equal to `desired`. `current` is what the caller
     // believes is installed (nullptr: unknown, e.g. after a restart). When
     // `current` has the same structure only set elements are changed,

@@ -510,6 +510,8 @@ void build_update(Batch& b, const PodRuleset& desired, const PodRuleset& current
     std::vector<std::tuple<std::string, Family, std::vector<Range>>> dels, adds;
     for (const auto& [name, set] : desired.sets) {
         auto cur_it = current.sets.find(name);
+        // Most sets of a table are untouched by a change: skip them without sorting.
+        if (cur_it != current.sets.end() && same_ranges(cur_it->second.elements, set.elements)) continue;
         std::vector<Range> want = normalize_ranges(set.family, set.elements);
         std::vector<Range> have =
             cur_it == current.sets.end() ? std::vector<Range>{} : normalize_ranges(set.family, cur_it->second.elements);
@@ -642,6 +644,13 @@ std::vector<Range> normalize_ranges(Family family, std::vector<Range> ranges) {
         std::fill(r.last.bytes.begin() + n, r.last.bytes.end(), 0);
         if (r.last < r.first) std::swap(r.first, r.last);
     }
+    // The compiler's sets are already sorted and merged: check that in one pass.
+    bool normal = true;
+    for (size_t i = 1; i < ranges.size() && normal; ++i) {
+        Addr after;
+        normal = addr_next(family, ranges[i - 1].last, after) && after < ranges[i].first;
+    }
+    if (normal) return ranges;
     std::sort(ranges.begin(), ranges.end());
     std::vector<Range> out;
     for (const auto& r : ranges) {
@@ -689,7 +698,7 @@ Status NetlinkBackend::send_batch(Netns& ns, const std::vector<uint8_t>& batch, 
 
 Status NetlinkBackend::full_replace(Netns& ns, const PodRuleset& desired) {
     for (int attempt = 0; attempt < 2; ++attempt) {
-        bool use_destroy = destroy_.value_or(true);
+        bool use_destroy = destroy_.load() != 0;
         auto sock = sock_of(ns);
         if (!sock) return sock.error();
         Batch b((*sock)->next_seq());
@@ -697,13 +706,13 @@ Status NetlinkBackend::full_replace(Netns& ns, const PodRuleset& desired) {
         for (uint32_t i = 1; i < b.seqs_used(); ++i) (*sock)->next_seq();
         Status st = send_batch(ns, b.bytes(), b.first_seq(), b.last_seq());
         if (st) {
-            if (!destroy_) destroy_ = use_destroy;
+            if (destroy_.load() < 0) destroy_.store(use_destroy ? 1 : 0);
             ++stats_.full_replaces;
             return st;
         }
         // An old kernel rejects the unknown message type: fall back once.
-        if (!destroy_ && use_destroy && (st.error().code == EINVAL || st.error().code == EOPNOTSUPP)) {
-            destroy_ = false;
+        if (destroy_.load() < 0 && use_destroy && (st.error().code == EINVAL || st.error().code == EOPNOTSUPP)) {
+            destroy_.store(0);
             continue;
         }
         return make_error(st.error().code, "replacing table in netns " + ns.path() + ": " + st.error().message,
@@ -739,13 +748,13 @@ Status NetlinkBackend::apply(Netns& ns, const PodRuleset& desired, const PodRule
 }
 
 Status NetlinkBackend::remove(Netns& ns) {
-    bool use_destroy = destroy_.value_or(true);
+    bool use_destroy = destroy_.load() != 0;
     Status st = table_cmd(ns, use_destroy);
-    if (!st && !destroy_ && use_destroy && (st.error().code == EINVAL || st.error().code == EOPNOTSUPP)) {
-        destroy_ = false;
+    if (!st && destroy_.load() < 0 && use_destroy && (st.error().code == EINVAL || st.error().code == EOPNOTSUPP)) {
+        destroy_.store(0);
         st = table_cmd(ns, false);
-    } else if (st && !destroy_) {
-        destroy_ = use_destroy;
+    } else if (st && destroy_.load() < 0) {
+        destroy_.store(use_destroy ? 1 : 0);
     }
     if (!st) return make_error(st.error().code, "removing table in netns " + ns.path() + ": " + st.error().message);
     return st;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <atomic>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -46,7 +47,12 @@ class NetlinkBackend final : public Backend {
 public:
     // destroy_table: whether NFT_MSG_DESTROYTABLE may be used (from
     // probe_kernel()); nullopt: try it once and fall back on refusal.
-    explicit NetlinkBackend(std::optional<bool> destroy_table = std::nullopt) : destroy_(destroy_table) {}
+    explicit NetlinkBackend(std::optional<bool> destroy_table = std::nullopt)
+        : destroy_(destroy_table ? (*destroy_table ? 1 : 0) : -1) {}
+
+    // Calls on different Netns may run on different threads at once: the
+    // only shared state (what the kernel accepts, the counters) is atomic.
+    bool concurrent() const override { return true; }
 
     Status apply(Netns& ns, const PodRuleset& desired, const PodRuleset* current) override;
     Status remove(Netns& ns) override;
@@ -60,17 +66,17 @@ public:
     Result<std::optional<TableState>> read_state(Netns& ns);
 
     struct Stats {
-        uint64_t full_replaces = 0;    // whole-table batches sent and accepted
-        uint64_t element_updates = 0;  // element-only batches sent and accepted
-        uint64_t unchanged = 0;        // apply() calls that needed no batch
-        uint64_t fallbacks = 0;        // element updates refused (state diverged) and replaced instead
+        std::atomic<uint64_t> full_replaces{0};    // whole-table batches sent and accepted
+        std::atomic<uint64_t> element_updates{0};  // element-only batches sent and accepted
+        std::atomic<uint64_t> unchanged{0};        // apply() calls that needed no batch
+        std::atomic<uint64_t> fallbacks{0};        // element updates refused (state diverged) and replaced instead
     };
     const Stats& stats() const { return stats_; }
 
 private:
     Status full_replace(Netns& ns, const PodRuleset& desired);
     Status send_batch(Netns& ns, const std::vector<uint8_t>& batch, uint32_t first, uint32_t last);
-    std::optional<bool> destroy_;
+    std::atomic<int> destroy_;  // NFT_MSG_DESTROYTABLE: -1 not known yet, 0 refused, 1 accepted
     Stats stats_;
 };
 

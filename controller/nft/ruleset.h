@@ -24,6 +24,8 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <map>
 #include <string>
 #include <vector>
@@ -49,11 +51,19 @@ struct Range {
     auto operator<=>(const Range&) const = default;
 };
 
+// Equal element lists, compared as one block of bytes (sets hold thousands
+// of ranges and are compared on every change; element-wise compare was a
+// memcmp call per address).
+inline bool same_ranges(const std::vector<Range>& a, const std::vector<Range>& b) {
+    static_assert(std::has_unique_object_representations_v<Range>, "Range must have no padding");
+    return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(Range)) == 0);
+}
+
 // A named set of addresses (interval set). Elements sorted, merged, disjoint.
 struct AddrSet {
     Family family = Family::v4;
     std::vector<Range> elements;
-    bool operator==(const AddrSet&) const = default;
+    bool operator==(const AddrSet& o) const { return family == o.family && same_ranges(elements, o.elements); }
 };
 
 enum Proto : uint8_t { kTcp = 6, kUdp = 17, kSctp = 132 };

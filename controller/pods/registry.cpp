@@ -61,6 +61,7 @@ Result<std::vector<std::string>> Registry::load() {
             dropped.push_back(k);
             continue;
         }
+        rec->applied_version = 0;  // a version of the previous signetd's source: nothing applied yet
         pods_[k] = std::move(*rec);
     }
     return dropped;

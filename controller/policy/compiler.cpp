@@ -779,6 +779,21 @@ Affected Compiler::update(const cache::Snapshot& next) {
     return a;
 }
 
+Affected Compiler::update(const cache::Snapshot& next, const cache::Delta& delta) {
+    if (delta.all) return update(next);
+    Affected a;
+    // The order of update(): namespaces first, pods, policies, then namespaces gone.
+    for (const std::string& name : delta.namespaces)
+        if (auto it = next.namespaces.find(name); it != next.namespaces.end()) a.merge(put_namespace(it->second));
+    for (const ObjectKey& k : delta.pods)
+        a.merge(next.pods.count(k) ? put_pod(next.pods.at(k)) : remove_pod(k));
+    for (const ObjectKey& k : delta.policies)
+        a.merge(next.policies.count(k) ? put_policy(next.policies.at(k)) : remove_policy(k));
+    for (const std::string& name : delta.namespaces)
+        if (!next.namespaces.count(name)) a.merge(remove_namespace(name));
+    return a;
+}
+
 Result<nft::PodRuleset> Compiler::compile(const ObjectKey& local) const {
     if (!s_->locals.count(local))
         return make_error(ENOENT, "pod " + local.namespace_ + "/" + local.name + " is not a local pod");

@@ -140,6 +140,9 @@ public:
     Affected set_node_addresses(const std::vector<std::string>& node_addresses);
     // Brings the state to `next` by applying the differences as the calls above.
     Affected update(const cache::Snapshot& next);
+    // The same, visiting only the keys in `delta` (all of them when delta.all):
+    // one Pod changing among thousands costs its own selectors, not a scan.
+    Affected update(const cache::Snapshot& next, const cache::Delta& delta);
 
     // The rule set of a registered local pod. ENOENT when not registered.
     // A local pod whose Pod object is not known yet is isolated both ways with

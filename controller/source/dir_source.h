@@ -30,6 +30,7 @@ public:
     void stop() override;
     void refresh(std::function<void(Status)> done) override;
     const cache::Snapshot& snapshot() const override { return dir_.snapshot(); }
+    cache::Delta take_delta() override { return dir_.take_delta(); }
     bool ready() const override { return scanned_once_; }
     std::string origin_version() const override { return std::to_string(generation_); }
     void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& alloc) const override;

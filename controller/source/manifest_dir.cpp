@@ -185,6 +185,7 @@ Result<bool> ManifestDir::rescan() {
     if (watch_lost_ && fd_ >= 0) (void)arm_watch();  // the directory is back
 
     bool files_changed = false;
+    cache::Delta delta;  // the keys of every object in a file that changed, before and after
     std::map<std::string, FileState> next;
     for (const std::string& name : names) {
         struct stat st {};
@@ -203,12 +204,19 @@ Result<bool> ManifestDir::rescan() {
         const bool known = files_.contains(name);
         const FileState before = state;
         if (!load(name, state)) continue;  // vanished: dropped below like a removed file
-        files_changed = files_changed || !known || state.objects != before.objects || state.ignored != before.ignored ||
-                        state.error != before.error;
+        bool objects_changed = !known || state.objects != before.objects;
+        if (objects_changed) {
+            for (const auto& obj : before.objects) delta.note(obj);
+            for (const auto& obj : state.objects) delta.note(obj);
+        }
+        files_changed = files_changed || objects_changed || state.ignored != before.ignored || state.error != before.error;
         next.emplace(name, std::move(state));
     }
     for (const auto& [name, state] : files_)
-        if (!next.contains(name)) files_changed = true;  // removed or renamed away
+        if (!next.contains(name)) {  // removed or renamed away
+            files_changed = true;
+            for (const auto& obj : state.objects) delta.note(obj);
+        }
     files_ = std::move(next);
 
     errors_.clear();
@@ -218,8 +226,13 @@ Result<bool> ManifestDir::rescan() {
     if (!files_changed) return false;
     cache::Snapshot before = std::move(snapshot_);
     merge();
-    return !(snapshot_ == before);
+    // Only objects of changed files can differ: compare those, not everything.
+    if (delta.same_in(snapshot_, before)) return false;
+    delta_.merge(delta);
+    return true;
 }
+
+cache::Delta ManifestDir::take_delta() { return std::exchange(delta_, {}); }
 
 void ManifestDir::merge() {
     snapshot_ = {};

@@ -63,6 +63,8 @@ public:
     Result<bool> rescan();
 
     const cache::Snapshot& snapshot() const { return snapshot_; }
+    // The keys whose objects changed since the last call.
+    cache::Delta take_delta();
     const std::vector<FileError>& errors() const { return errors_; }  // current, sorted by file
     // New warnings since the last call (each reported once while it holds):
     // an object defined twice (the later file in name order wins), objects of
@@ -96,6 +98,7 @@ private:
     bool watch_lost_ = false;
     std::map<std::string, FileState> files_;  // by name, sorted
     cache::Snapshot snapshot_;
+    cache::Delta delta_;
     std::vector<FileError> errors_;
     std::set<std::string> active_warnings_;
     std::vector<std::string> pending_warnings_;

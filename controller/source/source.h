@@ -31,6 +31,13 @@ public:
     virtual void refresh(std::function<void(Status)> done) = 0;
 
     virtual const cache::Snapshot& snapshot() const = 0;
+    // The keys changed since the last call (and forgets them). A source that
+    // cannot tell says `all`: the consumer then compares everything.
+    virtual cache::Delta take_delta() {
+        cache::Delta d;
+        d.all = true;
+        return d;
+    }
     // True once a complete first snapshot has been read.
     virtual bool ready() const = 0;
     // The source's own version of the snapshot (the folder's generation, the

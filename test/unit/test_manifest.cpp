@@ -970,12 +970,28 @@ TEST_CASE("dir: create, edit, break, fix, delete, rename") {
     REQUIRE(r);
     CHECK_FALSE(*r);
 
-    // Edit: a label changes.
+    // The first reads reported every object; taking the delta forgets it.
+    {
+        cache::Delta d = dir.take_delta();
+        CHECK(d.namespaces == std::set<std::string>{"x", "z"});
+        CHECK(d.pods == std::set<cache::ObjectKey>{{"x", "a"}});
+        CHECK(d.policies == std::set<cache::ObjectKey>{{"x", "p"}});
+        CHECK(dir.take_delta().empty());
+    }
+
+    // Edit: a label changes. Only that pod's key is reported.
     t.write("20-pods.yml", pod_yaml("x", "a", "b"));
     r = dir.rescan();
     REQUIRE(r);
     CHECK(*r);
     CHECK(dir.snapshot().pods.at({"x", "a"}).labels.at("app") == "b");
+    {
+        cache::Delta d = dir.take_delta();
+        CHECK_FALSE(d.all);
+        CHECK(d.namespaces.empty());
+        CHECK(d.policies.empty());
+        CHECK(d.pods == std::set<cache::ObjectKey>{{"x", "a"}});
+    }
 
     // Break the file: the last good objects stay, an error is recorded.
     t.write("20-pods.yml", pod_yaml("x", "a", "c") + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: BAD}\n");

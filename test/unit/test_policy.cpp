@@ -771,7 +771,16 @@ TEST_CASE("policy incremental: random changes match a full rebuild") {
     auto before = compile_all(inc);
     const cache::Snapshot initial = snap;
     const std::vector<LocalPod> initial_locals = locals;
-    int checked_pairs = 0, structure_same = 0;
+    int checked_pairs = 0, structure_same = 0, delta_checks = 0;
+    // A third compiler follows the changes as a source reports them: batches
+    // of changed keys (update(snapshot, delta)), flushed every few steps.
+    Compiler dlt;
+    dlt.reset(snap, locals, node);
+    cache::Delta pending;
+    auto flush_delta = [&] {
+        (void)dlt.update(snap, pending);
+        pending = {};
+    };
 
     for (int step = 0; step < 300; ++step) {
         Affected a;
@@ -781,37 +790,47 @@ TEST_CASE("policy incremental: random changes match a full rebuild") {
             auto p = g.make_pod(n, "p" + std::to_string(g.pick(60)));
             snap.put(p);
             a = inc.put_pod(p);
+            pending.pods.insert({p.namespace_, p.name});
         } else if (op == 4) {
             ObjectKey k{n, "p" + std::to_string(g.pick(60))};
             snap.pods.erase(k);
             a = inc.remove_pod(k);
+            pending.pods.insert(k);
         } else if (op <= 6) {
             auto p = g.make_policy(n, "np" + std::to_string(g.pick(12)));
             snap.put(p);
             a = inc.put_policy(p);
+            pending.policies.insert({p.namespace_, p.name});
         } else if (op == 7) {
             ObjectKey k{n, "np" + std::to_string(g.pick(12))};
             snap.policies.erase(k);
             a = inc.remove_policy(k);
+            pending.policies.insert(k);
         } else if (op == 8) {
             auto ns_obj = g.make_ns(n);
             snap.put(ns_obj);
             a = inc.put_namespace(ns_obj);
+            pending.namespaces.insert(n);
         } else if (op == 9) {
             snap.namespaces.erase(n);
             a = inc.remove_namespace(n);
+            pending.namespaces.insert(n);
         } else if (op == 10) {
             LocalPod lp{n, "p" + std::to_string(g.pick(60)), {}};
             if (g.coin()) lp.ips.push_back("10.200.1." + std::to_string(step % 250 + 1));
             auto it = std::find_if(locals.begin(), locals.end(), [&](const LocalPod& l) { return l.namespace_ == lp.namespace_ && l.name == lp.name; });
             if (it != locals.end()) *it = lp; else locals.push_back(lp);
             a = inc.put_local_pod(lp);
+            flush_delta();  // local pods go to the compiler directly, after the source's changes
+            (void)dlt.put_local_pod(lp);
         } else {
             if (locals.empty()) continue;
             size_t i = static_cast<size_t>(g.pick(static_cast<int>(locals.size())));
             ObjectKey k{locals[i].namespace_, locals[i].name};
             locals.erase(locals.begin() + static_cast<long>(i));
             a = inc.remove_local_pod(k);
+            flush_delta();
+            (void)dlt.remove_local_pod(k);
         }
         CHECK(inc.snapshot() == snap);
         auto after = compile_all(inc);
@@ -832,6 +851,11 @@ TEST_CASE("policy incremental: random changes match a full rebuild") {
             CHECK_MESSAGE(rs == rebuilt.at(k), "step " << step << " op " << op << ": " << k.namespace_ << "/" << k.name << "\n" << dump(rs) << "vs rebuilt\n" << dump(rebuilt.at(k)));
         }
         before = std::move(after);
+        if (step % 3 == 0) {
+            flush_delta();
+            CHECK_MESSAGE(compile_all(dlt) == before, "step " << step << ": update(snapshot, delta) differs from the incremental calls");
+            ++delta_checks;
+        }
 
         // Every few steps: the IR agrees with explain, for pods and outside addresses.
         if (step % 10 != 0) continue;
@@ -876,6 +900,7 @@ TEST_CASE("policy incremental: random changes match a full rebuild") {
     CHECK(compile_all(upd) == before);
     CHECK(upd.update(snap).empty());
     CHECK(checked_pairs > 1000);
+    CHECK(delta_checks >= 90);
     CHECK(structure_same > 0);
     MESSAGE("pairs cross-checked: " << checked_pairs << ", membership-only updates: " << structure_same);
 }

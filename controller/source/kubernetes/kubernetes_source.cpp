@@ -730,13 +730,15 @@ void KubernetesSource::drain() {
             case Update::Replace:
                 switch (u.res) {
                     case Resource::Namespaces:
-                        if (snapshot_.namespaces != u.snap.namespaces) changed = true, snapshot_.namespaces.swap(u.snap.namespaces);
+                        if (snapshot_.namespaces != u.snap.namespaces)
+                            changed = delta_.all = true, snapshot_.namespaces.swap(u.snap.namespaces);
                         break;
                     case Resource::Pods:
-                        if (snapshot_.pods != u.snap.pods) changed = true, snapshot_.pods.swap(u.snap.pods);
+                        if (snapshot_.pods != u.snap.pods) changed = delta_.all = true, snapshot_.pods.swap(u.snap.pods);
                         break;
                     case Resource::NetworkPolicies:
-                        if (snapshot_.policies != u.snap.policies) changed = true, snapshot_.policies.swap(u.snap.policies);
+                        if (snapshot_.policies != u.snap.policies)
+                            changed = delta_.all = true, snapshot_.policies.swap(u.snap.policies);
                         break;
                     case Resource::Nodes:
                         if (nodes_ != u.nodes) changed = true, nodes_.swap(u.nodes);
@@ -748,25 +750,34 @@ void KubernetesSource::drain() {
                 std::visit(
                     [&](auto&& o) {
                         using T = std::decay_t<decltype(o)>;
-                        auto assign = [&](auto& map, const auto& key) {
+                        auto assign = [&](auto& map, const auto& key, auto* keys) {
                             auto it = map.find(key);
                             if (it != map.end() && it->second == o) return;
+                            if (keys != nullptr) keys->insert(key);
                             map.insert_or_assign(key, std::move(o));
                             changed = true;
                         };
-                        if constexpr (std::is_same_v<T, cache::Namespace>) assign(snapshot_.namespaces, o.name);
-                        else if constexpr (std::is_same_v<T, cache::Pod>) assign(snapshot_.pods, cache::ObjectKey{o.namespace_, o.name});
+                        if constexpr (std::is_same_v<T, cache::Namespace>) assign(snapshot_.namespaces, o.name, &delta_.namespaces);
+                        else if constexpr (std::is_same_v<T, cache::Pod>)
+                            assign(snapshot_.pods, cache::ObjectKey{o.namespace_, o.name}, &delta_.pods);
                         else if constexpr (std::is_same_v<T, cache::NetworkPolicy>)
-                            assign(snapshot_.policies, cache::ObjectKey{o.namespace_, o.name});
-                        else assign(nodes_, o.name);
+                            assign(snapshot_.policies, cache::ObjectKey{o.namespace_, o.name}, &delta_.policies);
+                        else assign(nodes_, o.name, static_cast<std::set<std::string>*>(nullptr));
                     },
                     std::move(*u.item));
                 break;
             case Update::Delete:
                 switch (u.res) {
-                    case Resource::Namespaces: changed |= snapshot_.namespaces.erase(u.name) > 0; break;
-                    case Resource::Pods: changed |= snapshot_.pods.erase({u.ns, u.name}) > 0; break;
-                    case Resource::NetworkPolicies: changed |= snapshot_.policies.erase({u.ns, u.name}) > 0; break;
+                    case Resource::Namespaces:
+                        if (snapshot_.namespaces.erase(u.name) > 0) changed = true, delta_.namespaces.insert(u.name);
+                        break;
+                    case Resource::Pods:
+                        if (snapshot_.pods.erase({u.ns, u.name}) > 0) changed = true, delta_.pods.insert({u.ns, u.name});
+                        break;
+                    case Resource::NetworkPolicies:
+                        if (snapshot_.policies.erase({u.ns, u.name}) > 0)
+                            changed = true, delta_.policies.insert({u.ns, u.name});
+                        break;
                     case Resource::Nodes: changed |= nodes_.erase(u.name) > 0; break;
                 }
                 break;

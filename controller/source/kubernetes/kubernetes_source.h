@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -59,6 +60,7 @@ public:
     void stop() override;
     void refresh(std::function<void(Status)> done) override;
     const cache::Snapshot& snapshot() const override { return snapshot_; }
+    cache::Delta take_delta() override { return std::exchange(delta_, {}); }
     bool ready() const override { return ready_; }
     // The highest resourceVersion applied over all resources ("" before the first list).
     std::string origin_version() const override;
@@ -129,6 +131,7 @@ private:
 
     // loop thread state
     cache::Snapshot snapshot_;
+    cache::Delta delta_;  // keys changed since take_delta()
     std::map<std::string, k8s::NodeInfo> nodes_;
     std::string applied_rv_[k8s::kResourceCount];
     bool listed_[k8s::kResourceCount] = {};
