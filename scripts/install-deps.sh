@@ -6,25 +6,40 @@ set -euo pipefail
 # Build: compiler, meson/ninja and the libraries signet links.
 BUILD_PKGS=(g++ clang libclang-rt-14-dev meson ninja-build pkg-config
   libcurl4-openssl-dev rapidjson-dev libssl-dev libnftnl-dev libmnl-dev libboost-dev
-  doctest-dev libyaml-cpp-dev)
+  doctest-dev libyaml-cpp-dev zlib1g-dev)
 # Tests and demo: real network namespaces, real CNI plugins and runtimes.
 RUN_PKGS=(iproute2 nftables conntrack curl python3 containernetworking-plugins
   podman runc busybox-static golang-go golang-github-appc-cni-dev
-  containerd python3-grpcio python3-yaml iperf3)
+  containerd python3-grpcio python3-yaml iperf3
+  influxdb influxdb-client prometheus chromium python3-scapy)
 
-missing=()
-for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}"; do
-  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-  [[ "$status" == "install ok installed" ]] || missing+=("$p")
-done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+install_packages() {
+  local missing=()
+  for p in "${BUILD_PKGS[@]}" "${RUN_PKGS[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [[ "$status" == "install ok installed" ]] || missing+=("$p")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "install-deps: missing packages: ${missing[*]}" >&2
-  echo "install-deps: run as root (or: sudo apt-get install ${missing[*]})" >&2
-  exit 1
-fi
-echo "install-deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: missing packages: ${missing[*]}" >&2
+    echo "install-deps: run as root (or: sudo apt-get install ${missing[*]})" >&2
+    return 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  # Install only: no package may start its service (influxd and prometheus
+  # would listen on every interface). Tests start their own, on loopback.
+  policy_rc=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [[ ! -e $policy_rc ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy_rc" && chmod 755 "$policy_rc" && own_policy=1
+  fi
+  local rc=0
+  apt-get install -y -qq "${missing[@]}" >/dev/null || rc=$?
+  [[ $own_policy -eq 1 ]] && rm -f "$policy_rc"
+  return $rc
+}
+
+install_packages
