@@ -49,6 +49,9 @@ Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<sourc
       source_(std::move(source)),
       registry_(opts_.state_dir + "/pods.json", pods::netns_alive),
       enforcer_(std::move(backend), [](const std::string& m) { log::warn("datapath", m); }),
+      flows_(std::make_unique<FlowService>(
+          io, FlowService::Context{opts_.node_name, source_.get(), &registry_, &enforcer_, &node_addresses_},
+          opts_.collect_flows)),
       server_(io, [this](const ipc::Request& r, ipc::Responder resp) { handle(r, std::move(resp)); }),
       sweep_timer_(io),
       retry_timer_(io) {}
@@ -86,6 +89,7 @@ void Controller::stop() {
     stopped_ = true;
     ready_ = false;
     server_.stop();
+    flows_->stop();
     source_->stop();
     sweep_timer_.cancel();
     retry_timer_.cancel();
@@ -105,6 +109,7 @@ uint64_t Controller::applied_version() const {
 void Controller::on_source_change() {
     ++source_version_;
     cache::Delta delta = source_->take_delta();  // taken every time, so it never grows unbounded
+    flows_->source_changed();
     if (enforcing_) {
         auto t0 = std::chrono::steady_clock::now();
         uint64_t changes = enforcer_.program_latency().count();
@@ -124,6 +129,7 @@ void Controller::on_source_change() {
         // First complete snapshot: program every recovered pod (replacing the
         // tables a previous signetd left, without touching established connections).
         enforcer_.reset(source_->snapshot(), registry_.all(), node_addresses_);
+        for (const auto& [k, rec] : registry_.all()) flows_->pod_started(k, rec, true);
         enforcing_ = true;
         ready_ = true;
         log::info(kLog, "enforcing: " + std::to_string(registry_.size()) + " registered pod(s), source version " +
@@ -210,6 +216,7 @@ void Controller::sweep() {
 }
 
 void Controller::forget(const std::string& key, const api::PodRecord& gone, bool remove_table) {
+    flows_->pod_stopped(key, gone);
     if (enforcing_) enforcer_.pod_removed(key, gone, remove_table, registry_.all());
 }
 
@@ -249,6 +256,9 @@ ipc::Response Controller::status_json() const {
     dp.AddMember("enforcing", enforcing_, a);
     dp.AddMember("queueBackend", json::str(opts_.queue_backend, a), a);
     d.AddMember("datapath", dp, a);
+    Value fl;
+    flows_->status(fl, a);
+    d.AddMember("flows", fl, a);
     Value counters(rapidjson::kObjectType);
     counters.AddMember("registrations", Value(static_cast<uint64_t>(registrations_)), a);
     counters.AddMember("unregistrations", Value(static_cast<uint64_t>(unregistrations_)), a);
@@ -306,6 +316,10 @@ void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
             apply_all();
         }
         return respond(json_response(200, d));
+    }
+    if (what == "flows" && s.size() == 2) {
+        if (m != "GET") return respond(ipc::json_error(405, "use GET"));
+        return respond(flows_->query(req));
     }
     if (what == "pods") {
         if (s.size() == 2) {
@@ -383,6 +397,7 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     }
     rec.applied_version = source_version_;
     registry_.put(rec);
+    if (!previous || previous->reg.netns != rec.reg.netns) flows_->pod_started(key, rec, false);
     rapidjson::Document out;
     api::to_json(rec, out, out.GetAllocator());
     log::info(kLog, "registered " + key + " pod " + rec.reg.namespace_ + "/" + rec.reg.name + " netns " +

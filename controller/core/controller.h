@@ -19,6 +19,7 @@
 #include "../ipc/server.h"
 #include "../nft/backend.h"
 #include "enforcer.h"
+#include "flow_service.h"
 #include "../pods/registry.h"
 #include "../source/source.h"
 #include "signet/result.h"
@@ -34,6 +35,8 @@ struct Options {
     std::string queue_backend = "unknown";           // what the kernel probe found (for status)
     // The node's own addresses; empty = read them from the host's interfaces.
     std::function<std::vector<std::string>()> node_addresses = host_addresses;
+    // Flow records from each pod netns's conntrack events and denied-packet log.
+    bool collect_flows = true;
 };
 
 class Controller {
@@ -49,6 +52,7 @@ public:
     uint64_t source_version() const { return source_version_; }
     uint64_t applied_version() const;
     bool ready() const { return ready_; }
+    FlowService& flows() { return *flows_; }
 
     // The API entry point (also used by tests without a socket).
     void handle(const ipc::Request& req, ipc::Responder respond);
@@ -86,6 +90,7 @@ private:
     Enforcer enforcer_;
     bool enforcing_ = false;  // the enforcer has the source's first complete snapshot
     std::vector<std::string> node_addresses_;
+    std::unique_ptr<FlowService> flows_;
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
     boost::asio::steady_timer retry_timer_;

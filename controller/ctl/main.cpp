@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <cstdlib>
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,11 @@ Commands:
                       that decide it; A and B are NAMESPACE/POD or an IP address
   policies NS/POD     the policies in force for a pod, its rules (peers, ports), and the
                       packets each rule accepted and the default deny dropped
+  flows [--namespace NS] [--pod NS/POD] [--verdict allowed|denied] [--limit N] [--follow]
+                      the latest connections of this node's pods: opened, closed (with
+                      packets and bytes each way) and denied attempts, with the peer (pod,
+                      node or address) and the policy rule or default deny that decided it;
+                      --follow keeps printing new ones until interrupted
   version             print signetctl's version
 
 Flags:
@@ -41,6 +47,8 @@ reached (the reason is printed on stderr), 2 on a usage error.
 
 struct Options {
     std::string from, to, port;  // explain
+    std::string ns, pod, verdict, limit = "50";  // flows
+    bool follow = false;
     std::vector<std::string> args;  // positional arguments after the command
     std::string socket = api::kDefaultSocket;
     std::string output = "text";
@@ -226,6 +234,95 @@ int cmd_policies(const Options& o) {
     return 0;
 }
 
+std::string human_bytes(uint64_t b) {
+    char buf[32];
+    if (b < 1024) std::snprintf(buf, sizeof buf, "%lluB", static_cast<unsigned long long>(b));
+    else if (b < 1024 * 1024) std::snprintf(buf, sizeof buf, "%.1fK", static_cast<double>(b) / 1024);
+    else if (b < 1024ull * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.1fM", static_cast<double>(b) / 1048576);
+    else std::snprintf(buf, sizeof buf, "%.1fG", static_cast<double>(b) / 1073741824);
+    return buf;
+}
+
+std::string proto_text(int p) {
+    switch (p) {
+        case 6: return "TCP";
+        case 17: return "UDP";
+        case 132: return "SCTP";
+        case 1: return "ICMP";
+        case 58: return "ICMPv6";
+        default: return std::to_string(p);
+    }
+}
+
+void print_flow(const rapidjson::Value& f) {
+    auto str = [&](const char* k) { return json::opt_string(f, k).value_or(""); };
+    auto num = [&](const rapidjson::Value& v, const char* k) -> uint64_t {
+        const auto* x = json::find(v, k);
+        return x != nullptr && x->IsUint64() ? x->GetUint64() : 0;
+    };
+    std::string peer = "?";
+    if (const auto* p = json::find(f, "peer"); p != nullptr && p->IsObject()) {
+        std::string kind = json::opt_string(*p, "kind").value_or("");
+        peer = kind == "pod" ? json::opt_string(*p, "pod").value_or("?")
+               : kind == "node" ? "node (" + json::opt_string(*p, "address").value_or("") + ")"
+                                : json::opt_string(*p, "address").value_or("?");
+    }
+    bool ingress = str("direction") == "ingress";
+    std::string local = str("pod");
+    std::string flow = ingress ? peer + " -> " + local : local + " -> " + peer;
+    std::string port = proto_text(static_cast<int>(num(f, "proto"))) + "/" + std::to_string(num(f, "port"));
+    std::string bytes = "-";
+    if (str("event") == "close") {
+        if (const auto* c = json::find(f, "counts"); c != nullptr)
+            bytes = human_bytes(num(*c, "bytesOut")) + " out, " + human_bytes(num(*c, "bytesIn")) + " in";
+    }
+    std::string policy = str("policy");
+    if (const auto* r = json::find(f, "rule"); r != nullptr && r->IsInt() && r->GetInt() >= 0)
+        policy += "#" + std::to_string(r->GetInt());
+    const auto* auth = json::find(f, "authenticated");
+    std::string time = str("time");
+    if (time.size() > 19) time = time.substr(11, 12);  // HH:MM:SS.mmm
+    std::printf("%-12s %-6s %-7s %-7s %-44s %-9s %-28s %-4s %s\n", time.c_str(), str("event").c_str(),
+                ingress ? "in" : "out", str("verdict").c_str(), flow.c_str(), port.c_str(), policy.c_str(),
+                auth != nullptr && auth->IsBool() && auth->GetBool() ? "yes" : "no", bytes.c_str());
+}
+
+int cmd_flows(const Options& o) {
+    if (!o.verdict.empty() && o.verdict != "allowed" && o.verdict != "denied")
+        return usage_error("--verdict takes allowed or denied");
+    char* end = nullptr;
+    unsigned long limit = std::strtoul(o.limit.c_str(), &end, 10);
+    if (o.limit.empty() || *end != '\0' || limit == 0 || limit > 10000) return usage_error("--limit takes 1..10000");
+    std::string query = "limit=" + std::to_string(limit);
+    if (!o.ns.empty()) query += "&namespace=" + http::percent_encode(o.ns);
+    if (!o.pod.empty()) query += "&pod=" + http::percent_encode(o.pod);
+    if (!o.verdict.empty()) query += "&verdict=" + o.verdict;
+    uint64_t after = 0;
+    bool header = false;
+    while (true) {
+        auto doc = call(o, "GET", "/v1/flows?" + query + "&after=" + std::to_string(after));
+        if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
+        const auto* list = json::find(*doc, "flows");
+        if (list == nullptr || !list->IsArray()) return std::fprintf(stderr, "signetctl: bad answer from signetd\n"), 1;
+        if (const auto* ls = json::find(*doc, "lastSeq"); ls != nullptr && ls->IsUint64()) after = ls->GetUint64();
+        if (o.output == "json") {
+            if (!o.follow) return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
+            for (const auto& f : list->GetArray()) std::printf("%s\n", json::to_string(f).c_str());
+        } else {
+            if (!header) {
+                std::printf("%-12s %-6s %-7s %-7s %-44s %-9s %-28s %-4s %s\n", "TIME", "EVENT", "DIR", "VERDICT",
+                            "FLOW", "PORT", "POLICY", "AUTH", "BYTES");
+                header = true;
+            }
+            for (const auto& f : list->GetArray()) print_flow(f);
+        }
+        std::fflush(stdout);
+        if (!o.follow) return 0;
+        struct timespec ts{1, 0};
+        nanosleep(&ts, nullptr);
+    }
+}
+
 int cmd_sync(const Options& o) {
     // signetd enforces the timeout; the socket call gets a little longer so its answer arrives.
     auto doc = call(o, "POST", "/v1/sync?timeout=" + std::to_string(o.timeout_ms) + "ms", 2000);
@@ -269,6 +366,16 @@ int main(int argc, char** argv) {
             if (!need(&o.to)) return usage_error("--to needs NAMESPACE/POD or an IP");
         } else if (arg == "--port") {
             if (!need(&o.port)) return usage_error("--port needs PORT or PORT/PROTOCOL");
+        } else if (arg == "--namespace" || arg == "-n") {
+            if (!need(&o.ns)) return usage_error("--namespace needs a value");
+        } else if (arg == "--pod") {
+            if (!need(&o.pod)) return usage_error("--pod needs NAMESPACE/POD");
+        } else if (arg == "--verdict") {
+            if (!need(&o.verdict)) return usage_error("--verdict takes allowed or denied");
+        } else if (arg == "--limit") {
+            if (!need(&o.limit)) return usage_error("--limit needs a number");
+        } else if (arg == "--follow" || arg == "-f") {
+            o.follow = true;
         } else if (!arg.empty() && arg[0] == '-') {
             return usage_error("unknown flag '" + arg + "'");
         } else if (command.empty()) {
@@ -284,6 +391,7 @@ int main(int argc, char** argv) {
     if (command == "sync") return cmd_sync(o);
     if (command == "explain") return cmd_explain(o);
     if (command == "policies") return cmd_policies(o);
+    if (command == "flows") return cmd_flows(o);
     if (command == "version") return std::printf("signetctl %s\n", SIGNET_VERSION), 0;
     return usage_error("unknown command '" + command + "'");
 }

@@ -6,6 +6,9 @@
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <endian.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -15,6 +18,7 @@ namespace signet::nft {
 namespace {
 
 constexpr uint16_t kCtNew = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW;
+constexpr uint16_t kCtDelete = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
 
 // Iterates the attributes in [data, data+len) safely.
 template <typename F>
@@ -52,6 +56,13 @@ bool get_be32(const nlattr* a, uint32_t& v) {
     uint32_t raw;
     std::memcpy(&raw, mnl_attr_get_payload(a), 4);
     v = ntohl(raw);
+    return true;
+}
+bool get_be64(const nlattr* a, uint64_t& v) {
+    if (mnl_attr_get_payload_len(a) < 8) return false;
+    uint64_t raw;
+    std::memcpy(&raw, mnl_attr_get_payload(a), 8);
+    v = be64toh(raw);
     return true;
 }
 bool get_addr(const nlattr* a, size_t n, Addr& out) {
@@ -118,10 +129,12 @@ void put_tuple(nlmsghdr* nlh, const CtTuple& t) {
 
 }  // namespace
 
-std::optional<CtEntry> ct_parse_message(const nlmsghdr* nlh, size_t len) {
+namespace {
+
+std::optional<CtEntry> parse_entry(const nlmsghdr* nlh, size_t len, bool allow_delete) {
     if (len < sizeof(nlmsghdr) || nlh->nlmsg_len < NLMSG_HDRLEN + sizeof(nfgenmsg) || nlh->nlmsg_len > len)
         return std::nullopt;
-    if (nlh->nlmsg_type != kCtNew) return std::nullopt;
+    if (nlh->nlmsg_type != kCtNew && !(allow_delete && nlh->nlmsg_type == kCtDelete)) return std::nullopt;
     CtEntry e;
     bool orig = false, reply = false;
     size_t attrs_off = NLMSG_HDRLEN + MNL_ALIGN(sizeof(nfgenmsg));
@@ -135,6 +148,16 @@ std::optional<CtEntry> ct_parse_message(const nlmsghdr* nlh, size_t len) {
         case CTA_ZONE: get_be16(a, e.zone); break;
         case CTA_ID: get_be32(a, e.id); break;
         case CTA_STATUS: get_be32(a, e.status); break;
+        case CTA_COUNTERS_ORIG:
+        case CTA_COUNTERS_REPLY: {
+            bool orig_dir = mnl_attr_get_type(a) == CTA_COUNTERS_ORIG;
+            for_each_nested(a, [&](const nlattr* c) {
+                uint16_t t = mnl_attr_get_type(c);
+                if (t == CTA_COUNTERS_PACKETS) get_be64(c, orig_dir ? e.orig_packets : e.reply_packets);
+                if (t == CTA_COUNTERS_BYTES) get_be64(c, orig_dir ? e.orig_bytes : e.reply_bytes);
+            });
+            break;
+        }
         case CTA_PROTOINFO:
             for_each_nested(a, [&](const nlattr* p) {
                 if (mnl_attr_get_type(p) != CTA_PROTOINFO_TCP) return;
@@ -148,6 +171,67 @@ std::optional<CtEntry> ct_parse_message(const nlmsghdr* nlh, size_t len) {
     });
     if (!orig || !reply) return std::nullopt;
     return e;
+}
+
+}  // namespace
+
+std::optional<CtEntry> ct_parse_message(const nlmsghdr* nlh, size_t len) { return parse_entry(nlh, len, false); }
+
+size_t ct_parse_events(std::span<const uint8_t> bytes, std::vector<CtEvent>& out) {
+    size_t n = 0, off = 0;
+    while (bytes.size() - off >= sizeof(nlmsghdr)) {
+        const auto* nlh = reinterpret_cast<const nlmsghdr*>(bytes.data() + off);
+        size_t len = nlh->nlmsg_len, left = bytes.size() - off;
+        if (len < sizeof(nlmsghdr) || len > left) break;
+        ++n;
+        if (auto e = parse_entry(nlh, len, true))
+            out.push_back(CtEvent{nlh->nlmsg_type == kCtDelete                 ? CtEvent::Destroy
+                                  : (nlh->nlmsg_flags & NLM_F_CREATE) != 0 ? CtEvent::New
+                                                                          : CtEvent::Update,
+                                  std::move(*e)});
+        size_t step = MNL_ALIGN(len);
+        if (step >= left) break;
+        off += step;
+    }
+    return n;
+}
+
+Result<NlSocket> ct_subscribe(const Netns& ns) {
+    auto sock = ns.open_socket(NETLINK_NETFILTER);
+    if (!sock) return sock.error();
+    for (unsigned group : {unsigned(NFNLGRP_CONNTRACK_NEW), unsigned(NFNLGRP_CONNTRACK_UPDATE),
+                           unsigned(NFNLGRP_CONNTRACK_DESTROY)}) {
+        if (::setsockopt(sock->fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof group) != 0) {
+            int err = errno;
+            return make_error(err, "subscribing to conntrack events in netns " + ns.path() + ": " + std::strerror(err));
+        }
+    }
+    // Event bursts (a scan, a flood of short connections) must not overflow
+    // the default buffer at once; what still overflows is counted.
+    int size = 1 << 20;
+    (void)::setsockopt(sock->fd(), SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
+    return std::move(*sock);
+}
+
+Status ct_enable_accounting(const Netns& ns) {
+    Status result;
+    Status run = ns.run_inside([&] {
+        // /proc/sys/net shows the netns of the thread that opens it.
+        int fd = ::open("/proc/sys/net/netfilter/nf_conntrack_acct", O_WRONLY | O_CLOEXEC);
+        if (fd < 0) {
+            int err = errno;
+            result = make_error(err, std::string("nf_conntrack_acct: ") + std::strerror(err));
+            return;
+        }
+        if (::write(fd, "1\n", 2) != 2) {
+            int err = errno;
+            result = make_error(err, std::string("nf_conntrack_acct: ") + std::strerror(err));
+        }
+        ::close(fd);
+    });
+    if (!run) return run;
+    if (!result) return make_error(result.error().code, result.error().message + " in netns " + ns.path());
+    return {};
 }
 
 size_t ct_parse_buffer(std::span<const uint8_t> bytes, std::vector<CtEntry>& out) {
@@ -195,6 +279,39 @@ Result<std::vector<CtEntry>> ct_list(Netns& ns) {
         return make_error(s.error().code, "listing conntrack in netns " + ns.path() + ": " + s.error().message);
     }
     return out;
+}
+
+Result<CtEntry> ct_get(Netns& ns, const CtTuple& orig, uint16_t zone) {
+    auto sock = ns.nfnl();
+    if (!sock) return sock.error();
+    std::optional<CtEntry> found;
+    std::vector<uint8_t> req(MNL_SOCKET_BUFFER_SIZE);
+    Status s = (*sock)->query(
+        [&](uint32_t seq) {
+            std::fill(req.begin(), req.end(), 0);
+            nlmsghdr* nlh = mnl_nlmsg_put_header(req.data());
+            nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+            nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+            nlh->nlmsg_seq = seq;
+            auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
+            nfg->nfgen_family = orig.family == Family::v4 ? AF_INET : AF_INET6;
+            nfg->version = NFNETLINK_V0;
+            nfg->res_id = 0;
+            put_tuple(nlh, orig);
+            if (zone != 0) mnl_attr_put_u16(nlh, CTA_ZONE, htons(zone));
+            return std::span<const uint8_t>(req.data(), nlh->nlmsg_len);
+        },
+        [&](const nlmsghdr* nlh) {
+            if (auto e = ct_parse_message(nlh, nlh->nlmsg_len)) found = std::move(*e);
+            return true;
+        },
+        [&] { found.reset(); });
+    if (!s) {
+        if (s.error().code == ETIMEDOUT || s.error().code == ENOBUFS) ns.drop_nfnl();
+        return s.error();
+    }
+    if (!found) return make_error(ENOENT, "no such conntrack entry");
+    return std::move(*found);
 }
 
 Status ct_delete(Netns& ns, const CtTuple& orig, uint16_t zone) {

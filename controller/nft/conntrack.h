@@ -35,7 +35,17 @@ struct CtEntry {
     uint32_t id = 0;
     uint32_t status = 0;     // IPS_* bits
     uint8_t tcp_state = 0;   // TCP_CONNTRACK_* (0 when not TCP or absent)
+    // Accounting (net.netfilter.nf_conntrack_acct=1), 0 when absent.
+    uint64_t orig_packets = 0, orig_bytes = 0, reply_packets = 0, reply_bytes = 0;
     bool operator==(const CtEntry&) const = default;
+};
+
+// A conntrack event as the kernel multicasts it (NFNLGRP_CONNTRACK_NEW /
+// _DESTROY): a new connection, or the end of one with its final counters.
+struct CtEvent {
+    // Update: a state change (TCP: to FIN_WAIT, TIME_WAIT, CLOSE, ...); no counters.
+    enum Kind : uint8_t { New, Update, Destroy } kind = New;
+    CtEntry entry;
 };
 
 // All conntrack entries (IPv4 and IPv6) of the netns. Uses ns.nfnl().
@@ -53,5 +63,22 @@ std::optional<CtEntry> ct_parse_message(const nlmsghdr* nlh, size_t len);
 // A buffer of netlink messages as recv() returns it; malformed messages are
 // skipped. Returns the number of messages seen.
 size_t ct_parse_buffer(std::span<const uint8_t> bytes, std::vector<CtEntry>& out);
+
+// Parser of kernel bytes (fuzzed): event messages (IPCTNL_MSG_CT_NEW or
+// IPCTNL_MSG_CT_DELETE) in a datagram; malformed ones skipped. Returns the
+// number of messages seen.
+size_t ct_parse_events(std::span<const uint8_t> bytes, std::vector<CtEvent>& out);
+
+// One entry by its original-direction tuple (with its counters). ENOENT when gone.
+Result<CtEntry> ct_get(Netns& ns, const CtTuple& orig, uint16_t zone = 0);
+
+// A socket subscribed to the netns's conntrack NEW, UPDATE and DESTROY events
+// (non-blocking; read it when its fd is readable). ENOBUFS on recv means
+// events were lost (counted by the caller).
+Result<NlSocket> ct_subscribe(const Netns& ns);
+
+// Turns on conntrack accounting (packets/bytes per direction) in the netns:
+// net.netfilter.nf_conntrack_acct=1. Connections opened before keep none.
+Status ct_enable_accounting(const Netns& ns);
 
 }  // namespace signet::nft

@@ -23,6 +23,8 @@
 #include <map>
 #include <memory>
 
+#include "nflog.h"
+
 namespace signet::nft {
 
 namespace {
@@ -198,6 +200,23 @@ public:
         return push(std::move(e));
     }
     RuleBuilder& counter() { return push(expr("counter")); }
+    // Matches at most `per_second` packets a second (burst `burst`).
+    RuleBuilder& limit(uint64_t per_second, uint32_t burst) {
+        auto e = expr("limit");
+        nftnl_expr_set_u64(e.get(), NFTNL_EXPR_LIMIT_RATE, per_second);
+        nftnl_expr_set_u64(e.get(), NFTNL_EXPR_LIMIT_UNIT, 1);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_BURST, burst);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_TYPE, NFT_LIMIT_PKTS);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LIMIT_FLAGS, 0);
+        return push(std::move(e));
+    }
+    RuleBuilder& log_group(uint16_t group, const std::string& prefix, uint32_t snaplen) {
+        auto e = expr("log");
+        nftnl_expr_set_u16(e.get(), NFTNL_EXPR_LOG_GROUP, group);
+        nftnl_expr_set_str(e.get(), NFTNL_EXPR_LOG_PREFIX, prefix.c_str());
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOG_SNAPLEN, snaplen);
+        return push(std::move(e));
+    }
     RuleBuilder& verdict(int v) {
         auto e = expr("immediate");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_IMM_DREG, NFT_REG_VERDICT);
@@ -446,6 +465,13 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
                 add_rule(b, rb);
             }
         }
+    }
+    {  // 5. denied attempts to the controller (flow records), rate-limited per pod
+        RuleBuilder log(table, chain);
+        log.limit(kDenyLogRate, kDenyLogBurst)
+            .log_group(kDenyLogGroup, std::string(kDenyLogPrefix) + chain, kDenyLogSnaplen)
+            .comment(std::string("signet ") + chain + " deny-log");
+        add_rule(b, log);
     }
     RuleBuilder drop(table, chain);
     drop.counter().verdict(NF_DROP).comment(std::string("signet ") + chain + " default-deny");

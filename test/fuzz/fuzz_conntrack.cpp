@@ -18,5 +18,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const auto& e : out) {
         if (e.orig.family != signet::nft::Family::v4 && e.orig.family != signet::nft::Family::v6) __builtin_trap();
     }
+    // The same bytes as event datagrams (NEW/UPDATE/DESTROY with counters).
+    std::vector<signet::nft::CtEvent> events;
+    size_t emsgs = signet::nft::ct_parse_events({reinterpret_cast<const uint8_t*>(aligned.data()), size}, events);
+    if (events.size() > emsgs || emsgs != msgs) __builtin_trap();
     return 0;
 }

@@ -50,6 +50,7 @@ spec:
     void start() {
         core::Options o;
         o.node_name = "node-1";
+        o.collect_flows = false;  // the fake netns is the test process's own
         o.socket_path = dir.path + "/api.sock";
         o.state_dir = dir.path + "/state";
         auto src = std::make_unique<source::DirSource>(dir.path + "/manifests", [](const std::string&) {});

@@ -13,6 +13,7 @@
 
 #include "nft/fake_backend.h"
 #include "nft/netlink_backend.h"
+#include "nft/nflog.h"
 
 using namespace signet::nft;
 
@@ -84,11 +85,13 @@ add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x000
 add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set peers_v4 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000011 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00003500 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet ingress prod/allow-web#0"
 add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set peers_v6 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ range eq reg 1 0x00005000 0x00005100 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet ingress prod/allow-web#0"
 add rule inet signet ingress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set peers_v6 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000011 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00003500 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet ingress prod/allow-web#0"
+add rule inet signet ingress [ limit rate 50/second burst 50 type packets flags 0x0 ] [ log prefix signet-deny ingress group 3471 snaplen 128 qthreshold 0 ] comment "signet ingress deny-log"
 add rule inet signet ingress [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment "signet ingress default-deny"
 add rule inet signet egress [ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000006 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ immediate reg 0 accept ] comment "signet egress base"
 add rule inet signet egress [ meta load oifname => reg 1 ] [ cmp eq reg 1 0x00006f6c 0x00000000 0x00000000 0x00000000 ] [ immediate reg 0 accept ] comment "signet egress base"
 add rule inet signet egress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x0000003a ] [ payload load 1b @ transport header + 0 => reg 1 ] [ range eq reg 1 0x00000085 0x00000088 ] [ immediate reg 0 accept ] comment "signet egress base"
 add rule inet signet egress [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment "signet egress prod/egress-all-tcp#1"
+add rule inet signet egress [ limit rate 50/second burst 50 type packets flags 0x0 ] [ log prefix signet-deny egress group 3471 snaplen 128 qthreshold 0 ] comment "signet egress deny-log"
 add rule inet signet egress [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment "signet egress default-deny"
 )GOLDEN";
 
@@ -201,4 +204,45 @@ TEST_CASE("fake backend records calls") {
     CHECK(fake.count(FakeBackend::Call::apply) == 2);
     // A detached handle never reaches the kernel.
     CHECK_FALSE(ns.nfnl().ok());
+}
+
+TEST_CASE("deny log: IP packets parsed to the 5-tuple, malformed ones refused") {
+    auto hex = [](const char* h) {
+        std::vector<uint8_t> out;
+        for (size_t i = 0; h[i] != '\0' && h[i + 1] != '\0'; i += 2) out.push_back(static_cast<uint8_t>(std::stoi(std::string(h + i, 2), nullptr, 16)));
+        return out;
+    };
+    auto v4 = hex("4500003c1c4640004006b1e60a0000020a0000039c4a1f90a6f2c1f500000000a002faf0fe300000020405b40402080a0001020304050607");
+    auto p = signet::nft::parse_ip_packet(v4);
+    REQUIRE(p.has_value());
+    CHECK(p->tuple.family == signet::nft::Family::v4);
+    CHECK(p->tuple.proto == 6);
+    CHECK(p->tuple.sport == 40010);
+    CHECK(p->tuple.dport == 8080);
+    CHECK(p->length == 60);
+    CHECK(p->tcp_flags == 0x02);  // SYN
+    CHECK(p->tuple.src.bytes[3] == 2);
+    CHECK(p->tuple.dst.bytes[3] == 3);
+    // Truncated before the ports: addresses and protocol, no ports.
+    auto cut = signet::nft::parse_ip_packet(std::span<const uint8_t>(v4.data(), 21));
+    REQUIRE(cut.has_value());
+    CHECK(cut->tuple.dport == 0);
+    CHECK_FALSE(signet::nft::parse_ip_packet(std::span<const uint8_t>(v4.data(), 19)).has_value());
+    v4[0] = 0x43;  // IHL 12 bytes < 20
+    CHECK_FALSE(signet::nft::parse_ip_packet(v4).has_value());
+    // IPv6 with a hop-by-hop header before TCP.
+    std::vector<uint8_t> v6 = hex("6000000000300040");
+    v6.resize(40);
+    v6[23] = 1;
+    v6[39] = 2;
+    auto hbh = hex("0600000000000000");  // next header TCP, length 8
+    v6.insert(v6.end(), hbh.begin(), hbh.end());
+    auto tcp = hex("9c4a0050a6f2c1f500000000a002faf0fe300000");
+    v6.insert(v6.end(), tcp.begin(), tcp.end());
+    auto q = signet::nft::parse_ip_packet(v6);
+    REQUIRE(q.has_value());
+    CHECK(q->tuple.family == signet::nft::Family::v6);
+    CHECK(q->tuple.proto == 6);
+    CHECK(q->tuple.dport == 80);
+    CHECK_FALSE(signet::nft::parse_ip_packet(std::vector<uint8_t>{0x70, 0, 0, 0}).has_value());  // version 7
 }

@@ -1,0 +1,430 @@
+#include "flow_service.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "../policy/addr.h"
+#include "signet/json.h"
+#include "signet/log.h"
+
+namespace signet::core {
+
+using rapidjson::Value;
+
+namespace {
+
+constexpr const char* kLog = "flows";
+constexpr size_t kMaxDecisions = 20000;
+constexpr size_t kMaxOpen = 65536;
+
+int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+std::string strip_prefix(const std::string& cidr) {
+    size_t slash = cidr.find('/');
+    return slash == std::string::npos ? cidr : cidr.substr(0, slash);
+}
+
+std::string hostport(const std::string& addr, uint16_t port, nft::Family f) {
+    return f == nft::Family::v6 ? "[" + addr + "]:" + std::to_string(port) : addr + ":" + std::to_string(port);
+}
+
+}  // namespace
+
+FlowService::FlowService(boost::asio::io_context& io, Context ctx, bool collect)
+    : io_(io), ctx_(std::move(ctx)), export_timer_(io) {
+    if (collect)
+        collector_ = std::make_unique<flows::Collector>(
+            io, [this](const std::string& k, const std::vector<nft::CtEvent>& e) { on_conntrack(k, e); },
+            [this](const std::string& k, const std::vector<nft::LoggedPacket>& p) { on_denied(k, p); });
+}
+
+FlowService::~FlowService() { stop(); }
+
+void FlowService::stop() {
+    export_timer_.cancel();
+    if (collector_) collector_->stop();
+}
+
+void FlowService::set_exporter(Exporter e, std::chrono::milliseconds interval) {
+    exporter_ = std::move(e);
+    export_interval_ = interval;
+    schedule_export();
+}
+
+void FlowService::schedule_export() {
+    export_timer_.expires_after(export_interval_);
+    export_timer_.async_wait([this](boost::system::error_code ec) {
+        if (ec) return;
+        auto aggregates = table_.take_interval();
+        auto events = table_.take_pod_events();
+        if (exporter_ && (!aggregates.empty() || !events.empty())) exporter_(aggregates, events);
+        ++exports_;
+        schedule_export();
+    });
+}
+
+void FlowService::pod_started(const std::string& key, const api::PodRecord& rec, bool recovered) {
+    started_.insert(key);
+    if (collector_) {
+        if (auto st = collector_->attach(key, rec.reg.netns); !st) {
+            std::string why = st.error().message;
+            if (attach_errors_[key] != why)
+                log::warn(kLog, "no flow records for " + rec.reg.namespace_ + "/" + rec.reg.name + ": " + why);
+            attach_errors_[key] = why;
+        } else {
+            attach_errors_.erase(key);
+        }
+    }
+    index_dirty_ = true;
+    if (recovered) return;  // it started before this signetd: not a start event
+    flows::PodEvent e;
+    e.kind = flows::PodEvent::start;
+    e.time_ns = now_ns();
+    e.namespace_ = rec.reg.namespace_;
+    e.name = rec.reg.name;
+    e.uid = rec.reg.uid;
+    e.labels = rec.labels;
+    for (const auto& ip : rec.reg.ips) e.ips.push_back(strip_prefix(ip));
+    table_.add_pod_event(std::move(e));
+}
+
+void FlowService::pod_stopped(const std::string& key, const api::PodRecord& rec) {
+    if (!started_.erase(key)) return;  // never started (its ADD failed)
+    if (collector_) collector_->detach(key);
+    attach_errors_.erase(key);
+    index_dirty_ = true;
+    flows::PodEvent e;
+    e.kind = flows::PodEvent::stop;
+    e.time_ns = now_ns();
+    e.namespace_ = rec.reg.namespace_;
+    e.name = rec.reg.name;
+    e.uid = rec.reg.uid;
+    e.labels = rec.labels;
+    for (const auto& ip : rec.reg.ips) e.ips.push_back(strip_prefix(ip));
+    table_.add_pod_event(std::move(e));
+    bool still_local = false;
+    for (const auto& [k, r] : ctx_.registry->all())
+        still_local = still_local || (r.reg.namespace_ == rec.reg.namespace_ && r.reg.name == rec.reg.name);
+    if (!still_local) table_.forget_pod(rec.reg.namespace_, rec.reg.name);
+}
+
+void FlowService::source_changed() {
+    index_dirty_ = true;
+    decisions_.clear();
+}
+
+FlowService::PeerInfo FlowService::peer_of(const std::string& ip) {
+    if (index_dirty_) {
+        ip_index_.clear();
+        for (const auto& [k, pod] : ctx_.source->snapshot().pods) {
+            if (pod.host_network) continue;
+            for (const auto& a : pod.pod_ips) ip_index_[strip_prefix(a)] = k;
+        }
+        // What the CNI reported for local pods wins (the Pod object may lag).
+        for (const auto& [k, rec] : ctx_.registry->all())
+            for (const auto& a : rec.reg.ips) ip_index_[strip_prefix(a)] = cache::ObjectKey{rec.reg.namespace_, rec.reg.name};
+        index_dirty_ = false;
+    }
+    PeerInfo p;
+    if (auto it = ip_index_.find(ip); it != ip_index_.end()) {
+        p.kind = flows::PeerKind::pod;
+        p.namespace_ = it->second.namespace_;
+        p.name = it->second.name;
+    } else if (ctx_.node_addresses != nullptr &&
+               std::find(ctx_.node_addresses->begin(), ctx_.node_addresses->end(), ip) != ctx_.node_addresses->end()) {
+        p.kind = flows::PeerKind::node;
+    }
+    return p;
+}
+
+flows::Decision FlowService::decide(const flows::FlowKey& k) {
+    if (auto it = decisions_.find(k); it != decisions_.end()) return it->second;
+    flows::Decision d;
+    d.policy = k.verdict == flows::Verdict::denied ? "default-deny" : "none";
+    policy::Endpoint local = policy::Endpoint::pod(k.local_namespace, k.local_pod);
+    policy::Endpoint peer = k.peer_kind == flows::PeerKind::pod
+                                ? policy::Endpoint::pod_at(k.peer_namespace, k.peer_pod, k.peer_address)
+                                : policy::Endpoint::address(k.peer_address);
+    auto ex = k.ingress ? ctx_.enforcer->explain(peer, local, k.proto, k.port)
+                        : ctx_.enforcer->explain(local, peer, k.proto, k.port);
+    if (ex) {
+        const auto& side = k.ingress ? ex->ingress : ex->egress;
+        if (side) {
+            if (!side->isolated) {
+                d.policy = "none";
+            } else if (k.verdict == flows::Verdict::denied || !side->allowed) {
+                d.policy = "default-deny";
+            } else if (!side->rules.empty()) {
+                d.policy = side->rules.front().policy_namespace + "/" + side->rules.front().policy_name;
+                d.rule = side->rules.front().rule_index;
+            } else {
+                d.policy = side->reason;  // e.g. from the node
+            }
+        }
+    }
+    if (decisions_.size() >= kMaxDecisions) decisions_.clear();
+    decisions_.emplace(k, d);
+    return d;
+}
+
+void FlowService::on_conntrack(const std::string& key, const std::vector<nft::CtEvent>& events) {
+    const api::PodRecord* rec = ctx_.registry->get(key);
+    if (rec == nullptr) return;
+    std::vector<policy::Ip> own;
+    for (const auto& text : rec->reg.ips)
+        if (auto ip = policy::parse_ip(text)) own.push_back(*ip);
+    int64_t now = now_ns();
+    for (const auto& ev : events) {
+        const nft::CtTuple& o = ev.entry.orig;
+        policy::Ip src{o.family, o.src}, dst{o.family, o.dst};
+        bool from_pod = std::find(own.begin(), own.end(), src) != own.end();
+        bool to_pod = std::find(own.begin(), own.end(), dst) != own.end();
+        if (from_pod == to_pod) continue;  // loopback or not the pod's own traffic
+        bool ingress = to_pod;
+        std::string peer_ip = policy::to_string(ingress ? src : dst);
+        PeerInfo peer = peer_of(peer_ip);
+        flows::Record r;
+        r.time_ns = now;
+        r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress, flows::Verdict::allowed, peer.kind,
+                               peer.namespace_, peer.name, peer_ip, o.proto, o.dport};
+        r.decision = decide(r.key);
+        r.src = hostport(policy::to_string(src), o.sport, o.family);
+        r.dst = hostport(policy::to_string(dst), o.dport, o.family);
+        r.sport = o.sport;
+        uint64_t id = (static_cast<uint64_t>(ev.entry.id) << 16) ^ o.sport;
+        nft::CtEntry entry = ev.entry;
+        if (ev.kind == nft::CtEvent::New) {
+            r.event = flows::Record::open;
+            r.counts.connections = 1;
+            if (open_since_.size() >= kMaxOpen) open_since_.clear();
+            open_since_[id] = now;
+        } else if (ev.kind == nft::CtEvent::Update) {
+            // A TCP connection is over at TIME_WAIT (or CLOSE after a reset);
+            // conntrack keeps the entry two more minutes. Report it now, with
+            // its counters read from the entry.
+            constexpr uint8_t kTimeWait = 7, kClose = 8;
+            if (o.proto != nft::kTcp || (entry.tcp_state != kTimeWait && entry.tcp_state != kClose)) continue;
+            if (closed_.count(id)) continue;
+            if (collector_)
+                if (auto got = collector_->lookup(key, o); got) entry = *got;
+            if (closed_.size() >= kMaxOpen) closed_.clear();
+            closed_[id] = now;
+            r.event = flows::Record::close;
+        } else {
+            if (closed_.erase(id)) continue;  // reported at TIME_WAIT already
+            r.event = flows::Record::close;
+        }
+        if (r.event == flows::Record::close) {
+            r.counts.connections = 1;
+            const auto& e = entry;
+            // The initiator's direction is "orig": for an egress flow that is the pod.
+            r.counts.packets_out = ingress ? e.reply_packets : e.orig_packets;
+            r.counts.bytes_out = ingress ? e.reply_bytes : e.orig_bytes;
+            r.counts.packets_in = ingress ? e.orig_packets : e.reply_packets;
+            r.counts.bytes_in = ingress ? e.orig_bytes : e.reply_bytes;
+            if (auto it = open_since_.find(id); it != open_since_.end()) {
+                r.duration_ns = now - it->second;
+                open_since_.erase(it);
+            }
+        }
+        table_.add(std::move(r));
+    }
+}
+
+void FlowService::on_denied(const std::string& key, const std::vector<nft::LoggedPacket>& packets) {
+    const api::PodRecord* rec = ctx_.registry->get(key);
+    if (rec == nullptr) return;
+    int64_t now = now_ns();
+    for (const auto& p : packets) {
+        bool ingress = p.prefix.find("ingress") != std::string::npos;
+        const nft::CtTuple& t = p.tuple;
+        std::string src = policy::to_string(t.family, t.src), dst = policy::to_string(t.family, t.dst);
+        std::string peer_ip = ingress ? src : dst;
+        PeerInfo peer = peer_of(peer_ip);
+        flows::Record r;
+        r.event = flows::Record::denied;
+        r.time_ns = now;
+        r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress, flows::Verdict::denied, peer.kind,
+                               peer.namespace_, peer.name, peer_ip, t.proto, t.dport};
+        r.decision = decide(r.key);
+        r.src = hostport(src, t.sport, t.family);
+        r.dst = hostport(dst, t.dport, t.family);
+        r.sport = t.sport;
+        r.counts.connections = 1;
+        (ingress ? r.counts.packets_in : r.counts.packets_out) = 1;
+        (ingress ? r.counts.bytes_in : r.counts.bytes_out) = p.length;
+        table_.add(std::move(r));
+    }
+}
+
+ipc::Response FlowService::query(const ipc::Request& req) const {
+    flows::FlowTable::Filter f;
+    f.namespace_ = ipc::query_param(req.query, "namespace");
+    f.pod = ipc::query_param(req.query, "pod");
+    f.verdict = ipc::query_param(req.query, "verdict");
+    if (!f.verdict.empty() && f.verdict != "allowed" && f.verdict != "denied")
+        return ipc::json_error(400, "verdict: expected allowed or denied");
+    uint64_t after = 0;
+    size_t limit = 1000;
+    auto number = [](const std::string& s, uint64_t& out) {
+        if (s.empty()) return true;
+        char* end = nullptr;
+        errno = 0;
+        unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+        if (errno != 0 || end == s.c_str() || *end != '\0' || s[0] == '-') return false;
+        out = v;
+        return true;
+    };
+    if (!number(ipc::query_param(req.query, "after"), after))
+        return ipc::json_error(400, "after: expected a record number");
+    uint64_t lim = limit;
+    if (!number(ipc::query_param(req.query, "limit"), lim) || lim == 0)
+        return ipc::json_error(400, "limit: expected a positive number");
+    limit = static_cast<size_t>(std::min<uint64_t>(lim, 10000));
+    rapidjson::Document d(rapidjson::kObjectType);
+    auto& a = d.GetAllocator();
+    d.AddMember("lastSeq", Value(table_.last_seq()), a);
+    Value list(rapidjson::kArrayType);
+    for (const flows::Record* r : table_.query(after, f, limit)) {
+        Value v;
+        flows::to_json(*r, v, a);
+        list.PushBack(v, a);
+    }
+    d.AddMember("flows", list, a);
+    ipc::Response resp;
+    resp.status = 200;
+    resp.content_type = "application/json";
+    resp.body = json::to_string(d);
+    return resp;
+}
+
+std::string FlowService::graph_json() {
+    int64_t now = now_ns();
+    rapidjson::Document d(rapidjson::kObjectType);
+    auto& a = d.GetAllocator();
+    d.AddMember("node", json::str(ctx_.node_name, a), a);
+    d.AddMember("generatedAt", json::str(flows::rfc3339(now), a), a);
+    d.AddMember("windowSeconds", Value(300), a);
+    auto aggs = table_.window(now);
+    // Pods: every local pod, and every pod seen as a peer.
+    std::map<std::string, std::pair<cache::ObjectKey, bool>> pods;  // id -> key, local
+    for (const auto& [k, rec] : ctx_.registry->all())
+        pods[rec.reg.namespace_ + "/" + rec.reg.name] = {{rec.reg.namespace_, rec.reg.name}, true};
+    std::map<std::string, std::pair<std::string, std::string>> peers;  // id -> kind, address
+    auto peer_id = [&](const flows::FlowKey& k) -> std::string {
+        if (k.peer_kind == flows::PeerKind::pod) {
+            std::string id = k.peer_namespace + "/" + k.peer_pod;
+            pods.emplace(id, std::make_pair(cache::ObjectKey{k.peer_namespace, k.peer_pod}, false));
+            return id;
+        }
+        std::string id = k.peer_kind == flows::PeerKind::node ? "node" : "addr:" + k.peer_address;
+        peers.emplace(id, std::make_pair(std::string(flows::to_string(k.peer_kind)), k.peer_address));
+        return id;
+    };
+    struct Edge {
+        std::string source, target;
+        bool allowed = false, denied = false;
+        flows::Counts counts;
+        std::vector<const flows::Aggregate*> flows;
+    };
+    std::map<std::string, Edge> edges;
+    for (const auto& ag : aggs) {
+        std::string local = ag.key.local_namespace + "/" + ag.key.local_pod;
+        std::string other = peer_id(ag.key);
+        // Edges point from the initiator to the responder.
+        std::string src = ag.key.ingress ? other : local, dst = ag.key.ingress ? local : other;
+        Edge& e = edges[src + ">" + dst];
+        e.source = src;
+        e.target = dst;
+        (ag.key.verdict == flows::Verdict::allowed ? e.allowed : e.denied) = true;
+        e.counts.add(ag.counts);
+        e.flows.push_back(&ag);
+    }
+    Value pl(rapidjson::kArrayType);
+    const auto& snap = ctx_.source->snapshot();
+    for (const auto& [id, kv] : pods) {
+        Value p(rapidjson::kObjectType);
+        p.AddMember("id", json::str(id, a), a);
+        p.AddMember("namespace", json::str(kv.first.namespace_, a), a);
+        p.AddMember("name", json::str(kv.first.name, a), a);
+        Value labels(rapidjson::kObjectType);
+        Value ips(rapidjson::kArrayType);
+        if (auto it = snap.pods.find(kv.first); it != snap.pods.end()) {
+            for (const auto& [lk, lv] : it->second.labels) labels.AddMember(json::str(lk, a), json::str(lv, a), a);
+            for (const auto& ip : it->second.pod_ips) ips.PushBack(json::str(strip_prefix(ip), a), a);
+        }
+        p.AddMember("labels", labels, a);
+        p.AddMember("ips", ips, a);
+        p.AddMember("local", Value(kv.second), a);
+        pl.PushBack(p, a);
+    }
+    d.AddMember("pods", pl, a);
+    Value prl(rapidjson::kArrayType);
+    for (const auto& [id, kv] : peers) {
+        Value p(rapidjson::kObjectType);
+        p.AddMember("id", json::str(id, a), a);
+        p.AddMember("kind", json::str(kv.first, a), a);
+        p.AddMember("address", json::str(kv.second, a), a);
+        prl.PushBack(p, a);
+    }
+    d.AddMember("peers", prl, a);
+    Value el(rapidjson::kArrayType);
+    for (const auto& [id, e] : edges) {
+        Value v(rapidjson::kObjectType);
+        v.AddMember("id", json::str(id, a), a);
+        v.AddMember("source", json::str(e.source, a), a);
+        v.AddMember("target", json::str(e.target, a), a);
+        v.AddMember("verdict", Value(e.allowed && e.denied ? "mixed" : e.allowed ? "allowed" : "denied", a), a);
+        v.AddMember("connections", Value(e.counts.connections), a);
+        v.AddMember("packets", Value(e.counts.packets_in + e.counts.packets_out), a);
+        v.AddMember("bytes", Value(e.counts.bytes_in + e.counts.bytes_out), a);
+        Value fl(rapidjson::kArrayType);
+        for (const flows::Aggregate* ag : e.flows) {
+            Value f(rapidjson::kObjectType);
+            f.AddMember("proto", json::str(std::string(policy::proto_name(ag->key.proto)), a), a);
+            f.AddMember("port", Value(ag->key.port), a);
+            f.AddMember("verdict", json::str(std::string(flows::to_string(ag->key.verdict)), a), a);
+            f.AddMember("policy", json::str(ag->decision.policy, a), a);
+            f.AddMember("rule", Value(ag->decision.rule), a);
+            f.AddMember("authenticated", Value(ag->decision.authenticated), a);
+            f.AddMember("connections", Value(ag->counts.connections), a);
+            f.AddMember("bytes", Value(ag->counts.bytes_in + ag->counts.bytes_out), a);
+            f.AddMember("lastSeen", json::str(flows::rfc3339(ag->last_ns), a), a);
+            fl.PushBack(f, a);
+        }
+        v.AddMember("flows", fl, a);
+        el.PushBack(v, a);
+    }
+    d.AddMember("edges", el, a);
+    return json::to_string(d);
+}
+
+void FlowService::status(Value& out, rapidjson::Document::AllocatorType& a) const {
+    out.SetObject();
+    out.AddMember("collecting", Value(collector_ != nullptr), a);
+    out.AddMember("attachments", Value(static_cast<uint64_t>(collector_ ? collector_->attachments() : 0)), a);
+    const auto& s = table_.stats();
+    out.AddMember("records", Value(s.records), a);
+    out.AddMember("deniedRecords", Value(s.denied_records), a);
+    out.AddMember("lastSeq", Value(table_.last_seq()), a);
+    Value dropped(rapidjson::kObjectType);
+    dropped.AddMember("interval", Value(s.dropped_interval), a);
+    dropped.AddMember("window", Value(s.dropped_window), a);
+    dropped.AddMember("totals", Value(s.dropped_totals), a);
+    dropped.AddMember("podEvents", Value(s.dropped_pod_events), a);
+    if (collector_) {
+        dropped.AddMember("kernelOverruns", Value(collector_->stats().overruns), a);
+        out.AddMember("conntrackEvents", Value(collector_->stats().ct_events), a);
+        out.AddMember("deniedPackets", Value(collector_->stats().denied_packets), a);
+    }
+    out.AddMember("dropped", dropped, a);
+    out.AddMember("exports", Value(exports_), a);
+    Value errs(rapidjson::kArrayType);
+    for (const auto& [k, why] : attach_errors_) errs.PushBack(json::str(k + ": " + why, a), a);
+    out.AddMember("notCollecting", errs, a);
+}
+
+}  // namespace signet::core

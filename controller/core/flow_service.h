@@ -1,0 +1,97 @@
+// signet: the node's flow records, from kernel events to the API, the
+// exporters and the graph. Turns each conntrack event or logged denied packet
+// of a local pod into a Record: direction, peer (pod, node or address, from
+// the cluster view), verdict and the policy rule that decided it (the
+// compiler's explain, cached per source version).
+#pragma once
+
+#include <rapidjson/document.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <functional>
+#include <map>
+#include <set>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "../flows/collector.h"
+#include "../flows/flow_table.h"
+#include "../ipc/server.h"
+#include "../pods/registry.h"
+#include "../source/source.h"
+#include "enforcer.h"
+
+namespace signet::core {
+
+class FlowService {
+public:
+    struct Context {
+        std::string node_name;
+        const source::Source* source = nullptr;
+        const pods::Registry* registry = nullptr;
+        const Enforcer* enforcer = nullptr;
+        const std::vector<std::string>* node_addresses = nullptr;
+    };
+    // Called with each export interval's aggregates and pod events.
+    using Exporter = std::function<void(const std::vector<flows::Aggregate>&, const std::vector<flows::PodEvent>&)>;
+
+    FlowService(boost::asio::io_context& io, Context ctx, bool collect);
+    ~FlowService();
+
+    void set_exporter(Exporter e, std::chrono::milliseconds interval);
+    void stop();
+
+    // A registration appeared (ADD, or recovered at start) / went away.
+    void pod_started(const std::string& key, const api::PodRecord& rec, bool recovered);
+    void pod_stopped(const std::string& key, const api::PodRecord& rec);
+    // The cluster view changed: cached peer lookups and decisions are stale.
+    void source_changed();
+
+    // GET /v1/flows?after=N&namespace=NS&pod=NS/NAME&verdict=allowed|denied&limit=N
+    ipc::Response query(const ipc::Request& req) const;
+    // The graph page's JSON (pods, peers, edges over the window).
+    std::string graph_json();
+    void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
+
+    const flows::FlowTable& table() const { return table_; }
+    const flows::Collector* collector() const { return collector_.get(); }
+
+    // Fed by the collector; public for tests.
+    void on_conntrack(const std::string& key, const std::vector<nft::CtEvent>& events);
+    void on_denied(const std::string& key, const std::vector<nft::LoggedPacket>& packets);
+
+private:
+    struct PeerInfo {
+        flows::PeerKind kind = flows::PeerKind::address;
+        std::string namespace_, name;
+    };
+    PeerInfo peer_of(const std::string& ip);
+    flows::Decision decide(const flows::FlowKey& key);
+    void schedule_export();
+
+    boost::asio::io_context& io_;
+    Context ctx_;
+    flows::FlowTable table_;
+    std::unique_ptr<flows::Collector> collector_;
+    std::map<std::string, std::string> attach_errors_;  // key -> why flows are not collected
+    std::set<std::string> started_;                     // registrations seen started
+    // Peer index (ip -> pod), rebuilt lazily after a source change.
+    std::unordered_map<std::string, cache::ObjectKey> ip_index_;
+    bool index_dirty_ = true;
+    // Decisions per key for the current source version (bounded).
+    std::map<flows::FlowKey, flows::Decision> decisions_;
+    // Start times of open connections by conntrack id (bounded), for durations.
+    std::unordered_map<uint64_t, int64_t> open_since_;
+    // TCP connections already reported closed (at TIME_WAIT/CLOSE), whose
+    // DESTROY comes up to two minutes later: not to be reported twice.
+    std::unordered_map<uint64_t, int64_t> closed_;
+    Exporter exporter_;
+    std::chrono::milliseconds export_interval_{10000};
+    boost::asio::steady_timer export_timer_;
+    uint64_t exports_ = 0;
+};
+
+}  // namespace signet::core
