@@ -11,7 +11,7 @@ BUILD_PKGS=(g++ clang libclang-rt-14-dev meson ninja-build pkg-config
 RUN_PKGS=(iproute2 nftables conntrack curl python3 containernetworking-plugins
   podman runc busybox-static golang-go golang-github-appc-cni-dev
   containerd python3-grpcio python3-yaml iperf3
-  influxdb influxdb-client prometheus chromium python3-scapy)
+  influxdb influxdb-client prometheus chromium python3-scapy python3-prometheus-client)
 
 install_packages() {
   local missing=()
@@ -43,3 +43,28 @@ install_packages() {
 }
 
 install_packages
+
+# The graph page's library (cytoscape, pinned in web/package-lock.json),
+# embedded into signetd at build time (controller/metrics/meson.build). npm is
+# needed only to fetch it: once, and again when the lockfile changes.
+install_web_deps() {
+  local web
+  web="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/web"
+  if [[ -f "$web/node_modules/cytoscape/dist/cytoscape.min.js" &&
+        ! "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]]; then
+    return 0
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "install-deps: npm is missing; it fetches the graph page's library (web/package-lock.json)." >&2
+    echo "install-deps: install it (apt-get install npm) and run this script again." >&2
+    return 1
+  fi
+  echo "install-deps: npm ci --prefix web (the graph page's library)" >&2
+  local out
+  if ! out=$(npm ci --prefix "$web" --no-audit --no-fund --ignore-scripts 2>&1); then
+    echo "$out" >&2
+    echo "install-deps: npm ci failed in $web (is the npm registry reachable?)" >&2
+    return 1
+  fi
+}
+install_web_deps
