@@ -1,0 +1,178 @@
+// signet identity: the cluster authority, node keys and certificates, trust
+// bundles. ECDSA P-256 throughout (docs/handshake.md says why); OpenSSL 3
+// EVP APIs only. Library code: no logging; errors carry OpenSSL's text.
+//
+// On disk
+//   authority folder: ca.key (0600), ca.crt, trust-bundle.pem (starts as ca.crt;
+//                     append other CAs for rotation or other clusters)
+//   node folder:      node.key (0600), node.crt, trust-bundle.pem
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "identity/crypto.h"
+#include "signet/result.h"
+
+namespace signet::identity {
+
+using Clock = std::chrono::system_clock;
+using TimePoint = Clock::time_point;
+using Fingerprint = Sha256;  // SHA-256 of a certificate's DER encoding
+
+constexpr std::chrono::hours kDefaultCaValidity{87600};   // 10 years
+constexpr std::chrono::hours kDefaultNodeValidity{24};    // short: expiry is the revocation
+constexpr std::chrono::minutes kCertBackdate{5};          // notBefore = now - 5 min (clock skew)
+
+// Kubernetes name rules. Namespaces are RFC 1123 labels (<= 63, [a-z0-9-],
+// alphanumeric at both ends); pod and node names are RFC 1123 subdomains
+// (<= 253, labels joined by dots). Trust domains follow SPIFFE: [a-z0-9._-],
+// <= 253, not empty.
+bool valid_dns_label(std::string_view s);
+bool valid_dns_subdomain(std::string_view s);
+bool valid_trust_domain(std::string_view s);
+
+// Error codes (Error::code) of certificate checks.
+enum class CertError : int {
+    bad_certificate = 1,        // not decodable, or not a signet node certificate
+    chain_not_to_bundle = 2,    // does not chain to any CA of the bundle
+    expired = 3,
+    not_yet_valid = 4,
+    wrong_trust_domain = 5,     // certificate names a trust domain its CA does not own
+    io = 6,                     // files: missing, unreadable, already there
+    invalid_argument = 7,
+};
+
+// ---- keys and certificates ------------------------------------------------
+
+Result<PKey> generate_p256_key();
+// PKCS#8 PEM into a new file (O_EXCL: refuses an existing file), mode 0600.
+Status write_new_private_key(const std::string& path, EVP_PKEY* key);
+Result<PKey> load_private_key(const std::string& path);
+
+Result<X509Ptr> parse_cert_der(std::span<const uint8_t> der);
+Result<std::vector<X509Ptr>> parse_certs_pem(std::string_view pem);  // one or more
+Bytes cert_der(X509* cert);
+std::string cert_pem(X509* cert);
+Fingerprint fingerprint(X509* cert);
+TimePoint cert_not_before(X509* cert);
+TimePoint cert_not_after(X509* cert);
+
+// True when less than a third of the certificate's lifetime remains at `now`
+// (or it is already expired).
+bool needs_renewal(X509* cert, TimePoint now);
+
+// A node's CSR (PEM): subject CN=<node>, O=<trust domain>, signed with `key`.
+Result<std::string> make_csr(EVP_PKEY* key, const std::string& trust_domain, const std::string& node_name);
+
+// ---- trust bundles and verification ---------------------------------------
+
+struct NodeIdentity {
+    std::string trust_domain;
+    std::string node_name;
+    Fingerprint fingerprint{};
+    TimePoint not_before{}, not_after{};
+};
+
+// The CAs a node trusts: several at once (rotation, other clusters). Each CA
+// owns the trust domain of its URI SAN spiffe://<trust domain>, and may
+// vouch for nodes of that trust domain only. Copies share the same store.
+class TrustBundle {
+public:
+    static Result<TrustBundle> from_pem(std::string_view pem);
+    static Result<TrustBundle> load(const std::string& path);
+
+    size_t size() const { return anchors_ ? anchors_->size() : 0; }
+    std::vector<std::string> trust_domains() const;
+
+    // Verifies that `leaf` (with untrusted `intermediates`) chains to one of
+    // the bundle's CAs at time `at`, that it is a signet node certificate
+    // (P-256 key, not a CA, EKU serverAuth+clientAuth, CN, O and the one URI
+    // SAN agreeing), and that its trust domain is the anchoring CA's.
+    // Error::code is a CertError.
+    Result<NodeIdentity> verify_node(X509* leaf, std::span<X509* const> intermediates, TimePoint at) const;
+
+private:
+    struct Anchor {
+        std::shared_ptr<X509> cert;
+        std::string trust_domain;
+    };
+    std::shared_ptr<const std::vector<Anchor>> anchors_;
+    std::shared_ptr<X509_STORE> store_;
+};
+
+// This node's own credentials, as issue_node (or a CSR signer) left them.
+struct NodeCredentials {
+    PKey key;
+    X509Ptr cert;
+    Bytes chain_der;  // the certificate's DER (what first-contact tokens carry)
+    NodeIdentity identity;
+
+    // Loads node.key and node.crt from `dir`; the certificate must verify
+    // against `bundle` at `now` and match the key.
+    static Result<NodeCredentials> load(const std::string& dir, const TrustBundle& bundle, TimePoint now);
+    static Result<NodeCredentials> from_pem(std::string_view key_pem, std::string_view cert_pem, const TrustBundle& bundle,
+                                            TimePoint now);
+};
+
+// ---- the authority ----------------------------------------------------------
+
+struct AuthorityOptions {
+    std::string trust_domain = "cluster.local";
+    std::chrono::seconds validity = kDefaultCaValidity;
+    std::optional<TimePoint> not_before;  // default: now - kCertBackdate
+};
+
+// Creates ca.key (0600), ca.crt and trust-bundle.pem in `dir` (created 0700
+// if missing). Refuses when any of them already exists.
+Status init_authority(const std::string& dir, const AuthorityOptions& opts);
+
+struct IssueOptions {
+    std::chrono::seconds validity = kDefaultNodeValidity;
+    std::optional<TimePoint> not_before;  // default: now - kCertBackdate
+};
+
+class Authority {
+public:
+    // A new authority in memory (P-256 key, self-signed CA certificate:
+    // CA:TRUE pathlen:0, keyCertSign+cRLSign, URI SAN spiffe://<trust domain>).
+    static Result<Authority> create(const AuthorityOptions& opts);
+    static Result<Authority> load(const std::string& dir);
+    // Writes ca.key (0600), ca.crt, trust-bundle.pem; refuses existing files.
+    Status save(const std::string& dir) const;
+
+    const std::string& trust_domain() const { return trust_domain_; }
+    X509* certificate() const { return cert_.get(); }
+    const std::string& bundle_pem() const { return bundle_pem_; }
+
+    // Signs a node CSR (PEM). The CSR's signature must verify (proof of
+    // possession), its key must be P-256, and its subject must be CN=<node>,
+    // O=<trust domain>. The certificate: subject CN=<node>, O=<trust domain>,
+    // URI SAN spiffe://<trust domain>/node/<node>, EKU serverAuth+clientAuth,
+    // keyUsage digitalSignature+keyAgreement, CA:FALSE, random 128-bit serial,
+    // notAfter capped at the CA's. Returns the certificate as PEM.
+    Result<std::string> sign_csr(std::string_view csr_pem, const std::string& node_name,
+                                 const IssueOptions& opts = {}) const;
+
+    // A new node key and its certificate, in memory.
+    Result<NodeCredentials> issue(const std::string& node_name, const IssueOptions& opts = {}) const;
+
+private:
+    PKey key_;
+    X509Ptr cert_;
+    std::string trust_domain_;
+    std::string bundle_pem_;
+};
+
+// Creates node.key (0600) in `out_dir` (0700 if new), a CSR for it, has `ca`
+// sign it, writes node.crt and a copy of the authority's trust-bundle.pem.
+// Refuses when node.key already exists.
+Status issue_node(const Authority& ca, const std::string& node_name, const std::string& out_dir,
+                  const IssueOptions& opts = {});
+
+}  // namespace signet::identity

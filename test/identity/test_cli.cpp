@@ -1,0 +1,44 @@
+// signetctl authority init | issue (controller/ctl/authority.cpp).
+#include <doctest/doctest.h>
+
+#include "ctl/authority.h"
+#include "helpers.h"
+#include "identity/authority.h"
+
+using signet::ctl::authority_command;
+using namespace signet::identity;
+using namespace signet::identity::test;
+
+TEST_CASE("signetctl authority init / issue") {
+    TempDir tmp;
+    const std::string ca = tmp / "ca", node = tmp / "node";
+    CHECK(authority_command({"--help"}) == 0);
+    CHECK(authority_command({}) == 2);
+    CHECK(authority_command({"frobnicate"}) == 2);
+    CHECK(authority_command({"init"}) == 2);
+    CHECK(authority_command({"init", ca, "--validity", "10y"}) == 2);
+    CHECK(authority_command({"init", ca, "--trust-domain", "Bad/Domain"}) == 2);
+    CHECK(authority_command({"init", ca, "--color", "red"}) == 2);
+    CHECK_FALSE(file_exists(ca + "/ca.key"));
+
+    REQUIRE(authority_command({"init", ca, "--trust-domain=prod.example", "--validity", "8760h"}) == 0);
+    CHECK(file_mode(ca + "/ca.key") == 0600);
+    auto a = Authority::load(ca);
+    REQUIRE(a.ok());
+    CHECK(a->trust_domain() == "prod.example");
+    CHECK(cert_not_after(a->certificate()) - cert_not_before(a->certificate()) == std::chrono::hours(8760));
+    CHECK(authority_command({"init", ca}) == 1);  // refuses to overwrite
+
+    CHECK(authority_command({"issue", ca, "--out", node}) == 2);
+    CHECK(authority_command({"issue", ca, "--node", "Node_1", "--out", node}) == 2);
+    CHECK(authority_command({"issue", tmp / "nowhere", "--node", "n1", "--out", node}) == 1);
+    REQUIRE(authority_command({"issue", ca, "--node", "n1", "--out", node, "--validity=12h"}) == 0);
+    CHECK(file_mode(node + "/node.key") == 0600);
+    auto bundle = TrustBundle::load(node + "/trust-bundle.pem");
+    REQUIRE(bundle.ok());
+    auto creds = NodeCredentials::load(node, *bundle, Clock::now());
+    REQUIRE_MESSAGE(creds.ok(), creds.error().message);
+    CHECK(creds->identity.node_name == "n1");
+    CHECK(creds->identity.not_after - creds->identity.not_before == std::chrono::hours(12));
+    CHECK(authority_command({"issue", ca, "--node", "n1", "--out", node}) == 1);  // refuses to overwrite
+}
