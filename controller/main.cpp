@@ -36,8 +36,16 @@ Flags:
   --kubeconfig FILE       kubeconfig for --source kubernetes (certificates, tokens, exec plugins)
   --socket PATH           API socket (default: /run/signet/signetd.sock)
   --state-dir PATH        where the pod registry is kept across restarts (default: /var/lib/signet)
-  --influxdb URL          flow export to InfluxDB (not available in this version yet)
-  --metrics-address ADDR  Prometheus /metrics listener (not available in this version yet)
+  --influxdb URL          export flow records and pod events to InfluxDB, e.g.
+                            http://127.0.0.1:8086/?db=signet                      (1.x)
+                            http://HOST:8086/?org=O&bucket=B&token-file=PATH      (2.x)
+                          (docs/influxdb.md: batching, buffer bound, all parameters)
+  --flow-export-interval D  how often flow aggregates are exported (default 10s)
+  --metrics-address ADDR  serve Prometheus /metrics (read-only) on ADDR, e.g.
+                          127.0.0.1:9464 or :9464 (all interfaces); off by default
+  --graph                 also serve the live graph of who talks to whom at /graph
+                          on the metrics address (off by default)
+  --no-flows              do not record flows (no conntrack events or deny log read)
   --log-level LEVEL       debug, info, warn or error (default: info)
   --help                  show this help
   --version               print the version
@@ -87,9 +95,31 @@ int main(int argc, char** argv) {
             log::set_level(level);
         } else if (arg == "--kubeconfig") {
             if (!need(&kubeconfig)) return usage_error("--kubeconfig needs a value");
-        } else if (arg == "--influxdb" || arg == "--metrics-address") {
-            if (!need(&v)) return usage_error(arg + " needs a value");
-            return usage_error(arg + " is not available in signetd " SIGNET_VERSION " yet");
+        } else if (arg == "--influxdb") {
+            std::string spec;
+            if (!need(&spec)) return usage_error("--influxdb needs a URL");
+            auto cfg = exporter::parse_influx_spec(spec);
+            if (!cfg) return usage_error("--influxdb: " + cfg.error().message);
+            opts.influx = std::move(*cfg);
+        } else if (arg == "--flow-export-interval") {
+            std::string dur;
+            if (!need(&dur)) return usage_error("--flow-export-interval needs a duration");
+            char* end = nullptr;
+            long n = std::strtol(dur.c_str(), &end, 10);
+            std::string unit = end ? end : "";
+            long ms = unit == "ms" ? n : unit == "s" || unit.empty() ? n * 1000 : unit == "m" ? n * 60000 : -1;
+            if (end == dur.c_str() || n <= 0 || ms < 100 || ms > 3600000)
+                return usage_error("--flow-export-interval takes a duration from 100ms to 1h, e.g. 10s");
+            opts.export_interval = std::chrono::milliseconds(ms);
+        } else if (arg == "--metrics-address") {
+            if (!need(&opts.metrics_address) || opts.metrics_address.empty())
+                return usage_error("--metrics-address needs HOST:PORT");
+            if (auto a = metrics::parse_listen_address(opts.metrics_address); !a)
+                return usage_error("--metrics-address: " + a.error().message);
+        } else if (arg == "--graph") {
+            opts.graph = true;
+        } else if (arg == "--no-flows") {
+            opts.collect_flows = false;
         } else {
             return usage_error("unknown flag '" + arg + "'");
         }
@@ -105,6 +135,7 @@ int main(int argc, char** argv) {
         opts.node_name = host;
     }
     if (opts.state_dir.empty()) return usage_error("--state-dir must not be empty");
+    if (opts.graph && opts.metrics_address.empty()) return usage_error("--graph needs --metrics-address");
 
     boost::asio::io_context io;
     // Sources report from their own threads too: log::write is thread-safe.

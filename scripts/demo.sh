@@ -140,6 +140,9 @@ say "signetctl explain: why"
 
 say "signetctl policies shop/backend: what is in force, with counters"
 "${CTL[@]}" policies shop/backend | sed 's/^/    /'
+
+say "signetctl flows: the pods' connections, allowed and denied, and the rule that decided each"
+"${CTL[@]}" flows | sed 's/^/    /'
 kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true
 
 say "relabel backend in its manifest, then 'signetctl sync' (no sleeping)"

@@ -76,6 +76,7 @@ Status Controller::start() {
     // and ADD gets "try again later"; the tables already in the pods' netns
     // keep enforcing what they had, and established connections live on.
     if (auto st = server_.listen(opts_.socket_path); !st) return st;
+    if (auto st = start_outputs(); !st) return st;
     if (auto st = source_->start(io_, [this] { on_source_change(); }); !st) return st;
     schedule_sweep();
     schedule_retry();
@@ -89,6 +90,7 @@ void Controller::stop() {
     stopped_ = true;
     ready_ = false;
     server_.stop();
+    stop_outputs();
     flows_->stop();
     source_->stop();
     sweep_timer_.cancel();
@@ -259,6 +261,24 @@ ipc::Response Controller::status_json() const {
     Value fl;
     flows_->status(fl, a);
     d.AddMember("flows", fl, a);
+    Value outputs(rapidjson::kObjectType);
+    outputs.AddMember("metricsAddress", json::str(opts_.metrics_address, a), a);
+    outputs.AddMember("metricsPort", Value(static_cast<uint64_t>(metrics_port())), a);
+    outputs.AddMember("graph", Value(opts_.graph && !opts_.metrics_address.empty()), a);
+    if (influx_) {
+        auto s = influx_->stats();
+        Value ix(rapidjson::kObjectType);
+        ix.AddMember("target", json::str(exporter::describe(*opts_.influx), a), a);
+        ix.AddMember("submitted", Value(s.submitted), a);
+        ix.AddMember("written", Value(s.written), a);
+        ix.AddMember("buffered", Value(s.buffered), a);
+        ix.AddMember("dropped", Value(s.dropped), a);
+        ix.AddMember("rejected", Value(s.rejected), a);
+        ix.AddMember("batchesFailed", Value(s.batches_failed), a);
+        ix.AddMember("lastError", json::str(s.last_error, a), a);
+        outputs.AddMember("influxdb", ix, a);
+    }
+    d.AddMember("outputs", outputs, a);
     Value counters(rapidjson::kObjectType);
     counters.AddMember("registrations", Value(static_cast<uint64_t>(registrations_)), a);
     counters.AddMember("unregistrations", Value(static_cast<uint64_t>(unregistrations_)), a);

@@ -14,12 +14,15 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "../ipc/server.h"
 #include "../nft/backend.h"
 #include "enforcer.h"
 #include "flow_service.h"
+#include "export/influx.h"
+#include "metrics/http_listener.h"
 #include "../pods/registry.h"
 #include "../source/source.h"
 #include "signet/result.h"
@@ -37,7 +40,18 @@ struct Options {
     std::function<std::vector<std::string>()> node_addresses = host_addresses;
     // Flow records from each pod netns's conntrack events and denied-packet log.
     bool collect_flows = true;
+    // Flow export to InfluxDB (none when unset), every export_interval.
+    std::optional<exporter::InfluxConfig> influx;
+    std::chrono::milliseconds export_interval{10000};
+    // The read-only metrics listener ("" = off) and whether it serves the graph page.
+    std::string metrics_address;
+    bool graph = false;
 };
+
+// Flow aggregates and pod events as InfluxDB points (measurements signet_flow
+// and signet_pod_event; docs/influxdb.md).
+std::vector<exporter::Point> flow_points(const std::string& node, const std::vector<flows::Aggregate>& aggregates,
+                                         const std::vector<flows::PodEvent>& events);
 
 class Controller {
 public:
@@ -53,6 +67,9 @@ public:
     uint64_t applied_version() const;
     bool ready() const { return ready_; }
     FlowService& flows() { return *flows_; }
+    // The Prometheus exposition (what GET /metrics serves).
+    std::string metrics_text() const;
+    uint16_t metrics_port() const;  // 0 when the listener is off
 
     // The API entry point (also used by tests without a socket).
     void handle(const ipc::Request& req, ipc::Responder respond);
@@ -65,6 +82,8 @@ private:
     };
 
     void on_source_change();
+    Status start_outputs();
+    void stop_outputs();
     void apply_all();
     void resolve(api::PodRecord& rec) const;
     void persist();
@@ -91,6 +110,8 @@ private:
     bool enforcing_ = false;  // the enforcer has the source's first complete snapshot
     std::vector<std::string> node_addresses_;
     std::unique_ptr<FlowService> flows_;
+    std::unique_ptr<exporter::InfluxExporter> influx_;
+    std::unique_ptr<metrics::HttpListener> listener_;
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
     boost::asio::steady_timer retry_timer_;

@@ -400,6 +400,15 @@ Status Enforcer::describe_pod(const ObjectKey& pod, const Records& records, Valu
     return {};
 }
 
+Enforcer::Stats Enforcer::stats() const {
+    Stats s{full_programs_, set_updates_, unchanged_, failures_, cut_total_, ct_checks_, 0, 0};
+    for (const auto& [k, st] : pods_) {
+        if (st.rules && st.error.empty()) ++s.programmed;
+        if (!st.error.empty()) ++s.failing;
+    }
+    return s;
+}
+
 void Enforcer::status(Value& out, rapidjson::Document::AllocatorType& a) const {
     out.SetObject();
     uint64_t programmed = 0;

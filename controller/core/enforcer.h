@@ -58,6 +58,11 @@ public:
     // True when the attachment's table holds its current rule set.
     bool programmed(const std::string& key) const;
     bool has_failures() const;
+    struct Stats {
+        uint64_t table_writes = 0, set_updates = 0, unchanged = 0, failures = 0, cut = 0, conntrack_checks = 0;
+        uint64_t programmed = 0, failing = 0;  // attachments now
+    };
+    Stats stats() const;
     // Wall time of each change's programming: every affected table written.
     const Histogram& program_latency() const { return program_latency_; }
     // Of the last source change: the compiler's update, and the attachments written.

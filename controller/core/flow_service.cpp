@@ -326,7 +326,9 @@ std::string FlowService::graph_json() {
     };
     struct Edge {
         std::string source, target;
-        bool allowed = false, denied = false;
+        // Verdicts seen at each end: the responder's ingress has the last word
+        // (a connection its initiator's egress let out can still be refused there).
+        bool in_allowed = false, in_denied = false, out_allowed = false, out_denied = false;
         flows::Counts counts;
         std::vector<const flows::Aggregate*> flows;
     };
@@ -339,7 +341,8 @@ std::string FlowService::graph_json() {
         Edge& e = edges[src + ">" + dst];
         e.source = src;
         e.target = dst;
-        (ag.key.verdict == flows::Verdict::allowed ? e.allowed : e.denied) = true;
+        bool ok = ag.key.verdict == flows::Verdict::allowed;
+        (ag.key.ingress ? (ok ? e.in_allowed : e.in_denied) : (ok ? e.out_allowed : e.out_denied)) = true;
         e.counts.add(ag.counts);
         e.flows.push_back(&ag);
     }
@@ -377,7 +380,9 @@ std::string FlowService::graph_json() {
         v.AddMember("id", json::str(id, a), a);
         v.AddMember("source", json::str(e.source, a), a);
         v.AddMember("target", json::str(e.target, a), a);
-        v.AddMember("verdict", Value(e.allowed && e.denied ? "mixed" : e.allowed ? "allowed" : "denied", a), a);
+        bool seen_in = e.in_allowed || e.in_denied;
+        bool allowed = seen_in ? e.in_allowed : e.out_allowed, denied = seen_in ? e.in_denied : e.out_denied;
+        v.AddMember("verdict", Value(allowed && denied ? "mixed" : allowed ? "allowed" : "denied", a), a);
         v.AddMember("connections", Value(e.counts.connections), a);
         v.AddMember("packets", Value(e.counts.packets_in + e.counts.packets_out), a);
         v.AddMember("bytes", Value(e.counts.bytes_in + e.counts.bytes_out), a);

@@ -57,6 +57,10 @@ public:
     void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
 
     const flows::FlowTable& table() const { return table_; }
+    // The current interval's aggregates and pod events, taken now (at shutdown).
+    std::pair<std::vector<flows::Aggregate>, std::vector<flows::PodEvent>> take_interval_now() {
+        return {table_.take_interval(), table_.take_pod_events()};
+    }
     const flows::Collector* collector() const { return collector_.get(); }
 
     // Fed by the collector; public for tests.

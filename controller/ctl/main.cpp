@@ -11,6 +11,7 @@
 #include "signet/http_client.h"
 #include "signet/json.h"
 #include "signet/args.h"
+#include "ctl/authority.h"
 
 namespace {
 
@@ -33,6 +34,9 @@ Commands:
                       packets and bytes each way) and denied attempts, with the peer (pod,
                       node or address) and the policy rule or default deny that decided it;
                       --follow keeps printing new ones until interrupted
+  authority init DIR | authority issue DIR --node NAME --out DIR2
+                      the cluster's identity authority (docs/handshake.md): create one, or
+                      issue a node's key and certificate; 'signetctl authority --help'
   version             print signetctl's version
 
 Flags:
@@ -342,6 +346,16 @@ int cmd_sync(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // `authority` has its own flags: everything after it is its own.
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "authority") return signet::ctl::authority_command(std::vector<std::string>(argv + i + 1, argv + argc));
+        if (a == "--socket" || a == "-o" || a == "--output" || a == "--timeout") {
+            ++i;
+            continue;
+        }
+        if (a.empty() || a[0] != '-') break;  // another command
+    }
     Options o;
     if (const char* s = std::getenv("SIGNET_SOCKET"); s != nullptr && *s != '\0') o.socket = s;
     std::string command;

@@ -608,6 +608,7 @@ class Signetd:
         self.source_args = source_args
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.extra_args: list[str] = []  # more signetd flags (outputs, ...)
 
     def log_path(self) -> Path:
         return self.dir / f"signetd.{self.starts}.log"
@@ -622,6 +623,7 @@ class Signetd:
                 "--state-dir", str(self.state_dir)]
         if self.log_level:
             argv += ["--log-level", self.log_level]
+        argv += self.extra_args
         self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()

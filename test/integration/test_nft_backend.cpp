@@ -341,8 +341,17 @@ TEST_CASE("default deny, allowed peers and port ranges (v4, v6), replies, node, 
     auto st = state_of(be, A);
     size_t ingress = 0, egress = 0;
     for (const auto& r : st.rules) (r.chain == "ingress" ? ingress : egress)++;
-    CHECK(ingress == 5 + 2 + 4 + 1);  // est, lo, nd, node_v4, node_v6; web x2; edge x4; drop
-    CHECK(egress == 4);               // est, lo, nd, drop
+    CHECK(ingress == 5 + 2 + 4 + 2);  // est, lo, nd, node_v4, node_v6; web x2; edge x4; deny-log, drop
+    CHECK(egress == 5);               // est, lo, nd, deny-log, drop
+    // The deny log precedes the drop, rate-limited, to the NFLOG group signetd reads.
+    size_t logs = 0;
+    for (const auto& r : st.rules)
+        if (r.comment == "signet " + r.chain + " deny-log") {
+            ++logs;
+            CHECK_FALSE(r.verdict.has_value());
+            CHECK_FALSE(r.has_counter);
+        }
+    CHECK(logs == 2);
     CHECK(st.sets.size() == 6);
 }
 

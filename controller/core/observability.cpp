@@ -1,0 +1,203 @@
+// The controller's outputs for operators besides its API: flow points for
+// InfluxDB, the Prometheus exposition, and the metrics/graph listener.
+#include <algorithm>
+
+#include "../policy/compiler.h"
+#include "controller.h"
+#include "metrics/exposition.h"
+#include "signet/log.h"
+
+namespace signet::core {
+
+namespace {
+
+constexpr const char* kLog = "controller";
+
+std::string join_labels(const std::map<std::string, std::string>& labels) {
+    std::string out;
+    for (const auto& [k, v] : labels) out += (out.empty() ? "" : ",") + k + "=" + v;
+    return out;
+}
+
+std::string join(const std::vector<std::string>& v) {
+    std::string out;
+    for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+    return out;
+}
+
+}  // namespace
+
+std::vector<exporter::Point> flow_points(const std::string& node, const std::vector<flows::Aggregate>& aggregates,
+                                         const std::vector<flows::PodEvent>& events) {
+    std::vector<exporter::Point> out;
+    out.reserve(aggregates.size() + events.size());
+    for (const auto& a : aggregates) {
+        const flows::FlowKey& k = a.key;
+        exporter::Point p;
+        p.measurement = "signet_flow";
+        p.tags = {{"node", node},
+                  {"direction", k.ingress ? "ingress" : "egress"},
+                  {"verdict", std::string(flows::to_string(k.verdict))},
+                  {"local_namespace", k.local_namespace},
+                  {"local_pod", k.local_pod},
+                  {"peer_kind", std::string(flows::to_string(k.peer_kind))},
+                  {"peer_namespace", k.peer_namespace},
+                  {"peer_pod", k.peer_pod},
+                  {"proto", std::string(policy::proto_name(k.proto))},
+                  {"port", std::to_string(k.port)},
+                  {"policy", a.decision.policy},
+                  {"authenticated", a.decision.authenticated ? "true" : "false"}};
+        auto i64 = [](uint64_t v) { return static_cast<int64_t>(std::min<uint64_t>(v, INT64_MAX)); };
+        p.fields = {{"connections", i64(a.counts.connections)},
+                    {"packets_out", i64(a.counts.packets_out)},
+                    {"bytes_out", i64(a.counts.bytes_out)},
+                    {"packets_in", i64(a.counts.packets_in)},
+                    {"bytes_in", i64(a.counts.bytes_in)},
+                    {"src", a.src},
+                    {"dst", a.dst},
+                    {"first_seen_ns", a.first_ns},
+                    {"last_seen_ns", a.last_ns}};
+        p.time_ns = a.last_ns;
+        out.push_back(std::move(p));
+    }
+    for (const auto& e : events) {
+        exporter::Point p;
+        p.measurement = "signet_pod_event";
+        p.tags = {{"node", node},
+                  {"namespace", e.namespace_},
+                  {"pod", e.name},
+                  {"event", e.kind == flows::PodEvent::start ? "start" : "stop"}};
+        p.fields = {{"uid", e.uid}, {"ips", join(e.ips)}, {"labels", join_labels(e.labels)}};
+        p.time_ns = e.time_ns;
+        out.push_back(std::move(p));
+    }
+    return out;
+}
+
+Status Controller::start_outputs() {
+    if (opts_.influx) {
+        influx_ = std::make_unique<exporter::InfluxExporter>(*opts_.influx);
+        influx_->start();
+        std::string node = opts_.node_name;
+        flows_->set_exporter(
+            [this, node](const std::vector<flows::Aggregate>& aggs, const std::vector<flows::PodEvent>& events) {
+                influx_->submit(flow_points(node, aggs, events));
+            },
+            opts_.export_interval);
+        log::info(kLog, "exporting flows to " + exporter::describe(*opts_.influx) + " every " +
+                            std::to_string(opts_.export_interval.count()) + " ms");
+    }
+    if (!opts_.metrics_address.empty()) {
+        metrics::Handlers h;
+        h.metrics = [this] { return metrics_text(); };
+        if (opts_.graph) h.graph_json = [this] { return flows_->graph_json(); };
+        listener_ = std::make_unique<metrics::HttpListener>(io_, std::move(h));
+        if (auto st = listener_->listen(opts_.metrics_address); !st) return st;
+        log::info(kLog, "metrics on " + opts_.metrics_address + " (port " + std::to_string(listener_->port()) +
+                            ")" + (opts_.graph ? ", graph page at /graph" : ""));
+    }
+    return {};
+}
+
+void Controller::stop_outputs() {
+    if (listener_) listener_->stop();
+    if (influx_) {
+        // What the last interval gathered goes out before the exporter stops.
+        auto aggs = flows_->take_interval_now();
+        if (!aggs.first.empty() || !aggs.second.empty())
+            influx_->submit(flow_points(opts_.node_name, aggs.first, aggs.second));
+        influx_->stop();
+    }
+}
+
+uint16_t Controller::metrics_port() const { return listener_ ? listener_->port() : 0; }
+
+std::string Controller::metrics_text() const {
+    metrics::Writer w;
+    using L = std::vector<metrics::Label>;
+    w.family("signet_build_info", "gauge", "signetd's version (always 1)");
+    w.sample("signet_build_info", L{{"version", SIGNET_VERSION}, {"node", opts_.node_name}}, 1);
+    w.family("signet_ready", "gauge", "1 when signetd enforces a complete snapshot of its source");
+    w.sample("signet_ready", {}, ready_ ? 1 : 0);
+    w.family("signet_pod_attachments", "gauge", "Registered pod attachments on this node");
+    w.sample("signet_pod_attachments", {}, static_cast<double>(registry_.size()));
+    w.family("signet_source_version", "gauge", "Changes of the source's object set since signetd started");
+    w.sample("signet_source_version", {}, static_cast<double>(source_version_));
+    w.family("signet_applied_version", "gauge", "The source version in force in every local pod's table");
+    w.sample("signet_applied_version", {}, static_cast<double>(applied_version()));
+    w.family("signet_source_objects", "gauge", "Objects in the source's snapshot, by kind");
+    const auto& snap = source_->snapshot();
+    w.sample("signet_source_objects", L{{"kind", "Namespace"}}, static_cast<double>(snap.namespaces.size()));
+    w.sample("signet_source_objects", L{{"kind", "Pod"}}, static_cast<double>(snap.pods.size()));
+    w.sample("signet_source_objects", L{{"kind", "NetworkPolicy"}}, static_cast<double>(snap.policies.size()));
+
+    // The datapath.
+    auto es = enforcer_.stats();
+    w.family("signet_nft_program_seconds", "histogram",
+             "Time from a change to every affected pod table written (compile + one nftables batch per pod)");
+    w.histogram("signet_nft_program_seconds", {}, enforcer_.program_latency());
+    w.family("signet_nft_batches_total", "counter", "nftables batches written into pod tables, by kind");
+    w.sample("signet_nft_batches_total", L{{"kind", "table"}}, static_cast<double>(es.table_writes));
+    w.sample("signet_nft_batches_total", L{{"kind", "set_elements"}}, static_cast<double>(es.set_updates));
+    w.family("signet_nft_program_failures_total", "counter", "Failed attempts to program a pod table (retried)");
+    w.sample("signet_nft_program_failures_total", {}, static_cast<double>(es.failures));
+    w.family("signet_nft_failing_attachments", "gauge", "Pod attachments whose table is not in force now");
+    w.sample("signet_nft_failing_attachments", {}, static_cast<double>(es.failing));
+    w.family("signet_conntrack_cut_total", "counter",
+             "Established connections cut because a change no longer allowed them");
+    w.sample("signet_conntrack_cut_total", {}, static_cast<double>(es.cut));
+
+    // Flows.
+    const auto& totals = flows_->table().totals();
+    w.family("signet_flow_connections_total", "counter",
+             "Connections of local pods (allowed: opened; denied: attempts logged, rate-limited), by pod, "
+             "direction, verdict and deciding policy");
+    for (const auto& [k, c] : totals)
+        w.sample("signet_flow_connections_total",
+                 L{{"namespace", k.local_namespace}, {"pod", k.local_pod}, {"direction", k.ingress ? "ingress" : "egress"},
+                   {"verdict", std::string(flows::to_string(k.verdict))}, {"policy", k.policy}},
+                 static_cast<double>(c.connections));
+    w.family("signet_flow_bytes_total", "counter",
+             "Bytes of closed connections of local pods, by pod, direction, verdict, policy and way (out of / into the pod)");
+    for (const auto& [k, c] : totals) {
+        L base{{"namespace", k.local_namespace}, {"pod", k.local_pod}, {"direction", k.ingress ? "ingress" : "egress"},
+               {"verdict", std::string(flows::to_string(k.verdict))}, {"policy", k.policy}};
+        L out = base, in = base;
+        out.push_back({"way", "out"});
+        in.push_back({"way", "in"});
+        w.sample("signet_flow_bytes_total", out, static_cast<double>(c.bytes_out));
+        w.sample("signet_flow_bytes_total", in, static_cast<double>(c.bytes_in));
+    }
+    const auto& fs = flows_->table().stats();
+    w.family("signet_flow_records_total", "counter", "Flow records made (open, close, denied)");
+    w.sample("signet_flow_records_total", {}, static_cast<double>(fs.records));
+    w.family("signet_flow_dropped_total", "counter", "Flow data not kept because a bound was reached, by what");
+    w.sample("signet_flow_dropped_total", L{{"what", "interval_keys"}}, static_cast<double>(fs.dropped_interval));
+    w.sample("signet_flow_dropped_total", L{{"what", "window_keys"}}, static_cast<double>(fs.dropped_window));
+    w.sample("signet_flow_dropped_total", L{{"what", "series"}}, static_cast<double>(fs.dropped_totals));
+    w.sample("signet_flow_dropped_total", L{{"what", "pod_events"}}, static_cast<double>(fs.dropped_pod_events));
+    if (const auto* col = flows_->collector())
+        w.sample("signet_flow_dropped_total", L{{"what", "kernel_overruns"}}, static_cast<double>(col->stats().overruns));
+
+    // The InfluxDB exporter.
+    if (influx_) {
+        auto s = influx_->stats();
+        w.family("signet_influxdb_points_total", "counter", "Points given to the InfluxDB exporter, by outcome");
+        w.sample("signet_influxdb_points_total", L{{"outcome", "submitted"}}, static_cast<double>(s.submitted));
+        w.sample("signet_influxdb_points_total", L{{"outcome", "written"}}, static_cast<double>(s.written));
+        w.sample("signet_influxdb_points_total", L{{"outcome", "dropped"}}, static_cast<double>(s.dropped));
+        w.sample("signet_influxdb_points_total", L{{"outcome", "rejected"}}, static_cast<double>(s.rejected));
+        w.sample("signet_influxdb_points_total", L{{"outcome", "invalid"}}, static_cast<double>(s.invalid));
+        w.family("signet_influxdb_buffered_points", "gauge", "Points waiting for InfluxDB (bounded)");
+        w.sample("signet_influxdb_buffered_points", {}, static_cast<double>(s.buffered));
+        w.family("signet_influxdb_batches_total", "counter", "Write requests to InfluxDB, by outcome");
+        w.sample("signet_influxdb_batches_total", L{{"outcome", "ok"}}, static_cast<double>(s.batches_ok));
+        w.sample("signet_influxdb_batches_total", L{{"outcome", "failed"}}, static_cast<double>(s.batches_failed));
+        w.family("signet_influxdb_last_success_timestamp_seconds", "gauge", "Unix time of the last accepted write");
+        w.sample("signet_influxdb_last_success_timestamp_seconds", {}, static_cast<double>(s.last_success_unix));
+    }
+    std::string text = w.take();
+    return text;
+}
+
+}  // namespace signet::core
