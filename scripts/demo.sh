@@ -3,8 +3,10 @@
 # network namespaces through a real CNI chain (bridge + host-local + signet,
 # driven by libcni as container runtimes drive it), shows them registered
 # with the labels their Pod objects give them, then enforces a NetworkPolicy
-# (nftables in each pod's netns) and explains the verdicts. Everything it creates is
-# removed at the end (Ctrl-C too). Run as root.
+# (nftables in each pod's netns) and explains the verdicts. The pods' flows go
+# to signetctl flows, to a private InfluxDB (loopback only), to /metrics and
+# to the graph page (rendered by headless Chromium into build/demo-graph.png).
+# Everything it creates is removed at the end (Ctrl-C too). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -23,6 +25,7 @@ TAG=d$$
 BR=sgt${TAG}
 PODS=(frontend backend db)
 SIGNETD_PID=
+INFLUXD_PID=
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 cleanup() {
@@ -36,6 +39,7 @@ cleanup() {
   done
   ip link delete "$BR" 2>/dev/null
   [[ -n "$SIGNETD_PID" ]] && kill "$SIGNETD_PID" 2>/dev/null && wait "$SIGNETD_PID" 2>/dev/null
+  [[ -n "$INFLUXD_PID" ]] && kill "$INFLUXD_PID" 2>/dev/null && wait "$INFLUXD_PID" 2>/dev/null
   rm -rf "$T"
 }
 trap cleanup EXIT
@@ -70,9 +74,35 @@ spec: {containers: [{name: pg, image: postgres, ports: [{name: pg, containerPort
 YAML
 sed 's/^/    /' "$T/manifests/shop.yaml"
 
-say "starting signetd"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+say "a private InfluxDB for the flow records (loopback only, data in $T)"
+INFLUX_PORT=$(free_port); INFLUX_RPC=$(free_port); METRICS_PORT=$(free_port)
+cat > "$T/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:$INFLUX_RPC"
+[meta]
+  dir = "$T/influx/meta"
+[data]
+  dir = "$T/influx/data"
+  wal-dir = "$T/influx/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:$INFLUX_PORT"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+CONF
+/usr/bin/influxd -config "$T/influxdb.conf" >"$T/influxd.log" 2>&1 &
+INFLUXD_PID=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$INFLUX_PORT/ping" >/dev/null && break; sleep 0.1; done
+influx -host 127.0.0.1 -port "$INFLUX_PORT" -execute 'CREATE DATABASE signet'
+echo "    influxd on 127.0.0.1:$INFLUX_PORT, database signet"
+
+say "starting signetd (flows to InfluxDB every second; /metrics and the graph on 127.0.0.1:$METRICS_PORT)"
 "$B/controller/signetd" --node-name "$(hostname)" --source "dir:$T/manifests" \
-  --socket "$T/signetd.sock" --state-dir "$T/state" 2>"$T/signetd.log" &
+  --socket "$T/signetd.sock" --state-dir "$T/state" \
+  --influxdb "http://127.0.0.1:$INFLUX_PORT/?db=signet&flush=250ms" --flow-export-interval 1s \
+  --metrics-address "127.0.0.1:$METRICS_PORT" --graph 2>"$T/signetd.log" &
 SIGNETD_PID=$!
 for _ in $(seq 100); do
   curl -sf --unix-socket "$T/signetd.sock" http://signetd/readyz >/dev/null 2>&1 && break
@@ -143,6 +173,31 @@ say "signetctl policies shop/backend: what is in force, with counters"
 
 say "signetctl flows: the pods' connections, allowed and denied, and the rule that decided each"
 "${CTL[@]}" flows | sed 's/^/    /'
+
+say "the same flows in InfluxDB (measurement signet_flow; docs/influxdb.md)"
+Q='SELECT sum(connections) AS connections FROM signet_flow WHERE time > now() - 1h GROUP BY local_pod, peer_pod, direction, verdict, "policy"'
+for _ in $(seq 50); do
+  influx -host 127.0.0.1 -port "$INFLUX_PORT" -database signet -execute "$Q" | grep -q 'verdict=denied' && break
+  sleep 0.2
+done
+echo "    > $Q"
+influx -host 127.0.0.1 -port "$INFLUX_PORT" -database signet -format column -execute "$Q" | sed 's/^/    /'
+echo "    > SELECT pod, event, ips FROM signet_pod_event"
+influx -host 127.0.0.1 -port "$INFLUX_PORT" -database signet -execute 'SELECT pod, event, ips FROM signet_pod_event' | sed 's/^/    /'
+
+say "Prometheus /metrics (read-only, on --metrics-address): flows by policy"
+curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep '^signet_flow_connections_total' | sed 's/^/    /'
+
+say "the graph of who talks to whom: http://127.0.0.1:$METRICS_PORT/graph (headless Chromium screenshot)"
+if [[ -x /usr/bin/chromium ]]; then
+  mkdir -p "$T/chrome/home"
+  HOME=$T/chrome/home timeout 60 /usr/bin/chromium --headless --no-sandbox --disable-gpu --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync --hide-scrollbars \
+    --user-data-dir="$T/chrome/profile" --virtual-time-budget=5000 --window-size=1280,800 \
+    --screenshot="$B/demo-graph.png" "http://127.0.0.1:$METRICS_PORT/graph" >/dev/null 2>&1 \
+    && echo "    saved $B/demo-graph.png (green: allowed, red: denied, dashed: both in the window)" \
+    || echo "    chromium could not render the page (see http://127.0.0.1:$METRICS_PORT/graph while the demo runs)"
+fi
 kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true
 
 say "relabel backend in its manifest, then 'signetctl sync' (no sleeping)"

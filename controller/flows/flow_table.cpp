@@ -39,14 +39,15 @@ void Counts::add(const Counts& o) {
     bytes_in += o.bytes_in;
 }
 
-void FlowTable::merge(std::map<FlowKey, Aggregate>& into, const Record& r, size_t cap, uint64_t& dropped) {
-    auto it = into.find(r.key);
+void FlowTable::merge(std::map<AggKey, Aggregate>& into, const Record& r, size_t cap, uint64_t& dropped) {
+    AggKey key{r.key, r.decision.policy};
+    auto it = into.find(key);
     if (it == into.end()) {
         if (into.size() >= cap) {
             ++dropped;
             return;
         }
-        it = into.emplace(r.key, Aggregate{r.key, r.decision, {}, {}, {}, r.time_ns, r.time_ns}).first;
+        it = into.emplace(std::move(key), Aggregate{r.key, r.decision, {}, {}, {}, r.time_ns, r.time_ns}).first;
     }
     Aggregate& a = it->second;
     a.decision = r.decision;

@@ -139,12 +139,15 @@ public:
     size_t ring_size() const { return ring_.size(); }
 
 private:
-    static void merge(std::map<FlowKey, Aggregate>& into, const Record& r, size_t cap, uint64_t& dropped);
+    // Aggregates are kept per flow key and deciding policy: a change of policy
+    // mid-interval gives a new series, not a relabelled old one.
+    using AggKey = std::pair<FlowKey, std::string>;
+    static void merge(std::map<AggKey, Aggregate>& into, const Record& r, size_t cap, uint64_t& dropped);
 
     Limits limits_;
     uint64_t next_seq_ = 1;
     std::deque<Record> ring_;
-    std::map<FlowKey, Aggregate> interval_, window_;
+    std::map<AggKey, Aggregate> interval_, window_;
     std::map<TotalKey, Counts> totals_;
     std::vector<PodEvent> pod_events_;
     Stats stats_;
