@@ -5,6 +5,7 @@
 #include "../policy/compiler.h"
 #include "controller.h"
 #include "metrics/exposition.h"
+#include "signet/json.h"
 #include "signet/log.h"
 
 namespace signet::core {
@@ -130,6 +131,23 @@ std::string Controller::metrics_text() const {
     w.sample("signet_source_objects", L{{"kind", "Namespace"}}, static_cast<double>(snap.namespaces.size()));
     w.sample("signet_source_objects", L{{"kind", "Pod"}}, static_cast<double>(snap.pods.size()));
     w.sample("signet_source_objects", L{{"kind", "NetworkPolicy"}}, static_cast<double>(snap.policies.size()));
+
+    // The source's watch streams (Kubernetes): seconds since each last delivered an event.
+    {
+        rapidjson::Document sd;
+        rapidjson::Value st;
+        source_->status(st, sd.GetAllocator());
+        const auto* res = json::find(st, "resources");
+        if (res != nullptr && res->IsObject()) {
+            w.family("signet_source_seconds_since_event", "gauge",
+                     "Seconds since the source's watch of a resource last delivered an event or bookmark (-1: none yet)");
+            for (auto it = res->MemberBegin(); it != res->MemberEnd(); ++it) {
+                const auto* lag = json::find(it->value, "lagSeconds");
+                if (lag != nullptr && lag->IsNumber())
+                    w.sample("signet_source_seconds_since_event", L{{"resource", it->name.GetString()}}, lag->GetDouble());
+            }
+        }
+    }
 
     // The datapath.
     auto es = enforcer_.stats();
