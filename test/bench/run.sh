@@ -10,8 +10,16 @@ bridge_args=()
 echo
 "$B/test/bench/bench_policy"
 echo
+# Identity handshake building blocks (not yet the whole handshake in signetd):
+# per-operation crypto costs, packet rewriting, and the NFQUEUE round trip.
+"$B/test/identity/bench_identity"
+echo
+"$B/test/handshake/bench_packet"
+echo
 if [[ $(id -u) -eq 0 ]]; then
+  "$B/test/handshake/bench_nfqueue"
+  echo
   /usr/bin/python3 test/bench/bench_datapath.py "$(cd "$B" && pwd)"
 else
-  echo "bench_datapath: NOT ROOT: the datapath benchmark (netns, nftables, iperf3) is SKIPPED"
+  echo "bench_nfqueue, bench_datapath: NOT ROOT: the datapath benchmarks (netns, nftables, NFQUEUE, iperf3) are SKIPPED"
 fi

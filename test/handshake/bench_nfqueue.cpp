@@ -96,8 +96,18 @@ Result_ run_mode(const Topology& topo, size_t n, std::chrono::seconds cap, size_
 }  // namespace
 
 int main(int argc, char** argv) {
-    const size_t n = argc > 1 ? std::stoul(argv[1]) : 3000;
-    const auto cap = std::chrono::seconds(argc > 2 ? std::stoul(argv[2]) : 15);
+    auto number = [&](int i, unsigned long fallback) -> unsigned long {
+        if (argc <= i) return fallback;
+        char* end = nullptr;
+        unsigned long v = std::strtoul(argv[i], &end, 10);
+        if (end == argv[i] || *end != '\0' || v == 0) {
+            std::fprintf(stderr, "usage: bench_nfqueue [CONNECTIONS_PER_MODE (3000)] [SECONDS_CAP_PER_MODE (15)]\n");
+            std::exit(2);
+        }
+        return v;
+    };
+    const size_t n = number(1, 3000);
+    const auto cap = std::chrono::seconds(number(2, 15));
     if (::geteuid() != 0) {
         std::fprintf(stderr, "bench_nfqueue: needs root (netns, nftables)\n");
         return 77;
