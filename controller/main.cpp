@@ -46,6 +46,10 @@ Flags:
   --graph                 also serve the live graph of who talks to whom at /graph
                           on the metrics address (off by default)
   --no-flows              do not record flows (no conntrack events or deny log read)
+  --authority dir:DIR     this node's identity: DIR holds the cluster authority
+                          (signetctl authority init: the node's key is made here and
+                          its certificate issued and renewed) or credentials issued
+                          beforehand (signetctl authority issue); docs/handshake.md
   --log-level LEVEL       debug, info, warn or error (default: info)
   --help                  show this help
   --version               print the version
@@ -120,6 +124,11 @@ int main(int argc, char** argv) {
             opts.graph = true;
         } else if (arg == "--no-flows") {
             opts.collect_flows = false;
+        } else if (arg == "--authority") {
+            std::string spec;
+            if (!need(&spec) || spec.rfind("dir:", 0) != 0 || spec.size() == 4)
+                return usage_error("--authority takes dir:DIR");
+            opts.authority_dir = spec.substr(4);
         } else {
             return usage_error("unknown flag '" + arg + "'");
         }

@@ -71,6 +71,10 @@ Status Controller::start() {
                             registry_.state_file());
     }
 
+    if (!opts_.authority_dir.empty()) {
+        identity_ = std::make_unique<NodeIdentity>(io_, opts_.node_name, opts_.authority_dir, opts_.state_dir);
+        if (auto st = identity_->start(); !st) return st;
+    }
     node_addresses_ = opts_.node_addresses();
     // Serve first: until the source has a complete snapshot, /readyz says 503
     // and ADD gets "try again later"; the tables already in the pods' netns
@@ -92,6 +96,7 @@ void Controller::stop() {
     server_.stop();
     stop_outputs();
     flows_->stop();
+    if (identity_) identity_->stop();
     source_->stop();
     sweep_timer_.cancel();
     retry_timer_.cancel();
@@ -279,6 +284,11 @@ ipc::Response Controller::status_json() const {
         outputs.AddMember("influxdb", ix, a);
     }
     d.AddMember("outputs", outputs, a);
+    if (identity_) {
+        Value id;
+        identity_->status(id, a);
+        d.AddMember("identity", id, a);
+    }
     Value counters(rapidjson::kObjectType);
     counters.AddMember("registrations", Value(static_cast<uint64_t>(registrations_)), a);
     counters.AddMember("unregistrations", Value(static_cast<uint64_t>(unregistrations_)), a);

@@ -21,6 +21,7 @@
 #include "../nft/backend.h"
 #include "enforcer.h"
 #include "flow_service.h"
+#include "node_identity.h"
 #include "export/influx.h"
 #include "metrics/http_listener.h"
 #include "../pods/registry.h"
@@ -46,6 +47,8 @@ struct Options {
     // The read-only metrics listener ("" = off) and whether it serves the graph page.
     std::string metrics_address;
     bool graph = false;
+    // --authority dir:DIR: this node's identity credentials ("" = none).
+    std::string authority_dir;
 };
 
 // Flow aggregates and pod events as InfluxDB points (measurements signet_flow
@@ -112,6 +115,7 @@ private:
     std::unique_ptr<FlowService> flows_;
     std::unique_ptr<exporter::InfluxExporter> influx_;
     std::unique_ptr<metrics::HttpListener> listener_;
+    std::unique_ptr<NodeIdentity> identity_;
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
     boost::asio::steady_timer retry_timer_;
