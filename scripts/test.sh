@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-FUZZ_SECONDS=${FUZZ_SECONDS:-10}
+FUZZ_SECONDS=${FUZZ_SECONDS:-6}  # per libFuzzer target; 17 targets
 
 bash scripts/install-deps.sh || { echo "test: dependency installation failed" >&2; exit 1; }
 
@@ -35,9 +35,10 @@ PY
 
 step() {  # $1 = name, rest = command
   local name=$1; shift
+  local t0=$SECONDS
   echo
   echo "=== $name"
-  if "$@"; then echo "=== $name: ok"; else echo "=== $name: FAILED"; failed_steps+=("$name"); fi
+  if "$@"; then echo "=== $name: ok ($((SECONDS - t0)) s)"; else echo "=== $name: FAILED ($((SECONDS - t0)) s)"; failed_steps+=("$name"); fi
 }
 
 build() {  # $1 = dir, $2 = ninja targets ("" = all), rest = meson options
@@ -121,5 +122,5 @@ echo "=== summary"
 if [[ ${#failed_steps[@]} -gt 0 ]]; then
   printf 'failed step: %s\n' "${failed_steps[@]}"
 fi
-echo "$total_pass passed, $total_fail failed, $total_skip skipped"
+echo "$total_pass passed, $total_fail failed, $total_skip skipped (${SECONDS} s)"
 [[ ${#failed_steps[@]} -eq 0 && $total_fail -eq 0 ]]

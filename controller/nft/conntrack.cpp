@@ -178,22 +178,13 @@ std::optional<CtEntry> parse_entry(const nlmsghdr* nlh, size_t len, bool allow_d
 std::optional<CtEntry> ct_parse_message(const nlmsghdr* nlh, size_t len) { return parse_entry(nlh, len, false); }
 
 size_t ct_parse_events(std::span<const uint8_t> bytes, std::vector<CtEvent>& out) {
-    size_t n = 0, off = 0;
-    while (bytes.size() - off >= sizeof(nlmsghdr)) {
-        const auto* nlh = reinterpret_cast<const nlmsghdr*>(bytes.data() + off);
-        size_t len = nlh->nlmsg_len, left = bytes.size() - off;
-        if (len < sizeof(nlmsghdr) || len > left) break;
-        ++n;
+    return for_each_nlmsg(bytes, [&](const nlmsghdr* nlh, size_t len) {
         if (auto e = parse_entry(nlh, len, true))
             out.push_back(CtEvent{nlh->nlmsg_type == kCtDelete                 ? CtEvent::Destroy
                                   : (nlh->nlmsg_flags & NLM_F_CREATE) != 0 ? CtEvent::New
                                                                           : CtEvent::Update,
                                   std::move(*e)});
-        size_t step = MNL_ALIGN(len);
-        if (step >= left) break;
-        off += step;
-    }
-    return n;
+    });
 }
 
 Result<NlSocket> ct_subscribe(const Netns& ns) {
@@ -235,21 +226,32 @@ Status ct_enable_accounting(const Netns& ns) {
 }
 
 size_t ct_parse_buffer(std::span<const uint8_t> bytes, std::vector<CtEntry>& out) {
-    // Not mnl_nlmsg_ok(): it casts nlmsg_len to int, so a length above
-    // INT_MAX passes its check.
-    size_t n = 0, off = 0;
-    while (bytes.size() - off >= sizeof(nlmsghdr)) {
-        const auto* nlh = reinterpret_cast<const nlmsghdr*>(bytes.data() + off);
-        size_t len = nlh->nlmsg_len, left = bytes.size() - off;
-        if (len < sizeof(nlmsghdr) || len > left) break;
-        ++n;
+    return for_each_nlmsg(bytes, [&](const nlmsghdr* nlh, size_t len) {
         if (auto e = ct_parse_message(nlh, len)) out.push_back(std::move(*e));
-        size_t step = MNL_ALIGN(len);
-        if (step >= left) break;
-        off += step;
-    }
-    return n;
+    });
 }
+
+namespace {
+
+// An IPCTNL_MSG_CT_GET request in `req`: a dump of both families, or one entry by tuple.
+std::span<const uint8_t> ct_get_request(std::vector<uint8_t>& req, uint32_t seq, const CtTuple* orig, uint16_t zone) {
+    std::fill(req.begin(), req.end(), 0);
+    nlmsghdr* nlh = mnl_nlmsg_put_header(req.data());
+    nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+    nlh->nlmsg_flags = NLM_F_REQUEST | (orig == nullptr ? NLM_F_DUMP : NLM_F_ACK);
+    nlh->nlmsg_seq = seq;
+    auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
+    nfg->nfgen_family = orig == nullptr ? AF_UNSPEC : orig->family == Family::v4 ? AF_INET : AF_INET6;
+    nfg->version = NFNETLINK_V0;
+    nfg->res_id = 0;
+    if (orig != nullptr) {
+        put_tuple(nlh, *orig);
+        if (zone != 0) mnl_attr_put_u16(nlh, CTA_ZONE, htons(zone));
+    }
+    return std::span<const uint8_t>(req.data(), nlh->nlmsg_len);
+}
+
+}  // namespace
 
 Result<std::vector<CtEntry>> ct_list(Netns& ns) {
     auto sock = ns.nfnl();
@@ -257,18 +259,7 @@ Result<std::vector<CtEntry>> ct_list(Netns& ns) {
     std::vector<CtEntry> out;
     std::vector<uint8_t> req(MNL_SOCKET_BUFFER_SIZE);
     Status s = (*sock)->query(
-        [&](uint32_t seq) {
-            std::fill(req.begin(), req.end(), 0);
-            nlmsghdr* nlh = mnl_nlmsg_put_header(req.data());
-            nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
-            nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-            nlh->nlmsg_seq = seq;
-            auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
-            nfg->nfgen_family = AF_UNSPEC;  // both IPv4 and IPv6
-            nfg->version = NFNETLINK_V0;
-            nfg->res_id = 0;
-            return std::span<const uint8_t>(req.data(), nlh->nlmsg_len);
-        },
+        [&](uint32_t seq) { return ct_get_request(req, seq, nullptr, 0); },
         [&](const nlmsghdr* nlh) {
             if (auto e = ct_parse_message(nlh, nlh->nlmsg_len)) out.push_back(std::move(*e));
             return true;  // skip what we do not understand
@@ -287,20 +278,7 @@ Result<CtEntry> ct_get(Netns& ns, const CtTuple& orig, uint16_t zone) {
     std::optional<CtEntry> found;
     std::vector<uint8_t> req(MNL_SOCKET_BUFFER_SIZE);
     Status s = (*sock)->query(
-        [&](uint32_t seq) {
-            std::fill(req.begin(), req.end(), 0);
-            nlmsghdr* nlh = mnl_nlmsg_put_header(req.data());
-            nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
-            nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-            nlh->nlmsg_seq = seq;
-            auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
-            nfg->nfgen_family = orig.family == Family::v4 ? AF_INET : AF_INET6;
-            nfg->version = NFNETLINK_V0;
-            nfg->res_id = 0;
-            put_tuple(nlh, orig);
-            if (zone != 0) mnl_attr_put_u16(nlh, CTA_ZONE, htons(zone));
-            return std::span<const uint8_t>(req.data(), nlh->nlmsg_len);
-        },
+        [&](uint32_t seq) { return ct_get_request(req, seq, &orig, zone); },
         [&](const nlmsghdr* nlh) {
             if (auto e = ct_parse_message(nlh, nlh->nlmsg_len)) found = std::move(*e);
             return true;

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -25,6 +26,29 @@ struct nlmsghdr;
 namespace signet::nft {
 
 inline constexpr std::chrono::milliseconds kNetlinkTimeout{2000};
+
+// Calls fn(nlh, len) for each netlink message of a datagram as recv() returns
+// it, stopping at the first bad length. Returns the number of messages.
+// (Not mnl_nlmsg_ok(): it casts nlmsg_len to int, so a length above INT_MAX
+// passes its check.)
+template <typename F>
+size_t for_each_nlmsg(std::span<const uint8_t> bytes, F&& fn) {
+    constexpr size_t kHeader = 16, kAlign = 4;  // sizeof(nlmsghdr), NLMSG_ALIGNTO
+    size_t n = 0, off = 0;
+    while (bytes.size() - off >= kHeader) {
+        const auto* nlh = reinterpret_cast<const nlmsghdr*>(bytes.data() + off);
+        uint32_t raw_len;
+        std::memcpy(&raw_len, bytes.data() + off, sizeof raw_len);
+        size_t len = raw_len, left = bytes.size() - off;
+        if (len < kHeader || len > left) break;
+        ++n;
+        fn(nlh, len);
+        size_t step = (len + kAlign - 1) & ~(kAlign - 1);
+        if (step >= left) break;
+        off += step;
+    }
+    return n;
+}
 
 // A non-blocking libmnl socket bound in the netns where it was opened.
 // Error codes in returned Errors are positive errno values.

@@ -74,39 +74,30 @@ std::optional<LoggedPacket> parse_ip_packet(std::span<const uint8_t> p) {
 }
 
 size_t nflog_parse_buffer(std::span<const uint8_t> bytes, std::vector<LoggedPacket>& out) {
-    size_t n = 0, off = 0;
-    while (bytes.size() - off >= sizeof(nlmsghdr)) {
-        const auto* nlh = reinterpret_cast<const nlmsghdr*>(bytes.data() + off);
-        size_t len = nlh->nlmsg_len, left = bytes.size() - off;
-        if (len < sizeof(nlmsghdr) || len > left) break;
-        ++n;
+    return for_each_nlmsg(bytes, [&](const nlmsghdr* nlh, size_t len) {
         size_t attrs_off = NLMSG_HDRLEN + MNL_ALIGN(sizeof(nfgenmsg));
-        if (nlh->nlmsg_type == kUlogPacket && len >= attrs_off) {
-            std::string prefix;
-            std::span<const uint8_t> payload;
-            const auto* attr = reinterpret_cast<const nlattr*>(reinterpret_cast<const uint8_t*>(nlh) + attrs_off);
-            int rest = static_cast<int>(len - attrs_off);
-            while (rest >= static_cast<int>(sizeof(nlattr)) && mnl_attr_ok(attr, rest)) {
-                uint16_t type = mnl_attr_get_type(attr);
-                const auto* data = static_cast<const uint8_t*>(mnl_attr_get_payload(attr));
-                size_t dlen = mnl_attr_get_payload_len(attr);
-                if (type == NFULA_PREFIX) prefix.assign(reinterpret_cast<const char*>(data), strnlen(reinterpret_cast<const char*>(data), dlen));
-                if (type == NFULA_PAYLOAD) payload = {data, dlen};
-                int step = static_cast<int>(MNL_ALIGN(attr->nla_len));
-                if (step <= 0 || step > rest) break;
-                rest -= step;
-                attr = reinterpret_cast<const nlattr*>(reinterpret_cast<const uint8_t*>(attr) + step);
-            }
-            if (auto pkt = parse_ip_packet(payload)) {
-                pkt->prefix = std::move(prefix);
-                out.push_back(std::move(*pkt));
-            }
+        if (nlh->nlmsg_type != kUlogPacket || len < attrs_off) return;
+        std::string prefix;
+        std::span<const uint8_t> payload;
+        const auto* attr = reinterpret_cast<const nlattr*>(reinterpret_cast<const uint8_t*>(nlh) + attrs_off);
+        int rest = static_cast<int>(len - attrs_off);
+        while (rest >= static_cast<int>(sizeof(nlattr)) && mnl_attr_ok(attr, rest)) {
+            uint16_t type = mnl_attr_get_type(attr);
+            const auto* data = static_cast<const uint8_t*>(mnl_attr_get_payload(attr));
+            size_t dlen = mnl_attr_get_payload_len(attr);
+            if (type == NFULA_PREFIX)
+                prefix.assign(reinterpret_cast<const char*>(data), strnlen(reinterpret_cast<const char*>(data), dlen));
+            if (type == NFULA_PAYLOAD) payload = {data, dlen};
+            int step = static_cast<int>(MNL_ALIGN(attr->nla_len));
+            if (step <= 0 || step > rest) break;
+            rest -= step;
+            attr = reinterpret_cast<const nlattr*>(reinterpret_cast<const uint8_t*>(attr) + step);
         }
-        size_t step = MNL_ALIGN(len);
-        if (step >= left) break;
-        off += step;
-    }
-    return n;
+        if (auto pkt = parse_ip_packet(payload)) {
+            pkt->prefix = std::move(prefix);
+            out.push_back(std::move(*pkt));
+        }
+    });
 }
 
 Result<NlSocket> nflog_bind(const Netns& ns, uint16_t group) {

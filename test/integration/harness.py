@@ -939,3 +939,64 @@ def spy_calls(calls_dir: Path, cid: str | None = None) -> list[dict]:
             pass
         out.append(rec)
     return out
+
+# --------------------------------------------------------------------------
+# Helpers shared by the flow tests
+
+# An echo server: python3 -c ECHO_SERVER PORT; prints "ready" once listening.
+ECHO_SERVER = r"""
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
+print("ready", flush=True)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d: break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+# python3 -c ECHO_CLIENT HOST PORT NBYTES TIMEOUT: connects, sends NBYTES,
+# reads the echo, closes; prints ok, "short N" or "fail ERROR".
+ECHO_CLIENT = r"""
+import socket, sys
+n = int(sys.argv[3])
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+    s.sendall(b"x" * n)
+    got = 0
+    while got < n:
+        d = s.recv(65536)
+        if not d: break
+        got += len(d)
+    s.close()
+    print("ok" if got == n else f"short {got}", flush=True)
+except OSError as e:
+    print("fail", type(e).__name__, flush=True)
+"""
+
+
+def influxd_config(data_dir, http_port: int, rpc_port: int) -> str:
+    """A config for Debian's influxd 1.x listening on loopback only (never
+    every interface, its default), with its data under data_dir."""
+    return f"""reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{data_dir}/meta"
+[data]
+  dir = "{data_dir}/data"
+  wal-dir = "{data_dir}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[logging]
+  level = "warn"
+"""

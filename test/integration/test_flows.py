@@ -15,39 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-SERVER = r"""
-import socket, sys, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
-print("ready", flush=True)
-def serve(c):
-    while True:
-        d = c.recv(65536)
-        if not d: break
-        c.sendall(d)
-    c.close()
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
-
-# Connects, sends N bytes, reads the echo, closes. Prints ok / fail.
-CLIENT = r"""
-import socket, sys
-n = int(sys.argv[3])
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
-    s.sendall(b"x" * n)
-    got = 0
-    while got < n:
-        d = s.recv(65536)
-        if not d: break
-        got += len(d)
-    s.close()
-    print("ok" if got == n else f"short {got}", flush=True)
-except OSError as e:
-    print("fail", type(e).__name__, flush=True)
-"""
-
 PAYLOAD = 5000
 
 
@@ -85,13 +52,13 @@ def body(t: harness.Test, run: harness.Run):
     t.equal("flows: every pod's netns is read", st.get("flows", {}).get("attachments"), 3)
     t.equal("flows: nothing failed to attach", st.get("flows", {}).get("notCollecting"), [])
 
-    srv = subprocess.Popen(["ip", "netns", "exec", pods["api"]["netns"], "/usr/bin/python3", "-c", SERVER, "8080"],
+    srv = subprocess.Popen(["ip", "netns", "exec", pods["api"]["netns"], "/usr/bin/python3", "-c", harness.ECHO_SERVER, "8080"],
                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     run.own_process(srv, "echo server in api")
     t.require("echo server ready", srv.stdout.readline().strip() == "ready")
 
     def connect(app, timeout="2"):
-        p = harness.sh("ip", "netns", "exec", pods[app]["netns"], "/usr/bin/python3", "-c", CLIENT,
+        p = harness.sh("ip", "netns", "exec", pods[app]["netns"], "/usr/bin/python3", "-c", harness.ECHO_CLIENT,
                        pods["api"]["ip"], "8080", str(PAYLOAD), timeout, check=False, timeout=30)
         return p.stdout.strip()
 

@@ -34,39 +34,6 @@ import harness  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ALLOWED, DENIED = "#2e7d32", "#c62828"
 
-SERVER = r"""
-import socket, sys, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
-print("ready", flush=True)
-def serve(c):
-    while True:
-        d = c.recv(65536)
-        if not d: break
-        c.sendall(d)
-    c.close()
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
-
-CLIENT = r"""
-import socket, sys
-n = int(sys.argv[3])
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
-    s.sendall(b"x" * n)
-    got = 0
-    while got < n:
-        d = s.recv(65536)
-        if not d: break
-        got += len(d)
-    s.close()
-    print("ok" if got == n else f"short {got}", flush=True)
-except OSError as e:
-    print("fail", type(e).__name__, flush=True)
-"""
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,22 +48,8 @@ class Influxd:
         self.dir = Path(run.mkdtemp("influxd"))
         self.http_port, self.rpc_port = free_port(), free_port()
         self.conf = self.dir / "influxdb.conf"
-        self.conf.write_text(f"""reporting-disabled = true
-bind-address = "127.0.0.1:{self.rpc_port}"
-[meta]
-  dir = "{self.dir}/meta"
-[data]
-  dir = "{self.dir}/data"
-  wal-dir = "{self.dir}/wal"
-  query-log-enabled = false
-[http]
-  bind-address = "127.0.0.1:{self.http_port}"
-  log-enabled = false
-[monitor]
-  store-enabled = false
-[continuous_queries]
-  enabled = false
-""")
+        self.conf.write_text(harness.influxd_config(self.dir, self.http_port, self.rpc_port))
+
         self.proc = None
 
     def start(self):
@@ -198,13 +151,13 @@ def body(t: harness.Test, run: harness.Run):
                      "res": res}
         run.on_cleanup(f"CNI DEL {app}", lambda c=cid, p=path, r=res, a=app:
                        chain.delete(c, p, "eth0", harness.k8s_args("shop", a), r, best_effort=True))
-    srv = subprocess.Popen(["ip", "netns", "exec", pods["api"]["netns"], "/usr/bin/python3", "-c", SERVER, "8080"],
+    srv = subprocess.Popen(["ip", "netns", "exec", pods["api"]["netns"], "/usr/bin/python3", "-c", harness.ECHO_SERVER, "8080"],
                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     run.own_process(srv, "echo server in api")
     t.require("echo server ready", srv.stdout.readline().strip() == "ready")
 
     def connect(app, n=4000, timeout="2"):
-        return harness.sh("ip", "netns", "exec", pods[app]["netns"], "/usr/bin/python3", "-c", CLIENT,
+        return harness.sh("ip", "netns", "exec", pods[app]["netns"], "/usr/bin/python3", "-c", harness.ECHO_CLIENT,
                           pods["api"]["ip"], "8080", str(n), timeout, check=False, timeout=30).stdout.strip()
 
     for _ in range(3):

@@ -54,6 +54,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+# The loopback-only influxd config shared with the integration tests.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+from harness import influxd_config  # noqa: E402
+
 try:
     import yaml
 except ImportError:
@@ -1177,24 +1181,8 @@ def run_live(dashboards):
         http_port, rpc_port = free_port(), free_port()
         conf = os.path.join(tmp, "influxd.conf")
         with open(conf, "w") as fh:
-            fh.write(f"""reporting-disabled = true
-bind-address = "127.0.0.1:{rpc_port}"
-[meta]
-  dir = "{tmp}/meta"
-[data]
-  dir = "{tmp}/data"
-  wal-dir = "{tmp}/wal"
-  query-log-enabled = false
-[http]
-  bind-address = "127.0.0.1:{http_port}"
-  log-enabled = false
-[monitor]
-  store-enabled = false
-[continuous_queries]
-  enabled = false
-[logging]
-  level = "warn"
-""")
+            fh.write(influxd_config(tmp, http_port, rpc_port))
+
         log = open(os.path.join(tmp, "influxd.log"), "w")
         proc = subprocess.Popen([influxd, "run", "-config", conf], stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{http_port}"
