@@ -31,6 +31,18 @@ std::string hostport(const std::string& addr, uint16_t port, nft::Family f) {
     return f == nft::Family::v6 ? "[" + addr + "]:" + std::to_string(port) : addr + ":" + std::to_string(port);
 }
 
+flows::PodEvent pod_event(flows::PodEvent::Kind kind, const api::PodRecord& rec) {
+    flows::PodEvent e;
+    e.kind = kind;
+    e.time_ns = now_ns();
+    e.namespace_ = rec.reg.namespace_;
+    e.name = rec.reg.name;
+    e.uid = rec.reg.uid;
+    e.labels = rec.labels;
+    for (const auto& ip : rec.reg.ips) e.ips.push_back(strip_prefix(ip));
+    return e;
+}
+
 }  // namespace
 
 FlowService::FlowService(boost::asio::io_context& io, Context ctx, bool collect)
@@ -80,15 +92,7 @@ void FlowService::pod_started(const std::string& key, const api::PodRecord& rec,
     }
     index_dirty_ = true;
     if (recovered) return;  // it started before this signetd: not a start event
-    flows::PodEvent e;
-    e.kind = flows::PodEvent::start;
-    e.time_ns = now_ns();
-    e.namespace_ = rec.reg.namespace_;
-    e.name = rec.reg.name;
-    e.uid = rec.reg.uid;
-    e.labels = rec.labels;
-    for (const auto& ip : rec.reg.ips) e.ips.push_back(strip_prefix(ip));
-    table_.add_pod_event(std::move(e));
+    table_.add_pod_event(pod_event(flows::PodEvent::start, rec));
 }
 
 void FlowService::pod_stopped(const std::string& key, const api::PodRecord& rec) {
@@ -96,15 +100,7 @@ void FlowService::pod_stopped(const std::string& key, const api::PodRecord& rec)
     if (collector_) collector_->detach(key);
     attach_errors_.erase(key);
     index_dirty_ = true;
-    flows::PodEvent e;
-    e.kind = flows::PodEvent::stop;
-    e.time_ns = now_ns();
-    e.namespace_ = rec.reg.namespace_;
-    e.name = rec.reg.name;
-    e.uid = rec.reg.uid;
-    e.labels = rec.labels;
-    for (const auto& ip : rec.reg.ips) e.ips.push_back(strip_prefix(ip));
-    table_.add_pod_event(std::move(e));
+    table_.add_pod_event(pod_event(flows::PodEvent::stop, rec));
     bool still_local = false;
     for (const auto& [k, r] : ctx_.registry->all())
         still_local = still_local || (r.reg.namespace_ == rec.reg.namespace_ && r.reg.name == rec.reg.name);
