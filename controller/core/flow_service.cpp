@@ -46,7 +46,7 @@ flows::PodEvent pod_event(flows::PodEvent::Kind kind, const api::PodRecord& rec)
 }  // namespace
 
 FlowService::FlowService(boost::asio::io_context& io, Context ctx, bool collect)
-    : io_(io), ctx_(std::move(ctx)), export_timer_(io) {
+    : ctx_(std::move(ctx)), export_timer_(io) {
     if (collect)
         collector_ = std::make_unique<flows::Collector>(
             io, [this](const std::string& k, const std::vector<nft::CtEvent>& e) { on_conntrack(k, e); },

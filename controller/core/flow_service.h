@@ -76,7 +76,6 @@ private:
     flows::Decision decide(const flows::FlowKey& key);
     void schedule_export();
 
-    boost::asio::io_context& io_;
     Context ctx_;
     flows::FlowTable table_;
     std::unique_ptr<flows::Collector> collector_;

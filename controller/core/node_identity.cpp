@@ -32,7 +32,7 @@ int64_t unix_seconds(identity::TimePoint t) {
 
 NodeIdentity::NodeIdentity(boost::asio::io_context& io, std::string node_name, std::string authority_dir,
                            std::string state_dir)
-    : io_(io), node_(std::move(node_name)), dir_(std::move(authority_dir)), own_dir_(state_dir + "/identity"),
+    : node_(std::move(node_name)), dir_(std::move(authority_dir)), own_dir_(state_dir + "/identity"),
       timer_(io) {}
 
 Status NodeIdentity::start() {

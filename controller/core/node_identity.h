@@ -44,7 +44,6 @@ private:
     Status issue_from_authority();
     void schedule();
 
-    boost::asio::io_context& io_;
     std::string node_, dir_, own_dir_;
     bool authority_mode_ = false;
     std::optional<identity::Authority> authority_;

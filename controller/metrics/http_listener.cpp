@@ -347,7 +347,9 @@ Status HttpListener::listen(const std::string& address) {
     if (impl_->listening || impl_->stopped) return make_error(EBUSY, "metrics listener: listen() called twice");
     auto parsed = parse_listen_address(address);
     if (!parsed) return parsed.error();
-    const auto& [host, port] = *parsed;
+    // Plain variables, not a structured binding: lambdas cannot capture those before C++20 (clang 14).
+    const std::string host = parsed->first;
+    const uint16_t port = parsed->second;
     auto fail = [&](const boost::system::error_code& ec) {
         boost::system::error_code ignored;
         impl_->acceptor.close(ignored);

@@ -631,9 +631,12 @@ TEST_CASE("the fuzz corpus's valid seeds verify with the fixed keys") {
     syn.client_isn = 0x01020304;
     ConnBinding synack = syn;
     synack.server_isn = 0x0a0b0c0d;
-    for (auto [name, role] : std::initializer_list<std::pair<const char*, Role>>{
+    for (auto seed : std::initializer_list<std::pair<const char*, Role>>{
              {"mac-client.bin", Role::client}, {"mac-server.bin", Role::server}, {"signed-cert.bin", Role::client},
              {"signed-ref.bin", Role::client}, {"signed-server.bin", Role::server}}) {
+        // Not a structured binding: the CHECK macros' lambdas capture these (clang 14).
+        const char* name = seed.first;
+        Role role = seed.second;
         std::ifstream f(std::string(SIGNET_TOKEN_CORPUS) + "/" + name, std::ios::binary);
         REQUIRE_MESSAGE(f, name);
         Bytes bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());

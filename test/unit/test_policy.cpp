@@ -462,7 +462,7 @@ TEST_CASE("policy compile: set names are short, stable and structure-preserving"
     auto rs = c.compile({p.namespace_, "t"});
     REQUIRE(rs.ok());
     std::regex ok("[a-z0-9_]{1,32}");
-    for (const auto& [name, set] : rs->sets) CHECK_MESSAGE(std::regex_match(name, ok), name);
+    for (const auto& kv : rs->sets) CHECK_MESSAGE(std::regex_match(kv.first, ok), kv.first);
     CHECK(rs->sets.size() == 2 + 2 + 2 + 2 + 12);
 
     // A pod appearing in a selected namespace: same structure, new elements.
@@ -835,7 +835,9 @@ TEST_CASE("policy incremental: random changes match a full rebuild") {
         CHECK(inc.snapshot() == snap);
         auto after = compile_all(inc);
         // Local pods not reported are unchanged.
-        for (const auto& [k, rs] : after) {
+        for (const auto& kv_ : after) {  // no structured bindings: lambdas (CHECK_MESSAGE) capture them
+            const auto& k = kv_.first;
+            const auto& rs = kv_.second;
             auto b = before.find(k);
             if (b != before.end() && !a.pods.count(k)) {
                 CHECK_MESSAGE(b->second == rs, "step " << step << " op " << op << ": " << k.namespace_ << "/" << k.name << " changed but not reported");
@@ -847,7 +849,9 @@ TEST_CASE("policy incremental: random changes match a full rebuild") {
         full.reset(snap, locals, node);
         auto rebuilt = compile_all(full);
         REQUIRE(after.size() == rebuilt.size());
-        for (const auto& [k, rs] : after) {
+        for (const auto& kv_ : after) {  // no structured bindings: lambdas (CHECK_MESSAGE) capture them
+            const auto& k = kv_.first;
+            const auto& rs = kv_.second;
             CHECK_MESSAGE(rs == rebuilt.at(k), "step " << step << " op " << op << ": " << k.namespace_ << "/" << k.name << "\n" << dump(rs) << "vs rebuilt\n" << dump(rebuilt.at(k)));
         }
         before = std::move(after);
@@ -859,11 +863,15 @@ TEST_CASE("policy incremental: random changes match a full rebuild") {
 
         // Every few steps: the IR agrees with explain, for pods and outside addresses.
         if (step % 10 != 0) continue;
-        for (const auto& [lk, rs] : before) {
+        for (const auto& kv_ : before) {  // no structured bindings: lambdas (CHECK_MESSAGE) capture them
+            const auto& lk = kv_.first;
+            const auto& rs = kv_.second;
             auto lp = inc.snapshot().pods.find(lk);
             if (lp == inc.snapshot().pods.end() || lp->second.host_network) continue;
             std::vector<std::pair<Endpoint, Ip>> peers;
-            for (const auto& [pk, p] : inc.snapshot().pods) {
+            for (const auto& kv_ : inc.snapshot().pods) {  // no structured bindings: lambdas (CHECK_MESSAGE) capture them
+                const auto& pk = kv_.first;
+                const auto& p = kv_.second;
                 if (p.host_network || p.phase == "Failed") continue;
                 auto lit = std::find_if(locals.begin(), locals.end(), [&](const LocalPod& l) { return l.namespace_ == pk.namespace_ && l.name == pk.name; });
                 std::vector<std::string> ips = (lit != locals.end() && !lit->ips.empty()) ? lit->ips : p.pod_ips;
@@ -875,7 +883,9 @@ TEST_CASE("policy incremental: random changes match a full rebuild") {
                 for (const auto& [e, pip] : peers) used = used || pip == ip(out);
                 if (!used) peers.push_back({Endpoint::address(out), ip(out)});
             }
-            for (const auto& [ep, pip] : peers) {
+            for (const auto& kv_ : peers) {  // no structured bindings: lambdas (CHECK_MESSAGE) capture them
+                const auto& ep = kv_.first;
+                const auto& pip = kv_.second;
                 for (auto [proto, port] : std::vector<std::pair<uint8_t, uint16_t>>{{nft::kTcp, 80}, {nft::kTcp, 8080}, {nft::kTcp, 8001}, {nft::kUdp, 53}, {nft::kUdp, 80}, {nft::kSctp, 80}}) {
                     auto in = inc.explain(ep, Endpoint::pod(lk.namespace_, lk.name), proto, port);
                     REQUIRE(in.ok());
