@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/controller.h"
+#include "core/csr_signer.h"
 #include "nft/netlink_backend.h"
 #include "source/dir_source.h"
 #include "source/kubernetes/kubernetes_source.h"
@@ -50,6 +51,34 @@ Flags:
                           (signetctl authority init: the node's key is made here and
                           its certificate issued and renewed) or credentials issued
                           beforehand (signetctl authority issue); docs/handshake.md
+  --authority kubernetes-csr
+                          this node's identity from the Kubernetes CSR API (signer
+                          signet.dev/node, signed by signetd --csr-signer): the key is
+                          made here, the certificate requested, checked and renewed at
+                          two thirds of its life. Needs --source kubernetes, --kubeconfig
+                          or --csr-kubeconfig; the trust bundle from --trust-bundle or
+                          --trust-bundle-configmap
+  --csr-kubeconfig FILE   credentials for the CSR: they must authenticate as the node
+                          (system:node:NAME, e.g. the kubelet's kubeconfig); default:
+                          --kubeconfig, else in-cluster
+  --trust-bundle FILE     the trust bundle (PEM CA certificates) for kubernetes-csr
+  --trust-bundle-configmap NS/NAME[:KEY]
+                          else read it from this ConfigMap key (default
+                          kube-system/signet-trust-bundle:trust-bundle.pem)
+  --trust-domain TD       the trust domain to request (default: the bundle's CA's)
+  --csr-expiration D      requested certificate lifetime (default 24h; shorter for tests)
+  --csr-signer            run as the cluster's CSR signer for signet.dev/node instead
+                          of a node controller (one per cluster): approves and signs
+                          only nodes' requests for their own name, denies the rest
+  --ca-secret NS/NAME     the signer's CA (keys ca.key, ca.crt; default kube-system/signet-ca)
+  --handshake MODE        the identity handshake on each local pod's new TCP connections
+                          (needs --authority):
+                            off         policy by address only (default)
+                            permissive  peers that can authenticate do; others are judged
+                                        on address rules with their cluster identity
+                            enforce     a pod peer must prove its identity: a tokenless
+                                        connection from a pod address is judged by
+                                        ipBlock rules only
   --log-level LEVEL       debug, info, warn or error (default: info)
   --help                  show this help
   --version               print the version
@@ -72,6 +101,10 @@ int main(int argc, char** argv) {
     opts.state_dir = api::kDefaultStateDir;
     std::string source = "dir:/etc/signet/manifests";
     std::string kubeconfig;
+    // --authority kubernetes-csr and --csr-signer (core/csr_client.h, core/csr_signer.h)
+    core::CsrClientOptions csr_opts;
+    core::CsrSignerOptions signer_opts;
+    bool csr_signer = false, csr_kubeconfig_set = false;
     if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') opts.node_name = n;
 
     signet::Args args(argc, argv);
@@ -124,11 +157,46 @@ int main(int argc, char** argv) {
             opts.graph = true;
         } else if (arg == "--no-flows") {
             opts.collect_flows = false;
+        } else if (arg == "--handshake") {
+            std::string v;
+            if (!need(&v)) return usage_error("--handshake needs off, permissive or enforce");
+            auto m = core::parse_handshake_mode(v);
+            if (!m) return usage_error("--handshake takes off, permissive or enforce, not '" + v + "'");
+            opts.handshake = *m;
         } else if (arg == "--authority") {
             std::string spec;
-            if (!need(&spec) || spec.rfind("dir:", 0) != 0 || spec.size() == 4)
-                return usage_error("--authority takes dir:DIR");
+            if (need(&spec) && spec == core::kKubernetesCsr) {
+                opts.authority_dir = spec;
+                continue;
+            }
+            if (spec.rfind("dir:", 0) != 0 || spec.size() == 4)
+                return usage_error("--authority takes dir:DIR or kubernetes-csr");
             opts.authority_dir = spec.substr(4);
+        } else if (arg == "--csr-signer") {
+            csr_signer = true;
+        } else if (arg == "--csr-kubeconfig") {
+            if (!need(&csr_opts.csr_kubeconfig) || csr_opts.csr_kubeconfig.empty()) return usage_error("--csr-kubeconfig needs a file");
+            csr_kubeconfig_set = true;
+        } else if (arg == "--trust-bundle") {
+            if (!need(&csr_opts.trust_bundle_file) || csr_opts.trust_bundle_file.empty()) return usage_error("--trust-bundle needs a file");
+        } else if (arg == "--trust-bundle-configmap") {
+            if (!need(&v) || v.find('/') == std::string::npos) return usage_error("--trust-bundle-configmap takes NS/NAME[:KEY]");
+            csr_opts.trust_bundle_configmap = v.substr(0, v.find(':'));
+            if (v.find(':') != std::string::npos) csr_opts.trust_bundle_key = v.substr(v.find(':') + 1);
+        } else if (arg == "--trust-domain") {
+            if (!need(&csr_opts.trust_domain) || csr_opts.trust_domain.empty()) return usage_error("--trust-domain needs a value");
+        } else if (arg == "--csr-expiration") {
+            if (!need(&v)) return usage_error("--csr-expiration needs a duration");
+            char* end = nullptr;
+            long n = std::strtol(v.c_str(), &end, 10);
+            std::string unit = end ? end : "";
+            long sec = unit == "s" || unit.empty() ? n : unit == "m" ? n * 60 : unit == "h" ? n * 3600 : -1;
+            if (end == v.c_str() || n <= 0 || sec < 10 || sec > 86400)
+                return usage_error("--csr-expiration takes a duration from 10s to 24h, e.g. 24h");
+            csr_opts.expiration = std::chrono::seconds(sec);
+        } else if (arg == "--ca-secret") {
+            if (!need(&signer_opts.ca_secret) || signer_opts.ca_secret.find('/') == std::string::npos)
+                return usage_error("--ca-secret takes NS/NAME");
         } else {
             return usage_error("unknown flag '" + arg + "'");
         }
@@ -136,7 +204,20 @@ int main(int argc, char** argv) {
 
     if (source != "kubernetes" && (source.rfind("dir:", 0) != 0 || source.size() <= 4))
         return usage_error("--source must be dir:PATH or kubernetes, not '" + source + "'");
-    if (!kubeconfig.empty() && source != "kubernetes") return usage_error("--kubeconfig goes with --source kubernetes");
+    const bool csr_mode = opts.authority_dir == core::kKubernetesCsr;
+    if (!kubeconfig.empty() && source != "kubernetes" && !csr_mode && !csr_signer)
+        return usage_error("--kubeconfig goes with --source kubernetes, --authority kubernetes-csr or --csr-signer");
+    if (csr_signer) {
+        signer_opts.kubeconfig = kubeconfig;
+        return core::run_csr_signer(signer_opts);
+    }
+    if (csr_mode) {
+        if (source != "kubernetes" && kubeconfig.empty() && !csr_kubeconfig_set)
+            return usage_error("--authority kubernetes-csr needs --source kubernetes, --kubeconfig or --csr-kubeconfig");
+        csr_opts.kubeconfig = !kubeconfig.empty() || source == "kubernetes" ? kubeconfig : csr_opts.csr_kubeconfig;
+        if (!csr_kubeconfig_set) csr_opts.csr_kubeconfig = csr_opts.kubeconfig;
+        core::NodeIdentity::set_csr_options(csr_opts);
+    }
     if (opts.node_name.empty()) {
         char host[256] = {};
         if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
@@ -145,6 +226,9 @@ int main(int argc, char** argv) {
     }
     if (opts.state_dir.empty()) return usage_error("--state-dir must not be empty");
     if (opts.graph && opts.metrics_address.empty()) return usage_error("--graph needs --metrics-address");
+    if (opts.handshake != core::HandshakeMode::off && opts.authority_dir.empty())
+        return usage_error(std::string("--handshake ") + core::to_string(opts.handshake) +
+                           " needs this node's identity: pass --authority");
 
     boost::asio::io_context io;
     // Sources report from their own threads too: log::write is thread-safe.
@@ -165,6 +249,7 @@ int main(int argc, char** argv) {
     }
     if (auto probe = nft::probe_kernel(); probe) {
         opts.queue_backend = nft::to_string(probe->queue);
+        opts.handshake_queue = probe->queue;
         log::info("signetd", "kernel: new-connection queue via " + opts.queue_backend +
                                  (probe->native_queue_error.empty() ? "" : " (native nft queue: " + probe->native_queue_error + ")"));
     } else {

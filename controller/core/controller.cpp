@@ -75,6 +75,28 @@ Status Controller::start() {
         identity_ = std::make_unique<NodeIdentity>(io_, opts_.node_name, opts_.authority_dir, opts_.state_dir);
         if (auto st = identity_->start(); !st) return st;
     }
+    if (opts_.handshake != HandshakeMode::off) {
+        if (!identity_)
+            return make_error(EINVAL, std::string("--handshake ") + to_string(opts_.handshake) +
+                                          " needs this node's identity credentials (--authority)");
+        if (!identity_->has_credentials())  // kubernetes-csr: the certificate comes later
+            log::warn(kLog, "identity handshake: no node certificate yet: until it is issued this node's pods "
+                            "send no tokens (peers in enforce mode judge them by address) and tokens they "
+                            "receive are refused");
+        if (opts_.handshake_queue == nft::QueueBackend::none)
+            return make_error(ENOTSUP, "--handshake needs NFQUEUE: the kernel offers neither the nft `queue` "
+                                       "expression nor the xt NFQUEUE target");
+        enforcer_.set_handshake(opts_.handshake_queue);
+        handshake_ = std::make_unique<HandshakeEngine>(
+            io_, HandshakeEngine::Context{opts_.node_name, opts_.handshake, source_.get(), &registry_, &enforcer_,
+                                          identity_.get(), &node_addresses_,
+                                          [this](const std::string& key, const nft::LoggedPacket& p) {
+                                              flows_->on_denied(key, {p});
+                                          }});
+        log::info(kLog, std::string("identity handshake: ") + to_string(opts_.handshake) + " (NFQUEUE " +
+                            std::to_string(handshake::kHandshakeQueue) + " via " + nft::to_string(opts_.handshake_queue) +
+                            ")");
+    }
     node_addresses_ = opts_.node_addresses();
     // Serve first: until the source has a complete snapshot, /readyz says 503
     // and ADD gets "try again later"; the tables already in the pods' netns
@@ -96,6 +118,7 @@ void Controller::stop() {
     server_.stop();
     stop_outputs();
     flows_->stop();
+    if (handshake_) handshake_->stop();
     if (identity_) identity_->stop();
     source_->stop();
     sweep_timer_.cancel();
@@ -117,6 +140,7 @@ void Controller::on_source_change() {
     ++source_version_;
     cache::Delta delta = source_->take_delta();  // taken every time, so it never grows unbounded
     flows_->source_changed();
+    if (handshake_) handshake_->source_changed();
     if (enforcing_) {
         auto t0 = std::chrono::steady_clock::now();
         uint64_t changes = enforcer_.program_latency().count();
@@ -135,6 +159,8 @@ void Controller::on_source_change() {
     } else if (source_->ready()) {
         // First complete snapshot: program every recovered pod (replacing the
         // tables a previous signetd left, without touching established connections).
+        if (handshake_)  // bound before the tables with queue rules are written
+            for (const auto& [k, rec] : registry_.all()) handshake_->pod_started(k, rec);
         enforcer_.reset(source_->snapshot(), registry_.all(), node_addresses_);
         for (const auto& [k, rec] : registry_.all()) flows_->pod_started(k, rec, true);
         enforcing_ = true;
@@ -224,6 +250,7 @@ void Controller::sweep() {
 
 void Controller::forget(const std::string& key, const api::PodRecord& gone, bool remove_table) {
     flows_->pod_stopped(key, gone);
+    if (handshake_) handshake_->pod_stopped(key);
     if (enforcing_) enforcer_.pod_removed(key, gone, remove_table, registry_.all());
 }
 
@@ -288,6 +315,11 @@ ipc::Response Controller::status_json() const {
         Value id;
         identity_->status(id, a);
         d.AddMember("identity", id, a);
+    }
+    if (handshake_) {
+        Value hs;
+        handshake_->status(hs, a);
+        d.AddMember("handshake", hs, a);
     }
     Value counters(rapidjson::kObjectType);
     counters.AddMember("registrations", Value(static_cast<uint64_t>(registrations_)), a);
@@ -417,6 +449,7 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     std::optional<api::PodRecord> previous;
     if (const api::PodRecord* old = registry_.get(key)) previous = *old;
     registry_.put(rec);
+    if (handshake_) handshake_->pod_started(key, rec);  // the queue bound before its rules are written
     // The pod's table must be in place before the ADD returns: no packet
     // reaches or leaves the pod before its policy does.
     if (auto st = enforcer_.pod_added(key, registry_.all()); !st) {
@@ -455,8 +488,53 @@ void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond
     if (!ex) return respond(ipc::json_error(ex.error().code == ENOENT ? 404 : 400, ex.error().message));
     rapidjson::Document d;
     ex->to_json(d, d.GetAllocator());
-    d.AddMember("text", json::str(ex->text(), d.GetAllocator()), d.GetAllocator());
+    std::string text = ex->text();
+    if (handshake_ && *proto == nft::kTcp) explain_identity(*from, *to, port, d, text);
+    d.AddMember("text", json::str(text, d.GetAllocator()), d.GetAllocator());
     respond(json_response(200, d));
+}
+
+// With the handshake on, TCP between pods is judged on the initiator's proven
+// identity; say so, and what the same connection would get without a token
+// (a spoofed address, or a node without signet).
+void Controller::explain_identity(const policy::Endpoint& from, const policy::Endpoint& to, uint16_t port,
+                                  rapidjson::Document& d, std::string& text) {
+    auto& a = d.GetAllocator();
+    rapidjson::Value id(rapidjson::kObjectType);
+    HandshakeMode mode = handshake_->mode();
+    id.AddMember("mode", rapidjson::Value(to_string(mode), a), a);
+    if (!from.is_pod() || !to.is_pod()) {
+        id.AddMember("judged_on", "address", a);
+        text += std::string("  identity (handshake ") + to_string(mode) +
+                "): an endpoint is not a pod, so this flow is judged by address\n";
+        d.AddMember("identity", id, a);
+        return;
+    }
+    id.AddMember("judged_on", "proven identity", a);
+    text += std::string("  identity (handshake ") + to_string(mode) + "): judged on " + from.to_string() +
+            "'s proven identity (a token from its node, checked against the cluster view), not on its address\n";
+    std::string ip = from.ip;
+    if (ip.empty()) {
+        const auto& pods = source_->snapshot().pods;
+        auto it = pods.find(cache::ObjectKey{from.namespace_, from.name});
+        if (it != pods.end() && !it->second.pod_ips.empty()) ip = it->second.pod_ips.front();
+        for (const auto& [k, rec] : registry_.all())
+            if (ip.empty() && rec.reg.namespace_ == from.namespace_ && rec.reg.name == from.name && !rec.reg.ips.empty())
+                ip = rec.reg.ips.front().substr(0, rec.reg.ips.front().find('/'));
+    }
+    if (!ip.empty()) {
+        policy::Endpoint bare = mode == HandshakeMode::enforce ? policy::Endpoint::address(ip)
+                                                               : policy::Endpoint::pod_at(from.namespace_, from.name, ip);
+        if (auto t = enforcer_.explain(bare, to, nft::kTcp, port); t) {
+            bool ok = t->allowed;
+            id.AddMember("without_token_allowed", ok, a);
+            text += "    without a token from " + ip + ": " + (ok ? "ALLOWED" : "DENIED") +
+                    (mode == HandshakeMode::enforce ? " (enforce: a pod address counts as a plain address, only "
+                                                      "ipBlock rules can admit it)\n"
+                                                    : " (permissive: judged on address rules)\n");
+        }
+    }
+    d.AddMember("identity", id, a);
 }
 
 void Controller::handle_policies(const ipc::Request& req, ipc::Responder& respond) {

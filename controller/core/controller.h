@@ -21,6 +21,7 @@
 #include "../nft/backend.h"
 #include "enforcer.h"
 #include "flow_service.h"
+#include "handshake_engine.h"
 #include "node_identity.h"
 #include "export/influx.h"
 #include "metrics/http_listener.h"
@@ -49,6 +50,10 @@ struct Options {
     bool graph = false;
     // --authority dir:DIR: this node's identity credentials ("" = none).
     std::string authority_dir;
+    // --handshake: the identity handshake on new TCP connections, and how the
+    // kernel queues them (the probe's answer).
+    HandshakeMode handshake = HandshakeMode::off;
+    nft::QueueBackend handshake_queue = nft::QueueBackend::none;
 };
 
 // Flow aggregates and pod events as InfluxDB points (measurements signet_flow
@@ -98,6 +103,8 @@ private:
     void handle_register(const ipc::Request& req, ipc::Responder& respond);
     void handle_sync(const ipc::Request& req, ipc::Responder respond);
     void handle_explain(const ipc::Request& req, ipc::Responder& respond);
+    void explain_identity(const policy::Endpoint& from, const policy::Endpoint& to, uint16_t port,
+                          rapidjson::Document& d, std::string& text);
     void handle_policies(const ipc::Request& req, ipc::Responder& respond);
     // A registration is gone (DEL, GC, dead netns).
     void forget(const std::string& key, const api::PodRecord& gone, bool remove_table);
@@ -116,6 +123,7 @@ private:
     std::unique_ptr<exporter::InfluxExporter> influx_;
     std::unique_ptr<metrics::HttpListener> listener_;
     std::unique_ptr<NodeIdentity> identity_;
+    std::unique_ptr<HandshakeEngine> handshake_;
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
     boost::asio::steady_timer retry_timer_;

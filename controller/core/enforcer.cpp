@@ -202,6 +202,7 @@ void Enforcer::write(Job& job) {
         return;
     }
     job.desired = std::move(*rs);
+    job.desired->handshake = handshake_;
     PodState& st = *job.st;
     const nft::PodRuleset* cur = st.rules ? &*st.rules : nullptr;
     if (cur != nullptr && *cur == *job.desired) {

@@ -71,12 +71,17 @@ public:
 
     Result<policy::Explanation> explain(const policy::Endpoint& from, const policy::Endpoint& to, uint8_t proto,
                                         uint16_t port) const;
+    // The identity handshake's queue rules in every pod table written from now
+    // on (none: no queue rules). Set before reset().
+    void set_handshake(nft::QueueBackend backend) { handshake_ = backend; }
+    nft::QueueBackend handshake() const { return handshake_; }
     // What is in force for a pod (policies per direction, rules, counters when local).
     Status describe_pod(const cache::ObjectKey& pod, const Records& records, rapidjson::Value& out,
                         rapidjson::Document::AllocatorType& alloc);
     void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& alloc) const;
 
 private:
+    nft::QueueBackend handshake_ = nft::QueueBackend::none;
     struct PodState {
         std::optional<nft::Netns> netns;
         std::optional<nft::PodRuleset> rules;  // what the table holds; empty when unknown

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "../nft/ruleset.h"
 #include "../policy/addr.h"
 #include "signet/json.h"
 #include "signet/log.h"
@@ -187,6 +188,16 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
         r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress, flows::Verdict::allowed, peer.kind,
                                peer.namespace_, peer.name, peer_ip, o.proto, o.dport};
         r.decision = decide(r.key);
+        // The identity handshake marks the connections whose peer proved its
+        // identity (core/handshake_engine.h); the mark is read per event.
+        auto authenticated = [&](const nft::CtEntry& e) {
+            if ((e.mark & nft::kCtMarkMask) != nft::kCtMarkAuthenticated || peer.kind != flows::PeerKind::pod) return;
+            r.decision.authenticated = true;
+            const auto& pods = ctx_.source->snapshot().pods;
+            auto it = pods.find(cache::ObjectKey{peer.namespace_, peer.name});
+            r.peer_node = it != pods.end() ? it->second.node_name : ctx_.node_name;
+        };
+        authenticated(ev.entry);
         r.src = hostport(policy::to_string(src), o.sport, o.family);
         r.dst = hostport(policy::to_string(dst), o.dport, o.family);
         r.sport = o.sport;
@@ -216,6 +227,7 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
         if (r.event == flows::Record::close) {
             r.counts.connections = 1;
             const auto& e = entry;
+            authenticated(e);
             // The initiator's direction is "orig": for an egress flow that is the pod.
             r.counts.packets_out = ingress ? e.reply_packets : e.orig_packets;
             r.counts.bytes_out = ingress ? e.reply_bytes : e.orig_bytes;

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstring>
 
+#include <boost/asio/post.hpp>
+
 #include "signet/fsutil.h"
 #include "signet/json.h"
 #include "signet/log.h"
@@ -28,14 +30,25 @@ int64_t unix_seconds(identity::TimePoint t) {
     return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
 }
 
+std::mutex g_csr_mu;
+CsrClientOptions g_csr_options;
+
 }  // namespace
+
+void NodeIdentity::set_csr_options(CsrClientOptions opts) {
+    std::lock_guard lk(g_csr_mu);
+    g_csr_options = std::move(opts);
+}
 
 NodeIdentity::NodeIdentity(boost::asio::io_context& io, std::string node_name, std::string authority_dir,
                            std::string state_dir)
-    : node_(std::move(node_name)), dir_(std::move(authority_dir)), own_dir_(state_dir + "/identity"),
+    : io_(io), node_(std::move(node_name)), dir_(std::move(authority_dir)), own_dir_(state_dir + "/identity"),
       timer_(io) {}
 
+NodeIdentity::~NodeIdentity() { stop(); }
+
 Status NodeIdentity::start() {
+    if (dir_ == kKubernetesCsr) return start_csr_mode();
     authority_mode_ = exists(dir_ + "/ca.key");
     if (authority_mode_) {
         auto ca = identity::Authority::load(dir_);
@@ -76,7 +89,115 @@ Status NodeIdentity::start() {
     return {};
 }
 
-void NodeIdentity::stop() { timer_.cancel(); }
+void NodeIdentity::stop() {
+    timer_.cancel();
+    if (csr_thread_.joinable()) {
+        {
+            std::lock_guard lk(csr_mu_);
+            csr_stopping_ = true;
+        }
+        csr_cv_.notify_all();
+        csr_client_->stop();
+        csr_thread_.join();
+    }
+}
+
+// ---- kubernetes-csr mode ------------------------------------------------------
+
+Status NodeIdentity::start_csr_mode() {
+    csr_mode_ = true;
+    CsrClientOptions opts;
+    {
+        std::lock_guard lk(g_csr_mu);
+        opts = g_csr_options;
+    }
+    auto client = CsrClient::create(opts, node_, own_dir_);
+    if (!client) return make_error(client.error().code, "--authority kubernetes-csr: " + client.error().message);
+    csr_client_ = std::move(*client);
+    if (auto st = fs::make_dirs(own_dir_, 0700); !st) return st;
+    // Reuse what an earlier signetd obtained while it is valid (renewed in the
+    // background when due). The bundle: the file flag, else the copy kept here.
+    std::string bundle_path = opts.trust_bundle_file.empty() ? own_dir_ + "/trust-bundle.pem" : opts.trust_bundle_file;
+    if (exists(bundle_path) && exists(own_dir_ + "/node.key") && exists(own_dir_ + "/node.crt")) {
+        auto bundle = identity::TrustBundle::load(bundle_path);
+        auto c = bundle ? identity::NodeCredentials::load(own_dir_, *bundle, identity::Clock::now())
+                        : Result<identity::NodeCredentials>(bundle.error());
+        if (c && c->identity.node_name == node_ &&
+            (opts.trust_domain.empty() || c->identity.trust_domain == opts.trust_domain)) {
+            bundle_.emplace(std::move(*bundle));
+            creds_.emplace(std::move(*c));
+            csr_due_ = renewal_time(creds_->identity.not_before, creds_->identity.not_after);
+            log::info(kLog, "node certificate for " + node_ + " in trust domain " + creds_->identity.trust_domain +
+                                ", fingerprint " + identity::hex(creds_->identity.fingerprint).substr(0, 16) +
+                                ", valid until unix " + std::to_string(unix_seconds(creds_->identity.not_after)) +
+                                " (from the Kubernetes CSR API, kept in " + own_dir_ + ")");
+        } else if (!c) {
+            log::info(kLog, "the node certificate in " + own_dir_ + " is not usable (" + c.error().message +
+                                "): requesting a new one");
+        } else {
+            log::info(kLog, "the node certificate in " + own_dir_ + " is for node '" + c->identity.node_name +
+                                "' in trust domain '" + c->identity.trust_domain + "': requesting a new one");
+        }
+    }
+    if (!creds_) log::info(kLog, "no node certificate yet: requesting one from the Kubernetes CSR API (signer signet.dev/node)");
+    csr_thread_ = std::thread([this] { csr_worker(); });
+    return {};
+}
+
+void NodeIdentity::csr_worker() {
+    std::chrono::milliseconds backoff{1000};
+    const std::chrono::milliseconds backoff_max{300000};
+    std::weak_ptr<int> alive = alive_;
+    for (;;) {
+        {
+            std::unique_lock lk(csr_mu_);
+            if (csr_due_) {
+                auto due = *csr_due_;
+                // system_clock deadline, waited in short steps (suspend, clock changes).
+                while (!csr_stopping_ && identity::Clock::now() < due)
+                    csr_cv_.wait_for(lk, std::min<std::chrono::nanoseconds>(due - identity::Clock::now(),
+                                                                            std::chrono::seconds(30)));
+            }
+            if (csr_stopping_) return;
+        }
+        auto r = csr_client_->obtain();
+        if (r) {
+            auto got = std::make_shared<CsrClient::Obtained>(std::move(*r));
+            {
+                std::lock_guard lk(csr_mu_);
+                csr_due_ = renewal_time(got->creds.identity.not_before, got->creds.identity.not_after);
+                csr_last_error_.clear();
+            }
+            backoff = std::chrono::milliseconds(1000);
+            boost::asio::post(io_, [this, alive, got] {
+                if (alive.expired()) return;
+                auto bundle = identity::TrustBundle::from_pem(got->bundle_pem);
+                if (bundle) bundle_.emplace(std::move(*bundle));
+                bool renewal = creds_.has_value();
+                creds_.emplace(std::move(got->creds));
+                ++renewals_;
+                last_error_.clear();
+                log::info(kLog, std::string(renewal ? "renewed" : "obtained") + " this node's certificate from CertificateSigningRequest " +
+                                    got->csr_name + ": node " + node_ + ", trust domain " + creds_->identity.trust_domain +
+                                    ", fingerprint " + identity::hex(creds_->identity.fingerprint).substr(0, 16) +
+                                    ", valid until unix " + std::to_string(unix_seconds(creds_->identity.not_after)));
+            });
+            continue;
+        }
+        if (r.error().code == ECANCELED) return;
+        std::string err = r.error().message;
+        log::error(kLog, "node certificate from the Kubernetes CSR API: " + err + " (retrying in " +
+                             std::to_string(backoff.count() / 1000) + "s; a current certificate stays in use)");
+        boost::asio::post(io_, [this, alive, err] {
+            if (!alive.expired()) last_error_ = err;
+        });
+        std::unique_lock lk(csr_mu_);
+        csr_last_error_ = err;
+        csr_due_ = identity::Clock::now() + backoff;
+        backoff = std::min(backoff * 2, backoff_max);
+        if (csr_stopping_) return;
+    }
+}
 
 Status NodeIdentity::issue_from_authority() {
     if (auto st = fs::make_dirs(own_dir_, 0700); !st) return st;
@@ -106,7 +227,7 @@ Status NodeIdentity::issue_from_authority() {
 }
 
 void NodeIdentity::check() {
-    if (!creds_) return;
+    if (!creds_ || csr_mode_) return;
     auto now = identity::Clock::now();
     if (identity::needs_renewal(creds_->cert.get(), now)) {
         if (authority_mode_) {
@@ -139,8 +260,21 @@ void NodeIdentity::schedule() {
 
 void NodeIdentity::status(Value& out, rapidjson::Document::AllocatorType& a) const {
     out.SetObject();
-    out.AddMember("mode", Value(authority_mode_ ? "authority" : "pre-issued", a), a);
-    out.AddMember("directory", json::str(dir_, a), a);
+    out.AddMember("mode", Value(csr_mode_ ? kKubernetesCsr : authority_mode_ ? "authority" : "pre-issued", a), a);
+    out.AddMember("directory", json::str(csr_mode_ ? own_dir_ : dir_, a), a);
+    if (csr_mode_ && csr_client_) {
+        auto p = csr_client_->progress();
+        Value csr(rapidjson::kObjectType);
+        csr.AddMember("signerName", "signet.dev/node", a);
+        csr.AddMember("name", json::str(p.csr_name, a), a);
+        csr.AddMember("phase", json::str(p.phase, a), a);
+        csr.AddMember("message", json::str(p.message, a), a);
+        {
+            std::lock_guard lk(csr_mu_);
+            if (csr_due_) csr.AddMember("nextAttempt", Value(static_cast<int64_t>(unix_seconds(*csr_due_))), a);
+        }
+        out.AddMember("csr", csr, a);
+    }
     if (creds_) {
         const auto& id = creds_->identity;
         out.AddMember("node", json::str(id.node_name, a), a);

@@ -10,24 +10,43 @@
 //    loads them, checks they name this node, and warns as expiry nears.
 // Either way the certificate must chain to the trust bundle and name this
 // node; otherwise signetd refuses to start with the reason.
+//
+// `signetd --authority kubernetes-csr` (authority_dir == kKubernetesCsr)
+// gets them from the Kubernetes CSR API instead (csr_client.h): a worker
+// thread submits a CSR for a key made on the node, waits for
+// `signetd --csr-signer`, and renews at two thirds of the lifetime; until a
+// renewal is issued the previous credentials stay in use. It starts without
+// credentials when it has none yet (they follow asynchronously; the status
+// shows the pending CSR), and reuses valid ones from state-dir/identity.
 #pragma once
 
 #include <rapidjson/document.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
+#include "csr_client.h"
 #include "identity/authority.h"
 #include "signet/result.h"
 
 namespace signet::core {
 
+inline constexpr const char* kKubernetesCsr = "kubernetes-csr";
+
 class NodeIdentity {
 public:
     NodeIdentity(boost::asio::io_context& io, std::string node_name, std::string authority_dir, std::string state_dir);
+    ~NodeIdentity();
+
+    // The settings of kubernetes-csr mode (signetd's main sets them before
+    // the controller starts; process-wide, as there is one node identity).
+    static void set_csr_options(CsrClientOptions opts);
 
     // Loads or issues the credentials (see above). Errors are fatal for signetd.
     Status start();
@@ -38,11 +57,25 @@ public:
 
     bool has_credentials() const { return creds_.has_value(); }
     const identity::NodeCredentials* credentials() const { return creds_ ? &*creds_ : nullptr; }
+    const identity::TrustBundle* bundle() const { return bundle_ ? &*bundle_ : nullptr; }
     void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
 
 private:
     Status issue_from_authority();
     void schedule();
+    Status start_csr_mode();
+    void csr_worker();
+
+    bool csr_mode_ = false;
+    std::unique_ptr<CsrClient> csr_client_;
+    std::thread csr_thread_;
+    mutable std::mutex csr_mu_;
+    std::condition_variable csr_cv_;
+    bool csr_stopping_ = false;
+    std::optional<identity::TimePoint> csr_due_;  // under csr_mu_: next renewal (nullopt: now)
+    std::string csr_last_error_;                  // under csr_mu_
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+    boost::asio::io_context& io_;
 
     std::string node_, dir_, own_dir_;
     bool authority_mode_ = false;

@@ -158,6 +158,13 @@ void to_json(const Record& r, Value& out, rapidjson::Document::AllocatorType& a)
     out.AddMember("policy", json::str(r.decision.policy, a), a);
     out.AddMember("rule", Value(r.decision.rule), a);
     out.AddMember("authenticated", Value(r.decision.authenticated), a);
+    if (r.decision.authenticated && k.peer_kind == PeerKind::pod) {
+        Value id(rapidjson::kObjectType);
+        id.AddMember("node", json::str(r.peer_node, a), a);
+        id.AddMember("namespace", json::str(k.peer_namespace, a), a);
+        id.AddMember("pod", json::str(k.peer_pod, a), a);
+        out.AddMember("peer_identity", id, a);
+    }
     Value c(rapidjson::kObjectType);
     c.AddMember("packetsOut", Value(r.counts.packets_out), a);
     c.AddMember("bytesOut", Value(r.counts.bytes_out), a);

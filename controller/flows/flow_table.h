@@ -67,6 +67,7 @@ struct Record {
     uint16_t sport = 0;
     Counts counts;             // close: the connection's totals; denied: the packet
     int64_t duration_ns = 0;   // close: how long it was open (0 when its start was not seen)
+    std::string peer_node;     // authenticated: the node that vouched for the peer pod
 };
 
 struct PodEvent {

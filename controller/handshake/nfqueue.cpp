@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <linux/netlink.h>
 #include <sys/socket.h>
@@ -193,7 +194,7 @@ ParseSummary nfq_parse_buffer(std::span<const uint8_t> bytes, std::vector<Queued
 // ------------------------------------------------------------------ verdicts
 
 Status VerdictBatch::add(uint16_t queue, uint32_t id, uint32_t verdict, std::span<const uint8_t> replacement,
-                         std::optional<uint32_t> mark) {
+                         std::optional<uint32_t> mark, std::optional<CtMark> ct_mark) {
     if (verdict != kAccept && verdict != kDrop)
         return make_error(EINVAL, "nfqueue verdict " + std::to_string(verdict) + ": only NF_ACCEPT or NF_DROP");
     if (replacement.size() > kMaxVerdictPayload)
@@ -201,8 +202,9 @@ Status VerdictBatch::add(uint16_t queue, uint32_t id, uint32_t verdict, std::spa
                                         " bytes exceeds " + std::to_string(kMaxVerdictPayload));
     const size_t verdict_attr = kAttrHdr + 8;
     const size_t mark_attr = mark ? kAttrHdr + 4 : 0;
+    const size_t ct_attr = ct_mark ? kAttrHdr + 2 * (kAttrHdr + 4) : 0;
     const size_t payload_attr = replacement.empty() ? 0 : align4(kAttrHdr + replacement.size());
-    const size_t msg_len = kNlHdr + kNfgenHdr + verdict_attr + mark_attr + payload_attr;
+    const size_t msg_len = kNlHdr + kNfgenHdr + verdict_attr + mark_attr + ct_attr + payload_attr;
     if (buf_.size() < len_ + msg_len) buf_.resize(std::max(buf_.size() * 2, len_ + msg_len + 4096));
     const size_t base = len_;
     std::memset(buf_.data() + base, 0, msg_len);
@@ -227,6 +229,17 @@ Status VerdictBatch::add(uint16_t queue, uint32_t id, uint32_t verdict, std::spa
         put16(buf_, off + 2, NFQA_MARK);
         put_be32(buf_, off + 4, *mark);
         off += mark_attr;
+    }
+    if (ct_mark) {  // NFQA_CT (nested) { CTA_MARK, CTA_MARK_MASK }, big-endian values
+        put16(buf_, off, static_cast<uint16_t>(ct_attr));
+        put16(buf_, off + 2, NFQA_CT | NLA_F_NESTED);
+        put16(buf_, off + 4, kAttrHdr + 4);
+        put16(buf_, off + 6, CTA_MARK);
+        put_be32(buf_, off + 8, ct_mark->value);
+        put16(buf_, off + 12, kAttrHdr + 4);
+        put16(buf_, off + 14, CTA_MARK_MASK);
+        put_be32(buf_, off + 16, ct_mark->mask);
+        off += ct_attr;
     }
     if (!replacement.empty()) {
         put16(buf_, off, static_cast<uint16_t>(kAttrHdr + replacement.size()));
@@ -388,15 +401,18 @@ struct QueueReader::Impl : std::enable_shared_from_this<Impl> {
     }
 
     void add(const QueuedPacket& p, uint32_t verdict, std::span<const uint8_t> replacement,
-             std::optional<uint32_t> mark) {
+             std::optional<uint32_t> mark, std::optional<CtMark> ct_mark = {}) {
         ++stats.packets;
-        if (!replacement.empty() && verdict == kAccept && batch.add(p.queue, p.id, verdict, replacement, mark)) {
+        if (!replacement.empty() && verdict == kAccept &&
+            batch.add(p.queue, p.id, verdict, replacement, mark, ct_mark)) {
             ++stats.accepted;
             ++stats.rewritten;
             return;
         }
         if (!replacement.empty()) verdict = kDrop;  // could not carry the rewrite: never pass the original
-        if (!batch.add(p.queue, p.id, verdict == kAccept ? kAccept : kDrop, {}, mark)) return;
+        if (!batch.add(p.queue, p.id, verdict == kAccept ? kAccept : kDrop, {}, mark,
+                       verdict == kAccept ? ct_mark : std::nullopt))
+            return;
         if (verdict == kAccept)
             ++stats.accepted;
         else
@@ -428,7 +444,7 @@ struct QueueReader::Impl : std::enable_shared_from_this<Impl> {
             }
             ++stats.checksums_completed;
         }
-        add(p, kAccept, d.replacement, d.mark);
+        add(p, kAccept, d.replacement, d.mark, d.ct_mark);
     }
 
     Status start() {

@@ -94,6 +94,15 @@ struct ParseSummary {
 // no alignment assumed, every read bounded). Appends to `out`.
 ParseSummary nfq_parse_buffer(std::span<const uint8_t> bytes, std::vector<QueuedPacket>& out);
 
+// A conntrack mark to set with a verdict (NFQA_CT { CTA_MARK, CTA_MARK_MASK }):
+// the bits of `mask` become those of `value` (the kernel's ctnetlink glue,
+// nf_conntrack_netlink, applies it to the packet's conntrack entry).
+struct CtMark {
+    uint32_t value = 0;
+    uint32_t mask = 0xffffffff;
+    bool operator==(const CtMark&) const = default;
+};
+
 // Verdict messages (NFQNL_MSG_VERDICT) queued into one buffer, sent with one
 // sendmsg. No NLM_F_ACK: the kernel answers only errors (NLMSG_ERROR with
 // seq = the packet id).
@@ -102,7 +111,7 @@ public:
     // EMSGSIZE: the replacement exceeds kMaxVerdictPayload; EINVAL: verdict
     // other than kAccept / kDrop.
     Status add(uint16_t queue, uint32_t id, uint32_t verdict, std::span<const uint8_t> replacement = {},
-               std::optional<uint32_t> mark = {});
+               std::optional<uint32_t> mark = {}, std::optional<CtMark> ct_mark = {});
     std::span<const uint8_t> bytes() const { return {buf_.data(), len_}; }
     size_t count() const { return count_; }
     bool empty() const { return count_ == 0; }
@@ -137,6 +146,7 @@ struct Decision {
     uint32_t verdict = kDrop;
     std::vector<uint8_t> replacement;  // empty: the packet unchanged
     std::optional<uint32_t> mark;      // set the skb mark
+    std::optional<CtMark> ct_mark;     // set (bits of) the conntrack entry's mark
 };
 
 struct QueueStats {

@@ -372,6 +372,26 @@ Result<Authority> Authority::load(const std::string& dir) {
     return a;
 }
 
+Result<Authority> Authority::from_pem(std::string_view key_pem, std::string_view cert_pem_text,
+                                     std::string_view bundle_pem) {
+    Authority a;
+    BioPtr bio(BIO_new_mem_buf(key_pem.data(), static_cast<int>(key_pem.size())));
+    a.key_.reset(bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+    if (!a.key_) return ossl(CertError::invalid_argument, "cannot read the CA key");
+    if (!is_p256(a.key_.get())) return cert_error(CertError::invalid_argument, "the CA key is not P-256");
+    auto certs = parse_certs_pem(cert_pem_text);
+    if (!certs) return certs.error();
+    if (certs->size() != 1) return cert_error(CertError::bad_certificate, "expected one CA certificate");
+    a.cert_ = std::move(certs->front());
+    if (EVP_PKEY_eq(X509_get0_pubkey(a.cert_.get()), a.key_.get()) != 1)
+        return cert_error(CertError::bad_certificate, "the CA key does not match the CA certificate");
+    a.trust_domain_ = subject_entry(X509_get_subject_name(a.cert_.get()), NID_organizationName);
+    if (!valid_trust_domain(a.trust_domain_))
+        return cert_error(CertError::bad_certificate, "the CA certificate has no valid trust domain in O=");
+    a.bundle_pem_ = bundle_pem.empty() ? cert_pem(a.cert_.get()) : std::string(bundle_pem);
+    return a;
+}
+
 Result<std::string> Authority::sign_csr(std::string_view csr_pem, const std::string& node_name, const IssueOptions& opts) const {
     if (!valid_dns_subdomain(node_name)) return cert_error(CertError::invalid_argument, "invalid node name: " + node_name);
     if (opts.validity <= std::chrono::seconds(0)) return cert_error(CertError::invalid_argument, "validity must be positive");

@@ -143,6 +143,10 @@ public:
     // CA:TRUE pathlen:0, keyCertSign+cRLSign, URI SAN spiffe://<trust domain>).
     static Result<Authority> create(const AuthorityOptions& opts);
     static Result<Authority> load(const std::string& dir);
+    // The same from PEM text (e.g. a Kubernetes Secret): the CA key, its
+    // certificate, and the trust bundle ("" = the CA certificate alone).
+    static Result<Authority> from_pem(std::string_view key_pem, std::string_view cert_pem,
+                                      std::string_view bundle_pem = {});
     // Writes ca.key (0600), ca.crt, trust-bundle.pem; refuses existing files.
     Status save(const std::string& dir) const;
 

@@ -184,6 +184,13 @@ public:
         bitwise(&mask, &zero, sizeof mask);
         return cmp(NFT_CMP_NEQ, &zero, sizeof zero);
     }
+    // ct mark set <register> (the `ct` expression with a source register).
+    RuleBuilder& ct_set_mark() {
+        auto e = expr("ct");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_SREG, kReg);
+        return push(std::move(e));
+    }
     RuleBuilder& lookup(const std::string& set, uint32_t set_id) {
         auto e = expr("lookup");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SREG, kReg);
@@ -376,19 +383,29 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
     const Origin base{};
     auto base_comment = std::string("signet ") + chain + " base";
 
+    auto loopback = [&] {  // the pod talking to itself
+        RuleBuilder rb(table, chain);
+        char lo[IFNAMSIZ] = "lo";
+        rb.meta(dir == Dir::ingress ? NFT_META_IIFNAME : NFT_META_OIFNAME).cmp(NFT_CMP_EQ, lo, sizeof lo);
+        rb.verdict(NF_ACCEPT).comment(base_comment);
+        add_rule(b, rb);
+    };
+    if (rs.handshake != QueueBackend::none) {
+        // 0. loopback first (no handshake with itself), then SYN and SYN-ACK to
+        // the handshake queue: before `ct state established`, which a SYN-ACK
+        // already is for conntrack.
+        loopback();
+        RuleBuilder rb(table, chain);
+        build_syn_queue_rule(rb, kHandshakeQueueNum, rs.handshake);
+        add_rule(b, rb);
+    }
     {  // 1. replies to allowed connections
         RuleBuilder rb(table, chain);
         uint32_t mask = NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED);
         rb.ct_state_any(mask).verdict(NF_ACCEPT).comment(base_comment);
         add_rule(b, rb);
     }
-    {  // 2. the pod talking to itself
-        RuleBuilder rb(table, chain);
-        char lo[IFNAMSIZ] = "lo";
-        rb.meta(dir == Dir::ingress ? NFT_META_IIFNAME : NFT_META_OIFNAME).cmp(NFT_CMP_EQ, lo, sizeof lo);
-        rb.verdict(NF_ACCEPT).comment(base_comment);
-        add_rule(b, rb);
-    }
+    if (rs.handshake == QueueBackend::none) loopback();  // 2. the pod talking to itself
     {  // 2b. IPv6 neighbor discovery (ICMPv6 133-136: RS, RA, NS, NA). Conntrack
        // does not track it, so without this an isolated direction would cut
        // the pod's IPv6 link layer (even replies could not be delivered).
@@ -525,6 +542,32 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
     }
     for (Dir dir : {Dir::ingress, Dir::egress}) {
         if (auto s = add_direction(b, rs, ids, dir); !s) return s;
+    }
+    if (rs.handshake != QueueBackend::none) {
+        // The handshake's verdicts set handshake bits in the packet's mark
+        // (NFQA_MARK); a chain after the filter chains copies them to the
+        // connection's conntrack mark (the queue's own way, NFQA_CT, needs
+        // CONFIG_NETFILTER_NETLINK_GLUE_CT, which kernels may lack). The packet
+        // mark is scrubbed when the packet leaves the pod's netns.
+        for (Dir dir : {Dir::ingress, Dir::egress}) {
+            std::string name = std::string(dir_name(dir)) + "_mark";
+            ChainPtr c(nftnl_chain_alloc());
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, name.c_str());
+            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
+            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, dir == Dir::ingress ? NF_INET_LOCAL_IN : NF_INET_LOCAL_OUT);
+            nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, 10);
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
+            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
+            b.add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, [&](nlmsghdr* nlh) { nftnl_chain_nlmsg_build_payload(nlh, c.get()); },
+                  std::string("add chain inet ") + kTableName + " " + name + " { type filter hook " +
+                      (dir == Dir::ingress ? "input" : "output") + " priority 10; policy accept; }");
+            RuleBuilder rb(kTableName, name);
+            uint32_t mask = kCtMarkMask, zero = 0;
+            rb.meta(NFT_META_MARK).bitwise(&mask, &zero, 4).cmp(NFT_CMP_NEQ, &zero, 4).ct_set_mark();
+            rb.comment("signet handshake-mark");
+            add_rule(b, rb);
+        }
     }
     b.finish();
     return {};

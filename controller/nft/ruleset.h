@@ -9,6 +9,8 @@
 //   chain egress   (hook output, priority filter, policy accept)
 //
 // each chain:
+//   0. [handshake on] iifname/oifname "lo" accept, then TCP SYN and SYN-ACK
+//      (tcp flags & (fin|syn|rst) == syn) to NFQUEUE 3472, no bypass
 //   1. ct state established,related accept      (replies to allowed connections)
 //   2. iifname/oifname "lo" accept               (the pod talking to itself)
 //   2b. icmpv6 type 133-136 accept               (router/neighbour discovery: not tracked
@@ -33,6 +35,14 @@
 namespace signet::nft {
 
 inline constexpr const char* kTableName = "signet";
+// The NFQUEUE of the handshake in every pod netns (handshake::kHandshakeQueue).
+inline constexpr uint16_t kHandshakeQueueNum = 3472;
+// Conntrack mark bits the handshake sets in a pod's netns (the netns's
+// conntrack table is the pod's own: nothing else there uses marks).
+inline constexpr uint32_t kCtMarkMask = 0x00000300;
+inline constexpr uint32_t kCtMarkAuthenticated = 0x00000100;  // the peer pod's identity was proven
+inline constexpr uint32_t kCtMarkByAddress = 0x00000200;      // no token: judged by address
+inline constexpr uint32_t kCtMarkPending = 0x00000300;        // client side: token sent, answer not yet judged
 
 enum class Family : uint8_t { v4 = 4, v6 = 6 };
 
@@ -104,19 +114,7 @@ struct Direction {
     bool operator==(const Direction&) const = default;
 };
 
-struct PodRuleset {
-    Direction ingress;
-    Direction egress;
-    // Named sets referenced by the rules, plus "node_v4" / "node_v6" (the node's own addresses).
-    std::map<std::string, AddrSet> sets;
-    bool operator==(const PodRuleset&) const = default;
-
-    // True when `other` differs only in set elements (same rules, same set
-    // names and families): the programmer then updates elements in place.
-    bool same_structure(const PodRuleset& other) const;
-};
-
-// How new TCP connections reach the identity handshake (later issue): the
+// How new TCP connections reach the identity handshake: the
 // native nft `queue` expression or the xtables NFQUEUE target via nft_compat.
 enum class QueueBackend { none, nft_queue, xt_nfqueue };
 
@@ -128,5 +126,22 @@ inline const char* to_string(QueueBackend b) {
     }
     return "none";
 }
+
+struct PodRuleset {
+    Direction ingress;
+    Direction egress;
+    // Named sets referenced by the rules, plus "node_v4" / "node_v6" (the node's own addresses).
+    std::map<std::string, AddrSet> sets;
+    // The identity handshake: when not none, each chain sends new TCP
+    // connections' SYN and SYN-ACK to NFQUEUE kHandshakeQueue (3472) with this
+    // backend, after the loopback rule and before `ct state established`
+    // (conntrack counts a SYN-ACK as established). The controller judges them.
+    QueueBackend handshake = QueueBackend::none;
+    bool operator==(const PodRuleset&) const = default;
+
+    // True when `other` differs only in set elements (same rules, same set
+    // names and families): the programmer then updates elements in place.
+    bool same_structure(const PodRuleset& other) const;
+};
 
 }  // namespace signet::nft

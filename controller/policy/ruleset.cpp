@@ -9,7 +9,7 @@
 namespace signet::nft {
 
 bool PodRuleset::same_structure(const PodRuleset& other) const {
-    if (!(ingress == other.ingress) || !(egress == other.egress)) return false;
+    if (!(ingress == other.ingress) || !(egress == other.egress) || handshake != other.handshake) return false;
     if (sets.size() != other.sets.size()) return false;
     auto a = sets.begin();
     auto b = other.sets.begin();

@@ -42,6 +42,29 @@ Control API (plain JSON over the same port, no auth; see CONTROL below):
 (merge fault settings), ``/_control/compact``, ``/_control/drop``,
 ``/_control/bulk_pods``, ``GET /_control/requests``, ``/_control/state``,
 ``POST /_control/scan`` (ingest the followed manifest folder now).
+
+Single objects and the CSR API (signet's node certificates; added for
+test/integration/test_csr_signer.py, nothing above changed):
+
+* ``GET /api/v1/nodes/NAME``, ``GET /api/v1/namespaces/NS/{secrets,configmaps,
+  pods}/NAME`` (and any other resource above by name) -> the object or a
+  ``404 NotFound`` Status;
+* CertificateSigningRequests (certificates.k8s.io/v1, cluster-scoped): list
+  and watch like the other resources, ``POST`` (create: ``name`` or
+  ``generateName``; ``spec.username``, ``spec.groups`` and ``spec.uid`` are
+  set by the server from the authenticated caller, as kube-apiserver does;
+  ``409 AlreadyExists``; ``422 Invalid`` without signerName/request),
+  ``GET .../NAME``, ``PUT .../NAME/approval`` (only status.conditions
+  Approved/Denied change; both at once is ``422``) and ``PUT .../NAME/status``
+  (certificate and other conditions; a certificate only on an approved
+  request; Approved/Denied kept from the stored object); a PUT whose
+  metadata.resourceVersion is not the stored one is ``409 Conflict``;
+* users: ``--token T`` (or fault ``tokens``) maps a token to a user name
+  or to ``{"username": U, "groups": [...]}``; groups default as the real
+  authenticators set them (service accounts: ``system:serviceaccounts``,
+  ``system:serviceaccounts:NS``; ``system:node:*``: ``system:nodes``; all:
+  ``system:authenticated``); client certificates: CN = user, O = groups.
+  ``--user TOKEN=USERNAME[@GROUP,...]`` adds one such mapping.
 """
 
 from __future__ import annotations
@@ -71,9 +94,32 @@ RESOURCES = {
     "pods": ("", "v1", "Pod", True),
     "networkpolicies": ("networking.k8s.io", "v1", "NetworkPolicy", True),
     "nodes": ("", "v1", "Node", False),
+    # The CSR API of signet's node certificates, and the objects its signer and
+    # clients read (GET by name; list/watch work as for the others).
+    "certificatesigningrequests": ("certificates.k8s.io", "v1", "CertificateSigningRequest", False),
+    "secrets": ("", "v1", "Secret", True),
+    "configmaps": ("", "v1", "ConfigMap", True),
 }
 KIND_TO_RESOURCE = {v[2]: k for k, v in RESOURCES.items()}
 DEFAULT_USER = "system:serviceaccount:kube-system:signet"
+
+
+def user_info(user) -> dict:
+    """{"username", "groups", "uid"} of an authenticated user (a name or a dict)."""
+    if isinstance(user, dict):
+        name = user.get("username", "")
+        groups = list(user.get("groups") or [])
+    else:
+        name, groups = str(user), []
+    if not (isinstance(user, dict) and "groups" in user):
+        if name.startswith("system:serviceaccount:"):
+            ns = name.split(":")[2]
+            groups = ["system:serviceaccounts", f"system:serviceaccounts:{ns}"]
+        elif name.startswith("system:node:"):
+            groups = ["system:nodes"]
+    if name != "system:anonymous" and "system:authenticated" not in groups:
+        groups.append("system:authenticated")
+    return {"username": name, "groups": groups, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + name))}
 
 
 def api_version_of(resource: str) -> str:
@@ -224,6 +270,48 @@ class Store:
                 item = dict(item)
                 item["kind"] = RESOURCES[resource][2]
                 self.apply(item, keep_meta=True)
+
+    # ---- single objects (GET by name, the CSR API's create and subresource updates)
+    def get(self, resource: str, namespace: str, name: str) -> dict | None:
+        k = ((namespace or "default") if RESOURCES[resource][3] else "", name)
+        with self.cond:
+            o = self.objects[resource].get(k)
+            return copy.deepcopy(o) if o is not None else None
+
+    def create(self, resource: str, obj: dict) -> dict:
+        """POST: a new object (KeyError when the name exists); server-set metadata."""
+        obj = copy.deepcopy(obj)
+        obj = {"kind": RESOURCES[resource][2], "apiVersion": api_version_of(resource),
+               **{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}}
+        md = obj.setdefault("metadata", {})
+        with self.cond:
+            if not md.get("name") and md.get("generateName"):
+                md["name"] = md["generateName"] + uuid.uuid4().hex[:5]
+            k = self.key(resource, obj)
+            if k in self.objects[resource]:
+                raise KeyError(md["name"])
+            md["uid"] = str(uuid.uuid4())
+            md["creationTimestamp"] = now_rfc3339()
+            md["resourceVersion"] = str(self._bump())
+            self.objects[resource][k] = obj
+            self._record(resource, "ADDED", obj)
+            return copy.deepcopy(obj)
+
+    def update(self, resource: str, namespace: str, name: str, mutate, expected_rv: str | None) -> dict:
+        """PUT: mutate(stored copy) -> new object, under optimistic concurrency.
+        KeyError: not found; ValueError("conflict"): resourceVersion differs."""
+        k = ((namespace or "default") if RESOURCES[resource][3] else "", name)
+        with self.cond:
+            old = self.objects[resource].get(k)
+            if old is None:
+                raise KeyError(name)
+            if expected_rv and expected_rv != old["metadata"]["resourceVersion"]:
+                raise ValueError("conflict")
+            new = mutate(copy.deepcopy(old))
+            new["metadata"]["resourceVersion"] = str(self._bump())
+            self.objects[resource][k] = new
+            self._record(resource, "MODIFIED", new)
+            return copy.deepcopy(new)
 
     # ---- reads
     def list(self, resource: str, limit: int, cont: str | None) -> dict:
@@ -380,18 +468,23 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- auth
     def _authenticate(self) -> str | None:
+        self.user_info = None
         tokens = self.store.faults["tokens"]
         auth = self.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             tok = auth[7:].strip()
             if tokens is None or tok in tokens:
-                return DEFAULT_USER if tokens is None else (tokens[tok] if isinstance(tokens, dict) else DEFAULT_USER)
+                u = DEFAULT_USER if tokens is None else (tokens[tok] if isinstance(tokens, dict) else DEFAULT_USER)
+                self.user_info = user_info(u)
+                return self.user_info["username"]
             return None  # a wrong token is refused even when a cert is present (as the real server)
         cert = getattr(self.connection, "getpeercert", lambda: None)()
         if cert and self.store.faults["client_cert_users"]:
+            orgs = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "organizationName"]
             for rdn in cert.get("subject", ()):
                 for k, v in rdn:
                     if k == "commonName":
+                        self.user_info = user_info({"username": v, "groups": orgs})
                         return v
         if tokens is None:
             return "system:anonymous"
@@ -403,6 +496,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._dispatch("POST")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
 
     def _dispatch(self, method: str) -> None:
         url = urllib.parse.urlsplit(self.path)
@@ -429,6 +525,8 @@ class Handler(BaseHTTPRequestHandler):
             if user is None:
                 return self._json(401, status_body(401, "Unauthorized", "Unauthorized"))
             if resource is None or method != "GET":
+                if self._object_request(method, url.path, user):
+                    return
                 return self._json(404, status_body(404, "NotFound", "the server could not find the requested resource",
                                                    {}))
             verb = "watch" if watch else "list"
@@ -458,6 +556,157 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, body)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
             self.close_connection = True
+
+    # ---- single objects and the CSR API (see the module docstring)
+    def _object_request(self, method: str, path: str, user: str) -> bool:
+        """Handles GET by name, CSR create and the CSR subresources. False when
+        the path is none of these (the caller answers 404 as before)."""
+        segs = [x for x in path.split("/") if x]
+        if len(segs) >= 3 and segs[0] == "api":
+            group, rest = "", segs[2:]
+        elif len(segs) >= 4 and segs[0] == "apis":
+            group, rest = segs[1], segs[3:]
+        else:
+            return False
+        ns = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            ns, rest = rest[1], rest[2:]
+        if not rest or rest[0] not in RESOURCES or RESOURCES[rest[0]][0] != group:
+            return False
+        resource, rest = rest[0], rest[1:]
+        if RESOURCES[resource][3] != bool(ns) and rest:
+            return False
+        info = getattr(self, "user_info", None) or user_info(user)
+        if method == "POST" and not rest and resource == "certificatesigningrequests":
+            return self._csr_create(info) or True
+        if not rest or len(rest) > 2:
+            return False
+        name, sub = rest[0], (rest[1] if len(rest) == 2 else "")
+        if method == "GET" and not sub:
+            obj = self.store.get(resource, ns, name)
+            if obj is None:
+                self._json(404, status_body(404, "NotFound", f'{resource} "{name}" not found',
+                                            {"name": name, "group": group, "kind": resource}))
+            else:
+                self._json(200, obj)
+            return True
+        if method == "PUT" and resource == "certificatesigningrequests" and sub in ("approval", "status"):
+            self._csr_update(name, sub)
+            return True
+        if method == "GET" and resource == "certificatesigningrequests" and sub in ("approval", "status"):
+            obj = self.store.get(resource, "", name)
+            if obj is None:
+                self._json(404, status_body(404, "NotFound", f'{resource} "{name}" not found',
+                                            {"name": name, "group": group, "kind": resource}))
+            else:
+                self._json(200, obj)
+            return True
+        return False
+
+    def _read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(n)) if n else None
+        except ValueError:
+            body = None
+        return body if isinstance(body, dict) else None
+
+    def _invalid(self, name: str, msg: str) -> None:
+        self._json(422, status_body(422, "Invalid",
+                                    f'CertificateSigningRequest.certificates.k8s.io "{name}" is invalid: {msg}',
+                                    {"name": name, "group": "certificates.k8s.io",
+                                     "kind": "CertificateSigningRequest"}))
+
+    def _csr_create(self, info: dict) -> None:
+        body = self._read_body()
+        if body is None:
+            return self._json(400, status_body(400, "BadRequest", "the body is not a JSON object"))
+        md = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        name = md.get("name") or md.get("generateName") or ""
+        spec = body.get("spec") if isinstance(body.get("spec"), dict) else None
+        if spec is None or not isinstance(spec.get("signerName"), str) or not spec.get("signerName"):
+            return self._invalid(name, "spec.signerName: Required value")
+        try:
+            base64.b64decode(spec.get("request") or "", validate=True)
+            if not spec.get("request"):
+                raise ValueError
+        except (ValueError, TypeError):
+            return self._invalid(name, "spec.request: Invalid value: the request must be a base64 PEM CSR")
+        # The requestor is whoever made this call, whatever the body says.
+        spec = dict(spec, username=info["username"], groups=info["groups"], uid=info["uid"])
+        spec.pop("extra", None)
+        body = dict(body, spec=spec, status={})
+        try:
+            obj = self.store.create("certificatesigningrequests", body)
+        except KeyError:
+            return self._json(409, status_body(
+                409, "AlreadyExists", f'certificatesigningrequests.certificates.k8s.io "{name}" already exists',
+                {"name": name, "group": "certificates.k8s.io", "kind": "certificatesigningrequests"}))
+        except Exception as e:  # noqa: BLE001 - e.g. no name
+            return self._invalid(name, str(e))
+        return self._json(201, obj)
+
+    def _csr_update(self, name: str, sub: str) -> None:
+        body = self._read_body()
+        if body is None:
+            return self._json(400, status_body(400, "BadRequest", "the body is not a JSON object"))
+        if (body.get("metadata") or {}).get("name") not in (None, name):
+            return self._json(400, status_body(400, "BadRequest", "the name of the object does not match the URL"))
+        new_status = body.get("status") if isinstance(body.get("status"), dict) else {}
+        conds = [c for c in (new_status.get("conditions") or []) if isinstance(c, dict)]
+        problem = []
+
+        def mutate(old: dict) -> dict:
+            st = old.setdefault("status", {})
+            old_conds = st.get("conditions") or []
+            decisive = ("Approved", "Denied")
+            if sub == "approval":
+                keep = [c for c in old_conds if c.get("type") not in decisive]
+                mine = [c for c in conds if c.get("type") in decisive]
+                types = {c.get("type") for c in mine}
+                if types == set(decisive):
+                    problem.append("status.conditions: Invalid value: Approved and Denied conditions are "
+                                   "mutually exclusive")
+                st["conditions"] = mine + keep
+            else:
+                keep = [c for c in old_conds if c.get("type") in decisive]
+                others = [c for c in conds if c.get("type") not in decisive]
+                st["conditions"] = keep + others
+                cert = new_status.get("certificate")
+                if cert:
+                    if st.get("certificate") and st["certificate"] != cert:
+                        problem.append("status.certificate: Forbidden: updates may not modify existing certificate "
+                                       "content")
+                    elif not any(c.get("type") == "Approved" for c in keep):
+                        problem.append("status.certificate: Forbidden: certificate can only be set if the request "
+                                       "is approved")
+                    else:
+                        try:
+                            base64.b64decode(cert, validate=True)
+                        except (ValueError, TypeError):
+                            problem.append("status.certificate: Invalid value: not base64")
+                        st["certificate"] = cert
+            if not st["conditions"]:
+                st.pop("conditions")
+            if problem:
+                raise RuntimeError(problem[0])
+            return old
+
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        try:
+            obj = self.store.update("certificatesigningrequests", "", name, mutate, rv)
+        except KeyError:
+            return self._json(404, status_body(404, "NotFound", f'certificatesigningrequests.certificates.k8s.io '
+                                               f'"{name}" not found', {"name": name, "group": "certificates.k8s.io",
+                                                                       "kind": "certificatesigningrequests"}))
+        except ValueError:
+            return self._json(409, status_body(
+                409, "Conflict", f'Operation cannot be fulfilled on certificatesigningrequests.certificates.k8s.io '
+                f'"{name}": the object has been modified; please apply your changes to the latest version and '
+                f'try again', {"name": name, "group": "certificates.k8s.io", "kind": "certificatesigningrequests"}))
+        except RuntimeError as e:
+            return self._invalid(name, str(e))
+        return self._json(200, obj)
 
     def _watch(self, resource: str, q: dict) -> None:
         st = self.store
@@ -827,6 +1076,8 @@ def main() -> int:
     ap.add_argument("--manifests", help="folder of manifests to follow")
     ap.add_argument("--tls-dir", help="make a test PKI here and serve HTTPS (client certificates accepted)")
     ap.add_argument("--token", action="append", help="accepted bearer token (repeatable); default: no auth")
+    ap.add_argument("--user", action="append", default=[],
+                    help="TOKEN=USERNAME[@GROUP,...]: an accepted token and its user (repeatable)")
     ap.add_argument("--bookmark-interval", type=float, default=1.0)
     ap.add_argument("--write-kubeconfig", help="write a kubeconfig for this server here")
     a = ap.parse_args()
@@ -834,6 +1085,12 @@ def main() -> int:
     store.faults["bookmark_interval"] = a.bookmark_interval
     if a.token:
         store.faults["tokens"] = {t: DEFAULT_USER for t in a.token}
+    for spec in a.user:
+        tok, _, who = spec.partition("=")
+        uname, _, groups = who.partition("@")
+        store.faults["tokens"] = store.faults["tokens"] or {}
+        store.faults["tokens"][tok] = {"username": uname, "groups": [g for g in groups.split(",") if g]} \
+            if groups else uname
     if a.fixtures:
         store.load_fixtures(Path(a.fixtures))
     tls = None

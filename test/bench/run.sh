@@ -10,8 +10,9 @@ bridge_args=()
 echo
 "$B/test/bench/bench_policy"
 echo
-# Identity handshake building blocks (not yet the whole handshake in signetd):
-# per-operation crypto costs, packet rewriting, and the NFQUEUE round trip.
+# Identity handshake building blocks: per-operation crypto costs, packet
+# rewriting, and the NFQUEUE round trip (the whole handshake in signetd:
+# bench_handshake.py below).
 "$B/test/identity/bench_identity"
 echo
 "$B/test/handshake/bench_packet"
@@ -20,6 +21,8 @@ if [[ $(id -u) -eq 0 ]]; then
   "$B/test/handshake/bench_nfqueue"
   echo
   /usr/bin/python3 test/bench/bench_datapath.py "$(cd "$B" && pwd)"
+  echo
+  /usr/bin/python3 test/bench/bench_handshake.py "$(cd "$B" && pwd)"
 else
   echo "bench_nfqueue, bench_datapath: NOT ROOT: the datapath benchmarks (netns, nftables, NFQUEUE, iperf3) are SKIPPED"
 fi

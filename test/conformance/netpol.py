@@ -663,8 +663,9 @@ class Cluster:
     """signetd + x, y, z / a, b, c as real netns pods behind bridge + host-local + signet."""
 
     def __init__(self, test: harness.Test, run: harness.Run, *, probe_timeout: float = 1.0,
-                 ipv6: bool = False, log=harness.log, source: str = "dir"):
+                 ipv6: bool = False, log=harness.log, source: str = "dir", handshake: str = "off"):
         self.source = source
+        self.handshake = handshake  # signetd --handshake (with an authority of the run's own)
         self.apiserver_url: str | None = None
         self.test = test
         self.run = run
@@ -791,12 +792,21 @@ class Cluster:
     # -------------------------------------------------------------- setup
     def setup(self) -> None:
         t0 = time.monotonic()
+        extra = []
+        if self.handshake != "off":
+            ca = Path(self.run.mkdtemp("authority")) / "ca"
+            p = harness.sh(self.bins["signetctl"], "authority", "init", str(ca), "--trust-domain", "conformance.test",
+                           check=False)
+            self.test.require("signetctl authority init", p.returncode == 0, p.stdout + p.stderr)
+            extra = ["--authority", f"dir:{ca}", "--handshake", self.handshake]
         if self.source == "kubernetes":
             folder = Path(self.run.mkdtemp("manifests"))
             self.d = harness.Signetd(self.run, self.bins, node="conformance-node", manifest_dir=folder,
-                                     source_args=self._start_apiserver(folder)).start()
+                                     source_args=self._start_apiserver(folder))
         else:
-            self.d = harness.Signetd(self.run, self.bins, node="conformance-node").start()
+            self.d = harness.Signetd(self.run, self.bins, node="conformance-node")
+        self.d.extra_args = extra
+        self.d.start()
         for ns in NAMESPACES:
             self.write_ns(ns, default_ns_labels(ns))
         for p in ALL_PODS:

@@ -61,6 +61,9 @@ def parse_args(argv):
     ap.add_argument("--source", choices=["dir", "kubernetes"], default="dir",
                     help="how signetd reads the objects: the manifest folder (default), or the Kubernetes API "
                          "(the test API server in test/apiserver following the same folder)")
+    ap.add_argument("--handshake", choices=["off", "permissive", "enforce"], default="off",
+                    help="signetd's identity handshake mode (with an authority made for the run): TCP between "
+                         "the pods is then judged on proven identities")
     ap.add_argument("--debug-nft", action="store_true",
                     help="on a failure also print the nft ruleset of the pods involved")
     return ap.parse_args(argv)
@@ -307,7 +310,8 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
         r.notes = table_problems
         results.append(r)
     t0 = time.monotonic()
-    cl = netpol.Cluster(setup_test, run, probe_timeout=args.timeout, ipv6=args.ipv6, source=args.source)
+    cl = netpol.Cluster(setup_test, run, probe_timeout=args.timeout, ipv6=args.ipv6, source=args.source,
+                        handshake=args.handshake)
     cl.setup()
     setup_secs = time.monotonic() - t0
     if args.emulate_datapath:
@@ -334,6 +338,20 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
         flag = " FLAKY" if r.flaky else ""
         log(f"{'PASS' if r.ok else 'FAIL'} {c.name} ({r.secs:.2f}s, {r.steps} step(s), "
             f"{r.probes} probes, sync {r.sync_ms:.0f} ms){flag}")
+    if args.handshake != "off":
+        # The verdicts above came through the handshake: TCP connections were
+        # admitted on verified tokens, and nothing honest was refused.
+        r = CaseResult("handshake-was-used")
+        hs = cl.d.status().get("handshake", {})
+        c = hs.get("counters", {})
+        log("handshake: " + json.dumps({"counters": c, "refused": hs.get("refused"),
+                                        "queue": {k: v for k, v in hs.get("queue", {}).items() if k != "errors"}}))
+        r.ok = (hs.get("mode") == args.handshake and c.get("verified", 0) > 0
+                and c.get("accepted_authenticated", 0) > 0 and not hs.get("refused"))
+        if not r.ok:
+            r.notes.append("expected verified tokens, connections admitted on proven identity and no refusal")
+        log(f"{'PASS' if r.ok else 'FAIL'} handshake-was-used")
+        results.append(r)
     cl.teardown(best_effort=False)
 
 

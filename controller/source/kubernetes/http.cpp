@@ -121,6 +121,15 @@ HttpResponse Transfer::perform(const HttpRequest& req, const std::function<bool(
         curl_easy_setopt(h, CURLOPT_USERNAME, a.username.c_str());
         curl_easy_setopt(h, CURLOPT_PASSWORD, a.password.c_str());
     }
+    if (!req.method.empty() && req.method != "GET") {
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req.method.c_str());
+        if (!req.body.empty() || req.method == "POST" || req.method == "PUT") {
+            curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(req.body.size()));
+            curl_easy_setopt(h, CURLOPT_COPYPOSTFIELDS, req.body.c_str());
+            add("Content-Type: " + req.content_type);
+            add("Expect:");
+        }
+    }
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.get());
 
     curl_multi_add_handle(multi_.get(), h);

@@ -49,6 +49,11 @@ struct HttpRequest {
     std::chrono::seconds stall_timeout{0};
     // Called with body bytes of a 2xx answer; return an error to abort.
     std::function<Status(std::string_view)> on_body;
+    // "" = GET. Otherwise the method (POST, PUT, ...) and, when not empty,
+    // `body` sent with Content-Type `content_type`.
+    std::string method;
+    std::string body;
+    std::string content_type = "application/json";
 };
 
 struct HttpResponse {

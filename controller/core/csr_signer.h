@@ -1,0 +1,90 @@
+// signetd --csr-signer: the cluster's signer of signet.dev/node certificates
+// (one per cluster; it runs no node work). docs/handshake.md, "The
+// Kubernetes CSR signer".
+//
+// It reads the cluster authority (CA key and certificate) from a Secret,
+// lists and watches CertificateSigningRequests, and for each pending one
+// with signerName signet.dev/node decides (identity/csr_policy.h): approve
+// only a node's request for its own name (requestor system:node:<name> in
+// group system:nodes, a Node object <name>, subject exactly CN=<name>,
+// O=<trust domain>, a P-256 key whose CSR signature verifies); then the
+// Approved condition (PUT .../approval) and the certificate (PUT
+// .../status). Anything else gets a Denied condition with the reason. Other
+// signers' requests are never touched; malformed objects are logged and
+// skipped (or denied when they name our signer). Requests already approved
+// and issued, denied or failed are skipped, so restarts are harmless.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+
+#include <rapidjson/document.h>
+
+#include "identity/authority.h"
+#include "kube_client.h"
+#include "signet/result.h"
+
+namespace signet::core {
+
+struct CsrSignerOptions {
+    std::string kubeconfig;  // "" = in-cluster
+    std::string ca_secret = "kube-system/signet-ca";
+    std::string ca_key_key = "ca.key";
+    std::string ca_cert_key = "ca.crt";
+    std::chrono::seconds watch_timeout{300};
+    std::chrono::milliseconds backoff_initial{500};
+    std::chrono::milliseconds backoff_max{30000};
+    source::k8s::InClusterPaths in_cluster;
+};
+
+class CsrSigner {
+public:
+    static Result<std::unique_ptr<CsrSigner>> create(CsrSignerOptions opts);
+    // Runs until stop() (from any thread).
+    void run();
+    void stop();
+
+    struct Stats {
+        uint64_t approved = 0, denied = 0, failed = 0, ignored = 0, malformed = 0;
+    };
+    Stats stats() const;
+
+private:
+    explicit CsrSigner(CsrSignerOptions opts);
+    Status load_ca();
+    Status list_and_handle(std::string* rv);
+    enum class WatchEnd { Normal, Relist, Failed, Stopped };
+    WatchEnd watch(std::string& rv, std::string* error);
+    void handle(const rapidjson::Value& obj);
+    void deny(const rapidjson::Value& obj, const std::string& name, const std::string& reason, const std::string& message,
+              bool approved);
+    void approve_and_sign(const rapidjson::Value& obj, const std::string& name, const std::string& uid,
+                          const std::string& node, bool approved, const std::string& request_pem, int64_t seconds);
+    Result<KubeClient::Response> put(const std::string& name, const char* sub, const rapidjson::Value& obj);
+    bool sleep(std::chrono::milliseconds d);
+    void note_error(const std::string& what);
+
+    CsrSignerOptions opts_;
+    std::unique_ptr<KubeClient> api_;        // requests (also made while a watch streams)
+    std::unique_ptr<KubeClient> watch_api_;  // the watch stream: a transfer of its own
+    std::optional<identity::Authority> ca_;
+    std::string ca_fingerprint_;
+    std::set<std::string> done_uids_;  // issued or denied by this process (stale events are skipped)
+    bool transient_ = false;           // something to retry soon (a relist re-handles everything)
+    std::string last_error_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    bool stopping_ = false;
+    Stats stats_;
+};
+
+// signetd --csr-signer: runs a CsrSigner until SIGTERM/SIGINT; the exit status.
+int run_csr_signer(const CsrSignerOptions& opts);
+
+}  // namespace signet::core

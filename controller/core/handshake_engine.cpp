@@ -1,0 +1,649 @@
+#include "handshake_engine.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "../policy/addr.h"
+#include "signet/log.h"
+
+namespace signet::core {
+
+namespace {
+
+constexpr const char* kLog = "handshake";
+constexpr auto kPendingTtl = std::chrono::seconds(30);
+constexpr auto kSweepEvery = std::chrono::seconds(5);
+constexpr unsigned kLogPerSecond = 20;
+
+static_assert(handshake::kHandshakeQueue == nft::kHandshakeQueueNum, "one queue number for rules and readers");
+
+using handshake::Decision;
+using handshake::Family;
+using handshake::Packet;
+
+std::string addr_key(Family f, const std::array<uint8_t, 16>& a) {
+    std::string k(1, static_cast<char>(f));
+    k.append(reinterpret_cast<const char*>(a.data()), f == Family::ipv4 ? 4 : 16);
+    return k;
+}
+
+std::optional<std::string> addr_key_of(const std::string& text) {
+    auto ip = policy::parse_ip(text);
+    if (!ip) return std::nullopt;
+    std::array<uint8_t, 16> a{};
+    std::memcpy(a.data(), ip->addr.bytes.data(), 16);
+    return addr_key(ip->family == nft::Family::v4 ? Family::ipv4 : Family::ipv6, a);
+}
+
+std::string ip_text(Family f, const std::array<uint8_t, 16>& a) {
+    nft::Addr na;
+    std::memcpy(na.bytes.data(), a.data(), 16);
+    return policy::to_string(f == Family::ipv4 ? nft::Family::v4 : nft::Family::v6, na);
+}
+
+// The pod uid a token carries: the object's metadata.uid, or (a Pod written
+// without one, e.g. in a manifest folder) one derived from its name, the same
+// on every node.
+identity::PodUid uid_of(const std::string& uid, const cache::ObjectKey& k) {
+    if (auto u = identity::parse_pod_uid(uid)) return *u;
+    std::string m = "signet-derived-pod-uid-v1\n" + k.namespace_ + "/" + k.name;
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_Digest(m.data(), m.size(), d, &n, EVP_sha256(), nullptr);
+    identity::PodUid out{};
+    std::memcpy(out.data(), d, out.size());
+    return out;
+}
+
+// The connection a segment belongs to, written client -> server.
+identity::ConnBinding binding_of(const Packet& p, bool client_sent) {
+    identity::ConnBinding b;
+    b.ipv6 = p.family == Family::ipv6;
+    if (client_sent) {  // SYN
+        b.client_addr = p.src;
+        b.server_addr = p.dst;
+        b.client_port = p.sport;
+        b.server_port = p.dport;
+        b.client_isn = p.seq;
+    } else {  // SYN-ACK
+        b.client_addr = p.dst;
+        b.server_addr = p.src;
+        b.client_port = p.dport;
+        b.server_port = p.sport;
+        b.client_isn = p.ack - 1;
+        b.server_isn = p.seq;
+    }
+    return b;
+}
+
+std::string conn_key(identity::ConnBinding b) {
+    b.server_isn.reset();
+    auto c = b.canonical();
+    return std::string(c.begin(), c.end());
+}
+
+std::string pod_str(const cache::ObjectKey& k) { return k.namespace_ + "/" + k.name; }
+
+}  // namespace
+
+std::optional<HandshakeMode> parse_handshake_mode(std::string_view s) {
+    if (s == "off") return HandshakeMode::off;
+    if (s == "permissive") return HandshakeMode::permissive;
+    if (s == "enforce") return HandshakeMode::enforce;
+    return std::nullopt;
+}
+
+const char* to_string(HandshakeMode m) {
+    switch (m) {
+        case HandshakeMode::permissive: return "permissive";
+        case HandshakeMode::enforce: return "enforce";
+        case HandshakeMode::off: break;
+    }
+    return "off";
+}
+
+struct HandshakeEngine::Attachment {
+    std::string key;
+    cache::ObjectKey pod;
+    std::vector<std::string> addrs;  // addr_key of each of the pod's addresses
+    std::optional<nft::Netns> ns;
+    std::unique_ptr<handshake::QueueReader> reader;
+    std::string error;
+    std::unordered_map<std::string, ClientPending> client;
+    std::unordered_map<std::string, ServerPending> server;
+};
+
+HandshakeEngine::HandshakeEngine(boost::asio::io_context& io, Context ctx)
+    : io_(io), ctx_(std::move(ctx)), sweep_timer_(io) {
+    sweep();
+}
+
+HandshakeEngine::~HandshakeEngine() { stop(); }
+
+void HandshakeEngine::stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    sweep_timer_.cancel();
+    for (auto& [k, at] : attachments_)
+        if (at->reader) at->reader->stop();
+    attachments_.clear();
+}
+
+void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& rec) {
+    if (stopped_ || ctx_.mode == HandshakeMode::off) return;
+    auto& slot = attachments_[key];
+    if (slot && slot->reader && slot->reader->running() && slot->ns && slot->ns->path() == rec.reg.netns) return;
+    if (slot && slot->reader) slot->reader->stop();
+    slot = std::make_unique<Attachment>();
+    Attachment& at = *slot;
+    at.key = key;
+    at.pod = {rec.reg.namespace_, rec.reg.name};
+    for (const auto& ip : rec.reg.ips)
+        if (auto k = addr_key_of(ip)) at.addrs.push_back(*k);
+    peers_dirty_ = true;
+    auto ns = nft::Netns::open(rec.reg.netns);
+    if (!ns) {
+        at.error = ns.error().message;
+        log::warn(kLog, "no handshake for " + pod_str(at.pod) + ": " + at.error +
+                            " (its new TCP connections are dropped: fail closed)");
+        return;
+    }
+    at.ns.emplace(std::move(*ns));
+    at.reader = std::make_unique<handshake::QueueReader>(
+        io_, *at.ns, handshake::kHandshakeQueue,
+        [this, key](const handshake::QueuedPacket& q) { return judge(key, q); });
+    if (auto st = at.reader->start(); !st) {
+        at.error = st.error().message;
+        log::warn(kLog, "no handshake queue for " + pod_str(at.pod) + ": " + at.error +
+                            " (its new TCP connections are dropped: fail closed)");
+        at.reader.reset();
+        return;
+    }
+    log::debug(kLog, "reading the handshake queue of " + pod_str(at.pod));
+}
+
+void HandshakeEngine::pod_stopped(const std::string& key) {
+    auto it = attachments_.find(key);
+    if (it == attachments_.end()) return;
+    if (it->second->reader) it->second->reader->stop();
+    attachments_.erase(it);
+    peers_dirty_ = true;
+}
+
+void HandshakeEngine::source_changed() {
+    peers_dirty_ = true;
+    decisions_.clear();
+}
+
+void HandshakeEngine::sweep() {
+    if (stopped_) return;
+    auto now = std::chrono::steady_clock::now();
+    for (auto& [k, at] : attachments_) {
+        std::erase_if(at->client, [&](const auto& e) { return now - e.second.at > kPendingTtl; });
+        std::erase_if(at->server, [&](const auto& e) { return now - e.second.at > kPendingTtl; });
+    }
+    std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(10); });
+    // Attachments whose reader failed to start are retried (the netns may have been busy).
+    for (auto& [k, at] : attachments_) {
+        if (at->reader || !at->ns) continue;
+        auto r = std::make_unique<handshake::QueueReader>(
+            io_, *at->ns, handshake::kHandshakeQueue,
+            [this, key = at->key](const handshake::QueuedPacket& q) { return judge(key, q); });
+        if (r->start()) {
+            at->reader = std::move(r);
+            at->error.clear();
+            log::info(kLog, "reading the handshake queue of " + pod_str(at->pod) + " (retried)");
+        }
+    }
+    sweep_timer_.expires_after(kSweepEvery);
+    sweep_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (!ec) sweep();
+    });
+}
+
+const HandshakeEngine::Peer* HandshakeEngine::peer_at(Family f, const std::array<uint8_t, 16>& addr) {
+    if (peers_dirty_) {
+        peers_.clear();
+        for (const auto& [k, pod] : ctx_.source->snapshot().pods) {
+            for (const auto& a : pod.pod_ips) {
+                auto key = addr_key_of(a);
+                if (!key) continue;
+                Peer& p = peers_[*key];
+                p.pod = k;
+                p.node = pod.node_name;
+                p.uid = uid_of(pod.uid, k);
+                p.host_network = pod.host_network;
+            }
+        }
+        // What CNI reported for local pods wins (the Pod object may lag).
+        for (const auto& [k, rec] : ctx_.registry->all()) {
+            cache::ObjectKey ok{rec.reg.namespace_, rec.reg.name};
+            const auto& pods = ctx_.source->snapshot().pods;
+            auto obj = pods.find(ok);
+            for (const auto& a : rec.reg.ips) {
+                auto key = addr_key_of(a);
+                if (!key) continue;
+                Peer& p = peers_[*key];
+                p.pod = ok;
+                p.node = ctx_.node_name;
+                p.uid = uid_of(obj != pods.end() ? obj->second.uid : std::string(), ok);
+                p.host_network = false;
+            }
+        }
+        peers_dirty_ = false;
+    }
+    auto it = peers_.find(addr_key(f, addr));
+    return it == peers_.end() ? nullptr : &it->second;
+}
+
+identity::PodClaim HandshakeEngine::claim_of(const Attachment& at) const {
+    identity::PodClaim c;
+    c.pod_namespace = at.pod.namespace_;
+    c.pod_name = at.pod.name;
+    const auto& pods = ctx_.source->snapshot().pods;
+    auto it = pods.find(at.pod);
+    c.pod_uid = uid_of(it != pods.end() ? it->second.uid : std::string(), at.pod);
+    return c;
+}
+
+bool HandshakeEngine::ensure_keys() {
+    const identity::NodeCredentials* creds = ctx_.identity ? ctx_.identity->credentials() : nullptr;
+    if (!creds || !ctx_.identity->bundle()) return false;
+    if (!pair_keys_ || !self_fp_ || *self_fp_ != creds->identity.fingerprint) {
+        // New credentials (renewed): pair keys are bound to the certificates.
+        pair_keys_ = std::make_unique<identity::PairKeyCache>(*creds);
+        self_fp_ = creds->identity.fingerprint;
+        node_fp_.clear();
+    }
+    return true;
+}
+
+bool HandshakeEngine::take_first_contact(const std::array<uint8_t, 16>& src) {
+    auto now = std::chrono::steady_clock::now();
+    std::string k(reinterpret_cast<const char*>(src.data()), src.size());
+    auto [it, fresh] = buckets_.try_emplace(k);
+    Bucket& b = it->second;
+    if (fresh) {
+        b.tokens = ctx_.first_contact_burst;
+    } else {
+        double dt = std::chrono::duration<double>(now - b.last).count();
+        b.tokens = std::min(ctx_.first_contact_burst, b.tokens + dt * ctx_.first_contact_rate);
+    }
+    b.last = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+}
+
+bool HandshakeEngine::allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
+                              const std::string& peer_ip, uint16_t port) {
+    std::string ck;
+    ck.reserve(96);
+    ck += ingress ? 'i' : 'e';
+    ck += pod_str(at.pod);
+    ck += '|';
+    if (peer_pod) ck += pod_str(*peer_pod);
+    ck += '|';
+    ck += peer_ip;
+    ck += '|';
+    ck += std::to_string(port);
+    if (auto it = decisions_.find(ck); it != decisions_.end()) return it->second;
+    policy::Endpoint local = policy::Endpoint::pod(at.pod.namespace_, at.pod.name);
+    policy::Endpoint peer = peer_pod ? policy::Endpoint::pod_at(peer_pod->namespace_, peer_pod->name, peer_ip)
+                                     : policy::Endpoint::address(peer_ip);
+    auto ex = ingress ? ctx_.enforcer->explain(peer, local, nft::kTcp, port)
+                      : ctx_.enforcer->explain(local, peer, nft::kTcp, port);
+    bool ok = false;
+    if (ex) {
+        const auto& side = ingress ? ex->ingress : ex->egress;
+        ok = side && side->allowed;
+    }
+    if (decisions_.size() > 65536) decisions_.clear();
+    decisions_.emplace(std::move(ck), ok);
+    return ok;
+}
+
+Decision HandshakeEngine::refuse(const std::string& reason, const Attachment& at, const Packet& p,
+                                 const std::string& detail) {
+    ++counters_.refused[reason];
+    auto now = std::chrono::steady_clock::now();
+    if (now - log_window_ > std::chrono::seconds(1)) {
+        log_window_ = now;
+        logged_in_window_ = 0;
+    }
+    if (++logged_in_window_ <= kLogPerSecond)
+        log::warn(kLog, "refused " + std::string(handshake::to_string(handshake::classify(p))) + " " +
+                            ip_text(p.family, p.src) + ":" + std::to_string(p.sport) + " -> " +
+                            ip_text(p.family, p.dst) + ":" + std::to_string(p.dport) + " of " + pod_str(at.pod) +
+                            ": " + reason + (detail.empty() ? "" : " (" + detail + ")"));
+    return Decision{handshake::kDrop, {}, {}, {}};
+}
+
+Decision HandshakeEngine::rewrite(const Packet& p, std::span<const uint8_t> token, uint32_t ct_mark) {
+    Decision d;
+    d.verdict = handshake::kAccept;
+    if (ct_mark) d.mark = ct_mark;
+    if (token.empty()) {  // strip
+        auto s = handshake::strip_token(p);
+        if (!s) return Decision{};
+        d.replacement = std::move(s->packet);
+        return d;
+    }
+    d.replacement.resize(handshake::tokened_size(p, token.size()));
+    auto n = handshake::add_token_into(p, token, d.replacement);
+    if (!n) return Decision{};
+    d.replacement.resize(*n);
+    return d;
+}
+
+Decision HandshakeEngine::judge(const std::string& key, const handshake::QueuedPacket& q) {
+    ++counters_.segments;
+    auto it = attachments_.find(key);
+    if (it == attachments_.end()) return Decision{};
+    Attachment& at = *it->second;
+    handshake::ParseOptions po;
+    po.tcp_checksum = q.csum_partial ? handshake::TcpChecksum::partial : handshake::TcpChecksum::verify;
+    auto p = handshake::parse(q.payload, po);
+    if (!p) {
+        ++counters_.refused["malformed_packet"];
+        log::debug(kLog, "dropped a malformed segment of " + pod_str(at.pod) + ": " + p.error().message);
+        return Decision{};
+    }
+    const bool out = q.hook == handshake::hook::output;
+    const bool syn = p->has(handshake::tcp_flag::syn) && !p->has(handshake::tcp_flag::ack);
+    const bool syn_ack = p->has(handshake::tcp_flag::syn) && p->has(handshake::tcp_flag::ack);
+    if (syn) return out ? client_syn(at, *p) : server_syn(at, *p);
+    if (syn_ack) return out ? server_syn_ack(at, *p) : client_syn_ack(at, *p);
+    return refuse("malformed_packet", at, *p, "not a SYN or SYN-ACK");
+}
+
+// The local pod opens a connection.
+Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
+    if (std::find(at.addrs.begin(), at.addrs.end(), addr_key(p.family, p.src)) == at.addrs.end())
+        return refuse("spoofed_source", at, p, "the pod's SYN has a source address that is not the pod's");
+    if (p.options.token) return refuse("malformed_packet", at, p, "the pod's own SYN carries a signet option");
+    const std::string dst_ip = ip_text(p.family, p.dst);
+    const Peer* peer = peer_at(p.family, p.dst);
+    const bool pod_peer = peer && !peer->host_network;
+    // Egress on the destination's cluster identity (a pod: confirmed on its
+    // proven identity when the SYN-ACK comes back) or its address.
+    std::optional<cache::ObjectKey> as_pod;
+    if (pod_peer) as_pod = peer->pod;
+    if (!allowed(at, false, as_pod, dst_ip, p.dport)) {
+        ++counters_.denied;
+        report_denied(at, p, false);
+        return Decision{};
+    }
+    if (!pod_peer || !p.payload.empty() || !ensure_keys()) {
+        ++counters_.accepted_by_address;
+        Decision d;
+        d.verdict = handshake::kAccept;
+        d.mark = kCtMarkByAddress;
+        return d;
+    }
+    identity::ConnBinding b = binding_of(p, true);
+    std::string ck = conn_key(b);
+    ClientPending& pend = at.client[ck];
+    const bool retransmission = pend.attempts > 0;
+    pend.at = std::chrono::steady_clock::now();
+    ++pend.attempts;
+    auto now = identity::Clock::now();
+    identity::PodClaim claim = claim_of(at);
+    std::shared_ptr<const identity::PairKey> key;
+    // A retransmitted SYN after a MAC token: the peer may have lost the pair
+    // key (restart, eviction): go back to a signed token.
+    if (!(retransmission && !pend.was_signed)) {
+        if (auto f = node_fp_.find(peer->node); f != node_fp_.end()) key = pair_keys_->by_fingerprint(f->second, now);
+    }
+    Result<identity::Bytes> token = key ? identity::make_mac_token(*key, identity::Role::client, b, claim, now)
+                                        : identity::make_signed_token(*ctx_.identity->credentials(),
+                                                                      identity::Role::client, b, claim, now);
+    if (!token) return refuse("internal", at, p, token.error().message);
+    pend.was_signed = !key;
+    Decision d = rewrite(p, *token, 0);
+    if (d.verdict != handshake::kAccept) return refuse("no_room_for_token", at, p, "");
+    d.mark = kCtMarkPending;
+    ++(key ? counters_.tokens_added_mac : counters_.tokens_added_signed);
+    return d;
+}
+
+// A connection to the local pod.
+Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
+    const std::string src_ip = ip_text(p.family, p.src);
+    const Peer* peer = peer_at(p.family, p.src);
+    const bool pod_peer = peer && !peer->host_network;
+    if (p.options.token) {
+        if (!ensure_keys()) return refuse("no_credentials", at, p, "this node has no identity credentials");
+        auto stripped = handshake::strip_token(p);
+        if (!stripped) return refuse("malformed_packet", at, p, stripped.error().message);
+        std::span<const uint8_t> tok = stripped->token;
+        if (tok.size() >= 2 && tok[1] == static_cast<uint8_t>(identity::TokenType::signed_first_contact) &&
+            !take_first_contact(p.src))
+            return refuse("rate_limited", at, p, "first-contact verifications from this address over the limit");
+        identity::ConnBinding b = binding_of(p, true);
+        identity::VerifyContext vc;
+        vc.bundle = ctx_.identity->bundle();
+        vc.pair_keys = pair_keys_.get();
+        vc.replay = &replay_;
+        vc.pod_on_node = [this](const identity::Claims& c, const identity::ConnBinding& cb) {
+            const Peer* owner = peer_at(cb.ipv6 ? Family::ipv6 : Family::ipv4, cb.client_addr);
+            return owner && !owner->host_network && owner->pod.namespace_ == c.pod_namespace &&
+                   owner->pod.name == c.pod_name && owner->node == c.node_name && owner->uid == c.pod_uid;
+        };
+        auto v = identity::verify_token(tok, identity::Role::client, b, identity::Clock::now(), vc);
+        if (!v) return refuse(identity::to_string(static_cast<identity::TokenError>(v.error().code)), at, p,
+                              v.error().message);
+        const bool was_signed = v->type == identity::TokenType::signed_first_contact;
+        ++(was_signed ? counters_.verified_signed : counters_.verified_mac);
+        node_fp_[v->claims.node_name] = v->peer_fingerprint;
+        cache::ObjectKey proven{v->claims.pod_namespace, v->claims.pod_name};
+        if (!allowed(at, true, proven, src_ip, p.dport)) {
+            ++counters_.denied;
+            report_denied(at, p, true);
+            return Decision{};
+        }
+        ServerPending& sp = at.server[conn_key(b)];
+        sp.at = std::chrono::steady_clock::now();
+        sp.client_signed = was_signed;
+        sp.pair_key = v->pair_key;
+        ++counters_.accepted_authenticated;
+        Decision d;
+        d.verdict = handshake::kAccept;
+        d.replacement = std::move(stripped->packet);
+        d.mark = kCtMarkAuthenticated;
+        return d;
+    }
+    // No token: judged by address. In enforce mode a pod's address proves
+    // nothing: only ipBlock rules (and the node's own addresses) can admit it.
+    std::optional<cache::ObjectKey> as_pod;
+    if (pod_peer && ctx_.mode == HandshakeMode::permissive) as_pod = peer->pod;
+    if (!allowed(at, true, as_pod, src_ip, p.dport)) {
+        report_denied(at, p, true);
+        if (pod_peer && ctx_.mode == HandshakeMode::enforce)
+            return refuse("no_token", at, p, "a tokenless SYN from pod " + pod_str(peer->pod) + "'s address");
+        ++counters_.denied;
+        return Decision{};
+    }
+    ++counters_.accepted_by_address;
+    Decision d;
+    d.verdict = handshake::kAccept;
+    d.mark = kCtMarkByAddress;
+    return d;
+}
+
+// The local pod answers a connection: the server's token, if the client sent one.
+Decision HandshakeEngine::server_syn_ack(Attachment& at, const Packet& p) {
+    identity::ConnBinding b = binding_of(p, false);
+    auto it = at.server.find(conn_key(b));
+    Decision pass;
+    pass.verdict = handshake::kAccept;
+    if (it == at.server.end() || !ensure_keys()) return pass;  // a tokenless connection
+    ServerPending& sp = it->second;
+    auto now = identity::Clock::now();
+    identity::PodClaim claim = claim_of(at);
+    Result<identity::Bytes> token =
+        (!sp.client_signed && sp.pair_key)
+            ? identity::make_mac_token(*sp.pair_key, identity::Role::server, b, claim, now)
+            : identity::make_signed_token(*ctx_.identity->credentials(), identity::Role::server, b, claim, now);
+    if (!token) return refuse("internal", at, p, token.error().message);
+    Decision d = rewrite(p, *token, 0);
+    if (d.verdict != handshake::kAccept) return refuse("no_room_for_token", at, p, "");
+    ++(sp.client_signed || !sp.pair_key ? counters_.tokens_added_signed : counters_.tokens_added_mac);
+    return d;  // kept until it expires: a retransmitted SYN-ACK gets a fresh token
+}
+
+// The answer to the local pod's connection.
+Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
+    identity::ConnBinding b = binding_of(p, false);
+    const std::string ck = conn_key(b);
+    auto it = at.client.find(ck);
+    const std::string src_ip = ip_text(p.family, p.src);
+    if (it == at.client.end()) {
+        // Not a connection we sent a token on (judged by address at the SYN),
+        // or one from before a restart: a token here was not asked for.
+        if (p.options.token) return refuse("unexpected_token", at, p, "no token was sent on this connection");
+        Decision d;
+        d.verdict = handshake::kAccept;
+        return d;
+    }
+    const Peer* peer = peer_at(p.family, p.src);
+    const bool pod_peer = peer && !peer->host_network;
+    if (p.options.token) {
+        if (!ensure_keys()) return refuse("no_credentials", at, p, "this node has no identity credentials");
+        auto stripped = handshake::strip_token(p);
+        if (!stripped) return refuse("malformed_packet", at, p, stripped.error().message);
+        std::span<const uint8_t> tok = stripped->token;
+        if (tok.size() >= 2 && tok[1] == static_cast<uint8_t>(identity::TokenType::signed_first_contact) &&
+            !take_first_contact(p.src))
+            return refuse("rate_limited", at, p, "first-contact verifications from this address over the limit");
+        identity::VerifyContext vc;
+        vc.bundle = ctx_.identity->bundle();
+        vc.pair_keys = pair_keys_.get();
+        vc.replay = &replay_;
+        vc.pod_on_node = [this](const identity::Claims& c, const identity::ConnBinding& cb) {
+            const Peer* owner = peer_at(cb.ipv6 ? Family::ipv6 : Family::ipv4, cb.server_addr);
+            return owner && !owner->host_network && owner->pod.namespace_ == c.pod_namespace &&
+                   owner->pod.name == c.pod_name && owner->node == c.node_name && owner->uid == c.pod_uid;
+        };
+        auto v = identity::verify_token(tok, identity::Role::server, b, identity::Clock::now(), vc);
+        if (!v) return refuse(identity::to_string(static_cast<identity::TokenError>(v.error().code)), at, p,
+                              v.error().message);
+        ++(v->type == identity::TokenType::signed_first_contact ? counters_.verified_signed : counters_.verified_mac);
+        node_fp_[v->claims.node_name] = v->peer_fingerprint;
+        cache::ObjectKey proven{v->claims.pod_namespace, v->claims.pod_name};
+        if (!allowed(at, false, proven, src_ip, p.sport)) {
+            ++counters_.denied;
+            report_denied(at, p, false);
+            return Decision{};
+        }
+        at.client.erase(it);
+        ++counters_.accepted_authenticated;
+        Decision d;
+        d.verdict = handshake::kAccept;
+        d.replacement = std::move(stripped->packet);
+        d.mark = kCtMarkAuthenticated;
+        return d;
+    }
+    // The peer did not authenticate (its node runs no signet, or has the
+    // handshake off). Enforce: a pod address counts as a plain address.
+    std::optional<cache::ObjectKey> as_pod;
+    if (pod_peer && ctx_.mode == HandshakeMode::permissive) as_pod = peer->pod;
+    if (!allowed(at, false, as_pod, src_ip, p.sport)) {
+        report_denied(at, p, false);
+        if (pod_peer && ctx_.mode == HandshakeMode::enforce)
+            return refuse("no_token", at, p, "a tokenless SYN-ACK from pod " + pod_str(peer->pod) + "'s address");
+        ++counters_.denied;
+        return Decision{};
+    }
+    at.client.erase(it);
+    ++counters_.accepted_by_address;
+    Decision d;
+    d.verdict = handshake::kAccept;
+    d.mark = kCtMarkByAddress;
+    return d;
+}
+
+// A refused new connection as the flow records take it: the connection's
+// tuple (initiator -> responder) and the segment's length.
+void HandshakeEngine::report_denied(const Attachment& at, const Packet& p, bool ingress) {
+    if (!ctx_.on_denied) return;
+    const bool syn_ack = p.has(handshake::tcp_flag::ack);
+    nft::LoggedPacket lp;
+    lp.prefix = ingress ? "signet ingress" : "signet egress";
+    lp.tuple.family = p.family == Family::ipv4 ? nft::Family::v4 : nft::Family::v6;
+    std::memcpy(lp.tuple.src.bytes.data(), (syn_ack ? p.dst : p.src).data(), 16);
+    std::memcpy(lp.tuple.dst.bytes.data(), (syn_ack ? p.src : p.dst).data(), 16);
+    lp.tuple.proto = nft::kTcp;
+    lp.tuple.sport = syn_ack ? p.dport : p.sport;
+    lp.tuple.dport = syn_ack ? p.sport : p.dport;
+    lp.length = static_cast<uint32_t>(p.bytes.size());
+    lp.tcp_flags = p.flags;
+    ctx_.on_denied(at.key, lp);
+}
+
+void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const {
+    using rapidjson::Value;
+    out.SetObject();
+    out.AddMember("mode", Value(to_string(ctx_.mode), a), a);
+    Value c(rapidjson::kObjectType);
+    c.AddMember("segments", Value(counters_.segments), a);
+    c.AddMember("tokens_added", Value(counters_.tokens_added_mac + counters_.tokens_added_signed), a);
+    c.AddMember("tokens_added_mac", Value(counters_.tokens_added_mac), a);
+    c.AddMember("tokens_added_signed", Value(counters_.tokens_added_signed), a);
+    c.AddMember("verified", Value(counters_.verified_mac + counters_.verified_signed), a);
+    c.AddMember("verified_mac", Value(counters_.verified_mac), a);
+    c.AddMember("verified_signed", Value(counters_.verified_signed), a);
+    c.AddMember("accepted", Value(counters_.accepted_authenticated + counters_.accepted_by_address), a);
+    c.AddMember("accepted_authenticated", Value(counters_.accepted_authenticated), a);
+    c.AddMember("accepted_by_address", Value(counters_.accepted_by_address), a);
+    c.AddMember("denied", Value(counters_.denied), a);
+    out.AddMember("counters", c, a);
+    Value r(rapidjson::kObjectType);
+    for (const auto& [reason, n] : counters_.refused) r.AddMember(Value(reason.c_str(), a), Value(n), a);
+    out.AddMember("refused", r, a);
+    handshake::QueueStats qs{};
+    uint64_t readers = 0, pending = 0;
+    Value errors(rapidjson::kArrayType);
+    for (const auto& [k, at] : attachments_) {
+        pending += at->client.size() + at->server.size();
+        if (!at->error.empty()) {
+            Value e(rapidjson::kObjectType);
+            e.AddMember("pod", Value(pod_str(at->pod).c_str(), a), a);
+            e.AddMember("error", Value(at->error.c_str(), a), a);
+            errors.PushBack(e, a);
+        }
+        if (!at->reader) continue;
+        ++readers;
+        auto s = at->reader->stats();
+        qs.packets += s.packets;
+        qs.accepted += s.accepted;
+        qs.dropped += s.dropped;
+        qs.rewritten += s.rewritten;
+        qs.malformed += s.malformed;
+        qs.overruns += s.overruns;
+        qs.verdict_errors += s.verdict_errors;
+        qs.handler_errors += s.handler_errors;
+        qs.max_batch = std::max(qs.max_batch, s.max_batch);
+    }
+    Value q(rapidjson::kObjectType);
+    q.AddMember("number", Value(handshake::kHandshakeQueue), a);
+    q.AddMember("readers", Value(readers), a);
+    q.AddMember("packets", Value(qs.packets), a);
+    q.AddMember("accepted", Value(qs.accepted), a);
+    q.AddMember("dropped", Value(qs.dropped), a);
+    q.AddMember("rewritten", Value(qs.rewritten), a);
+    q.AddMember("malformed", Value(qs.malformed), a);
+    q.AddMember("overruns", Value(qs.overruns), a);
+    q.AddMember("verdict_errors", Value(qs.verdict_errors), a);
+    q.AddMember("handler_errors", Value(qs.handler_errors), a);
+    q.AddMember("max_batch", Value(qs.max_batch), a);
+    q.AddMember("errors", errors, a);
+    out.AddMember("queue", q, a);
+    out.AddMember("pending", Value(pending), a);
+    out.AddMember("pair_keys", Value(static_cast<uint64_t>(pair_keys_ ? pair_keys_->size() : 0)), a);
+    out.AddMember("replay_cache", Value(static_cast<uint64_t>(replay_.size())), a);
+}
+
+}  // namespace signet::core

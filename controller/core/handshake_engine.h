@@ -1,0 +1,170 @@
+// signet: the identity handshake on live connections (docs/handshake.md,
+// "The handshake in signetd").
+//
+// For every local pod attachment the pod's table sends TCP SYN and SYN-ACK,
+// both ways, to NFQUEUE 3472 in the pod's netns (nft/ruleset.h); one
+// QueueReader per attachment reads it on the event loop and this engine
+// judges each segment:
+//
+//   hook output, SYN      the pod is the client: egress judged on the peer's
+//                         cluster identity (a pod) or address; to a pod the
+//                         SYN gets a client token (MAC under the node-pair
+//                         key, or signed on first contact / retransmission)
+//   hook input,  SYN      the pod is the server: a token is verified, the
+//                         pod's ingress policy judged on the proven claims,
+//                         the token stripped; no token: judged by address
+//                         (in enforce mode a pod address counts as a plain
+//                         address: only ipBlock rules can admit it)
+//   hook output, SYN-ACK  the server's token back, if the SYN carried one
+//   hook input,  SYN-ACK  the pod is the client: the server's token verified
+//                         and the egress policy judged on its claims
+//
+// Accepted connections get conntrack mark bits (kCtMark*) in the pod's
+// netns, so flow records tell authenticated connections from the others.
+// The rest of a connection never leaves the kernel (ct state established).
+#pragma once
+
+#include <rapidjson/document.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "../pods/registry.h"
+#include "../source/source.h"
+#include "enforcer.h"
+#include "handshake/nfqueue.h"
+#include "handshake/packet.h"
+#include "identity/pair_keys.h"
+#include "identity/replay_cache.h"
+#include "identity/token.h"
+#include "node_identity.h"
+#include "nft/nflog.h"
+
+namespace signet::core {
+
+enum class HandshakeMode : uint8_t { off, permissive, enforce };
+std::optional<HandshakeMode> parse_handshake_mode(std::string_view s);
+const char* to_string(HandshakeMode m);
+
+// Conntrack mark bits the engine sets in a pod's netns: nft::kCtMark*.
+using nft::kCtMarkAuthenticated;
+using nft::kCtMarkByAddress;
+using nft::kCtMarkMask;
+using nft::kCtMarkPending;
+
+class HandshakeEngine {
+public:
+    struct Context {
+        std::string node_name;
+        HandshakeMode mode = HandshakeMode::off;
+        const source::Source* source = nullptr;
+        const pods::Registry* registry = nullptr;
+        const Enforcer* enforcer = nullptr;
+        const NodeIdentity* identity = nullptr;
+        const std::vector<std::string>* node_addresses = nullptr;
+        // A new connection the engine refused on policy (flow records).
+        std::function<void(const std::string& key, const nft::LoggedPacket&)> on_denied;
+        // First-contact (signed token) verifications per source address.
+        double first_contact_rate = 100;  // per second
+        double first_contact_burst = 200;
+    };
+
+    HandshakeEngine(boost::asio::io_context& io, Context ctx);
+    ~HandshakeEngine();
+    HandshakeEngine(const HandshakeEngine&) = delete;
+    HandshakeEngine& operator=(const HandshakeEngine&) = delete;
+
+    void pod_started(const std::string& key, const api::PodRecord& rec);
+    void pod_stopped(const std::string& key);
+    void source_changed();
+    void stop();
+
+    void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
+    HandshakeMode mode() const { return ctx_.mode; }
+
+    // One queued segment of attachment `key` (public for tests).
+    handshake::Decision judge(const std::string& key, const handshake::QueuedPacket& q);
+
+    struct Counters {
+        uint64_t segments = 0;
+        uint64_t tokens_added_mac = 0, tokens_added_signed = 0;
+        uint64_t verified_mac = 0, verified_signed = 0;
+        uint64_t accepted_authenticated = 0;  // connections admitted on a proven identity (per side)
+        uint64_t accepted_by_address = 0;     // admitted on address rules (no token)
+        uint64_t denied = 0;                  // policy said no (on claims or address)
+        std::map<std::string, uint64_t> refused;  // token / packet refusals by reason
+    };
+    const Counters& counters() const { return counters_; }
+
+private:
+    struct Attachment;
+    struct Peer {
+        cache::ObjectKey pod;
+        std::string node;
+        identity::PodUid uid{};
+        bool host_network = false;
+    };
+    struct ClientPending {
+        std::chrono::steady_clock::time_point at;
+        bool was_signed = false;
+        uint32_t attempts = 0;
+    };
+    struct ServerPending {
+        std::chrono::steady_clock::time_point at;
+        bool client_signed = false;
+        std::shared_ptr<const identity::PairKey> pair_key;
+    };
+    struct Bucket {
+        double tokens = 0;
+        std::chrono::steady_clock::time_point last;
+    };
+
+    handshake::Decision client_syn(Attachment& at, const handshake::Packet& p);
+    handshake::Decision server_syn(Attachment& at, const handshake::Packet& p);
+    handshake::Decision server_syn_ack(Attachment& at, const handshake::Packet& p);
+    handshake::Decision client_syn_ack(Attachment& at, const handshake::Packet& p);
+
+    // Policy: ingress of the local pod (peer = source) or its egress (peer =
+    // destination), on a pod identity or an address. Cached per source version.
+    bool allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
+                 const std::string& peer_ip, uint16_t port);
+    const Peer* peer_at(handshake::Family f, const std::array<uint8_t, 16>& addr);
+    bool ensure_keys();
+    bool take_first_contact(const std::array<uint8_t, 16>& src);
+    identity::PodClaim claim_of(const Attachment& at) const;
+    handshake::Decision refuse(const std::string& reason, const Attachment& at, const handshake::Packet& p,
+                               const std::string& detail);
+    handshake::Decision rewrite(const handshake::Packet& p, std::span<const uint8_t> token, uint32_t ct_mark);
+    void sweep();
+    void report_denied(const Attachment& at, const handshake::Packet& p, bool ingress);
+
+    boost::asio::io_context& io_;
+    Context ctx_;
+    std::map<std::string, std::unique_ptr<Attachment>> attachments_;
+    // Cluster view by address (family byte + address bytes), rebuilt lazily.
+    std::unordered_map<std::string, Peer> peers_;
+    bool peers_dirty_ = true;
+    std::unordered_map<std::string, bool> decisions_;
+    // Identity state, made from the node's credentials (remade when they change).
+    std::optional<identity::Fingerprint> self_fp_;
+    std::unique_ptr<identity::PairKeyCache> pair_keys_;
+    identity::ReplayCache replay_;
+    std::unordered_map<std::string, identity::Fingerprint> node_fp_;  // peer node -> its certificate
+    std::unordered_map<std::string, Bucket> buckets_;
+    Counters counters_;
+    boost::asio::steady_timer sweep_timer_;
+    std::chrono::steady_clock::time_point log_window_{};
+    unsigned logged_in_window_ = 0;
+    bool stopped_ = false;
+};
+
+}  // namespace signet::core

@@ -1,0 +1,174 @@
+#!/usr/bin/python3
+"""The identity handshake on one node, end to end: signetd --handshake
+enforce with a real authority, netns pods through the real CNI chain, new TCP
+connections judged on the proven identity (tokens in SYN / SYN-ACK via
+NFQUEUE, checked and stripped), conntrack marks and authenticated flow
+records, the queue failing closed while signetd is down, and established
+connections surviving a restart. (Two nodes and the attacks:
+test_handshake_nodes.py, test_handshake_attacks.py.)"""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+PAYLOAD = 20000
+
+# A client that keeps one connection open: sends a line per request on stdin
+# ("ping" -> echoes), prints "connected" / "echo ok" / "fail ...".
+HOLD_CLIENT = r"""
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+except OSError as e:
+    print("fail", type(e).__name__, flush=True); sys.exit(0)
+print("connected", flush=True)
+for line in sys.stdin:
+    try:
+        s.sendall(b"y" * 1000)
+        got = 0
+        while got < 1000:
+            d = s.recv(65536)
+            if not d: break
+            got += len(d)
+        print("echo ok" if got == 1000 else f"echo short {got}", flush=True)
+    except OSError as e:
+        print("fail", type(e).__name__, flush=True)
+"""
+
+
+def body(t: harness.Test, run: harness.Run):
+    harness.require_root_and_tools("ip", "nft")
+    bins = harness.require_signet_binaries(t)
+    ca = Path(run.mkdtemp("ca")) / "authority"
+    p = harness.sh(bins["signetctl"], "authority", "init", str(ca), "--trust-domain", "hs.test", check=False)
+    t.require("signetctl authority init", p.returncode == 0, p.stdout + p.stderr)
+
+    d = harness.Signetd(run, bins, node="hs-node")
+    d.extra_args = ["--authority", f"dir:{ca}", "--handshake", "enforce"]
+    d.start()
+    st = d.status()
+    t.equal("status: handshake mode", st.get("handshake", {}).get("mode"), "enforce")
+
+    objs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}]
+    for app in ("web", "api", "db"):
+        objs.append({"apiVersion": "v1", "kind": "Pod",
+                     "metadata": {"name": app, "namespace": "shop", "labels": {"app": app}},
+                     "spec": {"nodeName": "hs-node", "containers": [{"name": "c", "image": "x"}]}})
+    objs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"name": "api-from-web", "namespace": "shop"},
+                 "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"],
+                          "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                       "ports": [{"protocol": "TCP", "port": 8080}]}]}})
+    (d.manifest_dir / "objects.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    t.require("sync after writing the objects", d.sync().returncode == 0)
+
+    net = harness.Network(run, version="1.0.0", signet_socket=d.socket)
+    chain = net.chain(["/usr/lib/cni", str(bins["signet"].parent)])
+    pods = {}
+    for app in ("web", "api", "db"):
+        name, path = run.netns_add()
+        cid = run.container_id()
+        res, _ = chain.add(cid, path, "eth0", harness.k8s_args("shop", app, run.uid(), cid))
+        ip = harness.result_ips(res)[0].split("/")[0]
+        pods[app] = {"netns": name, "ip": ip}
+        run.on_cleanup(f"CNI DEL {app}", lambda c=cid, p=path, r=res, a=app:
+                       chain.delete(c, p, "eth0", harness.k8s_args("shop", a), r, best_effort=True))
+    t.note("pods: " + ", ".join(f"{a}={p['ip']}" for a, p in pods.items()))
+
+    ruleset = harness.sh("ip", "netns", "exec", pods["api"]["netns"], "nft", "list", "table", "inet", "signet").stdout
+    t.check("api's table: SYN/SYN-ACK to NFQUEUE 3472 before `ct state established`",
+            "3472" in ruleset and ruleset.find("3472") < ruleset.find("established"), ruleset[:1500])
+    hs = d.status().get("handshake", {})
+    t.equal("a queue reader per pod", hs.get("queue", {}).get("readers"), 3)
+    t.equal("no queue errors", hs.get("queue", {}).get("errors"), [])
+
+    srv = subprocess.Popen(["ip", "netns", "exec", pods["api"]["netns"], "/usr/bin/python3", "-c",
+                            harness.ECHO_SERVER, "8080"],
+                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    run.own_process(srv, "echo server in api")
+    t.require("echo server ready", srv.stdout.readline().strip() == "ready")
+
+    def connect(app, timeout="3"):
+        p = harness.sh("ip", "netns", "exec", pods[app]["netns"], "/usr/bin/python3", "-c", harness.ECHO_CLIENT,
+                       pods["api"]["ip"], "8080", str(PAYLOAD), timeout, check=False, timeout=30)
+        return p.stdout.strip()
+
+    t.equal("web -> api:8080 allowed on web's proven identity, echo complete", connect("web"), "ok")
+    t.check("db -> api:8080 denied", connect("db", "1.5").startswith("fail"))
+    t.equal("web -> api:8080 again (MAC token under the node-pair key)", connect("web"), "ok")
+    hs = d.status().get("handshake", {})
+    c = hs.get("counters", {})
+    t.note("handshake status: " + json.dumps(hs))
+    t.check("first contact: a signed token added and verified",
+            c.get("tokens_added_signed", 0) >= 1 and c.get("verified_signed", 0) >= 1, json.dumps(c))
+    t.check("then MAC tokens", c.get("tokens_added_mac", 0) >= 1 and c.get("verified_mac", 0) >= 1, json.dumps(c))
+    t.check("connections admitted on proven identity (both sides)",
+            c.get("accepted_authenticated", 0) >= 4, json.dumps(c))
+    t.check("db's attempt denied on its proven identity", c.get("denied", 0) >= 1, json.dumps(c))
+    t.equal("nothing refused", hs.get("refused"), {})
+    t.equal("no reader errors", (hs.get("queue", {}).get("handler_errors"), hs.get("queue", {}).get("malformed")),
+            (0, 0))
+
+    # Flow records: the connection is marked authenticated in both netns.
+    deadline = time.monotonic() + 10
+    recs = []
+    while time.monotonic() < deadline:
+        p = d.ctl("flows", "-o", "json", "--limit", "1000")
+        recs = json.loads(p.stdout)["flows"] if p.returncode == 0 else []
+        ing = [r for r in recs if r.get("event") == "open" and r.get("pod") == "shop/api"
+               and r.get("direction") == "ingress" and r.get("peer", {}).get("pod") == "shop/web"]
+        den = [r for r in recs if r.get("verdict") == "denied" and r.get("pod") == "shop/api"
+               and r.get("peer", {}).get("pod") == "shop/db"]
+        if ing and den:
+            break
+        time.sleep(0.2)
+    t.check("flow: web -> api open recorded", bool(ing), json.dumps(recs)[:1500])
+    if ing:
+        t.equal("flow: authenticated", ing[0].get("authenticated"), True)
+        t.equal("flow: peer identity", ing[0].get("peer_identity"),
+                {"node": "hs-node", "namespace": "shop", "pod": "web"})
+    # The client side proves the server at the SYN-ACK, after conntrack reported
+    # the connection open: its close record carries the mark.
+    egr = [r for r in recs if r.get("event") == "close" and r.get("pod") == "shop/web"
+           and r.get("direction") == "egress" and r.get("peer", {}).get("pod") == "shop/api"]
+    t.check("flow: web's egress side, at close, authenticated too", bool(egr) and egr[0].get("authenticated") is True,
+            json.dumps(egr)[:800])
+    t.check("flow: db's denied attempt recorded", bool(den), json.dumps(recs)[:1500])
+
+    # A controller restart: established connections live on, new ones wait
+    # (fail closed) while no reader is bound, and work again after.
+    hold = subprocess.Popen(["ip", "netns", "exec", pods["web"]["netns"], "/usr/bin/python3", "-c", HOLD_CLIENT,
+                             pods["api"]["ip"], "8080"],
+                            stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, start_new_session=True)
+    run.own_process(hold, "long-lived client in web")
+    t.require("long-lived connection up", hold.stdout.readline().strip() == "connected")
+
+    def ping():
+        hold.stdin.write("ping\n")
+        hold.stdin.flush()
+        return hold.stdout.readline().strip()
+
+    t.equal("long-lived connection echoes", ping(), "echo ok")
+    for app, want in (("api", "mark=256"), ("web", "mark=256")):
+        ct = harness.sh("ip", "netns", "exec", pods[app]["netns"], "conntrack", "-L", "-p", "tcp", "--dport", "8080",
+                        check=False).stdout
+        t.check(f"{app}'s conntrack entry of the connection carries the authenticated mark (0x100)",
+                want in ct, ct)
+    d.stop()
+    t.equal("signetd down: the established connection still echoes", ping(), "echo ok")
+    t.check("signetd down: a new connection fails (no reader: the queue drops, fail closed)",
+            connect("web", "1.5").startswith("fail"))
+    d.start()
+    t.equal("signetd back: the established connection still echoes", ping(), "echo ok")
+    t.equal("signetd back: new connections work again", connect("web"), "ok")
+    t.check("signetd back: db still denied", connect("db", "1.5").startswith("fail"))
+    hold.stdin.close()
+    hold.wait(5)
+
+
+if __name__ == "__main__":
+    harness.main("test_handshake", body)
