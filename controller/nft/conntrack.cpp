@@ -234,6 +234,10 @@ size_t ct_parse_buffer(std::span<const uint8_t> bytes, std::vector<CtEntry>& out
 namespace {
 
 // An IPCTNL_MSG_CT_GET request in `req`: a dump of both families, or one entry by tuple.
+// A conntrack request: the header, the nfgenmsg and one tuple (well under
+// 512 bytes); small, since a flow record's close costs one (CT_GET).
+constexpr size_t kRequestSize = 512;
+
 std::span<const uint8_t> ct_get_request(std::vector<uint8_t>& req, uint32_t seq, const CtTuple* orig, uint16_t zone) {
     std::fill(req.begin(), req.end(), 0);
     nlmsghdr* nlh = mnl_nlmsg_put_header(req.data());
@@ -257,7 +261,7 @@ Result<std::vector<CtEntry>> ct_list(Netns& ns) {
     auto sock = ns.nfnl();
     if (!sock) return sock.error();
     std::vector<CtEntry> out;
-    std::vector<uint8_t> req(MNL_SOCKET_BUFFER_SIZE);
+    std::vector<uint8_t> req(kRequestSize);
     Status s = (*sock)->query(
         [&](uint32_t seq) { return ct_get_request(req, seq, nullptr, 0); },
         [&](const nlmsghdr* nlh) {
@@ -276,7 +280,7 @@ Result<CtEntry> ct_get(Netns& ns, const CtTuple& orig, uint16_t zone) {
     auto sock = ns.nfnl();
     if (!sock) return sock.error();
     std::optional<CtEntry> found;
-    std::vector<uint8_t> req(MNL_SOCKET_BUFFER_SIZE);
+    std::vector<uint8_t> req(kRequestSize);
     Status s = (*sock)->query(
         [&](uint32_t seq) { return ct_get_request(req, seq, &orig, zone); },
         [&](const nlmsghdr* nlh) {
@@ -295,7 +299,7 @@ Result<CtEntry> ct_get(Netns& ns, const CtTuple& orig, uint16_t zone) {
 Status ct_delete(Netns& ns, const CtTuple& orig, uint16_t zone) {
     auto sock = ns.nfnl();
     if (!sock) return sock.error();
-    std::vector<uint8_t> req(MNL_SOCKET_BUFFER_SIZE);
+    std::vector<uint8_t> req(kRequestSize);
     nlmsghdr* nlh = mnl_nlmsg_put_header(req.data());
     nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
     nlh->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
