@@ -104,7 +104,8 @@ sanitizer_build() {
   [[ -n "$fuzz" ]] || { echo "no fuzz targets found"; return 1; }
   units=$(suite_targets build-fuzz unit) || return 1
   [[ -n "$units" ]] || { echo "no unit test executables found"; return 1; }
-  build build-fuzz "$fuzz $units"
+  # signetd and its tools too: the handshake's integration tests run against them below.
+  build build-fuzz "$fuzz $units controller/signetd controller/signetctl cni-plugin/signet test/handshake/handshake_mint"
 }
 step "sanitizer build (clang: ASan+UBSan, libFuzzer)" sanitizer_build
 step "unit tests under ASan+UBSan" mtest build-fuzz --no-rebuild --suite unit
@@ -129,12 +130,35 @@ fuzz_run() {
   if [[ $n -eq 0 ]]; then echo "no libFuzzer targets were built: nothing was fuzzed"; total_fail=$((total_fail + 1)); return 1; fi
   return $rc
 }
+# The identity handshake end to end (real packets, forged and replayed tokens)
+# with signetd, the plugin and the tools from the sanitizer build; any report
+# of ASan, LeakSanitizer or UBSan (written to files, whoever printed it) fails.
+handshake_sanitized() {
+  local logs rc=0 t
+  logs=$(mktemp -d)
+  for t in test_handshake test_handshake_attacks; do
+    if SIGNET_BUILD_DIR=$ROOT/build-fuzz ASAN_OPTIONS=detect_leaks=1:log_path=$logs/asan \
+        UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:suppressions=$ROOT/test/ubsan.supp:log_path=$logs/ubsan \
+        python3 "test/integration/$t.py" >"build-fuzz/$t.log" 2>&1; then
+      total_pass=$((total_pass + 1)); tail -n 1 "build-fuzz/$t.log"
+    else
+      total_fail=$((total_fail + 1)); rc=1; grep -E '^(FAIL|===)' "build-fuzz/$t.log"; tail -n 60 "build-fuzz/$t.log"
+    fi
+  done
+  if compgen -G "$logs/*" >/dev/null; then
+    echo "sanitizer reports:"; head -n 80 "$logs"/*; total_fail=$((total_fail + 1)); rc=1
+  fi
+  rm -rf "$logs"
+  return $rc
+}
+
 # Each target first runs its whole corpus (the regression), then fuzzes.
 step "libFuzzer runs" fuzz_run
 
 if [[ $(id -u) -eq 0 ]]; then
   step "integration tests (real netns, CNI chain, runtimes)" mtest build --suite integration
   step "NetworkPolicy conformance (manifest folder and Kubernetes API sources)" mtest build --suite conformance
+  step "identity handshake tests against signetd under ASan+UBSan" handshake_sanitized
 else
   echo
   echo "!!! NOT ROOT: the integration tests (real netns, CNI runtimes) are SKIPPED. Run as root to test them. !!!"

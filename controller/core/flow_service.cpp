@@ -191,7 +191,7 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
         // The identity handshake marks the connections whose peer proved its
         // identity (core/handshake_engine.h); the mark is read per event.
         auto authenticated = [&](const nft::CtEntry& e) {
-            if ((e.mark & nft::kCtMarkMask) != nft::kCtMarkAuthenticated || peer.kind != flows::PeerKind::pod) return;
+            if (!nft::ct_mark_authenticated(e.mark) || peer.kind != flows::PeerKind::pod) return;
             r.decision.authenticated = true;
             const auto& pods = ctx_.source->snapshot().pods;
             auto it = pods.find(cache::ObjectKey{peer.namespace_, peer.name});

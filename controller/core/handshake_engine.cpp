@@ -1,5 +1,6 @@
 #include "handshake_engine.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -13,7 +14,13 @@ namespace signet::core {
 namespace {
 
 constexpr const char* kLog = "handshake";
-constexpr auto kPendingTtl = std::chrono::seconds(30);
+// A client's entry lives while its SYN may be retransmitted (each refreshes
+// it); a server's while its SYN-ACK may be (tokens are valid for 5 s).
+constexpr auto kClientPendingTtl = std::chrono::seconds(30);
+constexpr auto kServerPendingTtl = std::chrono::seconds(10);
+// Bounds: per attachment, handshakes in flight; per node, rate-limit buckets.
+constexpr size_t kMaxPending = 100000;
+constexpr size_t kMaxBuckets = 100000;
 constexpr auto kSweepEvery = std::chrono::seconds(5);
 constexpr unsigned kLogPerSecond = 20;
 
@@ -78,10 +85,41 @@ identity::ConnBinding binding_of(const Packet& p, bool client_sent) {
     return b;
 }
 
-std::string conn_key(identity::ConnBinding b) {
-    b.server_isn.reset();
-    auto c = b.canonical();
-    return std::string(c.begin(), c.end());
+// The connection's addresses and ports (no ISNs): the key of a handshake in flight.
+std::string conn_key(const identity::ConnBinding& b) {
+    const size_t n = b.ipv6 ? 16 : 4;
+    std::string k(1, b.ipv6 ? '6' : '4');
+    k.append(reinterpret_cast<const char*>(b.client_addr.data()), n);
+    k.append(reinterpret_cast<const char*>(b.server_addr.data()), n);
+    k += static_cast<char>(b.client_port >> 8);
+    k += static_cast<char>(b.client_port & 0xff);
+    k += static_cast<char>(b.server_port >> 8);
+    k += static_cast<char>(b.server_port & 0xff);
+    return k;
+}
+
+// The binding of a later segment of the connection (client -> server direction
+// when `client_sent`), ISNs left unset.
+identity::ConnBinding binding_of_later(const Packet& p, bool client_sent) {
+    identity::ConnBinding b;
+    b.ipv6 = p.family == Family::ipv6;
+    b.client_addr = client_sent ? p.src : p.dst;
+    b.server_addr = client_sent ? p.dst : p.src;
+    b.client_port = client_sent ? p.sport : p.dport;
+    b.server_port = client_sent ? p.dport : p.sport;
+    return b;
+}
+
+std::optional<identity::Nonce> nonce_of(std::span<const uint8_t> token) {
+    auto t = identity::parse(token);
+    if (!t) return std::nullopt;
+    return t->nonce;
+}
+
+template <typename T>
+void keep_last(std::vector<T>& v, const T& x, size_t n = 4) {
+    v.push_back(x);
+    if (v.size() > n) v.erase(v.begin());
 }
 
 std::string pod_str(const cache::ObjectKey& k) { return k.namespace_ + "/" + k.name; }
@@ -134,7 +172,13 @@ void HandshakeEngine::stop() {
 void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& rec) {
     if (stopped_ || ctx_.mode == HandshakeMode::off) return;
     auto& slot = attachments_[key];
-    if (slot && slot->reader && slot->reader->running() && slot->ns && slot->ns->path() == rec.reg.netns) return;
+    if (slot && slot->reader && slot->reader->running() && slot->ns && slot->ns->path() == rec.reg.netns) {
+        slot->addrs.clear();  // a repeated ADD: the same netns, maybe new addresses
+        for (const auto& ip : rec.reg.ips)
+            if (auto k = addr_key_of(ip)) slot->addrs.push_back(*k);
+        peers_dirty_ = true;
+        return;
+    }
     if (slot && slot->reader) slot->reader->stop();
     slot = std::make_unique<Attachment>();
     Attachment& at = *slot;
@@ -181,8 +225,8 @@ void HandshakeEngine::sweep() {
     if (stopped_) return;
     auto now = std::chrono::steady_clock::now();
     for (auto& [k, at] : attachments_) {
-        std::erase_if(at->client, [&](const auto& e) { return now - e.second.at > kPendingTtl; });
-        std::erase_if(at->server, [&](const auto& e) { return now - e.second.at > kPendingTtl; });
+        std::erase_if(at->client, [&](const auto& e) { return now - e.second.at > kClientPendingTtl; });
+        std::erase_if(at->server, [&](const auto& e) { return now - e.second.at > kServerPendingTtl; });
     }
     std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(10); });
     // Attachments whose reader failed to start are retried (the netns may have been busy).
@@ -263,6 +307,10 @@ bool HandshakeEngine::ensure_keys() {
 bool HandshakeEngine::take_first_contact(const std::array<uint8_t, 16>& src) {
     auto now = std::chrono::steady_clock::now();
     std::string k(reinterpret_cast<const char*>(src.data()), src.size());
+    if (buckets_.size() >= kMaxBuckets && !buckets_.count(k)) {
+        std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(1); });
+        if (buckets_.size() >= kMaxBuckets) return false;  // a flood of sources: fail closed
+    }
     auto [it, fresh] = buckets_.try_emplace(k);
     Bucket& b = it->second;
     if (fresh) {
@@ -356,7 +404,9 @@ Decision HandshakeEngine::judge(const std::string& key, const handshake::QueuedP
     const bool syn_ack = p->has(handshake::tcp_flag::syn) && p->has(handshake::tcp_flag::ack);
     if (syn) return out ? client_syn(at, *p) : server_syn(at, *p);
     if (syn_ack) return out ? server_syn_ack(at, *p) : client_syn_ack(at, *p);
-    return refuse("malformed_packet", at, *p, "not a SYN or SYN-ACK");
+    // Queued by the proof rules: the client's segments while its final ACK's
+    // proof is due, the server's while it awaits it.
+    return out ? client_ack(at, *p) : server_ack(at, *p);
 }
 
 // The local pod opens a connection.
@@ -385,7 +435,12 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
     }
     identity::ConnBinding b = binding_of(p, true);
     std::string ck = conn_key(b);
+    if (at.client.size() >= kMaxPending && !at.client.count(ck))
+        return refuse("pending_full", at, p, "too many handshakes in flight for this pod");
     ClientPending& pend = at.client[ck];
+    if (pend.attempts > 0 && pend.isn != p.seq) pend = ClientPending{};  // the ports reused: a new connection
+    pend.isn = p.seq;
+    pend.verified = false;
     const bool retransmission = pend.attempts > 0;
     pend.at = std::chrono::steady_clock::now();
     ++pend.attempts;
@@ -402,6 +457,7 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
                                                                       identity::Role::client, b, claim, now);
     if (!token) return refuse("internal", at, p, token.error().message);
     pend.was_signed = !key;
+    if (auto n = nonce_of(*token)) pend.client_nonce = *n;
     Decision d = rewrite(p, *token, 0);
     if (d.verdict != handshake::kAccept) return refuse("no_room_for_token", at, p, "");
     d.mark = kCtMarkPending;
@@ -444,15 +500,25 @@ Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
             report_denied(at, p, true);
             return Decision{};
         }
+        if (at.server.size() >= kMaxPending) {
+            auto now = std::chrono::steady_clock::now();
+            std::erase_if(at.server, [&](const auto& e) { return now - e.second.at > std::chrono::seconds(2); });
+            if (at.server.size() >= kMaxPending)
+                return refuse("pending_full", at, p, "too many handshakes in flight for this pod");
+        }
         ServerPending& sp = at.server[conn_key(b)];
+        if (sp.isn != b.client_isn || !sp.pair_key) sp = ServerPending{};  // not a retransmission: a new connection
         sp.at = std::chrono::steady_clock::now();
+        sp.isn = b.client_isn;
         sp.client_signed = was_signed;
         sp.pair_key = v->pair_key;
+        sp.binding = b;
+        keep_last(sp.client_nonces, v->nonce);
         ++counters_.accepted_authenticated;
         Decision d;
         d.verdict = handshake::kAccept;
         d.replacement = std::move(stripped->packet);
-        d.mark = kCtMarkAuthenticated;
+        d.mark = kCtMarkAwaitProof;  // until the final ACK proves the client holds the pair key
         return d;
     }
     // No token: judged by address. In enforce mode a pod's address proves
@@ -479,7 +545,7 @@ Decision HandshakeEngine::server_syn_ack(Attachment& at, const Packet& p) {
     auto it = at.server.find(conn_key(b));
     Decision pass;
     pass.verdict = handshake::kAccept;
-    if (it == at.server.end() || !ensure_keys()) return pass;  // a tokenless connection
+    if (it == at.server.end() || it->second.isn != b.client_isn || !ensure_keys()) return pass;  // tokenless
     ServerPending& sp = it->second;
     auto now = identity::Clock::now();
     identity::PodClaim claim = claim_of(at);
@@ -490,6 +556,9 @@ Decision HandshakeEngine::server_syn_ack(Attachment& at, const Packet& p) {
     if (!token) return refuse("internal", at, p, token.error().message);
     Decision d = rewrite(p, *token, 0);
     if (d.verdict != handshake::kAccept) return refuse("no_room_for_token", at, p, "");
+    if (auto n = nonce_of(*token)) keep_last(sp.server_nonces, *n);
+    sp.binding.server_isn = b.server_isn;
+    sp.at = std::chrono::steady_clock::now();
     ++(sp.client_signed || !sp.pair_key ? counters_.tokens_added_signed : counters_.tokens_added_mac);
     return d;  // kept until it expires: a retransmitted SYN-ACK gets a fresh token
 }
@@ -499,6 +568,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
     identity::ConnBinding b = binding_of(p, false);
     const std::string ck = conn_key(b);
     auto it = at.client.find(ck);
+    if (it != at.client.end() && it->second.isn != b.client_isn) it = at.client.end();
     const std::string src_ip = ip_text(p.family, p.src);
     if (it == at.client.end()) {
         // Not a connection we sent a token on (judged by address at the SYN),
@@ -538,12 +608,20 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
             report_denied(at, p, false);
             return Decision{};
         }
-        at.client.erase(it);
-        ++counters_.accepted_authenticated;
+        // The final ACK will carry the proof (also after a retransmitted
+        // SYN-ACK: the server did not get it, the client's kernel answers it
+        // with another ACK).
+        ClientPending& pend = it->second;
+        if (!pend.verified) ++counters_.accepted_authenticated;
+        pend.verified = true;
+        pend.binding = b;
+        pend.server_nonce = v->nonce;
+        pend.pair_key = v->pair_key;
+        pend.at = std::chrono::steady_clock::now();
         Decision d;
         d.verdict = handshake::kAccept;
         d.replacement = std::move(stripped->packet);
-        d.mark = kCtMarkAuthenticated;
+        d.mark = kCtMarkProofDue;
         return d;
     }
     // The peer did not authenticate (its node runs no signet, or has the
@@ -563,6 +641,64 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
     d.verdict = handshake::kAccept;
     d.mark = kCtMarkByAddress;
     return d;
+}
+
+// The local pod's segments while its final ACK's proof is due: the bare ACK
+// that completes the handshake gets the proof (16 bytes, HMAC under the pair
+// key over the full binding and both tokens' nonces) as a token.
+Decision HandshakeEngine::client_ack(Attachment& at, const Packet& p) {
+    Decision pass;
+    pass.verdict = handshake::kAccept;
+    auto it = at.client.find(conn_key(binding_of_later(p, true)));
+    if (it == at.client.end() || !it->second.verified || !it->second.pair_key) return pass;
+    ClientPending& pend = it->second;
+    // Only the bare ACK of the handshake has room (data would move sequence
+    // numbers); a piggybacked first ACK passes without, and the server, which
+    // holds everything until the proof, retransmits its SYN-ACK: the client's
+    // kernel answers with a bare ACK that gets the proof.
+    if (handshake::classify(p) != handshake::Segment::ack || p.options.token || !pend.binding.server_isn ||
+        p.ack != *pend.binding.server_isn + 1)
+        return pass;
+    auto proof = identity::ack_proof(*pend.pair_key, pend.binding, pend.client_nonce, pend.server_nonce);
+    Decision d = rewrite(p, proof, kCtMarkAuthenticated);
+    if (d.verdict != handshake::kAccept) return refuse("no_room_for_token", at, p, "the final ACK's proof");
+    ++counters_.proofs_sent;
+    return d;  // the entry stays (until it expires) for a retransmitted SYN-ACK
+}
+
+// The client's segments while the local pod (the server) awaits the final
+// ACK's proof: nothing passes before it, so the server's kernel stays in
+// SYN-RECV and retransmits its SYN-ACK if the proof was lost.
+Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
+    auto it = at.server.find(conn_key(binding_of_later(p, true)));
+    if (it == at.server.end() || !it->second.pair_key)
+        return refuse("no_proof", at, p, "no handshake in flight for this connection (signetd restarted?)");
+    ServerPending& sp = it->second;
+    Decision accept;
+    accept.verdict = handshake::kAccept;
+    accept.mark = kCtMarkAuthenticated;
+    if (sp.proven) return accept;  // segments queued behind the proof
+    if (!p.options.token) {
+        ++counters_.held_for_proof;
+        return Decision{};
+    }
+    auto stripped = handshake::strip_token(p);
+    if (!stripped) return refuse("malformed_packet", at, p, stripped.error().message);
+    identity::ConnBinding b = sp.binding;
+    b.server_isn = p.ack - 1;
+    const bool ok = stripped->token.size() == 16;  // bound to both ISNs by the binding, not to this segment
+    bool match = false;
+    for (const auto& cn : sp.client_nonces) {
+        for (const auto& sn : sp.server_nonces) {
+            auto want = identity::ack_proof(*sp.pair_key, b, cn, sn);
+            match = match || (ok && CRYPTO_memcmp(want.data(), stripped->token.data(), want.size()) == 0);
+        }
+    }
+    if (!match) return refuse("bad_proof", at, p, "the final ACK's proof does not verify");
+    sp.proven = true;
+    ++counters_.proofs_verified;
+    accept.replacement = std::move(stripped->packet);
+    return accept;
 }
 
 // A refused new connection as the flow records take it: the connection's
@@ -599,6 +735,9 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     c.AddMember("accepted_authenticated", Value(counters_.accepted_authenticated), a);
     c.AddMember("accepted_by_address", Value(counters_.accepted_by_address), a);
     c.AddMember("denied", Value(counters_.denied), a);
+    c.AddMember("proofs_sent", Value(counters_.proofs_sent), a);
+    c.AddMember("proofs_verified", Value(counters_.proofs_verified), a);
+    c.AddMember("held_for_proof", Value(counters_.held_for_proof), a);
     out.AddMember("counters", c, a);
     Value r(rapidjson::kObjectType);
     for (const auto& [reason, n] : counters_.refused) r.AddMember(Value(reason.c_str(), a), Value(n), a);

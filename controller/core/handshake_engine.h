@@ -18,6 +18,10 @@
 //   hook output, SYN-ACK  the server's token back, if the SYN carried one
 //   hook input,  SYN-ACK  the pod is the client: the server's token verified
 //                         and the egress policy judged on its claims
+//   hook output, ACK      (while the proof is due) the final ACK gets the proof:
+//                         an HMAC under the pair key over both ISNs and nonces
+//   hook input,  any      (while the server awaits the proof) checked and
+//                         stripped; nothing passes before it
 //
 // Accepted connections get conntrack mark bits (kCtMark*) in the pod's
 // netns, so flow records tell authenticated connections from the others.
@@ -59,7 +63,9 @@ const char* to_string(HandshakeMode m);
 using nft::kCtMarkAuthenticated;
 using nft::kCtMarkByAddress;
 using nft::kCtMarkMask;
+using nft::kCtMarkAwaitProof;
 using nft::kCtMarkPending;
+using nft::kCtMarkProofDue;
 
 class HandshakeEngine {
 public:
@@ -101,6 +107,8 @@ public:
         uint64_t accepted_authenticated = 0;  // connections admitted on a proven identity (per side)
         uint64_t accepted_by_address = 0;     // admitted on address rules (no token)
         uint64_t denied = 0;                  // policy said no (on claims or address)
+        uint64_t proofs_sent = 0, proofs_verified = 0;
+        uint64_t held_for_proof = 0;          // server: packets dropped while the final ACK's proof is awaited
         std::map<std::string, uint64_t> refused;  // token / packet refusals by reason
     };
     const Counters& counters() const { return counters_; }
@@ -113,15 +121,28 @@ private:
         identity::PodUid uid{};
         bool host_network = false;
     };
+    // Both keyed by the connection's addresses and ports (conn4).
     struct ClientPending {
         std::chrono::steady_clock::time_point at;
+        uint32_t isn = 0;              // the client's ISN (a new one: a new connection on the same ports)
         bool was_signed = false;
         uint32_t attempts = 0;
+        identity::Nonce client_nonce{};  // of the latest token sent
+        // After the server's token verified: the final ACK's proof.
+        bool verified = false;
+        identity::ConnBinding binding;  // with the server's ISN
+        identity::Nonce server_nonce{};
+        std::shared_ptr<const identity::PairKey> pair_key;
     };
     struct ServerPending {
         std::chrono::steady_clock::time_point at;
+        uint32_t isn = 0;
         bool client_signed = false;
         std::shared_ptr<const identity::PairKey> pair_key;
+        identity::ConnBinding binding;
+        std::vector<identity::Nonce> client_nonces;  // of the SYNs verified (retransmissions: a few)
+        std::vector<identity::Nonce> server_nonces;  // of the SYN-ACKs sent
+        bool proven = false;                         // the final ACK's proof verified
     };
     struct Bucket {
         double tokens = 0;
@@ -132,6 +153,8 @@ private:
     handshake::Decision server_syn(Attachment& at, const handshake::Packet& p);
     handshake::Decision server_syn_ack(Attachment& at, const handshake::Packet& p);
     handshake::Decision client_syn_ack(Attachment& at, const handshake::Packet& p);
+    handshake::Decision client_ack(Attachment& at, const handshake::Packet& p);
+    handshake::Decision server_ack(Attachment& at, const handshake::Packet& p);
 
     // Policy: ingress of the local pod (peer = source) or its egress (peer =
     // destination), on a pod identity or an address. Cached per source version.

@@ -326,8 +326,9 @@ size_t tokened_size(const Packet& p, size_t token_len) { return p.bytes.size() +
 
 Result<size_t> add_token_into(const Packet& p, std::span<const uint8_t> token, std::span<uint8_t> out) {
     const Segment s = classify(p);
-    if (s != Segment::syn && s != Segment::syn_ack)
-        return fail(errc::invalid, "add_token: a token rides only on a SYN or SYN-ACK, not on %s", to_string(s));
+    if (s != Segment::syn && s != Segment::syn_ack && s != Segment::ack)
+        return fail(errc::invalid, "add_token: a token rides only on a SYN, SYN-ACK or bare ACK, not on %s",
+                    to_string(s));
     if (p.options.token) return make_error(errc::already_tokened, "add_token: the segment already carries a signet option");
     if (!p.payload.empty())
         return fail(errc::has_payload,
@@ -393,8 +394,12 @@ Result<std::vector<uint8_t>> add_token(const Packet& p, std::span<const uint8_t>
 
 Result<StrippedInto> strip_token_into(const Packet& p, std::span<uint8_t> out) {
     const Segment s = classify(p);
-    if (s != Segment::syn && s != Segment::syn_ack)
-        return fail(errc::invalid, "strip_token: a token rides only on a SYN or SYN-ACK, not on %s", to_string(s));
+    // A tokened bare ACK (the final ACK's proof) classifies as `other`: an ACK with payload.
+    const bool tokened_ack = p.has(tcp_flag::ack) && !p.has(tcp_flag::syn) && !p.has(tcp_flag::fin) &&
+                             !p.has(tcp_flag::rst);
+    if (s != Segment::syn && s != Segment::syn_ack && !tokened_ack)
+        return fail(errc::invalid, "strip_token: a token rides only on a SYN, SYN-ACK or bare ACK, not on %s",
+                    to_string(s));
     if (!p.options.token) return make_error(errc::no_token, "strip_token: no signet option in the segment");
     const TokenOption tok = *p.options.token;
     if (tok.version != kTokenVersion)

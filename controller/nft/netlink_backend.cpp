@@ -191,6 +191,16 @@ public:
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_SREG, kReg);
         return push(std::move(e));
     }
+    // ct mark & mask == value
+    RuleBuilder& ct_mark_is(uint32_t mask, uint32_t value) {
+        auto e = expr("ct");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_DREG, kReg);
+        push(std::move(e));
+        uint32_t zero = 0;
+        bitwise(&mask, &zero, sizeof mask);
+        return cmp(NFT_CMP_EQ, &value, sizeof value);
+    }
     RuleBuilder& lookup(const std::string& set, uint32_t set_id) {
         auto e = expr("lookup");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_LOOKUP_SREG, kReg);
@@ -398,6 +408,16 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
         RuleBuilder rb(table, chain);
         build_syn_queue_rule(rb, kHandshakeQueueNum, rs.handshake);
         add_rule(b, rb);
+        // The final ACK's proof: the client's packets while its proof is due
+        // (egress), the server's while it waits for the proof (ingress).
+        RuleBuilder proof(table, chain);
+        proof.ct_mark_is(kCtMarkMask, dir == Dir::ingress ? kCtMarkAwaitProof : kCtMarkProofDue);
+        if (rs.handshake == QueueBackend::nft_queue)
+            proof.queue_native(kHandshakeQueueNum);
+        else
+            proof.queue_xt(kHandshakeQueueNum);
+        proof.comment("signet handshake-proof " + std::to_string(kHandshakeQueueNum));
+        add_rule(b, proof);
     }
     {  // 1. replies to allowed connections
         RuleBuilder rb(table, chain);

@@ -39,10 +39,19 @@ inline constexpr const char* kTableName = "signet";
 inline constexpr uint16_t kHandshakeQueueNum = 3472;
 // Conntrack mark bits the handshake sets in a pod's netns (the netns's
 // conntrack table is the pod's own: nothing else there uses marks).
-inline constexpr uint32_t kCtMarkMask = 0x00000300;
-inline constexpr uint32_t kCtMarkAuthenticated = 0x00000100;  // the peer pod's identity was proven
+// One 3-bit field, a state per connection:
+inline constexpr uint32_t kCtMarkMask = 0x00000700;
+inline constexpr uint32_t kCtMarkAuthenticated = 0x00000100;  // the peer pod's identity was proven (final)
 inline constexpr uint32_t kCtMarkByAddress = 0x00000200;      // no token: judged by address
-inline constexpr uint32_t kCtMarkPending = 0x00000300;        // client side: token sent, answer not yet judged
+inline constexpr uint32_t kCtMarkPending = 0x00000300;        // client: token sent, the answer not yet judged
+inline constexpr uint32_t kCtMarkProofDue = 0x00000400;       // client: server verified, the final ACK carries the proof
+inline constexpr uint32_t kCtMarkAwaitProof = 0x00000500;     // server: client verified, waiting for the ACK's proof
+// Whether a mark says the peer pod proved its identity with a token (the
+// final ACK's proof may still be on its way: nothing passes before it).
+inline bool ct_mark_authenticated(uint32_t mark) {
+    uint32_t m = mark & kCtMarkMask;
+    return m == kCtMarkAuthenticated || m == kCtMarkProofDue || m == kCtMarkAwaitProof;
+}
 
 enum class Family : uint8_t { v4 = 4, v6 = 6 };
 

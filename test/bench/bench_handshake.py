@@ -51,7 +51,7 @@ def cpu_idle(window=0.5):
     return (i1 - i0) / max(1, t1 - t0)
 
 
-def settle(limit=20.0):
+def settle(limit=5.0):
     start = time.monotonic()
     while cpu_idle() < 0.9 and time.monotonic() - start < limit:
         pass

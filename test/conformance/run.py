@@ -347,9 +347,10 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
         log("handshake: " + json.dumps({"counters": c, "refused": hs.get("refused"),
                                         "queue": {k: v for k, v in hs.get("queue", {}).items() if k != "errors"}}))
         r.ok = (hs.get("mode") == args.handshake and c.get("verified", 0) > 0
-                and c.get("accepted_authenticated", 0) > 0 and not hs.get("refused"))
+                and c.get("accepted_authenticated", 0) > 0 and c.get("proofs_verified", 0) > 0
+                and not hs.get("refused"))
         if not r.ok:
-            r.notes.append("expected verified tokens, connections admitted on proven identity and no refusal")
+            r.notes.append("expected verified tokens and final-ACK proofs, connections admitted on proven identity, no refusal")
         log(f"{'PASS' if r.ok else 'FAIL'} handshake-was-used")
         results.append(r)
     cl.teardown(best_effort=False)

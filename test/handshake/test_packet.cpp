@@ -327,10 +327,24 @@ TEST_CASE("add_token: refusals with actionable codes") {
     CHECK(add_token(*v6, token_of(65535 - 40 - 8 + 1), 200000).error().code == EMSGSIZE);
     CHECK(add_token(*v6, token_of(65535 - 40 - 8), 200000).ok());  // payload length exactly 65535
 
+    // A bare ACK takes a token (the final ACK's proof) and gives it back exactly;
+    // an ACK with data, a FIN or a RST does not.
     auto ack = parse(golden::v4_ack);
-    auto r = add_token(*ack, token_of(10), 1500);
-    CHECK(r.error().code == EINVAL);
-    CHECK(r.error().message.find("ACK") != std::string::npos);
+    auto r = add_token(*ack, token_of(16), 1500);
+    REQUIRE(r.ok());
+    auto tokened = parse(*r);
+    REQUIRE(tokened.ok());
+    CHECK(tokened->payload.size() == 16);
+    auto back = strip_token(*tokened);
+    REQUIRE(back.ok());
+    CHECK(back->packet == golden::v4_ack);
+    CHECK(back->token.size() == 16);
+    Bytes data_ack = with_options(golden::v4_ack, {}, {1, 2, 3});
+    auto pd = parse(data_ack);
+    REQUIRE(pd.ok());
+    auto rd = add_token(*pd, token_of(10), 1500);
+    CHECK(rd.error().code == EINVAL);
+    CHECK(rd.error().message.find("other") != std::string::npos);
 
     // TCP Fast Open: a SYN with data.
     Bytes tfo = with_options(golden::v4_syn, kLinuxOpts, {'G', 'E', 'T'});
@@ -453,10 +467,14 @@ TEST_CASE("strip_token: absent or inconsistent option") {
     refix(version);
     CHECK(strip_token(*parse(version)).error().code == EPROTONOSUPPORT);
 
-    Bytes ack = t;
+    Bytes ack = t;  // a bare ACK carries a token (the final ACK's proof) ...
     ack[33] = tcp_flag::ack;
     refix(ack);
-    CHECK(strip_token(*parse(ack)).error().code == EINVAL);
+    CHECK(strip_token(*parse(ack)).ok());
+    Bytes fin = t;  // ... a FIN never does
+    fin[33] = tcp_flag::ack | tcp_flag::fin;
+    refix(fin);
+    CHECK(strip_token(*parse(fin)).error().code == EINVAL);
 
     // Another RFC 6994 experiment on kind 253 is not ours.
     Bytes other = t;

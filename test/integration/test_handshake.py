@@ -139,6 +139,40 @@ def body(t: harness.Test, run: harness.Run):
             json.dumps(egr)[:800])
     t.check("flow: db's denied attempt recorded", bool(den), json.dumps(recs)[:1500])
 
+    c = d.status().get("handshake", {}).get("counters", {})
+    t.check("every admitted connection's final ACK carried the proof, and it verified",
+            c.get("proofs_sent", 0) >= 2 and c.get("proofs_verified") == c.get("proofs_sent"), json.dumps(c))
+
+    # The final ACK's proof lost on the way: the server holds the client's data
+    # (its socket stays in SYN-RECV), retransmits its SYN-ACK, and the client's
+    # kernel answers with an ACK that gets the proof again.
+    web = pods["web"]["netns"]
+    harness.sh("ip", "netns", "exec", web, "nft", "-f", "-", input=(
+        "table inet t_lose_proof {\n chain out {\n type filter hook output priority 100;\n"
+        " ip length 76 tcp flags == ack counter drop\n }\n}\n"))
+    held0 = c.get("held_for_proof", 0)
+    lost = subprocess.Popen(["ip", "netns", "exec", web, "/usr/bin/python3", "-c", harness.ECHO_CLIENT,
+                             pods["api"]["ip"], "8080", "1000", "15"],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    run.own_process(lost, "client whose proof is lost")
+    deadline = time.monotonic() + 5
+    syn_recv = ""
+    while time.monotonic() < deadline:
+        syn_recv = harness.sh("ip", "netns", "exec", pods["api"]["netns"], "ss", "-tnH", "state", "syn-recv",
+                              check=False).stdout.strip()
+        held = d.status().get("handshake", {}).get("counters", {}).get("held_for_proof", 0)
+        if syn_recv and held > held0:
+            break
+        time.sleep(0.05)
+    dropped = harness.sh("ip", "netns", "exec", web, "nft", "list", "table", "inet", "t_lose_proof").stdout
+    t.check("the proof-carrying final ACK was lost (dropped in web's netns)", "packets 1 " in dropped
+            or "packets 2 " in dropped, dropped)
+    t.check("without the proof the server's socket stays in SYN-RECV", bool(syn_recv), syn_recv)
+    t.check("and the client's data is held (dropped until the proof)", held > held0)
+    harness.sh("ip", "netns", "exec", web, "nft", "delete", "table", "inet", "t_lose_proof")
+    out = lost.communicate(timeout=20)[0].strip()
+    t.equal("after the server's SYN-ACK retransmission the proof arrives: the echo completes", out, "ok")
+
     # A controller restart: established connections live on, new ones wait
     # (fail closed) while no reader is bound, and work again after.
     hold = subprocess.Popen(["ip", "netns", "exec", pods["web"]["netns"], "/usr/bin/python3", "-c", HOLD_CLIENT,
