@@ -409,6 +409,42 @@ Decision HandshakeEngine::judge(const std::string& key, const handshake::QueuedP
     return out ? client_ack(at, *p) : server_ack(at, *p);
 }
 
+// The peer's token in a SYN (role client) or SYN-ACK (role server), for the
+// connection `b`: stripped, rate-limited when signed, verified (the claimed pod
+// must own the peer's address and run on the signing node, by this node's
+// cluster view). On success `v` and `stripped` (the packet without it) are
+// set; otherwise the refusal to return.
+Decision HandshakeEngine::verify_peer(Attachment& at, const Packet& p, identity::Role role,
+                                      const identity::ConnBinding& b, std::optional<identity::VerifiedToken>& v,
+                                      std::vector<uint8_t>& stripped) {
+    if (!ensure_keys()) return refuse("no_credentials", at, p, "this node has no identity credentials");
+    auto s = handshake::strip_token(p);
+    if (!s) return refuse("malformed_packet", at, p, s.error().message);
+    std::span<const uint8_t> tok = s->token;
+    if (tok.size() >= 2 && tok[1] == static_cast<uint8_t>(identity::TokenType::signed_first_contact) &&
+        !take_first_contact(p.src))
+        return refuse("rate_limited", at, p, "first-contact verifications from this address over the limit");
+    identity::VerifyContext vc;
+    vc.bundle = ctx_.identity->bundle();
+    vc.pair_keys = pair_keys_.get();
+    vc.replay = &replay_;
+    const bool peer_is_client = role == identity::Role::client;
+    vc.pod_on_node = [this, peer_is_client](const identity::Claims& c, const identity::ConnBinding& cb) {
+        const Peer* owner =
+            peer_at(cb.ipv6 ? Family::ipv6 : Family::ipv4, peer_is_client ? cb.client_addr : cb.server_addr);
+        return owner && !owner->host_network && owner->pod.namespace_ == c.pod_namespace &&
+               owner->pod.name == c.pod_name && owner->node == c.node_name && owner->uid == c.pod_uid;
+    };
+    auto r = identity::verify_token(tok, role, b, identity::Clock::now(), vc);
+    if (!r) return refuse(identity::to_string(static_cast<identity::TokenError>(r.error().code)), at, p,
+                          r.error().message);
+    ++(r->type == identity::TokenType::signed_first_contact ? counters_.verified_signed : counters_.verified_mac);
+    node_fp_[r->claims.node_name] = r->peer_fingerprint;
+    stripped = std::move(s->packet);
+    v = std::move(*r);
+    return Decision{};
+}
+
 // The local pod opens a connection.
 Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
     if (std::find(at.addrs.begin(), at.addrs.end(), addr_key(p.family, p.src)) == at.addrs.end())
@@ -471,29 +507,11 @@ Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
     const Peer* peer = peer_at(p.family, p.src);
     const bool pod_peer = peer && !peer->host_network;
     if (p.options.token) {
-        if (!ensure_keys()) return refuse("no_credentials", at, p, "this node has no identity credentials");
-        auto stripped = handshake::strip_token(p);
-        if (!stripped) return refuse("malformed_packet", at, p, stripped.error().message);
-        std::span<const uint8_t> tok = stripped->token;
-        if (tok.size() >= 2 && tok[1] == static_cast<uint8_t>(identity::TokenType::signed_first_contact) &&
-            !take_first_contact(p.src))
-            return refuse("rate_limited", at, p, "first-contact verifications from this address over the limit");
         identity::ConnBinding b = binding_of(p, true);
-        identity::VerifyContext vc;
-        vc.bundle = ctx_.identity->bundle();
-        vc.pair_keys = pair_keys_.get();
-        vc.replay = &replay_;
-        vc.pod_on_node = [this](const identity::Claims& c, const identity::ConnBinding& cb) {
-            const Peer* owner = peer_at(cb.ipv6 ? Family::ipv6 : Family::ipv4, cb.client_addr);
-            return owner && !owner->host_network && owner->pod.namespace_ == c.pod_namespace &&
-                   owner->pod.name == c.pod_name && owner->node == c.node_name && owner->uid == c.pod_uid;
-        };
-        auto v = identity::verify_token(tok, identity::Role::client, b, identity::Clock::now(), vc);
-        if (!v) return refuse(identity::to_string(static_cast<identity::TokenError>(v.error().code)), at, p,
-                              v.error().message);
+        std::optional<identity::VerifiedToken> v;
+        std::vector<uint8_t> stripped;
+        if (Decision refused = verify_peer(at, p, identity::Role::client, b, v, stripped); !v) return refused;
         const bool was_signed = v->type == identity::TokenType::signed_first_contact;
-        ++(was_signed ? counters_.verified_signed : counters_.verified_mac);
-        node_fp_[v->claims.node_name] = v->peer_fingerprint;
         cache::ObjectKey proven{v->claims.pod_namespace, v->claims.pod_name};
         if (!allowed(at, true, proven, src_ip, p.dport)) {
             ++counters_.denied;
@@ -517,7 +535,7 @@ Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
         ++counters_.accepted_authenticated;
         Decision d;
         d.verdict = handshake::kAccept;
-        d.replacement = std::move(stripped->packet);
+        d.replacement = std::move(stripped);
         d.mark = kCtMarkAwaitProof;  // until the final ACK proves the client holds the pair key
         return d;
     }
@@ -581,27 +599,9 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
     const Peer* peer = peer_at(p.family, p.src);
     const bool pod_peer = peer && !peer->host_network;
     if (p.options.token) {
-        if (!ensure_keys()) return refuse("no_credentials", at, p, "this node has no identity credentials");
-        auto stripped = handshake::strip_token(p);
-        if (!stripped) return refuse("malformed_packet", at, p, stripped.error().message);
-        std::span<const uint8_t> tok = stripped->token;
-        if (tok.size() >= 2 && tok[1] == static_cast<uint8_t>(identity::TokenType::signed_first_contact) &&
-            !take_first_contact(p.src))
-            return refuse("rate_limited", at, p, "first-contact verifications from this address over the limit");
-        identity::VerifyContext vc;
-        vc.bundle = ctx_.identity->bundle();
-        vc.pair_keys = pair_keys_.get();
-        vc.replay = &replay_;
-        vc.pod_on_node = [this](const identity::Claims& c, const identity::ConnBinding& cb) {
-            const Peer* owner = peer_at(cb.ipv6 ? Family::ipv6 : Family::ipv4, cb.server_addr);
-            return owner && !owner->host_network && owner->pod.namespace_ == c.pod_namespace &&
-                   owner->pod.name == c.pod_name && owner->node == c.node_name && owner->uid == c.pod_uid;
-        };
-        auto v = identity::verify_token(tok, identity::Role::server, b, identity::Clock::now(), vc);
-        if (!v) return refuse(identity::to_string(static_cast<identity::TokenError>(v.error().code)), at, p,
-                              v.error().message);
-        ++(v->type == identity::TokenType::signed_first_contact ? counters_.verified_signed : counters_.verified_mac);
-        node_fp_[v->claims.node_name] = v->peer_fingerprint;
+        std::optional<identity::VerifiedToken> v;
+        std::vector<uint8_t> stripped;
+        if (Decision refused = verify_peer(at, p, identity::Role::server, b, v, stripped); !v) return refused;
         cache::ObjectKey proven{v->claims.pod_namespace, v->claims.pod_name};
         if (!allowed(at, false, proven, src_ip, p.sport)) {
             ++counters_.denied;
@@ -620,7 +620,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
         pend.at = std::chrono::steady_clock::now();
         Decision d;
         d.verdict = handshake::kAccept;
-        d.replacement = std::move(stripped->packet);
+        d.replacement = std::move(stripped);
         d.mark = kCtMarkProofDue;
         return d;
     }

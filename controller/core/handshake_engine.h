@@ -154,6 +154,9 @@ private:
     handshake::Decision server_syn_ack(Attachment& at, const handshake::Packet& p);
     handshake::Decision client_syn_ack(Attachment& at, const handshake::Packet& p);
     handshake::Decision client_ack(Attachment& at, const handshake::Packet& p);
+    handshake::Decision verify_peer(Attachment& at, const handshake::Packet& p, identity::Role role,
+                                    const identity::ConnBinding& b, std::optional<identity::VerifiedToken>& v,
+                                    std::vector<uint8_t>& stripped);
     handshake::Decision server_ack(Attachment& at, const handshake::Packet& p);
 
     // Policy: ingress of the local pod (peer = source) or its egress (peer =

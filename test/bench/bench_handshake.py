@@ -88,14 +88,7 @@ def body(t: harness.Test, run: harness.Run):
     for label, net in (("plain", harness.Network(run, version="1.0.0", with_signet=False)),
                        ("handshake", harness.Network(run, version="1.0.0", signet_socket=d.socket))):
         chain = net.chain(["/usr/lib/cni", str(bins["signet"].parent)])
-        pods = {}
-        for app in ("client", "server"):
-            name, path = run.netns_add()
-            cid = run.container_id()
-            res, _ = chain.add(cid, path, "eth0", harness.k8s_args("bench", app, run.uid(), cid))
-            pods[app] = {"netns": name, "ip": harness.result_ips(res)[0].split("/")[0]}
-            run.on_cleanup(f"CNI DEL {label}/{app}", lambda c=cid, p=path, r=res, a=app, ch=chain:
-                           ch.delete(c, p, "eth0", harness.k8s_args("bench", a), r, best_effort=True))
+        pods = harness.add_pods(run, chain, "bench", ("client", "server"))
         srv = subprocess.Popen(["ip", "netns", "exec", pods["server"]["netns"], str(tool), "serve", str(PORT)],
                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         run.own_process(srv, f"bench_connect server ({label})")

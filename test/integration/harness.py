@@ -1000,3 +1000,17 @@ bind-address = "127.0.0.1:{rpc_port}"
 [logging]
   level = "warn"
 """
+
+
+def add_pods(run: "Run", chain: Chain, namespace: str, apps) -> dict[str, dict]:
+    """One netns pod per app, named namespace/app, through the CNI chain (ADD
+    now, DEL at cleanup). Returns {app: {netns, path, cid, ip, result}}."""
+    pods = {}
+    for app in apps:
+        name, path = run.netns_add()
+        cid = run.container_id()
+        res, _ = chain.add(cid, path, "eth0", k8s_args(namespace, app, run.uid(), cid))
+        pods[app] = {"netns": name, "path": path, "cid": cid, "ip": result_ips(res)[0].split("/")[0], "result": res}
+        run.on_cleanup(f"CNI DEL {namespace}/{app}", lambda c=cid, p=path, r=res, a=app:
+                       chain.delete(c, p, "eth0", k8s_args(namespace, a), r, best_effort=True))
+    return pods

@@ -71,15 +71,7 @@ def body(t: harness.Test, run: harness.Run):
 
     net = harness.Network(run, version="1.0.0", signet_socket=d.socket)
     chain = net.chain(["/usr/lib/cni", str(bins["signet"].parent)])
-    pods = {}
-    for app in ("web", "api", "db"):
-        name, path = run.netns_add()
-        cid = run.container_id()
-        res, _ = chain.add(cid, path, "eth0", harness.k8s_args("shop", app, run.uid(), cid))
-        ip = harness.result_ips(res)[0].split("/")[0]
-        pods[app] = {"netns": name, "path": path, "cid": cid, "ip": ip, "result": res}
-        run.on_cleanup(f"CNI DEL {app}", lambda c=cid, p=path, r=res, a=app:
-                       chain.delete(c, p, "eth0", harness.k8s_args("shop", a), r, best_effort=True))
+    pods = harness.add_pods(run, chain, "shop", ("web", "api", "db"))
     t.note("pods: " + ", ".join(f"{a}={p['ip']}" for a, p in pods.items()))
 
     srv = subprocess.Popen(["ip", "netns", "exec", pods["api"]["netns"], "/usr/bin/python3", "-c", SERVER, "8080"],

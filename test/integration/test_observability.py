@@ -142,15 +142,7 @@ def body(t: harness.Test, run: harness.Run):
 
     net = harness.Network(run, version="1.0.0", signet_socket=d.socket)
     chain = net.chain(["/usr/lib/cni", str(bins["signet"].parent)])
-    pods = {}
-    for app in ("web", "api", "db"):
-        name, path = run.netns_add()
-        cid = run.container_id()
-        res, _ = chain.add(cid, path, "eth0", harness.k8s_args("shop", app, run.uid(), cid))
-        pods[app] = {"netns": name, "ip": harness.result_ips(res)[0].split("/")[0], "cid": cid, "path": path,
-                     "res": res}
-        run.on_cleanup(f"CNI DEL {app}", lambda c=cid, p=path, r=res, a=app:
-                       chain.delete(c, p, "eth0", harness.k8s_args("shop", a), r, best_effort=True))
+    pods = harness.add_pods(run, chain, "shop", ("web", "api", "db"))
     srv = subprocess.Popen(["ip", "netns", "exec", pods["api"]["netns"], "/usr/bin/python3", "-c", harness.ECHO_SERVER, "8080"],
                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     run.own_process(srv, "echo server in api")
@@ -257,7 +249,7 @@ def body(t: harness.Test, run: harness.Run):
     t.note(f"screenshot: {shot}")
 
     # ---- A pod stops: its stop event reaches InfluxDB.
-    chain.delete(pods["db"]["cid"], pods["db"]["path"], "eth0", harness.k8s_args("shop", "db"), pods["db"]["res"])
+    chain.delete(pods["db"]["cid"], pods["db"]["path"], "eth0", harness.k8s_args("shop", "db"), pods["db"]["result"])
     stops = poll("stop event", lambda: influx.query(
         "SELECT * FROM signet_pod_event WHERE event='stop' AND pod='db'"))
     t.check("InfluxDB: db's stop event", bool(stops), str(stops))
