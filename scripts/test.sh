@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-FUZZ_SECONDS=${FUZZ_SECONDS:-5}  # per libFuzzer target; 18 targets
+FUZZ_SECONDS=${FUZZ_SECONDS:-4}  # per libFuzzer target; 18 targets
 
 bash scripts/install-deps.sh || { echo "test: dependency installation failed" >&2; exit 1; }
 

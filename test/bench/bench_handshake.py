@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / "integration"))
 import harness  # noqa: E402
 
 PORT = 7000
-ROUNDS = 3
+ROUNDS = 2
 N_SERIAL = int(os.environ.get("BENCH_HS_CONNECTIONS", "3000"))
 N_CONCURRENT = int(os.environ.get("BENCH_HS_CONCURRENT_CONNECTIONS", "8000"))
 CONCURRENCY = 8
