@@ -539,22 +539,7 @@ Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
         d.mark = kCtMarkAwaitProof;  // until the final ACK proves the client holds the pair key
         return d;
     }
-    // No token: judged by address. In enforce mode a pod's address proves
-    // nothing: only ipBlock rules (and the node's own addresses) can admit it.
-    std::optional<cache::ObjectKey> as_pod;
-    if (pod_peer && ctx_.mode == HandshakeMode::permissive) as_pod = peer->pod;
-    if (!allowed(at, true, as_pod, src_ip, p.dport)) {
-        report_denied(at, p, true);
-        if (pod_peer && ctx_.mode == HandshakeMode::enforce)
-            return refuse("no_token", at, p, "a tokenless SYN from pod " + pod_str(peer->pod) + "'s address");
-        ++counters_.denied;
-        return Decision{};
-    }
-    ++counters_.accepted_by_address;
-    Decision d;
-    d.verdict = handshake::kAccept;
-    d.mark = kCtMarkByAddress;
-    return d;
+    return judge_tokenless(at, p, true, pod_peer ? peer : nullptr, src_ip, p.dport);
 }
 
 // The local pod answers a connection: the server's token, if the client sent one.
@@ -624,18 +609,29 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
         d.mark = kCtMarkProofDue;
         return d;
     }
-    // The peer did not authenticate (its node runs no signet, or has the
-    // handshake off). Enforce: a pod address counts as a plain address.
+    // The peer did not authenticate (its node runs no signet, or has the handshake off).
+    Decision d = judge_tokenless(at, p, false, pod_peer ? peer : nullptr, src_ip, p.sport);
+    if (d.verdict == handshake::kAccept) at.client.erase(it);
+    return d;
+}
+
+// A SYN (ingress) or SYN-ACK (egress) that carries no token, judged by
+// address. In enforce mode a pod's address proves nothing: it counts as a
+// plain address, so only ipBlock rules (and the node's own addresses) can
+// admit it; in permissive mode it is judged as the pod at that address.
+Decision HandshakeEngine::judge_tokenless(const Attachment& at, const Packet& p, bool ingress, const Peer* pod_peer,
+                                          const std::string& peer_ip, uint16_t port) {
     std::optional<cache::ObjectKey> as_pod;
-    if (pod_peer && ctx_.mode == HandshakeMode::permissive) as_pod = peer->pod;
-    if (!allowed(at, false, as_pod, src_ip, p.sport)) {
-        report_denied(at, p, false);
+    if (pod_peer && ctx_.mode == HandshakeMode::permissive) as_pod = pod_peer->pod;
+    if (!allowed(at, ingress, as_pod, peer_ip, port)) {
+        report_denied(at, p, ingress);
         if (pod_peer && ctx_.mode == HandshakeMode::enforce)
-            return refuse("no_token", at, p, "a tokenless SYN-ACK from pod " + pod_str(peer->pod) + "'s address");
+            return refuse("no_token", at, p,
+                          std::string("a tokenless ") + (ingress ? "SYN" : "SYN-ACK") + " from pod " +
+                              pod_str(pod_peer->pod) + "'s address");
         ++counters_.denied;
         return Decision{};
     }
-    at.client.erase(it);
     ++counters_.accepted_by_address;
     Decision d;
     d.verdict = handshake::kAccept;

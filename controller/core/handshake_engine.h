@@ -154,6 +154,8 @@ private:
     handshake::Decision server_syn_ack(Attachment& at, const handshake::Packet& p);
     handshake::Decision client_syn_ack(Attachment& at, const handshake::Packet& p);
     handshake::Decision client_ack(Attachment& at, const handshake::Packet& p);
+    handshake::Decision judge_tokenless(const Attachment& at, const handshake::Packet& p, bool ingress,
+                                        const Peer* pod_peer, const std::string& peer_ip, uint16_t port);
     handshake::Decision verify_peer(Attachment& at, const handshake::Packet& p, identity::Role role,
                                     const identity::ConnBinding& b, std::optional<identity::VerifiedToken>& v,
                                     std::vector<uint8_t>& stripped);

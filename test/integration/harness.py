@@ -943,11 +943,13 @@ def spy_calls(calls_dir: Path, cid: str | None = None) -> list[dict]:
 # --------------------------------------------------------------------------
 # Helpers shared by the flow tests
 
-# An echo server: python3 -c ECHO_SERVER PORT; prints "ready" once listening.
+# An echo server, dual stack on [::]:PORT: python3 -c ECHO_SERVER PORT;
+# prints "ready" once listening.
 ECHO_SERVER = r"""
 import socket, sys, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1]))); s.listen(128)
 print("ready", flush=True)
 def serve(c):
     while True:

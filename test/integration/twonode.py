@@ -55,23 +55,6 @@ PACKET_OUTGOING = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 _netns_lock = threading.Lock()
 
-# Echo server on [::]:PORT, dual stack; prints "ready".
-ECHO_SERVER6 = r"""
-import socket, sys, threading
-s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(("::", int(sys.argv[1]))); s.listen(128)
-print("ready", flush=True)
-def serve(c):
-    while True:
-        d = c.recv(65536)
-        if not d: break
-        c.sendall(d)
-    c.close()
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
-
 
 # --------------------------------------------------------------------------
 # netns entry for this thread
@@ -483,7 +466,7 @@ class TwoNodes:
     # traffic ---------------------------------------------------------------
     def serve(self, pod: str) -> None:
         p = self.pods[pod]
-        srv = subprocess.Popen(["ip", "netns", "exec", p.netns, "/usr/bin/python3", "-c", ECHO_SERVER6, str(PORT)],
+        srv = subprocess.Popen(["ip", "netns", "exec", p.netns, "/usr/bin/python3", "-c", harness.ECHO_SERVER, str(PORT)],
                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         self.run.own_process(srv, f"echo server in {pod}")
         self.t.require(f"echo server ready in {pod}", srv.stdout.readline().strip() == "ready")
