@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <unistd.h>
 
 #include "../policy/addr.h"
 #include "signet/log.h"
@@ -25,6 +26,8 @@ constexpr auto kSweepEvery = std::chrono::seconds(5);
 constexpr unsigned kLogPerSecond = 20;
 
 static_assert(handshake::kHandshakeQueue == nft::kHandshakeQueueNum, "one queue number for rules and readers");
+static_assert(handshake::kTokenOptionKind == nft::kTokenOptionKind && handshake::kTokenExId == nft::kTokenOptionExId,
+              "the rules queue the option the packet layer writes");
 
 using handshake::Decision;
 using handshake::Family;
@@ -124,6 +127,19 @@ void keep_last(std::vector<T>& v, const T& x, size_t n = 4) {
 
 std::string pod_str(const cache::ObjectKey& k) { return k.namespace_ + "/" + k.name; }
 
+void add_queue_stats(handshake::QueueStats& to, const handshake::QueueStats& s) {
+    to.packets += s.packets;
+    to.accepted += s.accepted;
+    to.dropped += s.dropped;
+    to.rewritten += s.rewritten;
+    to.malformed += s.malformed;
+    to.overruns += s.overruns;
+    to.verdict_errors += s.verdict_errors;
+    to.handler_errors += s.handler_errors;
+    to.rewrite_failed += s.rewrite_failed;
+    to.max_batch = std::max(to.max_batch, s.max_batch);
+}
+
 }  // namespace
 
 std::optional<HandshakeMode> parse_handshake_mode(std::string_view s) {
@@ -143,7 +159,20 @@ const char* to_string(HandshakeMode m) {
 }
 
 struct HandshakeEngine::Attachment {
+    Attachment() = default;
+    Attachment(const Attachment&) = delete;
+    Attachment& operator=(const Attachment&) = delete;
+    ~Attachment() {
+        if (kstats_fd >= 0) ::close(kstats_fd);
+    }
+    // The kernel's counters of this attachment's queue (0 if unreadable).
+    handshake::KernelQueueStats kernel_stats() const {
+        if (kstats_fd < 0) return {};
+        auto r = handshake::nfq_read_kernel_stats(kstats_fd, handshake::kHandshakeQueue);
+        return r ? *r : handshake::KernelQueueStats{};
+    }
     std::string key;
+    int kstats_fd = -1;  // /proc/net/netfilter/nfnetlink_queue of the pod's netns
     cache::ObjectKey pod;
     std::vector<std::string> addrs;  // addr_key of each of the pod's addresses
     std::optional<nft::Netns> ns;
@@ -179,7 +208,7 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
         peers_dirty_ = true;
         return;
     }
-    if (slot && slot->reader) slot->reader->stop();
+    if (slot) retire(*slot);
     slot = std::make_unique<Attachment>();
     Attachment& at = *slot;
     at.key = key;
@@ -195,6 +224,10 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
         return;
     }
     at.ns.emplace(std::move(*ns));
+    if (auto fd = handshake::nfq_open_kernel_stats(*at.ns))
+        at.kstats_fd = *fd;
+    else
+        log::warn(kLog, "no kernel queue counters for " + pod_str(at.pod) + ": " + fd.error().message);
     at.reader = std::make_unique<handshake::QueueReader>(
         io_, *at.ns, handshake::kHandshakeQueue,
         [this, key](const handshake::QueuedPacket& q) { return judge(key, q); });
@@ -208,10 +241,21 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
     log::debug(kLog, "reading the handshake queue of " + pod_str(at.pod));
 }
 
+// Keeps the counters of an attachment's queue before it goes, and stops it.
+void HandshakeEngine::retire(Attachment& at) {
+    if (at.reader) {
+        add_queue_stats(retired_queue_, at.reader->stats());
+        auto k = at.kernel_stats();  // before the socket closes: the instance goes with it
+        retired_kernel_.queue_dropped += k.queue_dropped;
+        retired_kernel_.user_dropped += k.user_dropped;
+        at.reader->stop();
+    }
+}
+
 void HandshakeEngine::pod_stopped(const std::string& key) {
     auto it = attachments_.find(key);
     if (it == attachments_.end()) return;
-    if (it->second->reader) it->second->reader->stop();
+    retire(*it->second);
     attachments_.erase(it);
     peers_dirty_ = true;
 }
@@ -673,9 +717,32 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
     Decision accept;
     accept.verdict = handshake::kAccept;
     accept.mark = kCtMarkAuthenticated;
-    if (sp.proven) return accept;  // segments queued behind the proof
+    if (sp.proven) {
+        if (!p.options.token) return accept;  // segments queued behind the proof
+        // A proof again (the client answered a retransmitted SYN-ACK): never
+        // hand the option to the pod's stack.
+        auto again = handshake::strip_token(p);
+        if (!again) return refuse("malformed_packet", at, p, again.error().message);
+        accept.replacement = std::move(again->packet);
+        return accept;
+    }
     if (!p.options.token) {
+        if (p.has(handshake::tcp_flag::rst)) {
+            // The client gave up (or closed at once) and its RST overtook the
+            // proof: segments the client's node reinjects after a verdict and
+            // segments its stack sends directly take different CPUs' queues.
+            // An RST opens nothing: it passes and ends the embryonic
+            // connection; a proof arriving after it is discarded.
+            sp.reset = true;
+            Decision d;
+            d.verdict = handshake::kAccept;
+            return d;
+        }
         ++counters_.held_for_proof;
+        return Decision{};
+    }
+    if (sp.reset) {
+        ++counters_.proof_after_reset;
         return Decision{};
     }
     auto stripped = handshake::strip_token(p);
@@ -715,6 +782,38 @@ void HandshakeEngine::report_denied(const Attachment& at, const Packet& p, bool 
     ctx_.on_denied(at.key, lp);
 }
 
+HandshakeEngine::Drops HandshakeEngine::drops() const {
+    handshake::QueueStats qs = retired_queue_;
+    handshake::KernelQueueStats ks = retired_kernel_;
+    for (const auto& [k, at] : attachments_) {
+        if (!at->reader) continue;
+        add_queue_stats(qs, at->reader->stats());
+        auto kk = at->kernel_stats();
+        ks.queue_dropped += kk.queue_dropped;
+        ks.user_dropped += kk.user_dropped;
+    }
+    Drops d;
+    d.kernel_queue_full = ks.queue_dropped;
+    d.kernel_socket_full = ks.user_dropped;
+    d.socket_overruns = qs.overruns;
+    d.verdict_errors = qs.verdict_errors;
+    d.handler_errors = qs.handler_errors;
+    d.rewrite_failed = qs.rewrite_failed;
+    d.malformed_messages = qs.malformed;
+    for (const auto& [reason, n] : counters_.refused) {
+        if (reason == "pending_full" || reason == "rate_limited")
+            d.limits += n;
+        else if (reason == "internal" || reason == "no_room_for_token" || reason == "no_credentials")
+            d.internal += n;
+        else
+            d.refused += n;
+    }
+    d.held_for_proof = counters_.held_for_proof;
+    d.denied = counters_.denied;
+    d.discarded = counters_.proof_after_reset;
+    return d;
+}
+
 void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const {
     using rapidjson::Value;
     out.SetObject();
@@ -734,11 +833,13 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     c.AddMember("proofs_sent", Value(counters_.proofs_sent), a);
     c.AddMember("proofs_verified", Value(counters_.proofs_verified), a);
     c.AddMember("held_for_proof", Value(counters_.held_for_proof), a);
+    c.AddMember("proof_after_reset", Value(counters_.proof_after_reset), a);
     out.AddMember("counters", c, a);
     Value r(rapidjson::kObjectType);
     for (const auto& [reason, n] : counters_.refused) r.AddMember(Value(reason.c_str(), a), Value(n), a);
     out.AddMember("refused", r, a);
-    handshake::QueueStats qs{};
+    handshake::QueueStats qs = retired_queue_;
+    handshake::KernelQueueStats ks = retired_kernel_;
     uint64_t readers = 0, pending = 0;
     Value errors(rapidjson::kArrayType);
     for (const auto& [k, at] : attachments_) {
@@ -751,16 +852,11 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
         }
         if (!at->reader) continue;
         ++readers;
-        auto s = at->reader->stats();
-        qs.packets += s.packets;
-        qs.accepted += s.accepted;
-        qs.dropped += s.dropped;
-        qs.rewritten += s.rewritten;
-        qs.malformed += s.malformed;
-        qs.overruns += s.overruns;
-        qs.verdict_errors += s.verdict_errors;
-        qs.handler_errors += s.handler_errors;
-        qs.max_batch = std::max(qs.max_batch, s.max_batch);
+        add_queue_stats(qs, at->reader->stats());
+        auto kk = at->kernel_stats();
+        ks.queue_dropped += kk.queue_dropped;
+        ks.user_dropped += kk.user_dropped;
+        ks.waiting += kk.waiting;
     }
     Value q(rapidjson::kObjectType);
     q.AddMember("number", Value(handshake::kHandshakeQueue), a);
@@ -773,9 +869,30 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     q.AddMember("overruns", Value(qs.overruns), a);
     q.AddMember("verdict_errors", Value(qs.verdict_errors), a);
     q.AddMember("handler_errors", Value(qs.handler_errors), a);
+    q.AddMember("rewrite_failed", Value(qs.rewrite_failed), a);
     q.AddMember("max_batch", Value(qs.max_batch), a);
+    q.AddMember("waiting", Value(ks.waiting), a);
+    q.AddMember("kernel_queue_dropped", Value(ks.queue_dropped), a);
+    q.AddMember("kernel_user_dropped", Value(ks.user_dropped), a);
     q.AddMember("errors", errors, a);
     out.AddMember("queue", q, a);
+    const Drops dr = drops();
+    Value d(rapidjson::kObjectType);
+    d.AddMember("lost", Value(dr.lost()), a);
+    d.AddMember("kernel_queue_full", Value(dr.kernel_queue_full), a);
+    d.AddMember("kernel_socket_full", Value(dr.kernel_socket_full), a);
+    d.AddMember("socket_overruns", Value(dr.socket_overruns), a);
+    d.AddMember("verdict_errors", Value(dr.verdict_errors), a);
+    d.AddMember("handler_errors", Value(dr.handler_errors), a);
+    d.AddMember("rewrite_failed", Value(dr.rewrite_failed), a);
+    d.AddMember("limits", Value(dr.limits), a);
+    d.AddMember("internal", Value(dr.internal), a);
+    d.AddMember("held_for_proof", Value(dr.held_for_proof), a);
+    d.AddMember("malformed_messages", Value(dr.malformed_messages), a);
+    d.AddMember("refused", Value(dr.refused), a);
+    d.AddMember("denied", Value(dr.denied), a);
+    d.AddMember("discarded", Value(dr.discarded), a);
+    out.AddMember("drops", d, a);
     out.AddMember("pending", Value(pending), a);
     out.AddMember("pair_keys", Value(static_cast<uint64_t>(pair_keys_ ? pair_keys_->size() : 0)), a);
     out.AddMember("replay_cache", Value(static_cast<uint64_t>(replay_.size())), a);

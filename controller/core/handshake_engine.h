@@ -109,9 +109,44 @@ public:
         uint64_t denied = 0;                  // policy said no (on claims or address)
         uint64_t proofs_sent = 0, proofs_verified = 0;
         uint64_t held_for_proof = 0;          // server: packets dropped while the final ACK's proof is awaited
+        uint64_t proof_after_reset = 0;       // server: a proof behind the client's own RST (discarded)
         std::map<std::string, uint64_t> refused;  // token / packet refusals by reason
     };
     const Counters& counters() const { return counters_; }
+
+    // Every place signet drops a segment of the handshake, summed over the
+    // node's pods since signetd started (pods gone included). Three kinds:
+    //   lost       segments of connections nobody refused, which signet
+    //              failed to pass: a full kernel queue or socket buffer,
+    //              verdict and handler errors, a rewrite that could not be
+    //              sent, a limit of the engine (handshakes in flight,
+    //              first-contact rate), data held for an overdue proof.
+    //              Under a moderate load every one must stay 0.
+    //   refused    the handshake said no (a bad, replayed or missing token,
+    //              a spoofed source, a malformed segment...): `refused` by reason
+    //   denied     the policy said no
+    //   discarded  the client's proof behind its own RST (the connection is
+    //              gone; its stack would discard it too)
+    struct Drops {
+        uint64_t kernel_queue_full = 0;   // the kernel queue held its maximum (nfnetlink_queue queue_dropped)
+        uint64_t kernel_socket_full = 0;  // signetd's queue socket buffer was full (user_dropped)
+        uint64_t socket_overruns = 0;     // ENOBUFS seen by the readers (each stands for kernel_socket_full drops)
+        uint64_t verdict_errors = 0;      // verdicts the kernel refused or that could not be sent
+        uint64_t handler_errors = 0;      // the engine threw on a segment
+        uint64_t rewrite_failed = 0;      // an accepted segment whose rewrite could not be sent
+        uint64_t malformed_messages = 0;  // queue messages that did not parse
+        uint64_t limits = 0;              // refused: pending_full, rate_limited
+        uint64_t internal = 0;            // refused: internal, no_room_for_token, no_credentials
+        uint64_t held_for_proof = 0;      // data before the final ACK's proof
+        uint64_t refused = 0;             // every other refusal (security)
+        uint64_t denied = 0;
+        uint64_t discarded = 0;
+        uint64_t lost() const {
+            return kernel_queue_full + kernel_socket_full + verdict_errors + handler_errors + rewrite_failed + limits +
+                   internal + held_for_proof;
+        }
+    };
+    Drops drops() const;
 
 private:
     struct Attachment;
@@ -143,6 +178,7 @@ private:
         std::vector<identity::Nonce> client_nonces;  // of the SYNs verified (retransmissions: a few)
         std::vector<identity::Nonce> server_nonces;  // of the SYN-ACKs sent
         bool proven = false;                         // the final ACK's proof verified
+        bool reset = false;                          // the client's RST came first
     };
     struct Bucket {
         double tokens = 0;
@@ -189,6 +225,10 @@ private:
     std::unordered_map<std::string, identity::Fingerprint> node_fp_;  // peer node -> its certificate
     std::unordered_map<std::string, Bucket> buckets_;
     Counters counters_;
+    // Queue counters of attachments gone (stopped pods, restarted readers).
+    handshake::QueueStats retired_queue_{};
+    handshake::KernelQueueStats retired_kernel_{};
+    void retire(Attachment& at);
     boost::asio::steady_timer sweep_timer_;
     std::chrono::steady_clock::time_point log_window_{};
     unsigned logged_in_window_ = 0;

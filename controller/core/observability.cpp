@@ -165,6 +165,53 @@ std::string Controller::metrics_text() const {
              "Established connections cut because a change no longer allowed them");
     w.sample("signet_conntrack_cut_total", {}, static_cast<double>(es.cut));
 
+    // The identity handshake.
+    if (handshake_) {
+        const auto& c = handshake_->counters();
+        w.family("signet_handshake_segments_total", "counter", "Segments the handshake judged (SYN, SYN-ACK, the final ACK)");
+        w.sample("signet_handshake_segments_total", {}, static_cast<double>(c.segments));
+        w.family("signet_handshake_tokens_total", "counter", "Tokens added to and verified on this node's segments, by kind");
+        w.sample("signet_handshake_tokens_total", L{{"op", "added"}, {"kind", "mac"}}, static_cast<double>(c.tokens_added_mac));
+        w.sample("signet_handshake_tokens_total", L{{"op", "added"}, {"kind", "signed"}},
+                 static_cast<double>(c.tokens_added_signed));
+        w.sample("signet_handshake_tokens_total", L{{"op", "verified"}, {"kind", "mac"}}, static_cast<double>(c.verified_mac));
+        w.sample("signet_handshake_tokens_total", L{{"op", "verified"}, {"kind", "signed"}},
+                 static_cast<double>(c.verified_signed));
+        w.family("signet_handshake_connections_total", "counter",
+                 "New connections the handshake judged (per side), by outcome");
+        w.sample("signet_handshake_connections_total", L{{"outcome", "authenticated"}},
+                 static_cast<double>(c.accepted_authenticated));
+        w.sample("signet_handshake_connections_total", L{{"outcome", "by_address"}},
+                 static_cast<double>(c.accepted_by_address));
+        w.sample("signet_handshake_connections_total", L{{"outcome", "denied"}}, static_cast<double>(c.denied));
+        w.family("signet_handshake_proofs_total", "counter", "Final-ACK proofs sent and verified");
+        w.sample("signet_handshake_proofs_total", L{{"op", "sent"}}, static_cast<double>(c.proofs_sent));
+        w.sample("signet_handshake_proofs_total", L{{"op", "verified"}}, static_cast<double>(c.proofs_verified));
+        const auto d = handshake_->drops();
+        w.family("signet_handshake_drops_total", "counter",
+                 "Handshake segments signet dropped, by kind (lost: legitimate segments signet failed to pass, "
+                 "0 under a sane load; refused: bad tokens; denied: policy; discarded: behind the client's RST) "
+                 "and place");
+        auto drop = [&](const char* kind, const char* place, uint64_t n) {
+            w.sample("signet_handshake_drops_total", L{{"kind", kind}, {"place", place}}, static_cast<double>(n));
+        };
+        drop("lost", "kernel_queue_full", d.kernel_queue_full);
+        drop("lost", "kernel_socket_full", d.kernel_socket_full);
+        drop("lost", "verdict_error", d.verdict_errors);
+        drop("lost", "handler_error", d.handler_errors);
+        drop("lost", "rewrite_failed", d.rewrite_failed);
+        drop("lost", "limits", d.limits);
+        drop("lost", "internal", d.internal);
+        drop("lost", "held_for_proof", d.held_for_proof);
+        drop("refused", "token", d.refused);
+        drop("refused", "malformed_message", d.malformed_messages);
+        drop("denied", "policy", d.denied);
+        drop("discarded", "after_reset", d.discarded);
+        w.family("signet_handshake_refused_total", "counter", "Segments the handshake refused, by reason");
+        for (const auto& [reason, n] : c.refused)
+            w.sample("signet_handshake_refused_total", L{{"reason", reason}}, static_cast<double>(n));
+    }
+
     // Flows.
     const auto& totals = flows_->table().totals();
     w.family("signet_flow_connections_total", "counter",

@@ -153,6 +153,38 @@ int cmd_status(const Options& o) {
             for (const auto& e : f->GetArray())
                 if (e.IsString()) std::printf("failing:         %s\n", e.GetString());
     }
+    if (const auto* hs = json::find(d, "handshake"); hs != nullptr && hs->IsObject()) {
+        const auto* c = json::find(*hs, "counters");
+        const auto* q = json::find(*hs, "queue");
+        const auto* dr = json::find(*hs, "drops");
+        std::printf("handshake:       %s", json::opt_string(*hs, "mode").value_or("?").c_str());
+        if (c != nullptr && c->IsObject())
+            std::printf(", %llu segment(s), %llu connection(s) authenticated, %llu by address, %llu denied",
+                        num(*c, "segments"), num(*c, "accepted_authenticated"), num(*c, "accepted_by_address"),
+                        num(*c, "denied"));
+        if (q != nullptr && q->IsObject()) std::printf(", %llu queue reader(s)", num(*q, "readers"));
+        std::printf("\n");
+        if (dr != nullptr && dr->IsObject()) {
+            // Every place a segment can be dropped; "lost" must stay 0 (docs/handshake.md, "Drops").
+            std::printf("handshake drops: %llu lost (kernel queue full %llu, socket full %llu, verdict errors %llu, "
+                        "handler errors %llu, rewrites failed %llu, limits %llu, internal %llu, held for the proof %llu); "
+                        "%llu refused, %llu denied by policy, %llu discarded after the client's reset\n",
+                        num(*dr, "lost"), num(*dr, "kernel_queue_full"), num(*dr, "kernel_socket_full"),
+                        num(*dr, "verdict_errors"), num(*dr, "handler_errors"), num(*dr, "rewrite_failed"),
+                        num(*dr, "limits"), num(*dr, "internal"), num(*dr, "held_for_proof"),
+                        num(*dr, "refused") + num(*dr, "malformed_messages"), num(*dr, "denied"), num(*dr, "discarded"));
+        }
+        if (const auto* r = json::find(*hs, "refused"); r != nullptr && r->IsObject())
+            for (auto it = r->MemberBegin(); it != r->MemberEnd(); ++it)
+                if (it->value.IsUint64())
+                    std::printf("  refused %-22s %llu\n", (std::string(it->name.GetString()) + ":").c_str(),
+                                static_cast<unsigned long long>(it->value.GetUint64()));
+        if (q != nullptr && q->IsObject())
+            if (const auto* e = json::find(*q, "errors"); e != nullptr && e->IsArray())
+                for (const auto& x : e->GetArray())
+                    std::printf("  no queue for %s: %s\n", json::opt_string(x, "pod").value_or("?").c_str(),
+                                json::opt_string(x, "error").value_or("?").c_str());
+    }
     return 0;
 }
 

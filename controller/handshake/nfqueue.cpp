@@ -327,6 +327,69 @@ Result<nft::NlSocket> nfq_bind(const nft::Netns& ns, uint16_t queue, uint32_t co
     return std::move(*sock);
 }
 
+// ---------------------------------------------------------- kernel stats
+
+Result<KernelQueueStats> nfq_parse_kernel_stats(std::string_view text, uint16_t queue) {
+    while (!text.empty()) {
+        const size_t nl = text.find('\n');
+        std::string_view line = text.substr(0, nl);
+        text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+        uint64_t v[9] = {};
+        size_t n = 0;
+        size_t i = 0;
+        bool bad = false;
+        while (i < line.size() && n < 9) {
+            while (i < line.size() && line[i] == ' ') ++i;
+            if (i == line.size()) break;
+            uint64_t x = 0;
+            size_t digits = 0;
+            for (; i < line.size() && line[i] >= '0' && line[i] <= '9' && digits < 20; ++i, ++digits)
+                x = x * 10 + static_cast<uint64_t>(line[i] - '0');
+            if (digits == 0 || (i < line.size() && line[i] != ' ')) {
+                bad = true;
+                break;
+            }
+            v[n++] = x;
+        }
+        if (line.find_first_not_of(' ') == std::string_view::npos) continue;  // a blank line
+        if (bad || n < 7) return make_error(EBADMSG, "nfnetlink_queue: a line that does not parse");
+        if (v[0] != queue) continue;
+        KernelQueueStats st;
+        st.waiting = v[2];
+        st.queue_dropped = v[5];
+        st.user_dropped = v[6];
+        return st;
+    }
+    return make_error(ENOENT, "nfnetlink_queue: queue " + std::to_string(queue) + " is not bound");
+}
+
+Result<int> nfq_open_kernel_stats(const nft::Netns& ns) {
+    int fd = -1;
+    int err = 0;
+    // /proc/thread-self: the netns of the helper thread that entered `ns`.
+    auto st = ns.run_inside([&] {
+        fd = ::open("/proc/thread-self/net/netfilter/nfnetlink_queue", O_RDONLY | O_CLOEXEC);
+        if (fd < 0) err = errno;
+    });
+    if (!st) return st.error();
+    if (fd < 0) return errno_error(err, "open nfnetlink_queue in netns " + ns.path());
+    return fd;
+}
+
+Result<KernelQueueStats> nfq_read_kernel_stats(int fd, uint16_t queue) {
+    char buf[4096];
+    size_t len = 0;
+    if (::lseek(fd, 0, SEEK_SET) < 0) return errno_error(errno, "nfnetlink_queue: seek");
+    while (len < sizeof buf) {
+        ssize_t r = ::read(fd, buf + len, sizeof buf - len);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return errno_error(errno, "nfnetlink_queue: read");
+        if (r == 0) break;
+        len += static_cast<size_t>(r);
+    }
+    return nfq_parse_kernel_stats(std::string_view(buf, len), queue);
+}
+
 // ---------------------------------------------------------------- reader
 
 struct QueueReader::Impl : std::enable_shared_from_this<Impl> {
@@ -409,7 +472,10 @@ struct QueueReader::Impl : std::enable_shared_from_this<Impl> {
             ++stats.rewritten;
             return;
         }
-        if (!replacement.empty()) verdict = kDrop;  // could not carry the rewrite: never pass the original
+        if (!replacement.empty()) {  // could not carry the rewrite: never pass the original
+            if (verdict == kAccept) ++stats.rewrite_failed;
+            verdict = kDrop;
+        }
         if (!batch.add(p.queue, p.id, verdict == kAccept ? kAccept : kDrop, {}, mark,
                        verdict == kAccept ? ct_mark : std::nullopt))
             return;

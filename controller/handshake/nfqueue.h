@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "nft/netns.h"
@@ -161,9 +162,26 @@ struct QueueStats {
     uint64_t verdict_errors = 0;  // NLMSG_ERROR answers to verdicts, and failed sends
     uint64_t overruns = 0;       // ENOBUFS: the kernel could not deliver (those packets were dropped)
     uint64_t handler_errors = 0;  // the handler threw (the packet was dropped)
+    uint64_t rewrite_failed = 0;  // an accepted packet whose replacement could not be sent (dropped)
     uint64_t max_batch = 0;      // most packets judged in one wake-up
     int last_verdict_error = 0;  // errno of the last verdict error
 };
+
+// The kernel's own counters of one queue (/proc/net/netfilter/nfnetlink_queue
+// in the queue's netns): packets dropped before signetd could see them.
+struct KernelQueueStats {
+    uint64_t waiting = 0;        // queue_total: packets waiting for a verdict now
+    uint64_t queue_dropped = 0;  // the queue held maxlen packets: new ones were dropped
+    uint64_t user_dropped = 0;   // the socket's receive buffer was full: dropped
+};
+// Parses that file's text (one line per bound queue: queue_number portid
+// queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1).
+// ENOENT: no line for `queue`; EBADMSG: a line that does not parse.
+Result<KernelQueueStats> nfq_parse_kernel_stats(std::string_view text, uint16_t queue);
+// Opens that file inside `ns` (the descriptor stays bound to that netns:
+// read it again with nfq_read_kernel_stats).
+Result<int> nfq_open_kernel_stats(const nft::Netns& ns);
+Result<KernelQueueStats> nfq_read_kernel_stats(int fd, uint16_t queue);
 
 // Reads a queue in a netns from a Boost.Asio loop: waits for readability
 // (posix::stream_descriptor on a dup of the socket's fd), drains up to

@@ -158,6 +158,17 @@ public:
         return push(std::move(e));
     }
     RuleBuilder& cmp_u8(uint8_t v) { return cmp(NFT_CMP_EQ, &v, 1); }
+    // `len` bytes at `offset` of the TCP option of kind `kind` (the rule does
+    // not match a segment without that option).
+    RuleBuilder& tcp_option(uint8_t kind, uint32_t offset, uint32_t len) {
+        auto e = expr("exthdr");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_DREG, kReg);
+        nftnl_expr_set_u8(e.get(), NFTNL_EXPR_EXTHDR_TYPE, kind);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_OFFSET, offset);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_LEN, len);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_EXTHDR_OP, NFT_EXTHDR_OP_TCPOPT);
+        return push(std::move(e));
+    }
     RuleBuilder& payload(uint32_t base, uint32_t offset, uint32_t len) {
         auto e = expr("payload");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_PAYLOAD_BASE, base);
@@ -319,6 +330,20 @@ void build_syn_queue_rule(RuleBuilder& rb, uint16_t queue_num, QueueBackend back
     rb.comment("signet handshake-queue " + std::to_string(queue_num));
 }
 
+// A segment that carries signet's TCP option (kind 253, ExID 0x5347: a token
+// or the final ACK's proof), whatever its conntrack state.
+void build_token_queue_rule(RuleBuilder& rb, uint16_t queue_num, QueueBackend backend) {
+    uint8_t tcp = IPPROTO_TCP;
+    rb.meta(NFT_META_L4PROTO).cmp_u8(tcp);
+    const uint8_t exid[2] = {static_cast<uint8_t>(kTokenOptionExId >> 8), static_cast<uint8_t>(kTokenOptionExId)};
+    rb.tcp_option(kTokenOptionKind, 2, 2).cmp(NFT_CMP_EQ, exid, 2);
+    if (backend == QueueBackend::nft_queue)
+        rb.queue_native(queue_num);
+    else
+        rb.queue_xt(queue_num);
+    rb.comment("signet handshake-token " + std::to_string(queue_num));
+}
+
 // ------------------------------------------------------------ table content
 
 void add_table_msgs(Batch& b, bool destroy_supported) {
@@ -405,6 +430,15 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
         // the handshake queue: before `ct state established`, which a SYN-ACK
         // already is for conntrack.
         loopback();
+        if (dir == Dir::ingress) {
+            // Segments with a token or a proof were judged (and stripped) in
+            // the handshake_in chain, before conntrack; the verdict marked them.
+            RuleBuilder judged(table, chain);
+            uint32_t mask = kCtMarkMask, zero = 0;
+            judged.meta(NFT_META_MARK).bitwise(&mask, &zero, 4).cmp(NFT_CMP_NEQ, &zero, 4);
+            judged.verdict(NF_ACCEPT).comment("signet handshake-judged");
+            add_rule(b, judged);
+        }
         RuleBuilder rb(table, chain);
         build_syn_queue_rule(rb, kHandshakeQueueNum, rs.handshake);
         add_rule(b, rb);
@@ -564,6 +598,29 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
         if (auto s = add_direction(b, rs, ids, dir); !s) return s;
     }
     if (rs.handshake != QueueBackend::none) {
+        // Incoming segments that carry signet's option (a token, the final
+        // ACK's proof) are judged and stripped before conntrack sees them
+        // (prerouting, priority raw): conntrack then tracks the connection
+        // as the pod's stack sees it. With the token's bytes counted as
+        // data, conntrack could not resync a reused 4-tuple (a SYN ignored
+        // in CLOSE state), marked the rest of the handshake invalid, and an
+        // invalid final ACK skipped the queue rules, proof and all.
+        {
+            ChainPtr c(nftnl_chain_alloc());
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, kTokenChainName);
+            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
+            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, NF_INET_PRE_ROUTING);
+            nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, -300);  // NF_IP_PRI_RAW: before conntrack (-200)
+            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
+            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
+            b.add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, [&](nlmsghdr* nlh) { nftnl_chain_nlmsg_build_payload(nlh, c.get()); },
+                  std::string("add chain inet ") + kTableName + " " + kTokenChainName +
+                      " { type filter hook prerouting priority -300; policy accept; }");
+            RuleBuilder rb(kTableName, kTokenChainName);
+            build_token_queue_rule(rb, kHandshakeQueueNum, rs.handshake);
+            add_rule(b, rb);
+        }
         // The handshake's verdicts set handshake bits in the packet's mark
         // (NFQA_MARK); a chain after the filter chains copies them to the
         // connection's conntrack mark (the queue's own way, NFQA_CT, needs

@@ -9,8 +9,14 @@
 //   chain egress   (hook output, priority filter, policy accept)
 //
 // each chain:
-//   0. [handshake on] iifname/oifname "lo" accept, then TCP SYN and SYN-ACK
-//      (tcp flags & (fin|syn|rst) == syn) to NFQUEUE 3472, no bypass
+//   chain handshake_in (hook prerouting, priority -300, only with the handshake):
+//      TCP segments carrying signet's option (a token or a proof) to NFQUEUE
+//      3472, before conntrack sees them (the verdict strips the option)
+//
+//   0. [handshake on] iifname/oifname "lo" accept; [ingress] meta mark has
+//      handshake bits (judged in handshake_in) accept; then TCP SYN and SYN-ACK
+//      (tcp flags & (fin|syn|rst) == syn) to NFQUEUE 3472, no bypass; then
+//      the segments of a connection whose proof is due / awaited (ct mark)
 //   1. ct state established,related accept      (replies to allowed connections)
 //   2. iifname/oifname "lo" accept               (the pod talking to itself)
 //   2b. icmpv6 type 133-136 accept               (router/neighbour discovery: not tracked
@@ -37,6 +43,13 @@ namespace signet::nft {
 inline constexpr const char* kTableName = "signet";
 // The NFQUEUE of the handshake in every pod netns (handshake::kHandshakeQueue).
 inline constexpr uint16_t kHandshakeQueueNum = 3472;
+// The chain (hook prerouting, priority -300: before conntrack) that queues
+// incoming segments carrying signet's TCP option (handshake/packet.h:
+// kind 253, ExID 0x5347), so tokens and proofs are stripped before conntrack
+// counts their bytes and whatever conntrack thinks of the segment.
+inline constexpr const char* kTokenChainName = "handshake_in";
+inline constexpr uint8_t kTokenOptionKind = 253;
+inline constexpr uint16_t kTokenOptionExId = 0x5347;
 // Conntrack mark bits the handshake sets in a pod's netns (the netns's
 // conntrack table is the pod's own: nothing else there uses marks).
 // One 3-bit field, a state per connection:

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -70,6 +71,9 @@ int connect_many(const char* host, int port, long n, int conc) {
         return 2;
     }
     std::atomic<long> next{0}, failures{0};
+    // Failures by cause: a connect() that timed out (SYN or SYN-ACK lost
+    // twice), was refused (RST), or failed otherwise.
+    std::atomic<long> timed_out{0}, refused{0}, reset{0}, other{0};
     std::vector<std::vector<double>> lat(static_cast<size_t>(conc));
     auto t0 = std::chrono::steady_clock::now();
     auto worker = [&](int w) {
@@ -84,7 +88,16 @@ int connect_many(const char* host, int port, long n, int conc) {
             if (rc == 0) {
                 mine.push_back(std::chrono::duration<double, std::micro>(b - a).count());
             } else {
+                const int e = errno;
                 ++failures;
+                if (e == EINPROGRESS || e == ETIMEDOUT || e == EAGAIN)
+                    ++timed_out;
+                else if (e == ECONNREFUSED)
+                    ++refused;
+                else if (e == ECONNRESET)
+                    ++reset;
+                else
+                    ++other;
             }
             linger lg{1, 0};  // RST on close: no TIME_WAIT, no port exhaustion
             ::setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -105,9 +118,10 @@ int connect_many(const char* host, int port, long n, int conc) {
     };
     std::printf(
         "{\"count\": %zu, \"failures\": %ld, \"seconds\": %.3f, \"rate\": %.0f, \"median_us\": %.1f, "
-        "\"p90_us\": %.1f, \"p99_us\": %.1f, \"concurrency\": %d}\n",
+        "\"p90_us\": %.1f, \"p99_us\": %.1f, \"concurrency\": %d, \"timed_out\": %ld, \"refused\": %ld, "
+        "\"reset\": %ld, \"other_errors\": %ld}\n",
         all.size(), failures.load(), secs, static_cast<double>(all.size()) / secs, pct(0.5), pct(0.9), pct(0.99),
-        conc);
+        conc, timed_out.load(), refused.load(), reset.load(), other.load());
     return 0;
 }
 

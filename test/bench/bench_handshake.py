@@ -15,7 +15,9 @@ test/bench/bench_connect times connect() (SYN, SYN-ACK, ACK) from the
 client and closes with RST. Rounds alternate plain / handshake. Prints the
 median, p90 and p99 setup latency, the connection rate (one client, and 8
 concurrent clients), the latency the handshake adds, and signetd's handshake
-counters (MAC vs. signed tokens). Asserts no timing.
+counters (MAC vs. signed tokens) and drop counters. Asserts no timing:
+only that no connection failed and signetd dropped no segment (every drop
+counter but the discards behind a client's own RST is 0).
 """
 import json
 import os
@@ -105,10 +107,15 @@ def body(t: harness.Test, run: harness.Run):
             r = json.loads(p.stdout.strip().splitlines()[-1])
         except (json.JSONDecodeError, IndexError):
             t.require(f"{label}: bench_connect output", False, p.stdout + p.stderr)
-        # Under load a connection may time out (a full accept queue, a SYN
-        # dropped): counted and shown; more than 0.1% means something broke.
-        t.require(f"{label}: connections succeed ({r['failures']} of {n} failed)",
-                  r["failures"] <= n // 1000, json.dumps(r))
+        # No tolerance: a legitimate connection that fails under this load
+        # is a bug. With the handshake, signetd's drop counters (every place
+        # it can drop a segment) are shown next to the failures.
+        detail = json.dumps(r)
+        if label == "handshake":
+            detail += " -- signetd drops: " + json.dumps(d.status().get("handshake", {}).get("drops"))
+        t.check(f"{label}: connections succeed ({r['failures']} of {n} failed: {r.get('timed_out')} timed out, "
+                f"{r.get('refused')} refused, {r.get('reset')} reset, {r.get('other_errors')} other)",
+                r["failures"] == 0, detail)
         failures[label] = failures.get(label, 0) + r["failures"]
         return r
 
@@ -142,7 +149,7 @@ def body(t: harness.Test, run: harness.Run):
         f"rate {hr:.0f} vs {pr:.0f} conn/s ({hr / pr:.2f}x)")
     cr, cp = summary[("handshake", CONCURRENCY)][2], summary[("plain", CONCURRENCY)][2]
     log(f"    {CONCURRENCY} clients: {cr:.0f} authorized conn/s with the handshake (target >= 10000) vs {cp:.0f} plain")
-    log(f"    failed connections (timeouts under load): {json.dumps(failures)}")
+    log(f"    failed connections: {json.dumps(failures)}")
     c = hs.get("counters", {})
     log(f"    signetd: tokens added {c.get('tokens_added')} (MAC {c.get('tokens_added_mac')}, signed "
         f"{c.get('tokens_added_signed')}), verified {c.get('verified')}, admitted on proven identity "
@@ -150,7 +157,15 @@ def body(t: harness.Test, run: harness.Run):
         f"{c.get('held_for_proof')}, refused {json.dumps(hs.get('refused'))}, queue max batch "
         f"{hs.get('queue', {}).get('max_batch')}, dropped {hs.get('queue', {}).get('dropped')}, overruns "
         f"{hs.get('queue', {}).get('overruns')}, verdict errors {hs.get('queue', {}).get('verdict_errors')}")
+    drops = hs.get("drops", {})
+    log(f"    signetd drops: {json.dumps(drops)}")
     t.check("every handshake connection was authenticated (tokens verified)", c.get("verified", 0) > 0)
+    # At this moderate load signet may not lose a segment, nor refuse or deny
+    # one (every connection here is allowed): every drop counter but the
+    # discards behind a client's own RST stays 0.
+    t.check("signetd lost no handshake segment", drops.get("lost") == 0, json.dumps(drops))
+    t.check("signetd refused and denied nothing", drops.get("refused") == 0 and drops.get("denied") == 0
+            and drops.get("malformed_messages") == 0, json.dumps(hs.get("refused")))
     log("")
 
 

@@ -265,3 +265,23 @@ TEST_CASE("completing a CHECKSUM_PARTIAL replacement") {
     std::vector<uint8_t> junk{0x45, 0, 0};
     CHECK_FALSE(nfq_complete_checksum(junk).ok());
 }
+
+TEST_CASE("the kernel's queue counters (/proc/net/netfilter/nfnetlink_queue)") {
+    // queue_number portid queue_total copy_mode copy_range queue_dropped user_dropped id_sequence 1
+    const std::string text =
+        "    7  1234     0 2 65531     0     0        0  1\n"
+        " 3472 4294963284     5 2 65531    17     3   123456  1\n";
+    auto st = nfq_parse_kernel_stats(text, 3472);
+    REQUIRE(st.ok());
+    CHECK(st->waiting == 5);
+    CHECK(st->queue_dropped == 17);
+    CHECK(st->user_dropped == 3);
+    auto none = nfq_parse_kernel_stats(text, 9);
+    REQUIRE_FALSE(none.ok());
+    CHECK(none.error().code == ENOENT);
+    CHECK_FALSE(nfq_parse_kernel_stats("", 3472).ok());
+    auto bad = nfq_parse_kernel_stats(" 3472 x 0 2 65531 0 0 0 1\n", 3472);
+    REQUIRE_FALSE(bad.ok());
+    CHECK(bad.error().code == EBADMSG);
+    CHECK_FALSE(nfq_parse_kernel_stats(" 3472 1 0 2\n", 3472).ok());  // too few fields
+}

@@ -40,6 +40,26 @@ for line in sys.stdin:
 """
 
 
+# N connections from one fixed source port, each closed with an RST right
+# after connect(); prints "N ok" or the first failure.
+REUSE_CLIENT = r"""
+import socket, struct, sys, time
+host, port, sport, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for i in range(n):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.settimeout(3)
+    s.bind(("", sport))
+    try:
+        s.connect((host, port))
+    except OSError as e:
+        print(f"connection {i}: {type(e).__name__} {e}", flush=True); sys.exit(0)
+    s.close()
+print(f"{n} ok", flush=True)
+"""
+
+
 def body(t: harness.Test, run: harness.Run):
     harness.require_root_and_tools("ip", "nft")
     bins = harness.require_signet_binaries(t)
@@ -48,7 +68,7 @@ def body(t: harness.Test, run: harness.Run):
     t.require("signetctl authority init", p.returncode == 0, p.stdout + p.stderr)
 
     d = harness.Signetd(run, bins, node="hs-node")
-    d.extra_args = ["--authority", f"dir:{ca}", "--handshake", "enforce"]
+    d.extra_args = ["--authority", f"dir:{ca}", "--handshake", "enforce", "--metrics-address", "127.0.0.1:0"]
     d.start()
     st = d.status()
     t.equal("status: handshake mode", st.get("handshake", {}).get("mode"), "enforce")
@@ -130,6 +150,31 @@ def body(t: harness.Test, run: harness.Run):
     t.check("flow: web's egress side, at close, authenticated too", bool(egr) and egr[0].get("authenticated") is True,
             json.dumps(egr)[:800])
     t.check("flow: db's denied attempt recorded", bool(den), json.dumps(recs)[:1500])
+
+    # One source port over and over, each connection closed with an RST at
+    # once (no TIME_WAIT): every one reuses the 4-tuple of a conntrack entry in
+    # CLOSE state on both ends, and the client's RST races the final ACK's
+    # proof (issue #18: such connections were reset under load).
+    p = harness.sh("ip", "netns", "exec", pods["web"]["netns"], "/usr/bin/python3", "-c", REUSE_CLIENT,
+                   pods["api"]["ip"], "8080", "41000", "150", check=False, timeout=120)
+    t.equal("150 connections from one source port, each reset at once: all connect", p.stdout.strip(), "150 ok")
+    hs = d.status().get("handshake", {})
+    t.equal("no handshake segment lost", hs.get("drops", {}).get("lost"), 0)
+    t.equal("nothing refused", hs.get("refused"), {})
+    text = d.ctl("status").stdout
+    t.check("signetctl status shows the handshake's drops", "handshake drops: 0 lost" in text, text)
+
+    # /metrics: the handshake's counters, drops by kind and place; promtool accepts them.
+    port = d.status().get("outputs", {}).get("metricsPort")
+    metrics = harness.sh("curl", "-sf", f"http://127.0.0.1:{port}/metrics", check=False).stdout
+    for name in ("signet_handshake_segments_total", "signet_handshake_tokens_total", "signet_handshake_drops_total",
+                 "signet_handshake_connections_total", "signet_handshake_proofs_total"):
+        t.check(f"/metrics has {name}", f"# TYPE {name} counter" in metrics, metrics[:600])
+    t.check("/metrics: no handshake segment lost",
+            'signet_handshake_drops_total{kind="lost",place="kernel_queue_full"} 0' in metrics, metrics[-3000:])
+    if Path("/usr/bin/promtool").exists():
+        pc = subprocess.run(["/usr/bin/promtool", "check", "metrics"], input=metrics, capture_output=True, text=True)
+        t.check("promtool check metrics", pc.returncode == 0, pc.stdout + pc.stderr)
 
     c = d.status().get("handshake", {}).get("counters", {})
     t.check("every admitted connection's final ACK carried the proof, and it verified",

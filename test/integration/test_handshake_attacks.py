@@ -25,6 +25,11 @@ it on the wire, and, where the reason is well defined, the judging node's
         c's address to d on node-a
     (f) a tokenless SYN from a's address (IPv4, IPv6), injected on the wire
     (g) pod c sending a SYN with a's address as its source (to b, on its own node)
+    (h) a bare ACK carrying the signet option and 16 bytes (a made-up final-ACK
+        proof) for a connection that never was, from a's address: conntrack
+        has no entry for it (it is picked up mid-stream), so only a rule that
+        queues every segment with the option, whatever conntrack thinks of
+        it, keeps the bytes from the pod's stack (issue #18)
 
 Packets are built and sent by twonode.py (raw sockets inside the netns; the
 option is kind 253, len 8, ExID 0x5347, version 1, flags 0, token length, the
@@ -60,6 +65,7 @@ REASONS = {
     "no_token": "no_token",
     "no_token_ipv6": "no_token",
     "spoofed_source": "spoofed_source",
+    "proof_without_handshake": "no_proof",
 }
 
 SIGNED_TOKEN_LEN = 632  # a signed first-contact token with the certificate, as minted here (x/a)
@@ -133,12 +139,12 @@ def body(t: harness.Test, run: harness.Run):
         st = tn.status(node)
         return dict(twonode.handshake_of(st).get("refused") or {})
 
-    def attack(key, what, *, send_from, pkt, server, judges):
+    def attack(key, what, *, send_from, pkt, server, judges, segment="SYN"):
         """Send one crafted packet; check it never reaches the server pod's stack, no
         SYN-ACK answers it, and the right refusal reason is counted on a judge node."""
         seg = twonode.Seg(pkt)
         probe = probes[server]
-        probe.watch(seg.sport, key)
+        probe.watch(seg.sport, key, any_segment=segment != "SYN")
         before = {n: refused(n) for n in judges}
         t0 = time.monotonic()
         twonode.send_raw(send_from, pkt)
@@ -153,8 +159,8 @@ def body(t: harness.Test, run: harness.Run):
             if counted or time.monotonic() > deadline:
                 break
         got = probe.count(key)
-        t.check(f"{key}: {what}: the SYN never reached {server}'s TCP stack", got == 0,
-                f"the probe after signet's input chain counted {got} SYN(s) from port {seg.sport}"
+        t.check(f"{key}: {what}: the {segment} never reached {server}'s TCP stack", got == 0,
+                f"the probe after signet's input chain counted {got} {segment}(s) from port {seg.sport}"
                 + (" (probe unreadable)" if got is None else ""))
         answers = cap.find(lambda s: (s.is_synack or s.flags & 0x04) and s.dport == seg.sport
                            and s.sport == seg.dport, t0)
@@ -255,6 +261,15 @@ def body(t: harness.Test, run: harness.Run):
     sp = new_port()
     attack("spoofed_source", "pod c sends a SYN to b with a's address as its source",
            send_from=P["c"].netns, pkt=twonode.syn(a4, b4, sp, PORT, random.getrandbits(32)),
+           server="b", judges=[NODE_B])
+
+    # ---- (h) a proof-like ACK for no connection -------------------------------------------------
+    sp = new_port()
+    attack("proof_without_handshake", "a bare ACK from a's address with the signet option and 16 bytes, no "
+           "connection behind it", send_from=na.netns, segment="ACK",
+           pkt=twonode.tcp_segment(a4, b4, sp, PORT, random.getrandbits(32), flags=0x10,
+                                   ack=random.getrandbits(32), options=twonode.signet_option(16),
+                                   payload=os.urandom(16)),
            server="b", judges=[NODE_B])
 
     # ---- (b) replay after the token's validity (5 s + 2 s skew) -------------------------------

@@ -536,10 +536,11 @@ class SynProbe:
             "  chain in { type filter hook input priority 100; policy accept; }\n"
             "}\n"))
 
-    def watch(self, sport: int, tag: str) -> None:
+    def watch(self, sport: int, tag: str, any_segment: bool = False) -> None:
+        """Counts the SYNs from `sport` (any_segment: every segment from it)."""
+        match = [] if any_segment else ["tcp", "flags", "&", "(syn|ack)", "==", "syn"]
         harness.sh("ip", "netns", "exec", self.netns, "nft", "add", "rule", "inet", self.TABLE, "in",
-                   "tcp", "sport", str(sport), "tcp", "flags", "&", "(syn|ack)", "==", "syn", "counter",
-                   "comment", f"\"{tag}\"")
+                   "tcp", "sport", str(sport), *match, "counter", "comment", f"\"{tag}\"")
 
     def count(self, tag: str) -> int | None:
         p = harness.sh("ip", "netns", "exec", self.netns, "nft", "-j", "list", "chain", "inet", self.TABLE, "in",

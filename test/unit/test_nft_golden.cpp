@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -245,4 +246,37 @@ TEST_CASE("deny log: IP packets parsed to the 5-tuple, malformed ones refused") 
     CHECK(q->tuple.proto == 6);
     CHECK(q->tuple.dport == 80);
     CHECK_FALSE(signet::nft::parse_ip_packet(std::vector<uint8_t>{0x70, 0, 0, 0}).has_value());  // version 7
+}
+
+TEST_CASE("golden: with the handshake, tokens and proofs are queued before conntrack, judged ones accepted") {
+    PodRuleset rs = sample();
+    rs.handshake = QueueBackend::xt_nfqueue;
+    auto got = describe_full_batch(rs);
+    REQUIRE(got.ok());
+    auto l = lines(*got);
+    auto has = [&](const std::string& want) { return std::find(l.begin(), l.end(), want) != l.end(); };
+    // A chain at prerouting, priority raw (-300), queues every TCP segment whose
+    // option 253 carries signet's ExID 0x5347, whatever conntrack thinks of it.
+    CHECK(has("add chain inet signet handshake_in { type filter hook prerouting priority -300; policy accept; }"));
+    CHECK(has("add rule inet signet handshake_in [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] "
+              "[ exthdr load tcpopt 2b @ 253 + 2 => reg 1 ] [ cmp eq reg 1 0x00004753 ] "
+              "[ target name NFQUEUE rev 3 ] comment \"signet handshake-token 3472\""));
+    // The ingress chain accepts what that verdict marked, before it queues SYNs.
+    auto judged = std::find_if(l.begin(), l.end(), [](const std::string& s) {
+        return s.find("add rule inet signet ingress") == 0 && s.find("signet handshake-judged") != std::string::npos;
+    });
+    auto syn = std::find_if(l.begin(), l.end(), [](const std::string& s) {
+        return s.find("add rule inet signet ingress") == 0 && s.find("signet handshake-queue") != std::string::npos;
+    });
+    REQUIRE(judged != l.end());
+    REQUIRE(syn != l.end());
+    CHECK(judged < syn);
+    CHECK(*judged ==
+          "add rule inet signet ingress [ meta load mark => reg 1 ] "
+          "[ bitwise reg 1 = ( reg 1 & 0x00000700 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] "
+          "[ immediate reg 0 accept ] comment \"signet handshake-judged\"");
+    // Not in egress: the verdicts on the pod's own segments are final there.
+    CHECK(std::none_of(l.begin(), l.end(), [](const std::string& s) {
+        return s.find("add rule inet signet egress") == 0 && s.find("handshake-judged") != std::string::npos;
+    }));
 }
