@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <unistd.h>
 
 #include "../policy/addr.h"
 #include "signet/log.h"
@@ -159,24 +158,11 @@ const char* to_string(HandshakeMode m) {
 }
 
 struct HandshakeEngine::Attachment {
-    Attachment() = default;
-    Attachment(const Attachment&) = delete;
-    Attachment& operator=(const Attachment&) = delete;
-    ~Attachment() {
-        if (kstats_fd >= 0) ::close(kstats_fd);
-    }
-    // The kernel's counters of this attachment's queue (0 if unreadable).
-    handshake::KernelQueueStats kernel_stats() const {
-        if (kstats_fd < 0) return {};
-        auto r = handshake::nfq_read_kernel_stats(kstats_fd, handshake::kHandshakeQueue);
-        return r ? *r : handshake::KernelQueueStats{};
-    }
     std::string key;
-    int kstats_fd = -1;  // /proc/net/netfilter/nfnetlink_queue of the pod's netns
     cache::ObjectKey pod;
+    std::string netns;
     std::vector<std::string> addrs;  // addr_key of each of the pod's addresses
-    std::optional<nft::Netns> ns;
-    std::unique_ptr<handshake::QueueReader> reader;
+    std::unique_ptr<handshake::QueueBinding> queue;  // null: the netns could not be opened
     std::string error;
     std::unordered_map<std::string, ClientPending> client;
     std::unordered_map<std::string, ServerPending> server;
@@ -184,6 +170,10 @@ struct HandshakeEngine::Attachment {
 
 HandshakeEngine::HandshakeEngine(boost::asio::io_context& io, Context ctx)
     : io_(io), ctx_(std::move(ctx)), sweep_timer_(io) {
+    if (ctx_.queues == nullptr) {
+        own_queues_ = handshake::make_nfqueue_source(io_);
+        ctx_.queues = own_queues_.get();
+    }
     sweep();
 }
 
@@ -194,14 +184,14 @@ void HandshakeEngine::stop() {
     stopped_ = true;
     sweep_timer_.cancel();
     for (auto& [k, at] : attachments_)
-        if (at->reader) at->reader->stop();
+        if (at->queue) at->queue->stop();
     attachments_.clear();
 }
 
 void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& rec) {
     if (stopped_ || ctx_.mode == HandshakeMode::off) return;
     auto& slot = attachments_[key];
-    if (slot && slot->reader && slot->reader->running() && slot->ns && slot->ns->path() == rec.reg.netns) {
+    if (slot && slot->queue && slot->queue->running() && slot->netns == rec.reg.netns) {
         slot->addrs.clear();  // a repeated ADD: the same netns, maybe new addresses
         for (const auto& ip : rec.reg.ips)
             if (auto k = addr_key_of(ip)) slot->addrs.push_back(*k);
@@ -213,29 +203,22 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
     Attachment& at = *slot;
     at.key = key;
     at.pod = {rec.reg.namespace_, rec.reg.name};
+    at.netns = rec.reg.netns;
     for (const auto& ip : rec.reg.ips)
         if (auto k = addr_key_of(ip)) at.addrs.push_back(*k);
     peers_dirty_ = true;
-    auto ns = nft::Netns::open(rec.reg.netns);
-    if (!ns) {
-        at.error = ns.error().message;
+    auto q = ctx_.queues->open(rec.reg.netns, [this, key](const handshake::QueuedPacket& p) { return judge(key, p); });
+    if (!q) {
+        at.error = q.error().message;
         log::warn(kLog, "no handshake for " + pod_str(at.pod) + ": " + at.error +
                             " (its new TCP connections are dropped: fail closed)");
         return;
     }
-    at.ns.emplace(std::move(*ns));
-    if (auto fd = handshake::nfq_open_kernel_stats(*at.ns))
-        at.kstats_fd = *fd;
-    else
-        log::warn(kLog, "no kernel queue counters for " + pod_str(at.pod) + ": " + fd.error().message);
-    at.reader = std::make_unique<handshake::QueueReader>(
-        io_, *at.ns, handshake::kHandshakeQueue,
-        [this, key](const handshake::QueuedPacket& q) { return judge(key, q); });
-    if (auto st = at.reader->start(); !st) {
+    at.queue = std::move(*q);
+    if (auto st = at.queue->start(); !st) {
         at.error = st.error().message;
         log::warn(kLog, "no handshake queue for " + pod_str(at.pod) + ": " + at.error +
-                            " (its new TCP connections are dropped: fail closed)");
-        at.reader.reset();
+                            " (its new TCP connections are dropped: fail closed; retried)");
         return;
     }
     log::debug(kLog, "reading the handshake queue of " + pod_str(at.pod));
@@ -243,13 +226,12 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
 
 // Keeps the counters of an attachment's queue before it goes, and stops it.
 void HandshakeEngine::retire(Attachment& at) {
-    if (at.reader) {
-        add_queue_stats(retired_queue_, at.reader->stats());
-        auto k = at.kernel_stats();  // before the socket closes: the instance goes with it
-        retired_kernel_.queue_dropped += k.queue_dropped;
-        retired_kernel_.user_dropped += k.user_dropped;
-        at.reader->stop();
-    }
+    if (!at.queue) return;
+    add_queue_stats(retired_queue_, at.queue->stats());
+    auto k = at.queue->kernel_stats();  // before the socket closes: the instance goes with it
+    retired_kernel_.queue_dropped += k.queue_dropped;
+    retired_kernel_.user_dropped += k.user_dropped;
+    at.queue->stop();
 }
 
 void HandshakeEngine::pod_stopped(const std::string& key) {
@@ -273,14 +255,10 @@ void HandshakeEngine::sweep() {
         std::erase_if(at->server, [&](const auto& e) { return now - e.second.at > kServerPendingTtl; });
     }
     std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(10); });
-    // Attachments whose reader failed to start are retried (the netns may have been busy).
+    // Attachments whose queue failed to bind are retried (the netns may have been busy).
     for (auto& [k, at] : attachments_) {
-        if (at->reader || !at->ns) continue;
-        auto r = std::make_unique<handshake::QueueReader>(
-            io_, *at->ns, handshake::kHandshakeQueue,
-            [this, key = at->key](const handshake::QueuedPacket& q) { return judge(key, q); });
-        if (r->start()) {
-            at->reader = std::move(r);
+        if (!at->queue || at->queue->running()) continue;
+        if (at->queue->start()) {
             at->error.clear();
             log::info(kLog, "reading the handshake queue of " + pod_str(at->pod) + " (retried)");
         }
@@ -786,9 +764,9 @@ HandshakeEngine::Drops HandshakeEngine::drops() const {
     handshake::QueueStats qs = retired_queue_;
     handshake::KernelQueueStats ks = retired_kernel_;
     for (const auto& [k, at] : attachments_) {
-        if (!at->reader) continue;
-        add_queue_stats(qs, at->reader->stats());
-        auto kk = at->kernel_stats();
+        if (!at->queue || !at->queue->running()) continue;
+        add_queue_stats(qs, at->queue->stats());
+        auto kk = at->queue->kernel_stats();
         ks.queue_dropped += kk.queue_dropped;
         ks.user_dropped += kk.user_dropped;
     }
@@ -850,10 +828,10 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
             e.AddMember("error", Value(at->error.c_str(), a), a);
             errors.PushBack(e, a);
         }
-        if (!at->reader) continue;
+        if (!at->queue || !at->queue->running()) continue;
         ++readers;
-        add_queue_stats(qs, at->reader->stats());
-        auto kk = at->kernel_stats();
+        add_queue_stats(qs, at->queue->stats());
+        auto kk = at->queue->kernel_stats();
         ks.queue_dropped += kk.queue_dropped;
         ks.user_dropped += kk.user_dropped;
         ks.waiting += kk.waiting;

@@ -47,6 +47,7 @@
 #include "enforcer.h"
 #include "handshake/nfqueue.h"
 #include "handshake/packet.h"
+#include "handshake/queue_source.h"
 #include "identity/pair_keys.h"
 #include "identity/replay_cache.h"
 #include "identity/token.h"
@@ -79,6 +80,9 @@ public:
         const std::vector<std::string>* node_addresses = nullptr;
         // A new connection the engine refused on policy (flow records).
         std::function<void(const std::string& key, const nft::LoggedPacket&)> on_denied;
+        // How pods' queues are reached; null: NFQUEUE in each pod's netns
+        // (handshake::make_nfqueue_source). Tests lend their own.
+        handshake::QueueSource* queues = nullptr;
         // First-contact (signed token) verifications per source address.
         double first_contact_rate = 100;  // per second
         double first_contact_burst = 200;
@@ -97,7 +101,8 @@ public:
     void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
     HandshakeMode mode() const { return ctx_.mode; }
 
-    // One queued segment of attachment `key` (public for tests).
+    // One queued segment of attachment `key`: what the queue source's handler
+    // calls (tests call it too, through their own QueueSource).
     handshake::Decision judge(const std::string& key, const handshake::QueuedPacket& q);
 
     struct Counters {
@@ -213,6 +218,7 @@ private:
 
     boost::asio::io_context& io_;
     Context ctx_;
+    std::unique_ptr<handshake::QueueSource> own_queues_;  // when the context lent none
     std::map<std::string, std::unique_ptr<Attachment>> attachments_;
     // Cluster view by address (family byte + address bytes), rebuilt lazily.
     std::unordered_map<std::string, Peer> peers_;

@@ -1,0 +1,304 @@
+// Two signet nodes in one process, for the handshake state machine without
+// root: each node's HandshakeEngine with its own identity (issued by one
+// authority in a temporary folder), registry, enforcer (in-memory nft
+// backend) and a queue source of the test's own, which records the handler
+// the engine binds per pod instead of a kernel queue. Segments are built
+// here (IPv4 TCP, checksums right), handed to an engine as the kernel's
+// queue would (the hook says where), and what one engine lets out is given
+// to the other, as the wire would.
+//
+//   namespace x, one cluster view on both nodes:
+//     node-a: a (app=a) 10.0.0.1, c (app=c) 10.0.0.3
+//     node-b: b (app=b) 10.0.1.1, policy "to-b": ingress to app=b on TCP 8080 from app=a only
+//
+// Used by test/datapath/test_engine.cpp and test/fuzz/fuzz_handshake.cpp.
+#pragma once
+
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/enforcer.h"
+#include "core/handshake_engine.h"
+#include "core/node_identity.h"
+#include "handshake/packet.h"
+#include "handshake/queue_source.h"
+#include "identity/authority.h"
+#include "nft/fake_backend.h"
+#include "pods/registry.h"
+#include "source/source.h"
+
+namespace signet::testing {
+
+inline constexpr uint16_t kPort = 8080;
+
+// A source that only holds a snapshot.
+class StaticSource final : public source::Source {
+public:
+    explicit StaticSource(cache::Snapshot s) : snap_(std::move(s)) {}
+    Status start(boost::asio::io_context&, std::function<void()>) override { return {}; }
+    void stop() override {}
+    void refresh(std::function<void(Status)> done) override { done({}); }
+    const cache::Snapshot& snapshot() const override { return snap_; }
+    bool ready() const override { return true; }
+    std::string origin_version() const override { return "1"; }
+    void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const override {
+        out.SetObject();
+        out.AddMember("kind", "static", a);
+        out.AddMember("lastError", "", a);
+    }
+
+private:
+    cache::Snapshot snap_;
+};
+
+// Records the handler bound per netns path; no kernel.
+class RecordingQueues final : public handshake::QueueSource {
+public:
+    class Binding final : public handshake::QueueBinding {
+    public:
+        Status start() override {
+            running_ = true;
+            return {};
+        }
+        bool running() const override { return running_; }
+        void stop() override { running_ = false; }
+        handshake::QueueStats stats() const override { return {}; }
+        handshake::KernelQueueStats kernel_stats() const override { return {}; }
+
+    private:
+        bool running_ = false;
+    };
+    Result<std::unique_ptr<handshake::QueueBinding>> open(const std::string& netns,
+                                                          handshake::QueueReader::Handler handler) override {
+        handlers[netns] = std::move(handler);
+        return std::unique_ptr<handshake::QueueBinding>(new Binding);
+    }
+    std::map<std::string, handshake::QueueReader::Handler> handlers;
+};
+
+// ------------------------------------------------------------- segments
+
+namespace tcpf {
+inline constexpr uint8_t fin = 0x01, syn = 0x02, rst = 0x04, psh = 0x08, ack = 0x10;
+}
+
+inline uint16_t fold(uint32_t s) {
+    while (s >> 16) s = (s & 0xffff) + (s >> 16);
+    return static_cast<uint16_t>(~s & 0xffff);
+}
+inline uint32_t sum16(const uint8_t* p, size_t n, uint32_t s = 0) {
+    for (size_t i = 0; i + 1 < n; i += 2) s += static_cast<uint32_t>(p[i] << 8 | p[i + 1]);
+    if (n % 2) s += static_cast<uint32_t>(p[n - 1] << 8);
+    return s;
+}
+
+// An IPv4 TCP segment like Linux's (a SYN carries MSS, SACK-permitted, window scale).
+inline std::vector<uint8_t> segment(const std::string& src, const std::string& dst, uint16_t sport, uint16_t dport,
+                                    uint32_t seq, uint32_t ack, uint8_t flags, std::vector<uint8_t> payload = {}) {
+    std::vector<uint8_t> opt;
+    if (flags & tcpf::syn) opt = {2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7, 1, 1};
+    const size_t tcp_len = 20 + opt.size() + payload.size();
+    std::vector<uint8_t> b(20 + tcp_len, 0);
+    b[0] = 0x45;
+    b[2] = static_cast<uint8_t>(b.size() >> 8);
+    b[3] = static_cast<uint8_t>(b.size());
+    b[6] = 0x40;
+    b[8] = 64;
+    b[9] = 6;
+    inet_pton(AF_INET, src.c_str(), &b[12]);
+    inet_pton(AF_INET, dst.c_str(), &b[16]);
+    const uint16_t ipc = fold(sum16(b.data(), 20));
+    b[10] = static_cast<uint8_t>(ipc >> 8);
+    b[11] = static_cast<uint8_t>(ipc);
+    uint8_t* t = b.data() + 20;
+    t[0] = static_cast<uint8_t>(sport >> 8);
+    t[1] = static_cast<uint8_t>(sport);
+    t[2] = static_cast<uint8_t>(dport >> 8);
+    t[3] = static_cast<uint8_t>(dport);
+    for (int i = 0; i < 4; ++i) t[4 + i] = static_cast<uint8_t>(seq >> (24 - 8 * i));
+    for (int i = 0; i < 4; ++i) t[8 + i] = static_cast<uint8_t>(ack >> (24 - 8 * i));
+    t[12] = static_cast<uint8_t>(((20 + opt.size()) / 4) << 4);
+    t[13] = flags;
+    t[14] = 0xfa;
+    t[15] = 0xf0;
+    std::copy(opt.begin(), opt.end(), t + 20);
+    std::copy(payload.begin(), payload.end(), t + 20 + opt.size());
+    uint32_t s = sum16(&b[12], 8) + 6 + static_cast<uint32_t>(tcp_len);
+    const uint16_t c = fold(sum16(t, tcp_len, s));
+    t[16] = static_cast<uint8_t>(c >> 8);
+    t[17] = static_cast<uint8_t>(c);
+    return b;
+}
+
+// Recomputes the TCP checksum of an IPv4 segment changed in place.
+inline void refix(std::vector<uint8_t>& b) {
+    const size_t ihl = static_cast<size_t>(b[0] & 15) * 4;
+    const size_t tcp_len = b.size() - ihl;
+    b[ihl + 16] = 0;
+    b[ihl + 17] = 0;
+    uint32_t s = sum16(&b[12], 8) + 6 + static_cast<uint32_t>(tcp_len);
+    const uint16_t c = fold(sum16(b.data() + ihl, tcp_len, s));
+    b[ihl + 16] = static_cast<uint8_t>(c >> 8);
+    b[ihl + 17] = static_cast<uint8_t>(c);
+}
+
+// ------------------------------------------------------------- the world
+
+struct Node {
+    std::string name;
+    std::unique_ptr<core::NodeIdentity> identity;
+    std::unique_ptr<pods::Registry> registry;
+    std::unique_ptr<core::Enforcer> enforcer;
+    RecordingQueues queues;
+    std::unique_ptr<core::HandshakeEngine> engine;
+    std::vector<std::string> node_addresses;
+};
+
+// What an engine decided, with the segment as it leaves the queue.
+struct Verdict {
+    bool accepted = false;
+    std::vector<uint8_t> bytes;  // the replacement, or the segment as it was
+    uint32_t mark = 0;
+    bool rewritten = false;
+};
+
+class World {
+public:
+    explicit World(core::HandshakeEngine::Context tweak = {}) {
+        dir_ = std::filesystem::temp_directory_path() /
+               ("signet-datapath-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
+        std::filesystem::create_directories(dir_);
+        identity::AuthorityOptions o;
+        o.trust_domain = "datapath.test";
+        auto ca = identity::Authority::create(o);
+        if (!ca) throw std::runtime_error("authority: " + ca.error().message);
+        if (auto st = ca->save((dir_ / "ca").string()); !st) throw std::runtime_error("save: " + st.error().message);
+
+        snap_.put(cache::Namespace{"x", {{"kubernetes.io/metadata.name", "x"}}});
+        snap_.put(pod("a", "node-a", "10.0.0.1"));
+        snap_.put(pod("c", "node-a", "10.0.0.3"));
+        snap_.put(pod("b", "node-b", "10.0.1.1"));
+        cache::NetworkPolicy p;
+        p.namespace_ = "x";
+        p.name = "to-b";
+        p.pod_selector = cache::LabelSelector{{{"app", "b"}}, {}};
+        p.policy_types = {cache::PolicyType::Ingress};
+        cache::Peer from_a{cache::LabelSelector{{{"app", "a"}}, {}}, std::nullopt, std::nullopt};
+        p.ingress.push_back(cache::IngressRule{std::vector<cache::Peer>{from_a},
+                                               std::vector<cache::PolicyPort>{{cache::Protocol::TCP, int32_t{kPort}, std::nullopt}}});
+        snap_.put(p);
+        source_ = std::make_unique<StaticSource>(snap_);
+
+        make_node(a_, "node-a", {{"a", "10.0.0.1"}, {"c", "10.0.0.3"}}, tweak, "192.0.2.1");
+        make_node(b_, "node-b", {{"b", "10.0.1.1"}}, tweak, "192.0.2.2");
+    }
+    ~World() {
+        a_.engine.reset();
+        b_.engine.reset();
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+    World(const World&) = delete;
+    World& operator=(const World&) = delete;
+
+    Node& node_a() { return a_; }
+    Node& node_b() { return b_; }
+
+    // Hands `bytes` to the queue of pod `pod` ("a", "b", "c") at `hook`.
+    Verdict judge(const std::string& pod, uint8_t hook, const std::vector<uint8_t>& bytes) {
+        Node& n = pod == "b" ? b_ : a_;
+        auto it = n.queues.handlers.find("/fake/netns/" + pod);
+        if (it == n.queues.handlers.end()) throw std::runtime_error("no queue bound for pod " + pod);
+        handshake::QueuedPacket q;
+        q.id = ++id_;
+        q.queue = handshake::kHandshakeQueue;
+        q.hw_protocol = 0x0800;
+        q.hook = hook;
+        q.payload = bytes;
+        q.cap_len = static_cast<uint32_t>(bytes.size());
+        handshake::Decision d = it->second(q);
+        Verdict v;
+        v.accepted = d.verdict == handshake::kAccept;
+        v.rewritten = !d.replacement.empty();
+        v.bytes = v.rewritten ? d.replacement : bytes;
+        v.mark = d.mark.value_or(0);
+        return v;
+    }
+
+    static uint64_t& counter() {
+        static uint64_t n = 0;
+        return n;
+    }
+
+private:
+    static cache::Pod pod(const std::string& name, const std::string& node, const std::string& ip) {
+        cache::Pod p;
+        p.namespace_ = "x";
+        p.name = name;
+        p.uid = "6b1f0c2e-0000-4000-8000-00000000000" + std::to_string(name[0] - 'a');
+        p.node_name = node;
+        p.labels = {{"app", name}};
+        p.pod_ips = {ip};
+        p.phase = "Running";
+        return p;
+    }
+
+    void make_node(Node& n, const std::string& name, const std::vector<std::pair<std::string, std::string>>& local,
+                   const core::HandshakeEngine::Context& tweak, const std::string& node_addr) {
+        n.name = name;
+        const auto state = dir_ / name;
+        std::filesystem::create_directories(state);
+        n.identity = std::make_unique<core::NodeIdentity>(io_, name, (dir_ / "ca").string(), state.string());
+        if (auto st = n.identity->start(); !st) throw std::runtime_error(name + " identity: " + st.error().message);
+        n.registry = std::make_unique<pods::Registry>((state / "pods.json").string(),
+                                                      [](const std::string&, uint64_t) { return true; });
+        core::Records records;
+        for (const auto& [pod_name, ip] : local) {
+            api::PodRecord rec;
+            rec.reg.container_id = "c-" + pod_name;
+            rec.reg.ifname = "eth0";
+            rec.reg.netns = "/fake/netns/" + pod_name;
+            rec.reg.namespace_ = "x";
+            rec.reg.name = pod_name;
+            rec.reg.ips = {ip + "/24"};
+            rec.has_object = true;
+            records[rec.reg.container_id + "/eth0"] = rec;
+            n.registry->put(rec);
+        }
+        n.node_addresses = {node_addr};
+        n.enforcer = std::make_unique<core::Enforcer>(std::make_unique<nft::FakeBackend>(), [](const std::string&) {});
+        n.enforcer->set_handshake(nft::QueueBackend::xt_nfqueue);
+        n.enforcer->reset(snap_, records, n.node_addresses);
+        core::HandshakeEngine::Context ctx = tweak;
+        ctx.node_name = name;
+        ctx.mode = tweak.mode == core::HandshakeMode::off ? core::HandshakeMode::enforce : tweak.mode;
+        ctx.source = source_.get();
+        ctx.registry = n.registry.get();
+        ctx.enforcer = n.enforcer.get();
+        ctx.identity = n.identity.get();
+        ctx.node_addresses = &n.node_addresses;
+        ctx.queues = &n.queues;
+        n.engine = std::make_unique<core::HandshakeEngine>(io_, ctx);
+        for (const auto& [k, rec] : records) n.engine->pod_started(k, rec);
+    }
+
+    boost::asio::io_context io_;  // never run: the engines' timers only
+    std::filesystem::path dir_;
+    cache::Snapshot snap_;
+    std::unique_ptr<StaticSource> source_;
+    Node a_, b_;
+    uint32_t id_ = 0;
+};
+
+}  // namespace signet::testing

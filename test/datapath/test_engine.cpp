@@ -1,0 +1,212 @@
+// The identity handshake's state machine (core/handshake_engine), without
+// root: two nodes' engines in one process (engine_world.h), segments built
+// here and relayed between them as the wire would. SYN -> SYN-ACK -> ACK with
+// a signed first contact, then MAC tokens; the final ACK's proof; the
+// refusals (no token, spoofed source, replay, policy, bad or missing proof,
+// unexpected token, rate limit); an RST that overtakes the proof; data before
+// the proof; and the invariant the queue rules rely on: whatever an engine
+// accepts on the way in carries no signet option.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include "engine_world.h"
+
+using namespace signet;
+using namespace signet::testing;
+namespace hk = signet::handshake::hook;
+
+namespace {
+
+constexpr uint8_t kPre = hk::prerouting, kIn = hk::input, kOut = hk::output;
+
+bool has_option(const std::vector<uint8_t>& bytes) {
+    auto p = handshake::parse(bytes, handshake::ParseOptions{false, handshake::TcpChecksum::unverified});
+    return p && p->options.token.has_value();
+}
+
+uint64_t refused(Node& n, const std::string& reason) {
+    const auto& r = n.engine->counters().refused;
+    auto it = r.find(reason);
+    return it == r.end() ? 0 : it->second;
+}
+
+// One connection a -> b through both engines, step by step.
+struct Conn {
+    Conn(World& world, uint16_t sp, uint32_t c, uint32_t srv) : w(world), sport(sp), cisn(c), sisn(srv) {}
+    World& w;
+    uint16_t sport;
+    uint32_t cisn, sisn;
+    std::string client = "a", client_ip = "10.0.0.1";
+    Verdict syn_out, syn_in, synack_out, synack_in, ack_out, ack_in;
+
+    std::vector<uint8_t> syn() const { return segment(client_ip, "10.0.1.1", sport, kPort, cisn, 0, tcpf::syn); }
+    std::vector<uint8_t> synack() const {
+        return segment("10.0.1.1", client_ip, kPort, sport, sisn, cisn + 1, tcpf::syn | tcpf::ack);
+    }
+    std::vector<uint8_t> ack() const {
+        return segment(client_ip, "10.0.1.1", sport, kPort, cisn + 1, sisn + 1, tcpf::ack);
+    }
+    // Runs the handshake up to (and with) `steps` of: 1 SYN out, 2 SYN in, 3
+    // SYN-ACK out, 4 SYN-ACK in, 5 ACK out, 6 ACK in.
+    void run(int steps = 6) {
+        if (steps >= 1) syn_out = w.judge(client, kOut, syn());
+        if (steps >= 2) syn_in = w.judge("b", has_option(syn_out.bytes) ? kPre : kIn, syn_out.bytes);
+        if (steps >= 3) synack_out = w.judge("b", kOut, synack());
+        if (steps >= 4) synack_in = w.judge(client, has_option(synack_out.bytes) ? kPre : kIn, synack_out.bytes);
+        if (steps >= 5) ack_out = w.judge(client, kOut, ack());
+        if (steps >= 6) ack_in = w.judge("b", has_option(ack_out.bytes) ? kPre : kIn, ack_out.bytes);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("a -> b: signed first contact, then MAC tokens; the proof; marks; nothing with the option gets in") {
+    World w;
+    Node& A = w.node_a();
+    Node& B = w.node_b();
+    Conn c{w, 40000, 1000, 900000};
+    c.run();
+    CHECK(c.syn_out.accepted);
+    CHECK(has_option(c.syn_out.bytes));  // the client token rides the SYN
+    CHECK(c.syn_out.mark == nft::kCtMarkPending);
+    CHECK(c.syn_in.accepted);
+    CHECK(c.syn_in.bytes == c.syn());  // stripped: the server's stack sees the SYN as it was sent
+    CHECK(c.syn_in.mark == nft::kCtMarkAwaitProof);
+    CHECK(c.synack_out.accepted);
+    CHECK(has_option(c.synack_out.bytes));
+    CHECK(c.synack_in.accepted);
+    CHECK(c.synack_in.bytes == c.synack());
+    CHECK(c.synack_in.mark == nft::kCtMarkProofDue);
+    CHECK(c.ack_out.accepted);
+    CHECK(has_option(c.ack_out.bytes));  // the proof
+    CHECK(c.ack_out.mark == nft::kCtMarkAuthenticated);
+    CHECK(c.ack_in.accepted);
+    CHECK(c.ack_in.bytes == c.ack());
+    CHECK(c.ack_in.mark == nft::kCtMarkAuthenticated);
+    CHECK(A.engine->counters().tokens_added_signed == 1);
+    CHECK(B.engine->counters().verified_signed == 1);
+    CHECK(B.engine->counters().proofs_verified == 1);
+    // Data after the proof passes, marked.
+    auto data = w.judge("b", kIn, segment("10.0.0.1", "10.0.1.1", 40000, kPort, 1001, 900001, tcpf::ack | tcpf::psh, {1, 2, 3}));
+    CHECK(data.accepted);
+
+    // The second connection: MAC tokens under the node-pair key, both ways.
+    Conn d{w, 40001, 5000, 700000};
+    d.run();
+    CHECK(d.ack_in.accepted);
+    CHECK(d.ack_in.bytes == d.ack());
+    CHECK(A.engine->counters().tokens_added_mac == 1);
+    CHECK(B.engine->counters().verified_mac == 1);
+    CHECK(B.engine->counters().tokens_added_mac == 1);
+    CHECK(A.engine->counters().verified_mac == 1);
+    CHECK(A.engine->counters().accepted_authenticated == 2);
+    CHECK(B.engine->counters().accepted_authenticated == 2);
+    CHECK(A.engine->drops().lost() == 0);
+    CHECK(B.engine->drops().lost() == 0);
+    CHECK(B.engine->counters().refused.empty());
+}
+
+TEST_CASE("refusals: no token, spoofed source, replay, policy, unexpected token") {
+    World w;
+    Node& A = w.node_a();
+    Node& B = w.node_b();
+    // A tokenless SYN from a's address: in enforce mode a pod's address proves nothing.
+    auto bare = w.judge("b", kIn, segment("10.0.0.1", "10.0.1.1", 41000, kPort, 1, 0, tcpf::syn));
+    CHECK_FALSE(bare.accepted);
+    CHECK(refused(B, "no_token") == 1);
+    // Pod c sends a SYN with a's address.
+    auto spoof = w.judge("c", kOut, segment("10.0.0.1", "10.0.1.1", 41001, kPort, 1, 0, tcpf::syn));
+    CHECK_FALSE(spoof.accepted);
+    CHECK(refused(A, "spoofed_source") == 1);
+    // Replay: the same tokened SYN twice.
+    Conn c{w, 41002, 77, 88};
+    c.run(2);
+    REQUIRE(c.syn_in.accepted);
+    auto again = w.judge("b", kPre, c.syn_out.bytes);
+    CHECK_FALSE(again.accepted);
+    CHECK(refused(B, "replay") == 1);
+    // c is not admitted by to-b: its proven identity is judged and denied.
+    Conn fromc{w, 41003, 5, 6};
+    fromc.client = "c";
+    fromc.client_ip = "10.0.0.3";
+    fromc.run(2);
+    CHECK(fromc.syn_out.accepted);  // c's egress is open: the token is added
+    CHECK_FALSE(fromc.syn_in.accepted);
+    CHECK(B.engine->counters().denied == 1);
+    // A SYN-ACK with a token on a connection a sent none on (b's real
+    // SYN-ACK token, moved to other ports).
+    Conn full{w, 41004, 10, 20};
+    full.run(3);
+    auto moved = full.synack_out.bytes;
+    REQUIRE(has_option(moved));
+    moved[22] = static_cast<uint8_t>(41005 >> 8);
+    moved[23] = static_cast<uint8_t>(41005 & 0xff);
+    refix(moved);
+    CHECK_FALSE(w.judge("a", kPre, moved).accepted);
+    CHECK(refused(A, "unexpected_token") == 1);
+    CHECK(A.engine->drops().lost() == 0);
+    CHECK(B.engine->drops().lost() == 0);
+}
+
+TEST_CASE("the final ACK's proof: wrong, missing, held data, repeated, after the client's RST") {
+    World w;
+    Node& B = w.node_b();
+    // Wrong proof: one byte of the proof flipped.
+    Conn c{w, 42000, 100, 200};
+    c.run(5);
+    auto bad = c.ack_out.bytes;
+    bad.back() ^= 0x01;
+    refix(bad);
+    auto r = w.judge("b", kPre, bad);
+    CHECK_FALSE(r.accepted);
+    CHECK(refused(B, "bad_proof") == 1);
+    // Data before the proof is held (dropped); the proof then passes; a repeated proof is stripped.
+    auto early = w.judge("b", kIn, segment("10.0.0.1", "10.0.1.1", 42000, kPort, 101, 201, tcpf::ack | tcpf::psh, {9}));
+    CHECK_FALSE(early.accepted);
+    CHECK(B.engine->counters().held_for_proof == 1);
+    auto good = w.judge("b", kPre, c.ack_out.bytes);
+    CHECK(good.accepted);
+    CHECK(good.bytes == c.ack());
+    auto repeat = w.judge("b", kPre, c.ack_out.bytes);
+    CHECK(repeat.accepted);
+    CHECK(repeat.bytes == c.ack());  // never with the option
+    // A proof with no handshake behind it: a's real proof, on other ports.
+    auto stray_proof = c.ack_out.bytes;
+    stray_proof[20] = static_cast<uint8_t>(42001 >> 8);
+    stray_proof[21] = static_cast<uint8_t>(42001 & 0xff);
+    refix(stray_proof);
+    auto nr = w.judge("b", kPre, stray_proof);
+    CHECK_FALSE(nr.accepted);
+    CHECK(refused(B, "no_proof") == 1);
+    // A segment whose checksum is wrong is refused as malformed, never passed.
+    auto broken = c.ack_out.bytes;
+    broken.back() ^= 0x01;
+    CHECK_FALSE(w.judge("b", kPre, broken).accepted);
+    CHECK(refused(B, "malformed_packet") == 1);
+    // The client's RST overtakes its proof: the RST passes, the proof behind it is discarded.
+    Conn q{w, 42002, 500, 600};
+    q.run(5);
+    auto rst = w.judge("b", kIn, segment("10.0.0.1", "10.0.1.1", 42002, kPort, 501, 601, tcpf::rst | tcpf::ack));
+    CHECK(rst.accepted);
+    auto late = w.judge("b", kPre, q.ack_out.bytes);
+    CHECK_FALSE(late.accepted);
+    CHECK(B.engine->counters().proof_after_reset == 1);
+    CHECK(B.engine->drops().discarded == 1);
+    CHECK(B.engine->drops().lost() == 1);  // the held data segment above
+}
+
+TEST_CASE("first-contact rate limit: signed tokens from one address beyond the burst are refused") {
+    core::HandshakeEngine::Context tweak;
+    tweak.first_contact_burst = 1;
+    tweak.first_contact_rate = 0.001;
+    World w(tweak);
+    Node& B = w.node_b();
+    // Until a has verified b's token it knows no pair key: every SYN is signed.
+    Conn c1{w, 43000, 1, 2}, c2{w, 43001, 3, 4};
+    c1.run(2);
+    c2.run(2);
+    CHECK(c1.syn_in.accepted);
+    CHECK_FALSE(c2.syn_in.accepted);
+    CHECK(refused(B, "rate_limited") == 1);
+    CHECK(B.engine->drops().limits == 1);
+}
