@@ -10,7 +10,7 @@
 #include <string>
 
 #include "core/controller.h"
-#include "core/csr_signer.h"
+#include "signer/csr_signer.h"
 #include "nft/netlink_backend.h"
 #include "source/dir_source.h"
 #include "source/kubernetes/kubernetes_source.h"
@@ -101,9 +101,9 @@ int main(int argc, char** argv) {
     opts.state_dir = api::kDefaultStateDir;
     std::string source = "dir:/etc/signet/manifests";
     std::string kubeconfig;
-    // --authority kubernetes-csr and --csr-signer (core/csr_client.h, core/csr_signer.h)
-    core::CsrClientOptions csr_opts;
-    core::CsrSignerOptions signer_opts;
+    // --authority kubernetes-csr and --csr-signer (credentials/csr_client.h, signer/csr_signer.h)
+    credentials::CsrClientOptions csr_opts;
+    signer::CsrSignerOptions signer_opts;
     bool csr_signer = false, csr_kubeconfig_set = false;
     if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') opts.node_name = n;
 
@@ -160,12 +160,12 @@ int main(int argc, char** argv) {
         } else if (arg == "--handshake") {
             std::string v;
             if (!need(&v)) return usage_error("--handshake needs off, permissive or enforce");
-            auto m = core::parse_handshake_mode(v);
+            auto m = handshake::parse_handshake_mode(v);
             if (!m) return usage_error("--handshake takes off, permissive or enforce, not '" + v + "'");
             opts.handshake = *m;
         } else if (arg == "--authority") {
             std::string spec;
-            if (need(&spec) && spec == core::kKubernetesCsr) {
+            if (need(&spec) && spec == credentials::kKubernetesCsr) {
                 opts.authority_dir = spec;
                 continue;
             }
@@ -204,19 +204,19 @@ int main(int argc, char** argv) {
 
     if (source != "kubernetes" && (source.rfind("dir:", 0) != 0 || source.size() <= 4))
         return usage_error("--source must be dir:PATH or kubernetes, not '" + source + "'");
-    const bool csr_mode = opts.authority_dir == core::kKubernetesCsr;
+    const bool csr_mode = opts.authority_dir == credentials::kKubernetesCsr;
     if (!kubeconfig.empty() && source != "kubernetes" && !csr_mode && !csr_signer)
         return usage_error("--kubeconfig goes with --source kubernetes, --authority kubernetes-csr or --csr-signer");
     if (csr_signer) {
         signer_opts.kubeconfig = kubeconfig;
-        return core::run_csr_signer(signer_opts);
+        return signer::run_csr_signer(signer_opts);
     }
     if (csr_mode) {
         if (source != "kubernetes" && kubeconfig.empty() && !csr_kubeconfig_set)
             return usage_error("--authority kubernetes-csr needs --source kubernetes, --kubeconfig or --csr-kubeconfig");
         csr_opts.kubeconfig = !kubeconfig.empty() || source == "kubernetes" ? kubeconfig : csr_opts.csr_kubeconfig;
         if (!csr_kubeconfig_set) csr_opts.csr_kubeconfig = csr_opts.kubeconfig;
-        core::NodeIdentity::set_csr_options(csr_opts);
+        credentials::NodeIdentity::set_csr_options(csr_opts);
     }
     if (opts.node_name.empty()) {
         char host[256] = {};
@@ -226,8 +226,8 @@ int main(int argc, char** argv) {
     }
     if (opts.state_dir.empty()) return usage_error("--state-dir must not be empty");
     if (opts.graph && opts.metrics_address.empty()) return usage_error("--graph needs --metrics-address");
-    if (opts.handshake != core::HandshakeMode::off && opts.authority_dir.empty())
-        return usage_error(std::string("--handshake ") + core::to_string(opts.handshake) +
+    if (opts.handshake != handshake::HandshakeMode::off && opts.authority_dir.empty())
+        return usage_error(std::string("--handshake ") + handshake::to_string(opts.handshake) +
                            " needs this node's identity: pass --authority");
 
     boost::asio::io_context io;

@@ -105,7 +105,7 @@ sanitizer_build() {
   units=$(suite_targets build-fuzz unit) || return 1
   [[ -n "$units" ]] || { echo "no unit test executables found"; return 1; }
   # signetd and its tools too: the handshake's integration tests run against them below.
-  build build-fuzz "$fuzz $units controller/signetd controller/signetctl cni-plugin/signet test/handshake/handshake_mint"
+  build build-fuzz "$fuzz $units controller/signetd controller/signetctl cni-plugin/signet test/datapath/handshake_mint"
 }
 step "sanitizer build (clang: ASan+UBSan, libFuzzer)" sanitizer_build
 step "unit tests under ASan+UBSan" mtest build-fuzz --no-rebuild --suite unit

@@ -20,9 +20,9 @@
 #include "../ipc/server.h"
 #include "../nft/backend.h"
 #include "enforcer.h"
-#include "flow_service.h"
-#include "handshake_engine.h"
-#include "node_identity.h"
+#include "flows/service.h"
+#include "datapath/engine.h"
+#include "credentials/node_identity.h"
 #include "export/influx.h"
 #include "metrics/http_listener.h"
 #include "../pods/registry.h"
@@ -30,6 +30,12 @@
 #include "signet/result.h"
 
 namespace signet::core {
+
+using credentials::NodeIdentity;
+using flows::FlowService;
+using handshake::HandshakeEngine;
+using handshake::HandshakeMode;
+using handshake::parse_handshake_mode;
 
 struct Options {
     std::string node_name;

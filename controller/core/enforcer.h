@@ -28,6 +28,7 @@
 #include "../cache/objects.h"
 #include "../nft/backend.h"
 #include "../policy/compiler.h"
+#include "../policy/query.h"
 #include "signet/api.h"
 #include "signet/histogram.h"
 #include "signet/result.h"
@@ -36,7 +37,7 @@ namespace signet::core {
 
 using Records = std::map<std::string, api::PodRecord>;  // registry key -> record
 
-class Enforcer {
+class Enforcer final : public policy::Query {
 public:
     using Report = std::function<void(const std::string&)>;
     Enforcer(std::unique_ptr<nft::Backend> backend, Report report);
@@ -70,7 +71,7 @@ public:
     uint64_t last_program_attachments() const { return last_program_pods_; }
 
     Result<policy::Explanation> explain(const policy::Endpoint& from, const policy::Endpoint& to, uint8_t proto,
-                                        uint16_t port) const;
+                                        uint16_t port) const override;
     // The identity handshake's queue rules in every pod table written from now
     // on (none: no queue rules). Set before reset().
     void set_handshake(nft::QueueBackend backend) { handshake_ = backend; }

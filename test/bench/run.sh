@@ -15,10 +15,10 @@ echo
 # bench_handshake.py below).
 "$B/test/identity/bench_identity"
 echo
-"$B/test/handshake/bench_packet"
+"$B/test/datapath/bench_packet"
 echo
 if [[ $(id -u) -eq 0 ]]; then
-  "$B/test/handshake/bench_nfqueue"
+  "$B/test/datapath/bench_nfqueue"
   echo
   /usr/bin/python3 test/bench/bench_datapath.py "$(cd "$B" && pwd)"
   echo

@@ -29,10 +29,10 @@
 #include <vector>
 
 #include "core/enforcer.h"
-#include "core/handshake_engine.h"
-#include "core/node_identity.h"
-#include "handshake/packet.h"
-#include "handshake/queue_source.h"
+#include "datapath/engine.h"
+#include "credentials/node_identity.h"
+#include "datapath/packet.h"
+#include "datapath/queue_source.h"
 #include "identity/authority.h"
 #include "nft/fake_backend.h"
 #include "pods/registry.h"
@@ -157,11 +157,11 @@ inline void refix(std::vector<uint8_t>& b) {
 
 struct Node {
     std::string name;
-    std::unique_ptr<core::NodeIdentity> identity;
+    std::unique_ptr<credentials::NodeIdentity> identity;
     std::unique_ptr<pods::Registry> registry;
     std::unique_ptr<core::Enforcer> enforcer;
     RecordingQueues queues;
-    std::unique_ptr<core::HandshakeEngine> engine;
+    std::unique_ptr<handshake::HandshakeEngine> engine;
     std::vector<std::string> node_addresses;
 };
 
@@ -175,7 +175,7 @@ struct Verdict {
 
 class World {
 public:
-    explicit World(core::HandshakeEngine::Context tweak = {}) {
+    explicit World(handshake::HandshakeEngine::Context tweak = {}) {
         dir_ = std::filesystem::temp_directory_path() /
                ("signet-datapath-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
         std::filesystem::create_directories(dir_);
@@ -255,11 +255,11 @@ private:
     }
 
     void make_node(Node& n, const std::string& name, const std::vector<std::pair<std::string, std::string>>& local,
-                   const core::HandshakeEngine::Context& tweak, const std::string& node_addr) {
+                   const handshake::HandshakeEngine::Context& tweak, const std::string& node_addr) {
         n.name = name;
         const auto state = dir_ / name;
         std::filesystem::create_directories(state);
-        n.identity = std::make_unique<core::NodeIdentity>(io_, name, (dir_ / "ca").string(), state.string());
+        n.identity = std::make_unique<credentials::NodeIdentity>(io_, name, (dir_ / "ca").string(), state.string());
         if (auto st = n.identity->start(); !st) throw std::runtime_error(name + " identity: " + st.error().message);
         n.registry = std::make_unique<pods::Registry>((state / "pods.json").string(),
                                                       [](const std::string&, uint64_t) { return true; });
@@ -280,16 +280,16 @@ private:
         n.enforcer = std::make_unique<core::Enforcer>(std::make_unique<nft::FakeBackend>(), [](const std::string&) {});
         n.enforcer->set_handshake(nft::QueueBackend::xt_nfqueue);
         n.enforcer->reset(snap_, records, n.node_addresses);
-        core::HandshakeEngine::Context ctx = tweak;
+        handshake::HandshakeEngine::Context ctx = tweak;
         ctx.node_name = name;
-        ctx.mode = tweak.mode == core::HandshakeMode::off ? core::HandshakeMode::enforce : tweak.mode;
+        ctx.mode = tweak.mode == handshake::HandshakeMode::off ? handshake::HandshakeMode::enforce : tweak.mode;
         ctx.source = source_.get();
         ctx.registry = n.registry.get();
-        ctx.enforcer = n.enforcer.get();
+        ctx.policy = n.enforcer.get();
         ctx.identity = n.identity.get();
         ctx.node_addresses = &n.node_addresses;
         ctx.queues = &n.queues;
-        n.engine = std::make_unique<core::HandshakeEngine>(io_, ctx);
+        n.engine = std::make_unique<handshake::HandshakeEngine>(io_, ctx);
         for (const auto& [k, rec] : records) n.engine->pod_started(k, rec);
     }
 

@@ -1,4 +1,4 @@
-// The identity handshake's state machine (core/handshake_engine), without
+// The identity handshake's state machine (datapath/engine), without
 // root: two nodes' engines in one process (engine_world.h), segments built
 // here and relayed between them as the wire would. SYN -> SYN-ACK -> ACK with
 // a signed first contact, then MAC tokens; the final ACK's proof; the
@@ -196,7 +196,7 @@ TEST_CASE("the final ACK's proof: wrong, missing, held data, repeated, after the
 }
 
 TEST_CASE("first-contact rate limit: signed tokens from one address beyond the burst are refused") {
-    core::HandshakeEngine::Context tweak;
+    handshake::HandshakeEngine::Context tweak;
     tweak.first_contact_burst = 1;
     tweak.first_contact_rate = 0.001;
     World w(tweak);

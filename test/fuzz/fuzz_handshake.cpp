@@ -1,4 +1,4 @@
-// The identity handshake's state machine (core/handshake_engine) fed
+// The identity handshake's state machine (datapath/engine) fed
 // sequences of segments: two nodes' engines (test/datapath/engine_world.h),
 // the input a program of steps (SYN, SYN-ACK, final ACK built for fuzzed
 // ports and ISNs; what one engine let out relayed to the other, or mutated

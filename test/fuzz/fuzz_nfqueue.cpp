@@ -1,5 +1,5 @@
 // nfnetlink_queue datagrams as the kernel sends them to the handshake queue
-// reader (controller/handshake/nfqueue.cpp): NFQNL_MSG_PACKET messages (and
+// reader (controller/datapath/nfqueue.cpp): NFQNL_MSG_PACKET messages (and
 // NLMSG_ERROR answers to verdicts). Never crash, never read past the buffer
 // (no alignment assumed: the input is used unaligned on purpose), every
 // payload is a view inside the input, and the verdict builder / checksum
@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "handshake/nfqueue.h"
+#include "datapath/nfqueue.h"
 
 using namespace signet::handshake;
 

@@ -1,4 +1,4 @@
-// Fuzz target: the handshake packet layer (controller/handshake/packet.h).
+// Fuzz target: the handshake packet layer (controller/datapath/packet.h).
 // parse must never crash; when a packet parses and add_token succeeds, the
 // result must parse again (checksums still verifying when they did), carry the
 // option, and strip_token must give back the exact original bytes and token.
@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "handshake/packet.h"
+#include "datapath/packet.h"
 
 using namespace signet::handshake;
 

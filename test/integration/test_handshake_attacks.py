@@ -34,7 +34,7 @@ it on the wire, and, where the reason is well defined, the judging node's
 Packets are built and sent by twonode.py (raw sockets inside the netns; the
 option is kind 253, len 8, ExID 0x5347, version 1, flags 0, token length, the
 token being the SYN's payload: docs/handshake-packet.md). Tokens with chosen
-credentials come from build/test/handshake/handshake_mint.
+credentials come from build/test/datapath/handshake_mint.
 """
 import os
 import random
@@ -75,7 +75,7 @@ VERDICT_WAIT = 2.0      # how long a refusal counter may take to show
 def body(t: harness.Test, run: harness.Run):
     harness.require_root_and_tools("ip", "nft", "sysctl")
     bins = harness.require_signet_binaries(t)
-    mint_bin = harness.build_dir() / "test" / "handshake" / "handshake_mint"
+    mint_bin = harness.build_dir() / "test" / "datapath" / "handshake_mint"
     t.require("handshake_mint is built", os.access(mint_bin, os.X_OK), str(mint_bin))
     if not twonode.signetd_knows_handshake(bins):
         t.check("signetd accepts --handshake enforce", False,

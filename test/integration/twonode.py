@@ -560,7 +560,7 @@ class SynProbe:
 
 def mint(bins_dir: Path, **kw) -> bytes:
     """handshake_mint with --key value arguments (key underscores -> dashes; True: a switch)."""
-    argv = [str(bins_dir / "test" / "handshake" / "handshake_mint")]
+    argv = [str(bins_dir / "test" / "datapath" / "handshake_mint")]
     for k, v in kw.items():
         if v is False or v is None:
             continue

@@ -39,8 +39,8 @@
 #include <tuple>
 #include <vector>
 
-#include "handshake/nfqueue.h"
-#include "handshake/packet.h"
+#include "datapath/nfqueue.h"
+#include "datapath/packet.h"
 #include "nft/netlink_backend.h"
 #include "nft/netns.h"
 

@@ -44,17 +44,17 @@
 
 #include "../pods/registry.h"
 #include "../source/source.h"
-#include "enforcer.h"
-#include "handshake/nfqueue.h"
-#include "handshake/packet.h"
-#include "handshake/queue_source.h"
+#include "../policy/query.h"
+#include "datapath/nfqueue.h"
+#include "datapath/packet.h"
+#include "datapath/queue_source.h"
 #include "identity/pair_keys.h"
 #include "identity/replay_cache.h"
 #include "identity/token.h"
-#include "node_identity.h"
+#include "credentials/node_identity.h"
 #include "nft/nflog.h"
 
-namespace signet::core {
+namespace signet::handshake {
 
 enum class HandshakeMode : uint8_t { off, permissive, enforce };
 std::optional<HandshakeMode> parse_handshake_mode(std::string_view s);
@@ -75,8 +75,8 @@ public:
         HandshakeMode mode = HandshakeMode::off;
         const source::Source* source = nullptr;
         const pods::Registry* registry = nullptr;
-        const Enforcer* enforcer = nullptr;
-        const NodeIdentity* identity = nullptr;
+        const policy::Query* policy = nullptr;  // the policy in force (the Enforcer)
+        const credentials::NodeIdentity* identity = nullptr;
         const std::vector<std::string>* node_addresses = nullptr;
         // A new connection the engine refused on policy (flow records).
         std::function<void(const std::string& key, const nft::LoggedPacket&)> on_denied;
@@ -241,4 +241,4 @@ private:
     bool stopped_ = false;
 };
 
-}  // namespace signet::core
+}  // namespace signet::handshake

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "handshake/packet.h"
+#include "datapath/packet.h"
 
 using namespace signet::handshake;
 

@@ -1,4 +1,4 @@
-#include "csr_signer.h"
+#include "signer/csr_signer.h"
 
 #include <openssl/crypto.h>
 
@@ -15,7 +15,7 @@
 #include "signet/log.h"
 #include "source/kubernetes/watch_stream.h"
 
-namespace signet::core {
+namespace signet::signer {
 
 using rapidjson::Value;
 namespace csr = identity::csr;
@@ -419,4 +419,4 @@ int run_csr_signer(const CsrSignerOptions& opts) {
     return 0;
 }
 
-}  // namespace signet::core
+}  // namespace signet::signer

@@ -1,4 +1,4 @@
-#include "handshake/nfqueue.h"
+#include "datapath/nfqueue.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -17,7 +17,7 @@
 #include <exception>
 #include <string>
 
-#include "handshake/packet.h"
+#include "datapath/packet.h"
 
 namespace signet::handshake {
 

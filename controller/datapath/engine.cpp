@@ -1,4 +1,4 @@
-#include "handshake_engine.h"
+#include "datapath/engine.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -9,7 +9,7 @@
 #include "../policy/addr.h"
 #include "signet/log.h"
 
-namespace signet::core {
+namespace signet::handshake {
 
 namespace {
 
@@ -363,8 +363,8 @@ bool HandshakeEngine::allowed(const Attachment& at, bool ingress, const std::opt
     policy::Endpoint local = policy::Endpoint::pod(at.pod.namespace_, at.pod.name);
     policy::Endpoint peer = peer_pod ? policy::Endpoint::pod_at(peer_pod->namespace_, peer_pod->name, peer_ip)
                                      : policy::Endpoint::address(peer_ip);
-    auto ex = ingress ? ctx_.enforcer->explain(peer, local, nft::kTcp, port)
-                      : ctx_.enforcer->explain(local, peer, nft::kTcp, port);
+    auto ex = ingress ? ctx_.policy->explain(peer, local, nft::kTcp, port)
+                      : ctx_.policy->explain(local, peer, nft::kTcp, port);
     bool ok = false;
     if (ex) {
         const auto& side = ingress ? ex->ingress : ex->egress;
@@ -876,4 +876,4 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     out.AddMember("replay_cache", Value(static_cast<uint64_t>(replay_.size())), a);
 }
 
-}  // namespace signet::core
+}  // namespace signet::handshake

@@ -22,9 +22,9 @@
 #include "../ipc/server.h"
 #include "../pods/registry.h"
 #include "../source/source.h"
-#include "enforcer.h"
+#include "../policy/query.h"
 
-namespace signet::core {
+namespace signet::flows {
 
 class FlowService {
 public:
@@ -32,7 +32,7 @@ public:
         std::string node_name;
         const source::Source* source = nullptr;
         const pods::Registry* registry = nullptr;
-        const Enforcer* enforcer = nullptr;
+        const policy::Query* policy = nullptr;  // the policy in force (the Enforcer)
         const std::vector<std::string>* node_addresses = nullptr;
     };
     // Called with each export interval's aggregates and pod events.
@@ -97,4 +97,4 @@ private:
     uint64_t exports_ = 0;
 };
 
-}  // namespace signet::core
+}  // namespace signet::flows

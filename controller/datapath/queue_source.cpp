@@ -1,4 +1,4 @@
-#include "handshake/queue_source.h"
+#include "datapath/queue_source.h"
 
 #include <unistd.h>
 

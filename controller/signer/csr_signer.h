@@ -27,10 +27,13 @@
 #include <rapidjson/document.h>
 
 #include "identity/authority.h"
-#include "kube_client.h"
+#include "kube/client.h"
 #include "signet/result.h"
 
-namespace signet::core {
+namespace signet::signer {
+
+using kube::KubeClient;
+using kube::split_ref;
 
 struct CsrSignerOptions {
     std::string kubeconfig;  // "" = in-cluster
@@ -87,4 +90,4 @@ private:
 // signetd --csr-signer: runs a CsrSigner until SIGTERM/SIGINT; the exit status.
 int run_csr_signer(const CsrSignerOptions& opts);
 
-}  // namespace signet::core
+}  // namespace signet::signer

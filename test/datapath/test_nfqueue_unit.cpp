@@ -11,8 +11,8 @@
 #include <cstring>
 
 #include "golden.h"
-#include "handshake/nfqueue.h"
-#include "handshake/packet.h"
+#include "datapath/nfqueue.h"
+#include "datapath/packet.h"
 
 using namespace signet::handshake;
 

@@ -31,11 +31,11 @@
 #include <string>
 #include <thread>
 
-#include "csr_client.h"
+#include "credentials/csr_client.h"
 #include "identity/authority.h"
 #include "signet/result.h"
 
-namespace signet::core {
+namespace signet::credentials {
 
 inline constexpr const char* kKubernetesCsr = "kubernetes-csr";
 
@@ -87,4 +87,4 @@ private:
     std::string last_error_;
 };
 
-}  // namespace signet::core
+}  // namespace signet::credentials

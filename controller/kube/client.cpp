@@ -1,8 +1,8 @@
-#include "kube_client.h"
+#include "kube/client.h"
 
 #include "source/kubernetes/watch_stream.h"
 
-namespace signet::core {
+namespace signet::kube {
 
 namespace k8s = source::k8s;
 
@@ -96,4 +96,4 @@ std::pair<std::string, std::string> split_ref(const std::string& ref, const std:
     return {ref.substr(0, slash), ref.substr(slash + 1)};
 }
 
-}  // namespace signet::core
+}  // namespace signet::kube

@@ -1,4 +1,4 @@
-#include "flow_service.h"
+#include "flows/service.h"
 
 #include <algorithm>
 #include <chrono>
@@ -8,7 +8,7 @@
 #include "signet/json.h"
 #include "signet/log.h"
 
-namespace signet::core {
+namespace signet::flows {
 
 using rapidjson::Value;
 
@@ -145,8 +145,8 @@ flows::Decision FlowService::decide(const flows::FlowKey& k) {
     policy::Endpoint peer = k.peer_kind == flows::PeerKind::pod
                                 ? policy::Endpoint::pod_at(k.peer_namespace, k.peer_pod, k.peer_address)
                                 : policy::Endpoint::address(k.peer_address);
-    auto ex = k.ingress ? ctx_.enforcer->explain(peer, local, k.proto, k.port)
-                        : ctx_.enforcer->explain(local, peer, k.proto, k.port);
+    auto ex = k.ingress ? ctx_.policy->explain(peer, local, k.proto, k.port)
+                        : ctx_.policy->explain(local, peer, k.proto, k.port);
     if (ex) {
         const auto& side = k.ingress ? ex->ingress : ex->egress;
         if (side) {
@@ -189,7 +189,7 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
                                peer.namespace_, peer.name, peer_ip, o.proto, o.dport};
         r.decision = decide(r.key);
         // The identity handshake marks the connections whose peer proved its
-        // identity (core/handshake_engine.h); the mark is read per event.
+        // identity (datapath/engine.h); the mark is read per event.
         auto authenticated = [&](const nft::CtEntry& e) {
             if (!nft::ct_mark_authenticated(e.mark) || peer.kind != flows::PeerKind::pod) return;
             r.decision.authenticated = true;
@@ -440,4 +440,4 @@ void FlowService::status(Value& out, rapidjson::Document::AllocatorType& a) cons
     out.AddMember("notCollecting", errs, a);
 }
 
-}  // namespace signet::core
+}  // namespace signet::flows

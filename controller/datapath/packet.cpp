@@ -1,5 +1,5 @@
 // signet handshake, packet layer. See packet.h and docs/handshake.md.
-#include "handshake/packet.h"
+#include "datapath/packet.h"
 
 #include <cstdio>
 #include <cstring>

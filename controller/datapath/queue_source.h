@@ -1,6 +1,6 @@
 // signet handshake: the engine's door to a pod's queue, injected.
 //
-// The handshake engine (core/handshake_engine.h) judges segments; how they
+// The handshake engine (datapath/engine.h) judges segments; how they
 // reach it is a QueueSource: the real one binds NFQUEUE 3472 inside the pod's
 // netns (nfqueue.h: QueueReader on the event loop, the kernel's counters from
 // /proc/net/netfilter/nfnetlink_queue there); a test substitutes its own and
@@ -11,7 +11,7 @@
 #include <memory>
 #include <string>
 
-#include "handshake/nfqueue.h"
+#include "datapath/nfqueue.h"
 #include "signet/result.h"
 
 namespace boost::asio {

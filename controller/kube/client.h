@@ -16,7 +16,7 @@
 #include "source/kubernetes/http.h"
 #include "signet/result.h"
 
-namespace signet::core {
+namespace signet::kube {
 
 class KubeClient {
 public:
@@ -59,4 +59,4 @@ private:
 // "ns/name" -> {ns, name}; a bare name is in `default_ns`.
 std::pair<std::string, std::string> split_ref(const std::string& ref, const std::string& default_ns);
 
-}  // namespace signet::core
+}  // namespace signet::kube

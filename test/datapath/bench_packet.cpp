@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "golden.h"
-#include "handshake/packet.h"
+#include "datapath/packet.h"
 
 using namespace signet::handshake;
 

@@ -1,4 +1,4 @@
-#include "csr_client.h"
+#include "credentials/csr_client.h"
 
 #include <openssl/crypto.h>
 #include <sys/stat.h>
@@ -15,7 +15,7 @@
 #include "signet/json.h"
 #include "signet/log.h"
 
-namespace signet::core {
+namespace signet::credentials {
 
 using rapidjson::Value;
 namespace csr = identity::csr;
@@ -238,4 +238,4 @@ Result<CsrClient::Obtained> CsrClient::obtain() {
     return Obtained{std::move(*creds), std::move(*bundle_pem), name};
 }
 
-}  // namespace signet::core
+}  // namespace signet::credentials

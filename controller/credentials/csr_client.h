@@ -21,10 +21,13 @@
 #include <string>
 
 #include "identity/authority.h"
-#include "kube_client.h"
+#include "kube/client.h"
 #include "signet/result.h"
 
-namespace signet::core {
+namespace signet::credentials {
+
+using kube::KubeClient;
+using kube::split_ref;
 
 struct CsrClientOptions {
     // Credentials for the CSR: they must authenticate as the node
@@ -89,4 +92,4 @@ private:
     Progress progress_;
 };
 
-}  // namespace signet::core
+}  // namespace signet::credentials

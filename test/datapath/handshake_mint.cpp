@@ -44,7 +44,7 @@ using signet::Result;
 namespace {
 
 int usage(const std::string& msg) {
-    std::fprintf(stderr, "handshake_mint: %s\n(see the comment at the top of test/handshake/handshake_mint.cpp)\n",
+    std::fprintf(stderr, "handshake_mint: %s\n(see the comment at the top of test/datapath/handshake_mint.cpp)\n",
                  msg.c_str());
     return 2;
 }

@@ -1,4 +1,4 @@
-// Unit tests of the handshake packet layer (controller/handshake/packet.h):
+// Unit tests of the handshake packet layer (controller/datapath/packet.h):
 // golden packets, token round trips, checksums against full recomputation,
 // and every class of malformed input.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
@@ -9,7 +9,7 @@
 #include <string>
 
 #include "golden.h"
-#include "handshake/packet.h"
+#include "datapath/packet.h"
 
 using namespace signet::handshake;
 using Bytes = std::vector<uint8_t>;

@@ -1,4 +1,4 @@
-// Golden handshake packets, built by hand (test/handshake/golden.h): IPv4 and
+// Golden handshake packets, built by hand (test/datapath/golden.h): IPv4 and
 // IPv6 SYN / SYN-ACK with Linux's option layout (MSS, SACK-permitted,
 // timestamps, NOP, window scale: 20 bytes), a SYN with a full 40-byte option
 // area (NOP NOP MD5 + the Linux options), an IPv6 SYN behind hop-by-hop and

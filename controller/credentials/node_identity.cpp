@@ -1,4 +1,4 @@
-#include "node_identity.h"
+#include "credentials/node_identity.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,7 +13,7 @@
 #include "signet/json.h"
 #include "signet/log.h"
 
-namespace signet::core {
+namespace signet::credentials {
 
 using rapidjson::Value;
 
@@ -291,4 +291,4 @@ void NodeIdentity::status(Value& out, rapidjson::Document::AllocatorType& a) con
     out.AddMember("lastError", json::str(last_error_, a), a);
 }
 
-}  // namespace signet::core
+}  // namespace signet::credentials
