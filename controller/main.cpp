@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
             return usage_error("--authority kubernetes-csr needs --source kubernetes, --kubeconfig or --csr-kubeconfig");
         csr_opts.kubeconfig = !kubeconfig.empty() || source == "kubernetes" ? kubeconfig : csr_opts.csr_kubeconfig;
         if (!csr_kubeconfig_set) csr_opts.csr_kubeconfig = csr_opts.kubeconfig;
-        credentials::NodeIdentity::set_csr_options(csr_opts);
+        opts.csr = csr_opts;
     }
     if (opts.node_name.empty()) {
         char host[256] = {};

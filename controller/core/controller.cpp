@@ -72,7 +72,7 @@ Status Controller::start() {
     }
 
     if (!opts_.authority_dir.empty()) {
-        identity_ = std::make_unique<NodeIdentity>(io_, opts_.node_name, opts_.authority_dir, opts_.state_dir);
+        identity_ = std::make_unique<NodeIdentity>(io_, opts_.node_name, opts_.authority_dir, opts_.state_dir, opts_.csr);
         if (auto st = identity_->start(); !st) return st;
     }
     if (opts_.handshake != HandshakeMode::off) {

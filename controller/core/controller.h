@@ -56,6 +56,8 @@ struct Options {
     bool graph = false;
     // --authority dir:DIR: this node's identity credentials ("" = none).
     std::string authority_dir;
+    // --authority kubernetes-csr: how the CSR is made and where the API is.
+    credentials::CsrClientOptions csr;
     // --handshake: the identity handshake on new TCP connections, and how the
     // kernel queues them (the probe's answer).
     HandshakeMode handshake = HandshakeMode::off;

@@ -30,20 +30,12 @@ int64_t unix_seconds(identity::TimePoint t) {
     return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
 }
 
-std::mutex g_csr_mu;
-CsrClientOptions g_csr_options;
-
 }  // namespace
 
-void NodeIdentity::set_csr_options(CsrClientOptions opts) {
-    std::lock_guard lk(g_csr_mu);
-    g_csr_options = std::move(opts);
-}
-
 NodeIdentity::NodeIdentity(boost::asio::io_context& io, std::string node_name, std::string authority_dir,
-                           std::string state_dir)
+                           std::string state_dir, CsrClientOptions csr)
     : io_(io), node_(std::move(node_name)), dir_(std::move(authority_dir)), own_dir_(state_dir + "/identity"),
-      timer_(io) {}
+      csr_opts_(std::move(csr)), timer_(io) {}
 
 NodeIdentity::~NodeIdentity() { stop(); }
 
@@ -106,24 +98,19 @@ void NodeIdentity::stop() {
 
 Status NodeIdentity::start_csr_mode() {
     csr_mode_ = true;
-    CsrClientOptions opts;
-    {
-        std::lock_guard lk(g_csr_mu);
-        opts = g_csr_options;
-    }
-    auto client = CsrClient::create(opts, node_, own_dir_);
+    auto client = CsrClient::create(csr_opts_, node_, own_dir_);
     if (!client) return make_error(client.error().code, "--authority kubernetes-csr: " + client.error().message);
     csr_client_ = std::move(*client);
     if (auto st = fs::make_dirs(own_dir_, 0700); !st) return st;
     // Reuse what an earlier signetd obtained while it is valid (renewed in the
     // background when due). The bundle: the file flag, else the copy kept here.
-    std::string bundle_path = opts.trust_bundle_file.empty() ? own_dir_ + "/trust-bundle.pem" : opts.trust_bundle_file;
+    std::string bundle_path = csr_opts_.trust_bundle_file.empty() ? own_dir_ + "/trust-bundle.pem" : csr_opts_.trust_bundle_file;
     if (exists(bundle_path) && exists(own_dir_ + "/node.key") && exists(own_dir_ + "/node.crt")) {
         auto bundle = identity::TrustBundle::load(bundle_path);
         auto c = bundle ? identity::NodeCredentials::load(own_dir_, *bundle, identity::Clock::now())
                         : Result<identity::NodeCredentials>(bundle.error());
         if (c && c->identity.node_name == node_ &&
-            (opts.trust_domain.empty() || c->identity.trust_domain == opts.trust_domain)) {
+            (csr_opts_.trust_domain.empty() || c->identity.trust_domain == csr_opts_.trust_domain)) {
             bundle_.emplace(std::move(*bundle));
             creds_.emplace(std::move(*c));
             csr_due_ = renewal_time(creds_->identity.not_before, creds_->identity.not_after);

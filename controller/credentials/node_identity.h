@@ -41,12 +41,10 @@ inline constexpr const char* kKubernetesCsr = "kubernetes-csr";
 
 class NodeIdentity {
 public:
-    NodeIdentity(boost::asio::io_context& io, std::string node_name, std::string authority_dir, std::string state_dir);
+    // `csr`: the settings of kubernetes-csr mode (authority_dir == kKubernetesCsr).
+    NodeIdentity(boost::asio::io_context& io, std::string node_name, std::string authority_dir, std::string state_dir,
+                 CsrClientOptions csr = {});
     ~NodeIdentity();
-
-    // The settings of kubernetes-csr mode (signetd's main sets them before
-    // the controller starts; process-wide, as there is one node identity).
-    static void set_csr_options(CsrClientOptions opts);
 
     // Loads or issues the credentials (see above). Errors are fatal for signetd.
     Status start();
@@ -78,6 +76,7 @@ private:
     boost::asio::io_context& io_;
 
     std::string node_, dir_, own_dir_;
+    CsrClientOptions csr_opts_;
     bool authority_mode_ = false;
     std::optional<identity::Authority> authority_;
     std::optional<identity::TrustBundle> bundle_;
