@@ -64,11 +64,6 @@ struct Options {
     nft::QueueBackend handshake_queue = nft::QueueBackend::none;
 };
 
-// Flow aggregates and pod events as InfluxDB points (measurements signet_flow
-// and signet_pod_event; docs/influxdb.md).
-std::vector<exporter::Point> flow_points(const std::string& node, const std::vector<flows::Aggregate>& aggregates,
-                                         const std::vector<flows::PodEvent>& events);
-
 class Controller {
 public:
     Controller(boost::asio::io_context& io, Options opts, std::unique_ptr<source::Source> source,

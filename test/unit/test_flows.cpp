@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include "../../controller/core/controller.h"
+#include "export/flow_points.h"
 #include "../../controller/flows/flow_table.h"
 
 using namespace signet;
@@ -118,7 +119,7 @@ TEST_CASE("flows: InfluxDB points carry the documented tags and fields") {
     e.name = "web";
     e.labels = {{"b", "2"}, {"a", "1"}};
     e.ips = {"10.0.0.3", "fd00::3"};
-    auto pts = core::flow_points("node-1", t.take_interval(), {e});
+    auto pts = exporter::flow_points("node-1", t.take_interval(), {e});
     REQUIRE(pts.size() == 2);
     auto tag = [](const exporter::Point& p, const std::string& k) {
         for (const auto& [n, v] : p.tags)
