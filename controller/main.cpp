@@ -271,8 +271,9 @@ int main(int argc, char** argv) {
     std::function<void()> wait_hup = [&]() {
         hup.async_wait([&](boost::system::error_code ec, int) {
             if (ec) return;
-            ipc::Request req{"POST", "/v1/sync", "", {"v1", "sync"}, ""};
-            controller.handle(req, [](ipc::Response) {});
+            controller.sync([](Status st) {
+                if (!st) log::warn("signetd", "SIGHUP: " + st.error().message);
+            });
             wait_hup();
         });
     };

@@ -358,75 +358,80 @@ void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
     }
     if (what == "gc" && s.size() == 2) {
         if (m != "POST") return respond(ipc::json_error(405, "use POST"));
-        auto doc = json::parse(req.body);
-        if (!doc) return respond(ipc::json_error(400, doc.error().message));
-        auto gc = api::gc_from_json(*doc);
-        if (!gc) return respond(ipc::json_error(400, gc.error().message));
-        std::map<std::string, api::PodRecord> before = registry_.all();
-        auto removed = registry_.gc(*gc);
-        for (const auto& k : removed) forget(k, before.at(k), true);
-        rapidjson::Document d(rapidjson::kObjectType);
-        Value list(rapidjson::kArrayType);
-        for (const auto& k : removed) {
-            log::info(kLog, "GC removed registration " + k + " (network " + gc->network + ")");
-            list.PushBack(json::str(k, d.GetAllocator()), d.GetAllocator());
-        }
-        d.AddMember("removed", list, d.GetAllocator());
-        if (!removed.empty()) {
-            unregistrations_ += removed.size();
-            persist();
-            apply_all();
-        }
-        return respond(json_response(200, d));
+        return handle_gc(req, respond);
     }
     if (what == "flows" && s.size() == 2) {
         if (m != "GET") return respond(ipc::json_error(405, "use GET"));
         return respond(flows_->query(req));
     }
-    if (what == "pods") {
-        if (s.size() == 2) {
-            if (m == "GET") {
-                rapidjson::Document d(rapidjson::kObjectType);
-                Value list(rapidjson::kArrayType);
-                for (const auto& [k, rec] : registry_.all()) {
-                    Value v;
-                    api::to_json(rec, v, d.GetAllocator());
-                    list.PushBack(v, d.GetAllocator());
-                }
-                d.AddMember("pods", list, d.GetAllocator());
-                return respond(json_response(200, d));
-            }
-            if (m == "POST") return handle_register(req, respond);
-            return respond(ipc::json_error(405, "use GET or POST"));
-        }
-        if (s.size() == 4) {
-            std::string key = api::key(s[2], s[3]);
-            if (m == "GET") {
-                const api::PodRecord* rec = registry_.get(key);
-                if (rec == nullptr) return respond(ipc::json_error(404, "no registration " + key));
-                rapidjson::Document d;
-                api::to_json(*rec, d, d.GetAllocator());
-                return respond(json_response(200, d));
-            }
-            if (m == "DELETE") {
-                std::optional<api::PodRecord> gone;
-                if (const api::PodRecord* rec = registry_.get(key)) gone = *rec;
-                bool removed = registry_.remove(key);
-                if (removed) {
-                    ++unregistrations_;
-                    log::info(kLog, "unregistered " + key);
-                    forget(key, *gone, true);
-                    persist();
-                    apply_all();
-                }
-                rapidjson::Document d(rapidjson::kObjectType);
-                d.AddMember("removed", removed, d.GetAllocator());
-                return respond(json_response(200, d));
-            }
-            return respond(ipc::json_error(405, "use GET or DELETE"));
-        }
+    if (what == "pods" && s.size() == 2) {
+        if (m == "GET") return handle_pods(respond);
+        if (m == "POST") return handle_register(req, respond);
+        return respond(ipc::json_error(405, "use GET or POST"));
+    }
+    if (what == "pods" && s.size() == 4) {
+        if (m == "GET" || m == "DELETE") return handle_pod(m, api::key(s[2], s[3]), respond);
+        return respond(ipc::json_error(405, "use GET or DELETE"));
     }
     return respond(ipc::json_error(404, "no such endpoint: " + req.path));
+}
+
+void Controller::handle_gc(const ipc::Request& req, ipc::Responder& respond) {
+    auto doc = json::parse(req.body);
+    if (!doc) return respond(ipc::json_error(400, doc.error().message));
+    auto gc = api::gc_from_json(*doc);
+    if (!gc) return respond(ipc::json_error(400, gc.error().message));
+    std::map<std::string, api::PodRecord> before = registry_.all();
+    auto removed = registry_.gc(*gc);
+    for (const auto& k : removed) forget(k, before.at(k), true);
+    rapidjson::Document d(rapidjson::kObjectType);
+    Value list(rapidjson::kArrayType);
+    for (const auto& k : removed) {
+        log::info(kLog, "GC removed registration " + k + " (network " + gc->network + ")");
+        list.PushBack(json::str(k, d.GetAllocator()), d.GetAllocator());
+    }
+    d.AddMember("removed", list, d.GetAllocator());
+    if (!removed.empty()) {
+        unregistrations_ += removed.size();
+        persist();
+        apply_all();
+    }
+    respond(json_response(200, d));
+}
+
+void Controller::handle_pods(ipc::Responder& respond) {
+    rapidjson::Document d(rapidjson::kObjectType);
+    Value list(rapidjson::kArrayType);
+    for (const auto& [k, rec] : registry_.all()) {
+        Value v;
+        api::to_json(rec, v, d.GetAllocator());
+        list.PushBack(v, d.GetAllocator());
+    }
+    d.AddMember("pods", list, d.GetAllocator());
+    respond(json_response(200, d));
+}
+
+void Controller::handle_pod(const std::string& method, const std::string& key, ipc::Responder& respond) {
+    if (method == "GET") {
+        const api::PodRecord* rec = registry_.get(key);
+        if (rec == nullptr) return respond(ipc::json_error(404, "no registration " + key));
+        rapidjson::Document d;
+        api::to_json(*rec, d, d.GetAllocator());
+        return respond(json_response(200, d));
+    }
+    std::optional<api::PodRecord> gone;  // DELETE
+    if (const api::PodRecord* rec = registry_.get(key)) gone = *rec;
+    bool removed = registry_.remove(key);
+    if (removed) {
+        ++unregistrations_;
+        log::info(kLog, "unregistered " + key);
+        forget(key, *gone, true);
+        persist();
+        apply_all();
+    }
+    rapidjson::Document d(rapidjson::kObjectType);
+    d.AddMember("removed", removed, d.GetAllocator());
+    respond(json_response(200, d));
 }
 
 void Controller::handle_register(const ipc::Request& req, ipc::Responder& respond) {
@@ -554,6 +559,15 @@ void Controller::handle_sync(const ipc::Request& req, ipc::Responder respond) {
     source_->refresh([this, timeout, respond = std::move(respond)](Status st) mutable {
         if (!st) return respond(ipc::json_error(503, "cannot read the source: " + st.error().message));
         wait_applied(source_version_, timeout, std::move(respond));
+    });
+}
+
+void Controller::sync(std::function<void(Status)> done) {
+    source_->refresh([this, done = std::move(done)](Status st) mutable {
+        if (!st) return done(make_error(st.error().code, "cannot read the source: " + st.error().message));
+        wait_applied(source_version_, kMaxSyncWait, [done = std::move(done)](ipc::Response r) {
+            done(r.status < 300 ? Status{} : make_error(ETIMEDOUT, r.body));
+        });
     });
 }
 

@@ -84,6 +84,9 @@ public:
 
     // The API entry point (also used by tests without a socket).
     void handle(const ipc::Request& req, ipc::Responder respond);
+    // What `signetctl sync` (POST /v1/sync) and SIGHUP do: read the source
+    // afresh, then call `done` once all of it is in force in every local pod.
+    void sync(std::function<void(Status)> done);
 
 private:
     struct SyncWaiter {
@@ -104,6 +107,9 @@ private:
 
     ipc::Response status_json() const;
     void handle_register(const ipc::Request& req, ipc::Responder& respond);
+    void handle_gc(const ipc::Request& req, ipc::Responder& respond);
+    void handle_pods(ipc::Responder& respond);
+    void handle_pod(const std::string& method, const std::string& key, ipc::Responder& respond);
     void handle_sync(const ipc::Request& req, ipc::Responder respond);
     void handle_explain(const ipc::Request& req, ipc::Responder& respond);
     void explain_identity(const policy::Endpoint& from, const policy::Endpoint& to, uint16_t port,

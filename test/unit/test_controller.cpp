@@ -173,3 +173,22 @@ TEST_CASE("GC through the API") {
     REQUIRE((*gc)["removed"].Size() == 1);
     CHECK(std::string((*gc)["removed"][0].GetString()) == "c0ffee/eth0");
 }
+
+TEST_CASE("sync without the API (what SIGHUP does): the source read afresh and in force before done") {
+    Harness h;
+    REQUIRE(h.call("POST", "/v1/pods", kReg).status == 200);
+    h.write("pods.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: db}}
+spec: {containers: [{name: c, image: x}]}
+)");
+    std::optional<Status> done;
+    h.ctl->sync([&](Status st) { done = st; });
+    for (int i = 0; i < 250 && !done; ++i) h.io.run_one_for(std::chrono::milliseconds(20));
+    REQUIRE(done.has_value());
+    CHECK(done->ok());
+    auto status = json::parse(h.call("GET", "/v1/status").body);
+    CHECK((*status)["appliedVersion"].GetUint64() == (*status)["sourceVersion"].GetUint64());
+    auto one = json::parse(h.call("GET", "/v1/pods/c0ffee/eth0").body);
+    CHECK(std::string((*one)["labels"]["app"].GetString()) == "db");
+}
