@@ -15,6 +15,7 @@
 #include "source/dir_source.h"
 #include "source/kubernetes/kubernetes_source.h"
 #include "signet/api.h"
+#include "signet/duration.h"
 #include "signet/log.h"
 #include "signet/args.h"
 
@@ -141,13 +142,9 @@ int main(int argc, char** argv) {
         } else if (arg == "--flow-export-interval") {
             std::string dur;
             if (!need(&dur)) return usage_error("--flow-export-interval needs a duration");
-            char* end = nullptr;
-            long n = std::strtol(dur.c_str(), &end, 10);
-            std::string unit = end ? end : "";
-            long ms = unit == "ms" ? n : unit == "s" || unit.empty() ? n * 1000 : unit == "m" ? n * 60000 : -1;
-            if (end == dur.c_str() || n <= 0 || ms < 100 || ms > 3600000)
-                return usage_error("--flow-export-interval takes a duration from 100ms to 1h, e.g. 10s");
-            opts.export_interval = std::chrono::milliseconds(ms);
+            auto d = parse_duration(dur, std::chrono::milliseconds(100), std::chrono::hours(1));
+            if (!d) return usage_error("--flow-export-interval: " + d.error().message);
+            opts.export_interval = *d;
         } else if (arg == "--metrics-address") {
             if (!need(&opts.metrics_address) || opts.metrics_address.empty())
                 return usage_error("--metrics-address needs HOST:PORT");
@@ -187,13 +184,9 @@ int main(int argc, char** argv) {
             if (!need(&csr_opts.trust_domain) || csr_opts.trust_domain.empty()) return usage_error("--trust-domain needs a value");
         } else if (arg == "--csr-expiration") {
             if (!need(&v)) return usage_error("--csr-expiration needs a duration");
-            char* end = nullptr;
-            long n = std::strtol(v.c_str(), &end, 10);
-            std::string unit = end ? end : "";
-            long sec = unit == "s" || unit.empty() ? n : unit == "m" ? n * 60 : unit == "h" ? n * 3600 : -1;
-            if (end == v.c_str() || n <= 0 || sec < 10 || sec > 86400)
-                return usage_error("--csr-expiration takes a duration from 10s to 24h, e.g. 24h");
-            csr_opts.expiration = std::chrono::seconds(sec);
+            auto d = parse_duration(v, std::chrono::seconds(10), std::chrono::hours(24));
+            if (!d) return usage_error("--csr-expiration: " + d.error().message);
+            csr_opts.expiration = std::chrono::duration_cast<std::chrono::seconds>(*d);
         } else if (arg == "--ca-secret") {
             if (!need(&signer_opts.ca_secret) || signer_opts.ca_secret.find('/') == std::string::npos)
                 return usage_error("--ca-secret takes NS/NAME");

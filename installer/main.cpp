@@ -12,6 +12,7 @@
 
 #include "installer.h"
 #include "signet/args.h"
+#include "signet/duration.h"
 
 namespace {
 
@@ -81,18 +82,9 @@ int usage_error(const std::string& msg) {
 }
 
 bool parse_seconds(const std::string& text, long* out) {
-    size_t i = 0;
-    while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
-    if (i == 0 || i > 7) return false;
-    long n = std::stol(text.substr(0, i));
-    std::string unit = text.substr(i);
-    if (unit == "m")
-        n *= 60;
-    else if (unit == "h")
-        n *= 3600;
-    else if (unit != "s" && !unit.empty())
-        return false;
-    *out = n;
+    auto d = signet::parse_duration(text, std::chrono::seconds(0), std::chrono::hours(24));
+    if (!d) return false;
+    *out = static_cast<long>(std::chrono::duration_cast<std::chrono::seconds>(*d).count());
     return true;
 }
 

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <optional>
 
+#include "signet/duration.h"
 #include "signet/fsutil.h"
 #include "signet/json.h"
 #include "signet/log.h"
@@ -26,18 +27,11 @@ ipc::Response json_response(int status, const rapidjson::Document& d) {
     return ipc::Response{status, json::to_string(d, true) + "\n", "application/json"};
 }
 
-// Parses a duration such as "1500" (ms), "1500ms", "10s", "2m".
+// ?timeout= of POST /v1/sync (signet/duration.h: a unit is required).
 bool parse_timeout(const std::string& text, std::chrono::milliseconds* out) {
-    if (text.empty()) return false;
-    uint64_t n = 0;
-    auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-    if (ec != std::errc()) return false;
-    std::string unit(p, text.data() + text.size());
-    if (n > 24ull * 3600 * 1000) return false;
-    if (unit.empty() || unit == "ms") *out = std::chrono::milliseconds(n);
-    else if (unit == "s") *out = std::chrono::milliseconds(n * 1000);
-    else if (unit == "m") *out = std::chrono::milliseconds(n * 60000);
-    else return false;
+    auto d = parse_duration(text, std::chrono::milliseconds(1), std::chrono::hours(24));
+    if (!d) return false;
+    *out = *d;
     return true;
 }
 }  // namespace

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "identity/authority.h"
+#include "signet/duration.h"
 
 namespace signet::ctl {
 namespace {
@@ -40,20 +41,11 @@ int failure(const std::string& msg) {
     return 1;
 }
 
+// --validity: from a minute to 100 years (in hours for long ones: 8760h).
 std::optional<std::chrono::seconds> parse_duration(const std::string& text) {
-    size_t i = 0;
-    while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
-    if (i == 0 || i > 9 || i + 1 != text.size()) return std::nullopt;
-    long long n = std::stoll(text.substr(0, i));
-    long long mul = 0;
-    switch (text[i]) {
-        case 'h': mul = 3600; break;
-        case 'm': mul = 60; break;
-        case 's': mul = 1; break;
-        default: return std::nullopt;
-    }
-    if (n <= 0 || n * mul > 100LL * 366 * 86400) return std::nullopt;
-    return std::chrono::seconds(n * mul);
+    auto d = signet::parse_duration(text, std::chrono::minutes(1), std::chrono::hours(100 * 366 * 24));
+    if (!d) return std::nullopt;
+    return std::chrono::duration_cast<std::chrono::seconds>(*d);
 }
 
 std::string utc(TimePoint t) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "signet/api.h"
+#include "signet/duration.h"
 #include "signet/http_client.h"
 #include "signet/json.h"
 #include "signet/args.h"
@@ -66,20 +67,10 @@ int usage_error(const std::string& msg) {
 }
 
 bool parse_duration_ms(const std::string& text, int* out) {
-    size_t i = 0;
-    while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
-    if (i == 0 || i > 9) return false;
-    long long n = std::stoll(text.substr(0, i));
-    std::string unit = text.substr(i);
-    if (unit == "ms") *out = static_cast<int>(n);
-    else if (unit == "s" || unit.empty()) n *= 1000;
-    else if (unit == "m") n *= 60000;
-    else return false;
-    if (unit != "ms") {
-        if (n > 3600000) return false;
-        *out = static_cast<int>(n);
-    }
-    return *out > 0;
+    auto d = signet::parse_duration(text, std::chrono::milliseconds(1), std::chrono::hours(1));
+    if (!d) return false;
+    *out = static_cast<int>(d->count());
+    return true;
 }
 
 Result<rapidjson::Document> call(const Options& o, const char* method, const std::string& target, int extra_ms = 0) {

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <random>
 
+#include "signet/duration.h"
 #include "signet/json.h"
 #include "signet/log.h"
 
@@ -79,19 +80,9 @@ bool parse_size(std::string_view s, size_t max, size_t* out) {
 }
 
 bool parse_duration(std::string_view s, std::chrono::milliseconds max, std::chrono::milliseconds* out) {
-    size_t digits = 0;
-    while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
-    if (digits == 0 || digits > 9) return false;
-    uint64_t n = 0;
-    std::from_chars(s.data(), s.data() + digits, n);
-    auto unit = s.substr(digits);
-    std::chrono::milliseconds d;
-    if (unit == "ms") d = std::chrono::milliseconds(n);
-    else if (unit == "s") d = std::chrono::seconds(n);
-    else if (unit == "m") d = std::chrono::minutes(n);
-    else return false;
-    if (d <= 0ms || d > max) return false;
-    *out = d;
+    auto d = signet::parse_duration(s, std::chrono::milliseconds(1), max);
+    if (!d) return false;
+    *out = *d;
     return true;
 }
 
