@@ -760,16 +760,27 @@ void HandshakeEngine::report_denied(const Attachment& at, const Packet& p, bool 
     ctx_.on_denied(at.key, lp);
 }
 
-HandshakeEngine::Drops HandshakeEngine::drops() const {
-    handshake::QueueStats qs = retired_queue_;
-    handshake::KernelQueueStats ks = retired_kernel_;
+// The queues' counters, of the attachments gone and of those bound now.
+uint64_t HandshakeEngine::queue_totals(handshake::QueueStats& qs, handshake::KernelQueueStats& ks) const {
+    qs = retired_queue_;
+    ks = retired_kernel_;
+    uint64_t running = 0;
     for (const auto& [k, at] : attachments_) {
         if (!at->queue || !at->queue->running()) continue;
+        ++running;
         add_queue_stats(qs, at->queue->stats());
         auto kk = at->queue->kernel_stats();
         ks.queue_dropped += kk.queue_dropped;
         ks.user_dropped += kk.user_dropped;
+        ks.waiting += kk.waiting;
     }
+    return running;
+}
+
+HandshakeEngine::Drops HandshakeEngine::drops() const {
+    handshake::QueueStats qs;
+    handshake::KernelQueueStats ks;
+    queue_totals(qs, ks);
     Drops d;
     d.kernel_queue_full = ks.queue_dropped;
     d.kernel_socket_full = ks.user_dropped;
@@ -816,9 +827,10 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     Value r(rapidjson::kObjectType);
     for (const auto& [reason, n] : counters_.refused) r.AddMember(Value(reason.c_str(), a), Value(n), a);
     out.AddMember("refused", r, a);
-    handshake::QueueStats qs = retired_queue_;
-    handshake::KernelQueueStats ks = retired_kernel_;
-    uint64_t readers = 0, pending = 0;
+    handshake::QueueStats qs;
+    handshake::KernelQueueStats ks;
+    const uint64_t readers = queue_totals(qs, ks);
+    uint64_t pending = 0;
     Value errors(rapidjson::kArrayType);
     for (const auto& [k, at] : attachments_) {
         pending += at->client.size() + at->server.size();
@@ -828,13 +840,6 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
             e.AddMember("error", Value(at->error.c_str(), a), a);
             errors.PushBack(e, a);
         }
-        if (!at->queue || !at->queue->running()) continue;
-        ++readers;
-        add_queue_stats(qs, at->queue->stats());
-        auto kk = at->queue->kernel_stats();
-        ks.queue_dropped += kk.queue_dropped;
-        ks.user_dropped += kk.user_dropped;
-        ks.waiting += kk.waiting;
     }
     Value q(rapidjson::kObjectType);
     q.AddMember("number", Value(handshake::kHandshakeQueue), a);

@@ -235,6 +235,7 @@ private:
     handshake::QueueStats retired_queue_{};
     handshake::KernelQueueStats retired_kernel_{};
     void retire(Attachment& at);
+    uint64_t queue_totals(handshake::QueueStats& qs, handshake::KernelQueueStats& ks) const;  // returns the readers bound
     boost::asio::steady_timer sweep_timer_;
     std::chrono::steady_clock::time_point log_window_{};
     unsigned logged_in_window_ = 0;
