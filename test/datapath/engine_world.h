@@ -212,6 +212,14 @@ public:
     World(const World&) = delete;
     World& operator=(const World&) = delete;
 
+    // Removes the authority and state folders now (the engines keep what
+    // they loaded; nothing reads them again): a process that may end without
+    // running destructors (a fuzzer) leaves nothing behind.
+    void remove_files() {
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+
     Node& node_a() { return a_; }
     Node& node_b() { return b_; }
 
