@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "core/controller.h"
@@ -240,7 +241,9 @@ int main(int argc, char** argv) {
     } else {
         src = std::make_unique<source::DirSource>(source.substr(4), report);
     }
+    std::optional<bool> destroy_table;  // what the probe learned, so the backend need not try again
     if (auto probe = nft::probe_kernel(); probe) {
+        destroy_table = probe->destroy_table;
         opts.queue_backend = nft::to_string(probe->queue);
         opts.handshake_queue = probe->queue;
         log::info("signetd", "kernel: new-connection queue via " + opts.queue_backend +
@@ -248,7 +251,7 @@ int main(int argc, char** argv) {
     } else {
         log::warn("signetd", "kernel probe failed: " + probe.error().message);
     }
-    core::Controller controller(io, opts, std::move(src), std::make_unique<nft::NetlinkBackend>());
+    core::Controller controller(io, opts, std::move(src), std::make_unique<nft::NetlinkBackend>(destroy_table));
     if (auto st = controller.start(); !st) {
         log::error("signetd", st.error().message);
         return 1;

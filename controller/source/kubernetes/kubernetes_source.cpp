@@ -672,12 +672,19 @@ void KubernetesSource::check_refreshes() {
             } else if (!it->relist_asked && now - it->targets_at >= opts_.refresh_grace) {
                 // No event or bookmark brought this watch to the target: read it afresh.
                 it->relist_asked = true;
-                for (int i = 0; i < kResourceCount; ++i) {
-                    if (rv_reached(applied_rv_[i], it->target[i])) continue;
-                    watchers_[i]->relist = true;
-                    watchers_[i]->transfer.wakeup();
+                bool ask[kResourceCount] = {};
+                for (int i = 0; i < kResourceCount; ++i) ask[i] = !rv_reached(applied_rv_[i], it->target[i]);
+                {
+                    // Under the mutex: a watcher between its predicate check and
+                    // its wait (in back-off) would otherwise miss the wake-up and
+                    // sleep out its back-off (up to 30 s).
+                    std::lock_guard lk(wait_mu_);
+                    for (int i = 0; i < kResourceCount; ++i)
+                        if (ask[i]) watchers_[i]->relist = true;
                 }
                 wait_cv_.notify_all();
+                for (int i = 0; i < kResourceCount; ++i)
+                    if (ask[i]) watchers_[i]->transfer.wakeup();
             }
         }
         if (finished) {
