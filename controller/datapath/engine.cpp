@@ -781,6 +781,11 @@ HandshakeEngine::Drops HandshakeEngine::drops() const {
     handshake::QueueStats qs;
     handshake::KernelQueueStats ks;
     queue_totals(qs, ks);
+    return drops_of(qs, ks);
+}
+
+HandshakeEngine::Drops HandshakeEngine::drops_of(const handshake::QueueStats& qs,
+                                                 const handshake::KernelQueueStats& ks) const {
     Drops d;
     d.kernel_queue_full = ks.queue_dropped;
     d.kernel_socket_full = ks.user_dropped;
@@ -859,7 +864,7 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     q.AddMember("kernel_user_dropped", Value(ks.user_dropped), a);
     q.AddMember("errors", errors, a);
     out.AddMember("queue", q, a);
-    const Drops dr = drops();
+    const Drops dr = drops_of(qs, ks);  // the queues' counters read once per status
     Value d(rapidjson::kObjectType);
     d.AddMember("lost", Value(dr.lost()), a);
     d.AddMember("kernel_queue_full", Value(dr.kernel_queue_full), a);

@@ -236,6 +236,7 @@ private:
     handshake::KernelQueueStats retired_kernel_{};
     void retire(Attachment& at);
     uint64_t queue_totals(handshake::QueueStats& qs, handshake::KernelQueueStats& ks) const;  // returns the readers bound
+    Drops drops_of(const handshake::QueueStats& qs, const handshake::KernelQueueStats& ks) const;
     boost::asio::steady_timer sweep_timer_;
     std::chrono::steady_clock::time_point log_window_{};
     unsigned logged_in_window_ = 0;
