@@ -272,6 +272,15 @@ public:
         }
         return push(std::move(e));
     }
+    // To the handshake queue, by the backend the kernel offers (no bypass).
+    RuleBuilder& queue(uint16_t num, QueueBackend backend) {
+        return backend == QueueBackend::nft_queue ? queue_native(num) : queue_xt(num);
+    }
+    // meta mark & mask != 0 (the handshake's verdicts set these bits).
+    RuleBuilder& meta_mark_any(uint32_t mask) {
+        uint32_t zero = 0;
+        return meta(NFT_META_MARK).bitwise(&mask, &zero, 4).cmp(NFT_CMP_NEQ, &zero, 4);
+    }
     RuleBuilder& comment(const std::string& text) {
         UdataPtr ud(nftnl_udata_buf_alloc(NFT_USERDATA_MAXLEN));
         if (ud && nftnl_udata_put_strz(ud.get(), NFTNL_UDATA_RULE_COMMENT, text.c_str()))
@@ -323,10 +332,7 @@ void syn_match(RuleBuilder& rb) {
 
 void build_syn_queue_rule(RuleBuilder& rb, uint16_t queue_num, QueueBackend backend) {
     syn_match(rb);
-    if (backend == QueueBackend::nft_queue)
-        rb.queue_native(queue_num);
-    else
-        rb.queue_xt(queue_num);
+    rb.queue(queue_num, backend);
     rb.comment("signet handshake-queue " + std::to_string(queue_num));
 }
 
@@ -336,15 +342,27 @@ void build_token_queue_rule(RuleBuilder& rb, uint16_t queue_num, QueueBackend ba
     uint8_t tcp = IPPROTO_TCP;
     rb.meta(NFT_META_L4PROTO).cmp_u8(tcp);
     const uint8_t exid[2] = {static_cast<uint8_t>(kTokenOptionExId >> 8), static_cast<uint8_t>(kTokenOptionExId)};
-    rb.tcp_option(kTokenOptionKind, 2, 2).cmp(NFT_CMP_EQ, exid, 2);
-    if (backend == QueueBackend::nft_queue)
-        rb.queue_native(queue_num);
-    else
-        rb.queue_xt(queue_num);
+    rb.tcp_option(kTokenOptionKind, 2, 2).cmp(NFT_CMP_EQ, exid, 2).queue(queue_num, backend);
     rb.comment("signet handshake-token " + std::to_string(queue_num));
 }
 
 // ------------------------------------------------------------ table content
+
+// A base chain of signet's table: type filter, policy accept.
+void add_filter_chain(Batch& b, const std::string& name, uint32_t hook, int32_t priority) {
+    ChainPtr c(nftnl_chain_alloc());
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, name.c_str());
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, hook);
+    nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, priority);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
+    nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
+    const char* hook_name = hook == NF_INET_LOCAL_IN ? "input" : hook == NF_INET_LOCAL_OUT ? "output" : "prerouting";
+    b.add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, [&](nlmsghdr* nlh) { nftnl_chain_nlmsg_build_payload(nlh, c.get()); },
+          std::string("add chain inet ") + kTableName + " " + name + " { type filter hook " + hook_name + " priority " +
+              std::to_string(priority) + "; policy accept; }");
+}
 
 void add_table_msgs(Batch& b, bool destroy_supported) {
     TablePtr t(nftnl_table_alloc());
@@ -434,9 +452,7 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
             // Segments with a token or a proof were judged (and stripped) in
             // the handshake_in chain, before conntrack; the verdict marked them.
             RuleBuilder judged(table, chain);
-            uint32_t mask = kCtMarkMask, zero = 0;
-            judged.meta(NFT_META_MARK).bitwise(&mask, &zero, 4).cmp(NFT_CMP_NEQ, &zero, 4);
-            judged.verdict(NF_ACCEPT).comment("signet handshake-judged");
+            judged.meta_mark_any(kCtMarkMask).verdict(NF_ACCEPT).comment("signet handshake-judged");
             add_rule(b, judged);
         }
         RuleBuilder rb(table, chain);
@@ -445,11 +461,8 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
         // The final ACK's proof: the client's packets while its proof is due
         // (egress), the server's while it waits for the proof (ingress).
         RuleBuilder proof(table, chain);
-        proof.ct_mark_is(kCtMarkMask, dir == Dir::ingress ? kCtMarkAwaitProof : kCtMarkProofDue);
-        if (rs.handshake == QueueBackend::nft_queue)
-            proof.queue_native(kHandshakeQueueNum);
-        else
-            proof.queue_xt(kHandshakeQueueNum);
+        proof.ct_mark_is(kCtMarkMask, dir == Dir::ingress ? kCtMarkAwaitProof : kCtMarkProofDue)
+            .queue(kHandshakeQueueNum, rs.handshake);
         proof.comment("signet handshake-proof " + std::to_string(kHandshakeQueueNum));
         add_rule(b, proof);
     }
@@ -581,19 +594,8 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
                   std::to_string(id) + " }");
         add_elements(b, NFT_MSG_NEWSETELEM, name, set.family, normalize_ranges(set.family, set.elements));
     }
-    for (Dir dir : {Dir::ingress, Dir::egress}) {
-        ChainPtr c(nftnl_chain_alloc());
-        nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
-        nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, dir_name(dir));
-        nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-        nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, dir == Dir::ingress ? NF_INET_LOCAL_IN : NF_INET_LOCAL_OUT);
-        nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, 0);  // NF_IP_PRI_FILTER
-        nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
-        nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
-        b.add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, [&](nlmsghdr* nlh) { nftnl_chain_nlmsg_build_payload(nlh, c.get()); },
-              std::string("add chain inet ") + kTableName + " " + dir_name(dir) + " { type filter hook " +
-                  (dir == Dir::ingress ? "input" : "output") + " priority 0; policy accept; }");
-    }
+    for (Dir dir : {Dir::ingress, Dir::egress})  // priority 0: NF_IP_PRI_FILTER
+        add_filter_chain(b, dir_name(dir), dir == Dir::ingress ? NF_INET_LOCAL_IN : NF_INET_LOCAL_OUT, 0);
     for (Dir dir : {Dir::ingress, Dir::egress}) {
         if (auto s = add_direction(b, rs, ids, dir); !s) return s;
     }
@@ -606,17 +608,7 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
         // in CLOSE state), marked the rest of the handshake invalid, and an
         // invalid final ACK skipped the queue rules, proof and all.
         {
-            ChainPtr c(nftnl_chain_alloc());
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, kTokenChainName);
-            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, NF_INET_PRE_ROUTING);
-            nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, -300);  // NF_IP_PRI_RAW: before conntrack (-200)
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
-            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
-            b.add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, [&](nlmsghdr* nlh) { nftnl_chain_nlmsg_build_payload(nlh, c.get()); },
-                  std::string("add chain inet ") + kTableName + " " + kTokenChainName +
-                      " { type filter hook prerouting priority -300; policy accept; }");
+            add_filter_chain(b, kTokenChainName, NF_INET_PRE_ROUTING, -300);  // NF_IP_PRI_RAW: before conntrack (-200)
             RuleBuilder rb(kTableName, kTokenChainName);
             build_token_queue_rule(rb, kHandshakeQueueNum, rs.handshake);
             add_rule(b, rb);
@@ -628,20 +620,9 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
         // mark is scrubbed when the packet leaves the pod's netns.
         for (Dir dir : {Dir::ingress, Dir::egress}) {
             std::string name = std::string(dir_name(dir)) + "_mark";
-            ChainPtr c(nftnl_chain_alloc());
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, name.c_str());
-            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
-            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, dir == Dir::ingress ? NF_INET_LOCAL_IN : NF_INET_LOCAL_OUT);
-            nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, 10);
-            nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
-            nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
-            b.add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, [&](nlmsghdr* nlh) { nftnl_chain_nlmsg_build_payload(nlh, c.get()); },
-                  std::string("add chain inet ") + kTableName + " " + name + " { type filter hook " +
-                      (dir == Dir::ingress ? "input" : "output") + " priority 10; policy accept; }");
+            add_filter_chain(b, name, dir == Dir::ingress ? NF_INET_LOCAL_IN : NF_INET_LOCAL_OUT, 10);
             RuleBuilder rb(kTableName, name);
-            uint32_t mask = kCtMarkMask, zero = 0;
-            rb.meta(NFT_META_MARK).bitwise(&mask, &zero, 4).cmp(NFT_CMP_NEQ, &zero, 4).ct_set_mark();
+            rb.meta_mark_any(kCtMarkMask).ct_set_mark();
             rb.comment("signet handshake-mark");
             add_rule(b, rb);
         }
