@@ -93,14 +93,23 @@ namespace tcpf {
 inline constexpr uint8_t fin = 0x01, syn = 0x02, rst = 0x04, psh = 0x08, ack = 0x10;
 }
 
-inline uint16_t fold(uint32_t s) {
-    while (s >> 16) s = (s & 0xffff) + (s >> 16);
-    return static_cast<uint16_t>(~s & 0xffff);
+// Whether a segment carries the signet option (the packet layer's parser).
+inline bool has_option(const std::vector<uint8_t>& bytes) {
+    auto p = handshake::parse(bytes, handshake::ParseOptions{false, handshake::TcpChecksum::unverified});
+    return p && p->options.token.has_value();
 }
-inline uint32_t sum16(const uint8_t* p, size_t n, uint32_t s = 0) {
-    for (size_t i = 0; i + 1 < n; i += 2) s += static_cast<uint32_t>(p[i] << 8 | p[i + 1]);
-    if (n % 2) s += static_cast<uint32_t>(p[n - 1] << 8);
-    return s;
+
+// Recomputes the TCP checksum of an IPv4 segment changed in place (the packet
+// layer's checksum code: the engine is under test here, not the checksums).
+inline void refix(std::vector<uint8_t>& b) {
+    const size_t ihl = static_cast<size_t>(b[0] & 15) * 4;
+    std::array<uint8_t, 16> src{}, dst{};
+    std::copy(b.begin() + 12, b.begin() + 16, src.begin());
+    std::copy(b.begin() + 16, b.begin() + 20, dst.begin());
+    const uint16_t c = handshake::csum::tcp_checksum(handshake::Family::ipv4, src, dst,
+                                                     std::span<const uint8_t>(b).subspan(ihl));
+    b[ihl + 16] = static_cast<uint8_t>(c >> 8);
+    b[ihl + 17] = static_cast<uint8_t>(c);
 }
 
 // An IPv4 TCP segment like Linux's (a SYN carries MSS, SACK-permitted, window scale).
@@ -118,7 +127,7 @@ inline std::vector<uint8_t> segment(const std::string& src, const std::string& d
     b[9] = 6;
     inet_pton(AF_INET, src.c_str(), &b[12]);
     inet_pton(AF_INET, dst.c_str(), &b[16]);
-    const uint16_t ipc = fold(sum16(b.data(), 20));
+    const uint16_t ipc = handshake::csum::internet_checksum(std::span<const uint8_t>(b.data(), 20));
     b[10] = static_cast<uint8_t>(ipc >> 8);
     b[11] = static_cast<uint8_t>(ipc);
     uint8_t* t = b.data() + 20;
@@ -134,23 +143,8 @@ inline std::vector<uint8_t> segment(const std::string& src, const std::string& d
     t[15] = 0xf0;
     std::copy(opt.begin(), opt.end(), t + 20);
     std::copy(payload.begin(), payload.end(), t + 20 + opt.size());
-    uint32_t s = sum16(&b[12], 8) + 6 + static_cast<uint32_t>(tcp_len);
-    const uint16_t c = fold(sum16(t, tcp_len, s));
-    t[16] = static_cast<uint8_t>(c >> 8);
-    t[17] = static_cast<uint8_t>(c);
+    refix(b);
     return b;
-}
-
-// Recomputes the TCP checksum of an IPv4 segment changed in place.
-inline void refix(std::vector<uint8_t>& b) {
-    const size_t ihl = static_cast<size_t>(b[0] & 15) * 4;
-    const size_t tcp_len = b.size() - ihl;
-    b[ihl + 16] = 0;
-    b[ihl + 17] = 0;
-    uint32_t s = sum16(&b[12], 8) + 6 + static_cast<uint32_t>(tcp_len);
-    const uint16_t c = fold(sum16(b.data() + ihl, tcp_len, s));
-    b[ihl + 16] = static_cast<uint8_t>(c >> 8);
-    b[ihl + 17] = static_cast<uint8_t>(c);
 }
 
 // ------------------------------------------------------------- the world

@@ -19,11 +19,6 @@ namespace {
 
 constexpr uint8_t kPre = hk::prerouting, kIn = hk::input, kOut = hk::output;
 
-bool has_option(const std::vector<uint8_t>& bytes) {
-    auto p = handshake::parse(bytes, handshake::ParseOptions{false, handshake::TcpChecksum::unverified});
-    return p && p->options.token.has_value();
-}
-
 uint64_t refused(Node& n, const std::string& reason) {
     const auto& r = n.engine->counters().refused;
     auto it = r.find(reason);

@@ -32,11 +32,6 @@ struct Reader {
     uint32_t u32() { return static_cast<uint32_t>(u16()) << 16 | u16(); }
 };
 
-bool has_option(const std::vector<uint8_t>& b) {
-    auto p = handshake::parse(b, handshake::ParseOptions{false, handshake::TcpChecksum::unverified});
-    return p && p->options.token.has_value();
-}
-
 void check(const Verdict& v, uint8_t hook) {
     if (v.accepted && hook != hk::output && has_option(v.bytes)) __builtin_trap();
 }
