@@ -46,7 +46,7 @@ struct CsrClientOptions {
     std::chrono::seconds expiration{86400};  // spec.expirationSeconds
     std::chrono::milliseconds poll_initial{250};
     std::chrono::milliseconds poll_max{10000};
-    source::k8s::InClusterPaths in_cluster;  // tests
+    kube::InClusterPaths in_cluster;  // tests
 };
 
 // When a certificate is renewed: at two thirds of its lifetime. The lifetime

@@ -16,6 +16,7 @@
 #include <mutex>
 #include <random>
 
+#include "signet/curl_init.h"
 #include "signet/duration.h"
 #include "signet/json.h"
 #include "signet/log.h"
@@ -179,8 +180,6 @@ int xferinfo_cb(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
     int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
     return now >= at ? 1 : 0;
 }
-
-std::once_flag g_curl_init;
 
 std::string format_ms(std::chrono::milliseconds d) {
     if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
@@ -483,7 +482,7 @@ InfluxExporter::InfluxExporter(InfluxConfig config)
     : cfg_(std::move(config)),
       write_url_(detail::write_url(cfg_)),
       batch_(std::max<size_t>(1, std::min(cfg_.batch_points, std::max<size_t>(1, cfg_.buffer_points)))) {
-    std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+    curl_global_once();
 }
 
 InfluxExporter::~InfluxExporter() { stop(); }

@@ -13,13 +13,11 @@
 #include "identity/csr_policy.h"
 #include "signet/json.h"
 #include "signet/log.h"
-#include "source/kubernetes/watch_stream.h"
 
 namespace signet::signer {
 
 using rapidjson::Value;
 namespace csr = identity::csr;
-namespace k8s = source::k8s;
 
 namespace {
 
@@ -70,33 +68,46 @@ void add_condition(rapidjson::Document& d, const char* type, const std::string& 
 }  // namespace
 
 Result<std::unique_ptr<CsrSigner>> CsrSigner::create(CsrSignerOptions opts) {
-    std::unique_ptr<CsrSigner> s(new CsrSigner(std::move(opts)));
-    auto api = KubeClient::create(s->opts_.kubeconfig, s->opts_.in_cluster);
-    if (!api) return api.error();
-    s->api_ = std::move(*api);
-    auto watch_api = KubeClient::create(s->opts_.kubeconfig, s->opts_.in_cluster);
-    if (!watch_api) return watch_api.error();
-    s->watch_api_ = std::move(*watch_api);
-    auto [ns, name] = split_ref(s->opts_.ca_secret, "kube-system");
+    auto [ns, name] = split_ref(opts.ca_secret, "kube-system");
     if (ns.empty() || name.empty()) return make_error(EINVAL, "--ca-secret takes NAMESPACE/NAME");
+    auto api = kube::KubeClient::create(opts.kubeconfig, opts.in_cluster);
+    if (!api) return api.error();
+    auto watch_api = (*api)->another();
+    return with_api(std::move(opts), std::move(*api), std::move(watch_api));
+}
+
+std::unique_ptr<CsrSigner> CsrSigner::with_api(CsrSignerOptions opts, std::unique_ptr<kube::Api> api,
+                                               std::unique_ptr<kube::Api> watch_api) {
+    std::unique_ptr<CsrSigner> s(new CsrSigner(std::move(opts)));
+    s->api_ = std::move(api);
+    s->watch_api_ = std::move(watch_api);
+    kube::ReflectorOptions ro;
+    ro.what = "certificatesigningrequests";
+    ro.path = kCsrPath;
+    ro.page_size = 500;
+    ro.watch_timeout = s->opts_.watch_timeout;
+    ro.backoff_initial = s->opts_.backoff_initial;
+    ro.backoff_max = s->opts_.backoff_max;
+    kube::ReflectorHandler& handler = *s;  // a private base: converted here, where it is accessible
+    s->reflector_ = std::make_unique<kube::Reflector>(std::move(ro), *s->watch_api_, handler);
     return s;
 }
 
 CsrSigner::CsrSigner(CsrSignerOptions opts) : opts_(std::move(opts)) {}
 
 void CsrSigner::stop() {
-    {
-        std::lock_guard lk(mu_);
-        stopping_ = true;
-    }
-    cv_.notify_all();
+    if (reflector_) reflector_->stop();
     if (api_) api_->stop();
-    if (watch_api_) watch_api_->stop();
 }
 
-bool CsrSigner::sleep(std::chrono::milliseconds d) {
-    std::unique_lock lk(mu_);
-    return !cv_.wait_for(lk, d, [this] { return stopping_; });
+void CsrSigner::retry_soon() { reflector_->relist(std::chrono::seconds(1)); }
+
+Result<kube::Response> CsrSigner::call(const std::string& method, const std::string& path, const std::string& body) {
+    kube::Request r;
+    r.method = method;
+    r.path = path;
+    r.body = body;
+    return api_->call(r);
 }
 
 CsrSigner::Stats CsrSigner::stats() const {
@@ -112,7 +123,7 @@ void CsrSigner::note_error(const std::string& what) {
 Status CsrSigner::load_ca() {
     auto [ns, name] = split_ref(opts_.ca_secret, "kube-system");
     const std::string what = "the CA Secret " + ns + "/" + name;
-    auto r = api_->call("GET", "/api/v1/namespaces/" + ns + "/secrets/" + name);
+    auto r = call("GET", "/api/v1/namespaces/" + ns + "/secrets/" + name);
     if (!r) return make_error(r.error().code, what + ": " + r.error().message);
     if (r->status != 200) return make_error(EIO, what + ": " + r->describe());
     auto doc = json::parse(r->body);
@@ -152,117 +163,41 @@ Status CsrSigner::load_ca() {
 }
 
 void CsrSigner::run() {
-    std::chrono::milliseconds backoff = opts_.backoff_initial;
-    auto fail = [&](const std::string& msg) {
-        note_error(msg + " (retrying in " + std::to_string(backoff.count()) + " ms)");
-        bool go_on = sleep(backoff);
-        backoff = std::min(backoff * 2, opts_.backoff_max);
-        return go_on;
-    };
     log::info(kLog, "CSR signer for signerName " + std::string(csr::kSignerName) + " against " + api_->server());
-    while (!api_->stopped()) {
-        // The CA, re-read at every relist (a rotated Secret is picked up).
-        if (auto st = load_ca(); !st) {
-            if (st.error().code == ECANCELED) break;
-            if (!ca_) {
-                if (!fail(st.error().message)) break;
-                continue;
-            }
-            note_error(st.error().message + " (keeping the CA loaded before)");
-        }
-        transient_ = false;
-        std::string rv;
-        if (auto st = list_and_handle(&rv); !st) {
-            if (st.error().code == ECANCELED) break;
-            if (!fail(st.error().message)) break;
-            continue;
-        }
-        if (!last_error_.empty()) log::info(kLog, "the API is reachable again");
-        last_error_.clear();
-        backoff = opts_.backoff_initial;
-        for (;;) {
-            std::string err;
-            auto end = watch(rv, &err);
-            if (end == WatchEnd::Stopped) return;
-            if (end == WatchEnd::Failed) {
-                if (!fail(err)) return;
-                break;
-            }
-            if (end == WatchEnd::Relist || transient_) break;
-        }
-        if (transient_ && !sleep(std::chrono::seconds(1))) break;
-    }
+    reflector_->run();
 }
 
-Status CsrSigner::list_and_handle(std::string* rv) {
-    auto r = api_->call("GET", kCsrPath, {}, std::chrono::seconds(60));
-    if (!r) return r.error();
-    if (r->status != 200) return make_error(EIO, "listing CertificateSigningRequests: " + r->describe());
-    auto doc = json::parse(r->body);
-    if (!doc || !doc->IsObject()) return make_error(EINVAL, "listing CertificateSigningRequests: not a JSON object");
-    const Value* md = json::find(*doc, "metadata");
-    const Value* items = json::find(*doc, "items");
-    if (!md || !md->IsObject() || !items || !(items->IsArray() || items->IsNull()))
-        return make_error(EINVAL, "listing CertificateSigningRequests: not a list");
-    *rv = json::opt_string(*md, "resourceVersion").value_or("");
-    if (items->IsArray())
-        for (const auto& it : items->GetArray()) {
-            if (api_->stopped()) return make_error(ECANCELED, "stopped");
-            handle(it);
-        }
+Status CsrSigner::on_list_start() {
+    if (auto st = load_ca(); !st) {
+        if (!ca_ || st.error().code == ECANCELED) return st;
+        note_error(st.error().message + " (keeping the CA loaded before)");
+    }
     return {};
 }
 
-CsrSigner::WatchEnd CsrSigner::watch(std::string& rv, std::string* error) {
-    auto timeout = transient_ ? std::chrono::seconds(5) : opts_.watch_timeout;
-    std::string path = std::string(kCsrPath) + "?watch=true&allowWatchBookmarks=true&timeoutSeconds=" +
-                       std::to_string(timeout.count()) + (rv.empty() ? "" : "&resourceVersion=" + rv);
-    k8s::JsonStreamSplitter splitter;
-    bool relist = false;
-    std::string body_error;
-    auto on_body = [&](std::string_view data) -> Status {
-        return splitter.feed(data, [&](std::string_view text) -> Status {
-            auto ev = k8s::parse_watch_event(text);
-            if (!ev) {
-                std::lock_guard lk(mu_);
-                ++stats_.malformed;
-                log::warn(kLog, "skipping a malformed watch event: " + ev.error().message);
-                return {};
-            }
-            if (ev->type == k8s::WatchEvent::Error) {
-                int code = 0;
-                if (ev->object && ev->object->IsObject())
-                    if (const Value* c = json::find(*ev->object, "code"); c && c->IsInt()) code = c->GetInt();
-                relist = true;
-                return make_error(code == 410 ? ESTALE : EIO, "watch ERROR event (code " + std::to_string(code) + ")");
-            }
-            if (ev->object) {
-                if (ev->object->IsObject())
-                    if (auto ref = k8s::object_ref(*ev->object); ref && !ref->resource_version.empty())
-                        rv = ref->resource_version;
-                if (ev->type == k8s::WatchEvent::Added || ev->type == k8s::WatchEvent::Modified) handle(*ev->object);
-            }
-            return {};
-        });
-    };
-    auto status = watch_api_->stream(path, on_body, timeout + std::chrono::seconds(30), &body_error);
-    if (api_->stopped()) return WatchEnd::Stopped;
-    if (relist) return WatchEnd::Relist;
-    if (!status) {
-        *error = "watching CertificateSigningRequests: " + status.error().message;
-        return WatchEnd::Failed;
-    }
-    if (*status == 410) return WatchEnd::Relist;
-    if (*status != 200) {
-        KubeClient::Response resp{*status, body_error};
-        *error = "watching CertificateSigningRequests: " + resp.describe();
-        return WatchEnd::Failed;
-    }
-    return WatchEnd::Normal;
+bool CsrSigner::on_list_item(const Value& obj, size_t) {
+    handle(obj);  // counts and logs malformed objects itself
+    return true;
 }
 
-Result<KubeClient::Response> CsrSigner::put(const std::string& name, const char* sub, const Value& obj) {
-    return api_->call("PUT", std::string(kCsrPath) + "/" + name + "/" + sub, json::to_string(obj));
+void CsrSigner::on_listed(const std::string&) {}
+
+Result<bool> CsrSigner::on_event(const kube::WatchEvent& ev, const std::string&) {
+    if (ev.type == kube::WatchEvent::Added || ev.type == kube::WatchEvent::Modified) handle(*ev.object);
+    return true;
+}
+
+void CsrSigner::report(const std::string& msg) {
+    if (msg == "API reachable again") {
+        log::info(kLog, "the API is reachable again");
+        last_error_.clear();
+        return;
+    }
+    note_error(msg);
+}
+
+Result<kube::Response> CsrSigner::put(const std::string& name, const char* sub, const Value& obj) {
+    return call("PUT", std::string(kCsrPath) + "/" + name + "/" + sub, json::to_string(obj));
 }
 
 void CsrSigner::handle(const Value& obj) {
@@ -289,15 +224,15 @@ void CsrSigner::handle(const Value& obj) {
         case csr::Action::CheckNode:
             break;
     }
-    auto r = api_->call("GET", "/api/v1/nodes/" + v.node);
+    auto r = call("GET", "/api/v1/nodes/" + v.node);
     if (!r) {
         if (r.error().code != ECANCELED) note_error("checking Node " + v.node + " for CertificateSigningRequest " + c->name + ": " + r.error().message);
-        transient_ = true;
+        retry_soon();
         return;
     }
     if (r->status != 200 && r->status != 404) {
         note_error("checking Node " + v.node + " for CertificateSigningRequest " + c->name + ": " + r->describe());
-        transient_ = true;
+        retry_soon();
         return;
     }
     v = csr::with_node(std::move(v), r->status == 200);
@@ -314,16 +249,16 @@ void CsrSigner::deny(const Value& obj, const std::string& name, const std::strin
     auto r = put(name, approved ? "status" : "approval", d);
     if (!r) {
         note_error("denying CertificateSigningRequest " + name + ": " + r.error().message);
-        transient_ = true;
+        retry_soon();
         return;
     }
     if (r->status == 409) {  // changed meanwhile: the next event or relist decides again
-        transient_ = true;
+        retry_soon();
         return;
     }
     if (r->status != 200 && r->status != 201) {
         note_error("denying CertificateSigningRequest " + name + ": " + r->describe());
-        transient_ = true;
+        retry_soon();
         return;
     }
     if (auto c = csr::parse_csr_json(r->body); c && !c->uid.empty()) done_uids_.insert(c->uid);
@@ -342,7 +277,7 @@ void CsrSigner::approve_and_sign(const Value& obj, const std::string& name, cons
                       "node " + node + " requests its own signet.dev/node certificate");
         auto r = put(name, "approval", current);
         if (!r || (r->status != 200 && r->status != 201)) {
-            transient_ = true;
+            retry_soon();
             if (r && r->status == 409) return;
             note_error("approving CertificateSigningRequest " + name + ": " + (r ? r->describe() : r.error().message));
             return;
@@ -350,7 +285,7 @@ void CsrSigner::approve_and_sign(const Value& obj, const std::string& name, cons
         auto doc = json::parse(r->body);
         if (!doc || !doc->IsObject()) {
             note_error("approving CertificateSigningRequest " + name + ": the answer is not an object");
-            transient_ = true;
+            retry_soon();
             return;
         }
         current = full_object(*doc);
@@ -373,7 +308,7 @@ void CsrSigner::approve_and_sign(const Value& obj, const std::string& name, cons
     }
     auto r = put(name, "status", current);
     if (!r || (r->status != 200 && r->status != 201)) {
-        transient_ = true;
+        retry_soon();
         if (r && r->status == 409) return;  // re-read and re-decided on the next event or relist
         note_error("issuing CertificateSigningRequest " + name + ": " + (r ? r->describe() : r.error().message));
         return;

@@ -17,7 +17,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -28,11 +27,11 @@
 
 #include "identity/authority.h"
 #include "kube/client.h"
+#include "kube/reflector.h"
 #include "signet/result.h"
 
 namespace signet::signer {
 
-using kube::KubeClient;
 using kube::split_ref;
 
 struct CsrSignerOptions {
@@ -43,12 +42,16 @@ struct CsrSignerOptions {
     std::chrono::seconds watch_timeout{300};
     std::chrono::milliseconds backoff_initial{500};
     std::chrono::milliseconds backoff_max{30000};
-    source::k8s::InClusterPaths in_cluster;
+    kube::InClusterPaths in_cluster;
 };
 
-class CsrSigner {
+class CsrSigner final : private kube::ReflectorHandler {
 public:
     static Result<std::unique_ptr<CsrSigner>> create(CsrSignerOptions opts);
+    // For tests: over `api` (requests) and `watch_api` (the watch stream),
+    // e.g. recorded answers.
+    static std::unique_ptr<CsrSigner> with_api(CsrSignerOptions opts, std::unique_ptr<kube::Api> api,
+                                               std::unique_ptr<kube::Api> watch_api);
     // Runs until stop() (from any thread).
     void run();
     void stop();
@@ -61,29 +64,35 @@ public:
 private:
     explicit CsrSigner(CsrSignerOptions opts);
     Status load_ca();
-    Status list_and_handle(std::string* rv);
-    enum class WatchEnd { Normal, Relist, Failed, Stopped };
-    WatchEnd watch(std::string& rv, std::string* error);
+    // The reflector's handler: the CA is re-read at every list (a rotated
+    // Secret is picked up); every listed or watched request is handled.
+    Status on_list_start() override;
+    bool on_list_item(const rapidjson::Value& obj, size_t index) override;
+    void on_listed(const std::string& rv) override;
+    Result<bool> on_event(const kube::WatchEvent& ev, const std::string& rv) override;
+    void report(const std::string& msg) override;
+
     void handle(const rapidjson::Value& obj);
     void deny(const rapidjson::Value& obj, const std::string& name, const std::string& reason, const std::string& message,
               bool approved);
     void approve_and_sign(const rapidjson::Value& obj, const std::string& name, const std::string& uid,
                           const std::string& node, bool approved, const std::string& request_pem, int64_t seconds);
-    Result<KubeClient::Response> put(const std::string& name, const char* sub, const rapidjson::Value& obj);
-    bool sleep(std::chrono::milliseconds d);
+    Result<kube::Response> call(const std::string& method, const std::string& path, const std::string& body = {});
+    Result<kube::Response> put(const std::string& name, const char* sub, const rapidjson::Value& obj);
+    // Something failed that a new look may fix (a 409, an unreachable Node
+    // check): relist in a second, which handles every request again.
+    void retry_soon();
     void note_error(const std::string& what);
 
     CsrSignerOptions opts_;
-    std::unique_ptr<KubeClient> api_;        // requests (also made while a watch streams)
-    std::unique_ptr<KubeClient> watch_api_;  // the watch stream: a transfer of its own
+    std::unique_ptr<kube::Api> api_;        // requests (also made while a watch streams)
+    std::unique_ptr<kube::Api> watch_api_;  // the watch stream: a transfer of its own
+    std::unique_ptr<kube::Reflector> reflector_;
     std::optional<identity::Authority> ca_;
     std::string ca_fingerprint_;
     std::set<std::string> done_uids_;  // issued or denied by this process (stale events are skipped)
-    bool transient_ = false;           // something to retry soon (a relist re-handles everything)
     std::string last_error_;
     mutable std::mutex mu_;
-    std::condition_variable cv_;
-    bool stopping_ = false;
     Stats stats_;
 };
 

@@ -7,9 +7,11 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "../../controller/source/kubernetes/watch_stream.h"
+#include "../../controller/kube/watch_stream.h"
+#include "../../controller/source/kubernetes/resources.h"
 
 using namespace signet;
+using namespace signet::kube;
 using namespace signet::source::k8s;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -6,9 +6,9 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "../../controller/source/kubernetes/config.h"
+#include "../../controller/kube/config.h"
 
-using namespace signet::source::k8s;
+using namespace signet::kube;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string_view text(reinterpret_cast<const char*>(data), size);

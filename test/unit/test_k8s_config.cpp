@@ -1,5 +1,5 @@
 // Unit tests: kubeconfig / in-cluster configuration, exec credentials,
-// credential refresh (controller/source/kubernetes/config.h).
+// credential refresh (controller/kube/config.h).
 #include <doctest/doctest.h>
 
 #include <sys/stat.h>
@@ -10,9 +10,9 @@
 #include <fstream>
 #include <string>
 
-#include "../../controller/source/kubernetes/config.h"
+#include "../../controller/kube/config.h"
 
-using namespace signet::source::k8s;
+using namespace signet::kube;
 
 namespace {
 

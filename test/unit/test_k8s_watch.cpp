@@ -1,14 +1,16 @@
 // Unit tests: the streaming watch-event reader and API object decoding
-// (controller/source/kubernetes/watch_stream.h).
+// (controller/kube/watch_stream.h) and the source's decoders (controller/source/kubernetes/resources.h).
 #include <doctest/doctest.h>
 
 #include <string>
 #include <vector>
 
-#include "../../controller/source/kubernetes/watch_stream.h"
+#include "../../controller/kube/watch_stream.h"
+#include "../../controller/source/kubernetes/resources.h"
 #include "signet/json.h"
 
 using namespace signet;
+using namespace signet::kube;
 using namespace signet::source::k8s;
 
 namespace {

@@ -1,10 +1,8 @@
 // signetd --source kubernetes: Namespaces, Pods, NetworkPolicies and Nodes
-// read from the Kubernetes API by list + watch, as client-go's reflector
-// does it (paginated consistent list, watch from its resourceVersion with
-// bookmarks, relist on 410 Gone, jittered exponential back-off, resume
-// after dropped connections).
+// read from the Kubernetes API, one kube::Reflector per resource (list +
+// watch as client-go's reflector does it: kube/reflector.h).
 //
-// Threads: one libcurl thread per resource and one for refresh(); decoded
+// Threads: one reflector thread per resource and one for refresh(); decoded
 // objects are queued and applied on the controller's io_context in batches
 // (a relist of 10,000 pods is one change). snapshot(), nodes(), ready(),
 // status() and on_change belong to the loop thread. `report` is called from
@@ -26,9 +24,9 @@
 #include <vector>
 
 #include "../source.h"
-#include "config.h"
-#include "http.h"
-#include "watch_stream.h"
+#include "kube/client.h"
+#include "kube/reflector.h"
+#include "resources.h"
 
 namespace signet::source {
 
@@ -36,7 +34,7 @@ struct KubernetesOptions {
     std::string kubeconfig;  // empty = in-cluster configuration
     std::string context;     // kubeconfig context; empty = current-context
     std::string node_name;   // this node (its addresses are shown in the status)
-    k8s::InClusterPaths in_cluster;  // overridable for tests
+    kube::InClusterPaths in_cluster;  // overridable for tests
 
     int page_size = 500;                                  // list limit=
     std::chrono::seconds watch_timeout{300};              // timeoutSeconds is random in [t, 2t), as client-go
@@ -45,7 +43,7 @@ struct KubernetesOptions {
     std::chrono::milliseconds coalesce{20};               // events within this window are one change
     std::chrono::milliseconds refresh_grace{2000};        // then a watch still behind relists
     std::chrono::milliseconds refresh_timeout{30000};
-    size_t max_event_bytes = k8s::kMaxEventBytes;
+    size_t max_event_bytes = kube::kMaxEventBytes;
 };
 
 class KubernetesSource final : public Source {
@@ -72,28 +70,22 @@ public:
     // The resourceVersion applied for one resource (loop thread).
     std::string applied_version(k8s::Resource r) const { return applied_rv_[static_cast<int>(r)]; }
 
+    // Builds the API clients: one per reflector and one for refresh().
+    using ApiFactory = std::function<std::unique_ptr<kube::Api>()>;
+    // For tests: the source over `make_api`'s clients (recorded answers)
+    // instead of the kubeconfig's server.
+    static std::unique_ptr<KubernetesSource> with_api(const KubernetesOptions& opts, ApiFactory make_api, Report report);
+
 private:
     struct Update;
     struct Watcher;
-    struct Stats;
     struct PendingRefresh;
 
-    KubernetesSource(const KubernetesOptions& opts, k8s::ClientConfig cfg, Report report);
+    KubernetesSource(const KubernetesOptions& opts, kube::ClientConfig cfg, ApiFactory make_api, Report report);
 
     // libcurl threads
-    void run_watcher(Watcher& w);
-    Status list_all(Watcher& w, std::string* rv_out);
-    enum class WatchEnd { Normal, Expired, Failed, Stopped, Relist };
-    WatchEnd watch_once(Watcher& w, std::string& rv, bool* progressed, std::string* error);
-    k8s::HttpRequest make_request(const std::string& url, Status* creds_error);
-    std::string describe_http_error(k8s::Resource r, const char* verb, const k8s::HttpResponse& resp,
-                                    const k8s::Auth& used, int* code);
     void run_refresher();
     void push(Update u);
-    void sleep_for(std::chrono::milliseconds d, Watcher* w);
-    void set_state(k8s::Resource r, const char* state);
-    void note_error(k8s::Resource r, const std::string& error, int http_status);
-    void note_ok(k8s::Resource r);
     void emit(const std::string& msg);
 
     // loop thread
@@ -102,8 +94,9 @@ private:
     void check_refreshes();
 
     KubernetesOptions opts_;
-    k8s::ClientConfig cfg_;
-    std::unique_ptr<k8s::Credentials> creds_;
+    kube::ClientConfig cfg_;
+    std::unique_ptr<kube::KubeClient> client_;  // the kubeconfig's (null over recorded answers)
+    ApiFactory make_api_;
     Report report_;
     std::mutex report_mu_;
 
@@ -120,12 +113,9 @@ private:
     std::mutex queue_mu_;
     std::vector<Update> queue_;
 
-    mutable std::mutex stats_mu_;
-    std::vector<Stats> stats_;
-
     // refresh worker
     std::thread refresher_;
-    std::unique_ptr<k8s::Transfer> refresh_transfer_;
+    std::unique_ptr<kube::Api> refresh_api_;
     uint64_t refresh_requested_ = 0;  // under wait_mu_
     uint64_t refresh_served_ = 0;
 

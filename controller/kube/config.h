@@ -17,7 +17,7 @@
 
 #include "signet/result.h"
 
-namespace signet::source::k8s {
+namespace signet::kube {
 
 // users[].user.exec of a kubeconfig (client.authentication.k8s.io v1 / v1beta1).
 struct ExecConfig {
@@ -128,4 +128,4 @@ private:
 // limit). Exposed for tests.
 Result<ExecCredential> run_exec_plugin(const ExecConfig& exec, const ClientConfig& cluster);
 
-}  // namespace signet::source::k8s
+}  // namespace signet::kube

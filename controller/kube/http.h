@@ -15,7 +15,7 @@
 #include "config.h"
 #include "signet/result.h"
 
-namespace signet::source::k8s {
+namespace signet::kube {
 
 struct CurlEasyDeleter {
     void operator()(CURL* h) const { curl_easy_cleanup(h); }
@@ -29,9 +29,6 @@ struct CurlSlistDeleter {
 using CurlEasy = std::unique_ptr<CURL, CurlEasyDeleter>;
 using CurlMulti = std::unique_ptr<CURLM, CurlMultiDeleter>;
 using CurlSlist = std::unique_ptr<curl_slist, CurlSlistDeleter>;
-
-// curl_global_init, once per process (thread-safe).
-void curl_global_once();
 
 struct TlsSettings {
     std::string ca_file, ca_pem;
@@ -80,4 +77,4 @@ private:
     CurlMulti multi_;
 };
 
-}  // namespace signet::source::k8s
+}  // namespace signet::kube

@@ -13,12 +13,12 @@
 #include <fstream>
 #include <sstream>
 
-#include "../manifest.h"
+#include "source/manifest.h"
 #include "signet/json.h"
 
 extern char** environ;
 
-namespace signet::source::k8s {
+namespace signet::kube {
 
 namespace {
 
@@ -254,7 +254,7 @@ Result<ClientConfig> in_cluster_config(const InClusterPaths& paths) {
 
 Result<ClientConfig> parse_kubeconfig(std::string_view text, const std::string& base_dir, const std::string& context) {
     if (text.size() > kMaxKubeconfigBytes) return make_error(EFBIG, "kubeconfig larger than 4 MiB");
-    auto docs = yaml_to_json(text);
+    auto docs = source::yaml_to_json(text);
     if (!docs) return config_error("kubeconfig: " + docs.error().message);
     const Value& arr = *docs;
     if (!arr.IsArray() || arr.Empty() || !arr[0].IsObject()) return config_error("kubeconfig: not a YAML mapping");
@@ -577,4 +577,4 @@ void Credentials::unauthorized(const Auth& used) {
     if (!cfg_.token_file.empty() && cfg_.token.empty()) (void)read_token_file_locked(true);
 }
 
-}  // namespace signet::source::k8s
+}  // namespace signet::kube

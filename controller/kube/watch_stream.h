@@ -4,6 +4,7 @@
 // top-level objects out of whatever chunks libcurl hands over (it does not
 // rely on the newlines), holding at most one event at a time, and refuses an
 // event above its limit. Pure code: fuzzed by test/fuzz/fuzz_k8s_watch.cpp.
+// Shared by every list/watch loop (kube/reflector.h).
 #pragma once
 
 #include <rapidjson/document.h>
@@ -13,13 +14,11 @@
 #include <map>
 #include <string>
 #include <string_view>
-#include <variant>
 #include <vector>
 
-#include "../../cache/objects.h"
 #include "signet/result.h"
 
-namespace signet::source::k8s {
+namespace signet::kube {
 
 inline constexpr size_t kMaxEventBytes = 16 * 1024 * 1024;
 
@@ -53,25 +52,6 @@ struct ApiStatus {
 // Reads a Status body; falls back to the raw text (trimmed) when it is not one.
 ApiStatus parse_api_status(std::string_view body, int http_status);
 
-// A Node reduced to what signet needs.
-struct NodeInfo {
-    std::string name;
-    std::vector<std::string> internal_ips;  // status.addresses[type=InternalIP]
-    bool operator==(const NodeInfo&) const = default;
-};
-Result<NodeInfo> decode_node(const rapidjson::Value& obj);
-
-enum class Resource { Namespaces = 0, Pods = 1, NetworkPolicies = 2, Nodes = 3 };
-inline constexpr int kResourceCount = 4;
-std::string_view resource_name(Resource r);   // "namespaces", "pods", "networkpolicies", "nodes"
-std::string_view resource_path(Resource r);   // "/api/v1/pods", "/apis/networking.k8s.io/v1/networkpolicies", ...
-std::string_view resource_kind(Resource r);   // "Pod", ...
-
-using Item = std::variant<cache::Namespace, cache::Pod, cache::NetworkPolicy, NodeInfo>;
-
-// Decodes one API object of resource `r` (the typed decoders of manifest.h,
-// plus kind/apiVersion checks when present).
-Result<Item> decode_item(Resource r, const rapidjson::Value& obj);
 // metadata.namespace / metadata.name of any object (for DELETED: the object
 // must not need to be valid to be removed).
 struct ObjectRef {
@@ -87,4 +67,4 @@ struct WatchEvent {
 // Parses one event's JSON text.
 Result<WatchEvent> parse_watch_event(std::string_view text);
 
-}  // namespace signet::source::k8s
+}  // namespace signet::kube

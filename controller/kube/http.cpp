@@ -1,13 +1,8 @@
 #include "http.h"
 
-#include <mutex>
+#include "signet/curl_init.h"
 
-namespace signet::source::k8s {
-
-void curl_global_once() {
-    static std::once_flag once;
-    std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
+namespace signet::kube {
 
 Transfer::Transfer() {
     curl_global_once();
@@ -168,4 +163,4 @@ HttpResponse Transfer::perform(const HttpRequest& req, const std::function<bool(
     return resp;
 }
 
-}  // namespace signet::source::k8s
+}  // namespace signet::kube
