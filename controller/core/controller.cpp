@@ -43,12 +43,15 @@ Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<sourc
       source_(std::move(source)),
       registry_(opts_.state_dir + "/pods.json", pods::netns_alive),
       enforcer_(std::move(backend), [](const std::string& m) { log::warn("datapath", m); }),
+      policy_(enforcer_.compiler()),
       flows_(std::make_unique<FlowService>(
-          io, FlowService::Context{opts_.node_name, source_.get(), &registry_, &enforcer_, &node_addresses_},
+          io, FlowService::Context{opts_.node_name, source_.get(), &registry_, &policy_, &node_addresses_},
           opts_.collect_flows)),
       server_(io, [this](const ipc::Request& r, ipc::Responder resp) { handle(r, std::move(resp)); }),
       sweep_timer_(io),
-      retry_timer_(io) {}
+      retry_timer_(io) {
+    enforcer_.set_query(&policy_);
+}
 
 Controller::~Controller() { stop(); }
 
@@ -82,7 +85,7 @@ Status Controller::start() {
                                        "expression nor the xt NFQUEUE target");
         enforcer_.set_handshake(opts_.handshake_queue);
         handshake_ = std::make_unique<HandshakeEngine>(
-            io_, HandshakeEngine::Context{opts_.node_name, opts_.handshake, source_.get(), &registry_, &enforcer_,
+            io_, HandshakeEngine::Context{opts_.node_name, opts_.handshake, source_.get(), &registry_, &policy_,
                                           identity_.get(), &node_addresses_,
                                           [this](const std::string& key, const nft::LoggedPacket& p) {
                                               flows_->on_denied(key, {p});
@@ -483,7 +486,7 @@ void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond
     auto [p, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
     if (ec != std::errc() || p != port_text.data() + port_text.size() || port == 0)
         return respond(ipc::json_error(400, "port: expected a number 1-65535"));
-    auto ex = enforcer_.explain(*from, *to, *proto, port);
+    auto ex = policy_.explain(*from, *to, *proto, port);
     if (!ex) return respond(ipc::json_error(ex.error().code == ENOENT ? 404 : 400, ex.error().message));
     rapidjson::Document d;
     ex->to_json(d, d.GetAllocator());
@@ -524,7 +527,7 @@ void Controller::explain_identity(const policy::Endpoint& from, const policy::En
     if (!ip.empty()) {
         policy::Endpoint bare = mode == HandshakeMode::enforce ? policy::Endpoint::address(ip)
                                                                : policy::Endpoint::pod_at(from.namespace_, from.name, ip);
-        if (auto t = enforcer_.explain(bare, to, nft::kTcp, port); t) {
+        if (auto t = policy_.explain(bare, to, nft::kTcp, port); t) {
             bool ok = t->allowed;
             id.AddMember("without_token_allowed", ok, a);
             text += "    without a token from " + ip + ": " + (ok ? "ALLOWED" : "DENIED") +

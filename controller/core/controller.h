@@ -126,6 +126,9 @@ private:
     std::unique_ptr<source::Source> source_;
     pods::Registry registry_;
     Enforcer enforcer_;
+    // The policy query over the enforcer's compiler (its cache per policy
+    // version): lent to the enforcer, the flow service and the handshake engine.
+    policy::Query policy_;
     bool enforcing_ = false;  // the enforcer has the source's first complete snapshot
     std::vector<std::string> node_addresses_;
     std::unique_ptr<FlowService> flows_;

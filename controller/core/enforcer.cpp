@@ -94,6 +94,7 @@ void Enforcer::reset(const cache::Snapshot& snapshot, const Records& records,
     std::vector<policy::LocalPod> locals;
     for (const auto& k : keys) locals.push_back(local_of(k, records));
     compiler_.reset(snapshot, locals, node_addresses);
+    policy_changed();
     policy::Affected all;
     all.pods = keys;
     program(all, records);
@@ -103,6 +104,7 @@ void Enforcer::source_changed(const cache::Snapshot& snapshot, const cache::Delt
     auto t0 = std::chrono::steady_clock::now();
     policy::Affected affected = compiler_.update(snapshot, delta);
     last_update_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    policy_changed();
     program(affected, records);
 }
 
@@ -110,6 +112,7 @@ Status Enforcer::pod_added(const std::string& key, const Records& records) {
     auto it = records.find(key);
     if (it == records.end()) return make_error(ENOENT, "no registration " + key);
     policy::Affected affected = compiler_.put_local_pod(local_of(object_key(it->second), records));
+    policy_changed();
     affected.pods.erase(object_key(it->second));
     // This pod first: the ADD waits for it. Then the others whose peer sets changed.
     Status own;
@@ -140,11 +143,15 @@ void Enforcer::pod_removed(const std::string& key, const api::PodRecord& gone, b
     policy::LocalPod rest = local_of(ok, records);
     bool still_local = false;
     for (const auto& [k, rec] : records) still_local = still_local || object_key(rec) == ok;
-    program(still_local ? compiler_.put_local_pod(rest) : compiler_.remove_local_pod(ok), records);
+    policy::Affected affected = still_local ? compiler_.put_local_pod(rest) : compiler_.remove_local_pod(ok);
+    policy_changed();
+    program(affected, records);
 }
 
 void Enforcer::node_addresses_changed(const std::vector<std::string>& addresses, const Records& records) {
-    program(compiler_.set_node_addresses(addresses), records);
+    policy::Affected affected = compiler_.set_node_addresses(addresses);
+    policy_changed();
+    program(affected, records);
 }
 
 void Enforcer::retry_failed(const Records& records) {
@@ -316,11 +323,6 @@ bool Enforcer::has_failures() const {
     for (const auto& [k, st] : pods_)
         if (!st.error.empty()) return true;
     return false;
-}
-
-Result<policy::Explanation> Enforcer::explain(const policy::Endpoint& from, const policy::Endpoint& to, uint8_t proto,
-                                              uint16_t port) const {
-    return compiler_.explain(from, to, proto, port);
 }
 
 Status Enforcer::describe_pod(const ObjectKey& pod, const Records& records, Value& out,

@@ -37,7 +37,7 @@ namespace signet::core {
 
 using Records = std::map<std::string, api::PodRecord>;  // registry key -> record
 
-class Enforcer final : public policy::Query {
+class Enforcer final {
 public:
     using Report = std::function<void(const std::string&)>;
     Enforcer(std::unique_ptr<nft::Backend> backend, Report report);
@@ -70,8 +70,11 @@ public:
     double last_update_seconds() const { return last_update_seconds_; }
     uint64_t last_program_attachments() const { return last_program_pods_; }
 
-    Result<policy::Explanation> explain(const policy::Endpoint& from, const policy::Endpoint& to, uint8_t proto,
-                                        uint16_t port) const override;
+    // The policy in force, for the query the controller owns (policy/query.h),
+    // and that query: told of every change of the compiler's state (its
+    // cached answers are stale). Lent before reset().
+    const policy::Compiler& compiler() const { return compiler_; }
+    void set_query(policy::Query* query) { query_ = query; }
     // The identity handshake's queue rules in every pod table written from now
     // on (none: no queue rules). Set before reset().
     void set_handshake(nft::QueueBackend backend) { handshake_ = backend; }
@@ -108,6 +111,10 @@ private:
     static constexpr size_t kWriters = 4;  // threads writing the tables of one change
 
     policy::LocalPod local_of(const cache::ObjectKey& key, const Records& records) const;
+    // After each change of compiler_: the query's cached answers are of the version before.
+    void policy_changed() {
+        if (query_ != nullptr) query_->changed();
+    }
     void program(const policy::Affected& affected, const Records& records);
     // `fresh`: a just-created attachment (no connections to re-check).
     Status program_one(const std::string& key, const api::PodRecord& rec, bool fresh = false);
@@ -120,6 +127,7 @@ private:
     std::unique_ptr<nft::Backend> backend_;
     Report report_;
     policy::Compiler compiler_;
+    policy::Query* query_ = nullptr;
     std::map<std::string, PodState> pods_;
     Histogram program_latency_;
     uint64_t last_program_pods_ = 0;

@@ -46,6 +46,14 @@ std::optional<std::string> addr_key_of(const std::string& text) {
     return addr_key(ip->family == nft::Family::v4 ? Family::ipv4 : Family::ipv6, a);
 }
 
+// The address as the policy query takes it (IPv4: its 4 bytes, the rest 0).
+policy::Ip ip_of(Family f, const std::array<uint8_t, 16>& a) {
+    policy::Ip ip;
+    ip.family = f == Family::ipv4 ? nft::Family::v4 : nft::Family::v6;
+    std::memcpy(ip.addr.bytes.data(), a.data(), f == Family::ipv4 ? 4 : 16);
+    return ip;
+}
+
 std::string ip_text(Family f, const std::array<uint8_t, 16>& a) {
     nft::Addr na;
     std::memcpy(na.bytes.data(), a.data(), 16);
@@ -242,10 +250,8 @@ void HandshakeEngine::pod_stopped(const std::string& key) {
     peers_dirty_ = true;
 }
 
-void HandshakeEngine::source_changed() {
-    peers_dirty_ = true;
-    decisions_.clear();
-}
+// The policy's answers are the query's, dropped by it when the policy changes.
+void HandshakeEngine::source_changed() { peers_dirty_ = true; }
 
 void HandshakeEngine::sweep() {
     if (stopped_) return;
@@ -348,31 +354,16 @@ bool HandshakeEngine::take_first_contact(const std::array<uint8_t, 16>& src) {
 }
 
 bool HandshakeEngine::allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
-                              const std::string& peer_ip, uint16_t port) {
-    std::string ck;
-    ck.reserve(96);
-    ck += ingress ? 'i' : 'e';
-    ck += pod_str(at.pod);
-    ck += '|';
-    if (peer_pod) ck += pod_str(*peer_pod);
-    ck += '|';
-    ck += peer_ip;
-    ck += '|';
-    ck += std::to_string(port);
-    if (auto it = decisions_.find(ck); it != decisions_.end()) return it->second;
-    policy::Endpoint local = policy::Endpoint::pod(at.pod.namespace_, at.pod.name);
-    policy::Endpoint peer = peer_pod ? policy::Endpoint::pod_at(peer_pod->namespace_, peer_pod->name, peer_ip)
-                                     : policy::Endpoint::address(peer_ip);
-    auto ex = ingress ? ctx_.policy->explain(peer, local, nft::kTcp, port)
-                      : ctx_.policy->explain(local, peer, nft::kTcp, port);
-    bool ok = false;
-    if (ex) {
-        const auto& side = ingress ? ex->ingress : ex->egress;
-        ok = side && side->allowed;
-    }
-    if (decisions_.size() > 65536) decisions_.clear();
-    decisions_.emplace(std::move(ck), ok);
-    return ok;
+                              const policy::Ip& peer_ip, uint16_t port) {
+    policy::ConnKey k;
+    k.ingress = ingress;
+    k.local = at.pod;
+    k.peer_pod = peer_pod;
+    k.peer_ip = peer_ip;
+    k.proto = nft::kTcp;
+    k.port = port;
+    const policy::ConnVerdict v = ctx_.policy->check(k);
+    return v.answered && v.allowed;  // a pod the policy does not know: fail closed
 }
 
 Decision HandshakeEngine::refuse(const std::string& reason, const Attachment& at, const Packet& p,
@@ -472,7 +463,7 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
     if (std::find(at.addrs.begin(), at.addrs.end(), addr_key(p.family, p.src)) == at.addrs.end())
         return refuse("spoofed_source", at, p, "the pod's SYN has a source address that is not the pod's");
     if (p.options.token) return refuse("malformed_packet", at, p, "the pod's own SYN carries a signet option");
-    const std::string dst_ip = ip_text(p.family, p.dst);
+    const policy::Ip dst_ip = ip_of(p.family, p.dst);
     const Peer* peer = peer_at(p.family, p.dst);
     const bool pod_peer = peer && !peer->host_network;
     // Egress on the destination's cluster identity (a pod: confirmed on its
@@ -525,7 +516,7 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
 
 // A connection to the local pod.
 Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
-    const std::string src_ip = ip_text(p.family, p.src);
+    const policy::Ip src_ip = ip_of(p.family, p.src);
     const Peer* peer = peer_at(p.family, p.src);
     const bool pod_peer = peer && !peer->host_network;
     if (p.options.token) {
@@ -594,7 +585,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
     const std::string ck = conn_key(b);
     auto it = at.client.find(ck);
     if (it != at.client.end() && it->second.isn != b.client_isn) it = at.client.end();
-    const std::string src_ip = ip_text(p.family, p.src);
+    const policy::Ip src_ip = ip_of(p.family, p.src);
     if (it == at.client.end()) {
         // Not a connection we sent a token on (judged by address at the SYN),
         // or one from before a restart: a token here was not asked for.
@@ -642,7 +633,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
 // plain address, so only ipBlock rules (and the node's own addresses) can
 // admit it; in permissive mode it is judged as the pod at that address.
 Decision HandshakeEngine::judge_tokenless(const Attachment& at, const Packet& p, bool ingress, const Peer* pod_peer,
-                                          const std::string& peer_ip, uint16_t port) {
+                                          const policy::Ip& peer_ip, uint16_t port) {
     std::optional<cache::ObjectKey> as_pod;
     if (pod_peer && ctx_.mode == HandshakeMode::permissive) as_pod = pod_peer->pod;
     if (!allowed(at, ingress, as_pod, peer_ip, port)) {

@@ -44,6 +44,7 @@
 
 #include "../pods/registry.h"
 #include "../source/source.h"
+#include "../policy/addr.h"
 #include "../policy/query.h"
 #include "datapath/nfqueue.h"
 #include "datapath/packet.h"
@@ -75,7 +76,7 @@ public:
         HandshakeMode mode = HandshakeMode::off;
         const source::Source* source = nullptr;
         const pods::Registry* registry = nullptr;
-        const policy::Query* policy = nullptr;  // the policy in force (the Enforcer)
+        policy::Query* policy = nullptr;  // the policy in force (the controller's query)
         const credentials::NodeIdentity* identity = nullptr;
         const std::vector<std::string>* node_addresses = nullptr;
         // A new connection the engine refused on policy (flow records).
@@ -196,16 +197,17 @@ private:
     handshake::Decision client_syn_ack(Attachment& at, const handshake::Packet& p);
     handshake::Decision client_ack(Attachment& at, const handshake::Packet& p);
     handshake::Decision judge_tokenless(const Attachment& at, const handshake::Packet& p, bool ingress,
-                                        const Peer* pod_peer, const std::string& peer_ip, uint16_t port);
+                                        const Peer* pod_peer, const policy::Ip& peer_ip, uint16_t port);
     handshake::Decision verify_peer(Attachment& at, const handshake::Packet& p, identity::Role role,
                                     const identity::ConnBinding& b, std::optional<identity::VerifiedToken>& v,
                                     std::vector<uint8_t>& stripped);
     handshake::Decision server_ack(Attachment& at, const handshake::Packet& p);
 
     // Policy: ingress of the local pod (peer = source) or its egress (peer =
-    // destination), on a pod identity or an address. Cached per source version.
+    // destination), on a pod identity or an address: the policy query's
+    // compact check (cached per policy version), never the text explain.
     bool allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
-                 const std::string& peer_ip, uint16_t port);
+                 const policy::Ip& peer_ip, uint16_t port);
     const Peer* peer_at(handshake::Family f, const std::array<uint8_t, 16>& addr);
     bool ensure_keys();
     bool take_first_contact(const std::array<uint8_t, 16>& src);
@@ -223,7 +225,6 @@ private:
     // Cluster view by address (family byte + address bytes), rebuilt lazily.
     std::unordered_map<std::string, Peer> peers_;
     bool peers_dirty_ = true;
-    std::unordered_map<std::string, bool> decisions_;
     // Identity state, made from the node's credentials (remade when they change).
     std::optional<identity::Fingerprint> self_fp_;
     std::unique_ptr<identity::PairKeyCache> pair_keys_;

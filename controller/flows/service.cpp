@@ -15,7 +15,6 @@ using rapidjson::Value;
 namespace {
 
 constexpr const char* kLog = "flows";
-constexpr size_t kMaxDecisions = 20000;
 constexpr size_t kMaxOpen = 65536;
 
 int64_t now_ns() {
@@ -108,10 +107,7 @@ void FlowService::pod_stopped(const std::string& key, const api::PodRecord& rec)
     if (!still_local) table_.forget_pod(rec.reg.namespace_, rec.reg.name);
 }
 
-void FlowService::source_changed() {
-    index_dirty_ = true;
-    decisions_.clear();
-}
+void FlowService::source_changed() { index_dirty_ = true; }
 
 FlowService::PeerInfo FlowService::peer_of(const std::string& ip) {
     if (index_dirty_) {
@@ -137,33 +133,26 @@ FlowService::PeerInfo FlowService::peer_of(const std::string& ip) {
     return p;
 }
 
-flows::Decision FlowService::decide(const flows::FlowKey& k) {
-    if (auto it = decisions_.find(k); it != decisions_.end()) return it->second;
+flows::Decision FlowService::decide(const flows::FlowKey& k, const policy::Ip& peer_ip) {
     flows::Decision d;
     d.policy = k.verdict == flows::Verdict::denied ? "default-deny" : "none";
-    policy::Endpoint local = policy::Endpoint::pod(k.local_namespace, k.local_pod);
-    policy::Endpoint peer = k.peer_kind == flows::PeerKind::pod
-                                ? policy::Endpoint::pod_at(k.peer_namespace, k.peer_pod, k.peer_address)
-                                : policy::Endpoint::address(k.peer_address);
-    auto ex = k.ingress ? ctx_.policy->explain(peer, local, k.proto, k.port)
-                        : ctx_.policy->explain(local, peer, k.proto, k.port);
-    if (ex) {
-        const auto& side = k.ingress ? ex->ingress : ex->egress;
-        if (side) {
-            if (!side->isolated) {
-                d.policy = "none";
-            } else if (k.verdict == flows::Verdict::denied || !side->allowed) {
-                d.policy = "default-deny";
-            } else if (!side->rules.empty()) {
-                d.policy = side->rules.front().policy_namespace + "/" + side->rules.front().policy_name;
-                d.rule = side->rules.front().rule_index;
-            } else {
-                d.policy = side->reason;  // e.g. from the node
-            }
-        }
+    policy::ConnKey ck;
+    ck.ingress = k.ingress;
+    ck.local = cache::ObjectKey{k.local_namespace, k.local_pod};
+    if (k.peer_kind == flows::PeerKind::pod) ck.peer_pod = cache::ObjectKey{k.peer_namespace, k.peer_pod};
+    ck.peer_ip = peer_ip;
+    ck.proto = k.proto;
+    ck.port = k.port;
+    const policy::ConnVerdict v = ctx_.policy->check(ck);
+    if (!v.answered) return d;
+    if (!v.isolated) {
+        d.policy = "none";
+    } else if (k.verdict == flows::Verdict::denied || !v.allowed) {
+        d.policy = "default-deny";
+    } else {
+        d.policy = ctx_.policy->label(v.by);  // the first rule's policy, or why (from the node)
+        d.rule = v.rule;
     }
-    if (decisions_.size() >= kMaxDecisions) decisions_.clear();
-    decisions_.emplace(k, d);
     return d;
 }
 
@@ -187,7 +176,7 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
         r.time_ns = now;
         r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress, flows::Verdict::allowed, peer.kind,
                                peer.namespace_, peer.name, peer_ip, o.proto, o.dport};
-        r.decision = decide(r.key);
+        r.decision = decide(r.key, ingress ? src : dst);
         // The identity handshake marks the connections whose peer proved its
         // identity (datapath/engine.h); the mark is read per event.
         auto authenticated = [&](const nft::CtEntry& e) {
@@ -257,7 +246,7 @@ void FlowService::on_denied(const std::string& key, const std::vector<nft::Logge
         r.time_ns = now;
         r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress, flows::Verdict::denied, peer.kind,
                                peer.namespace_, peer.name, peer_ip, t.proto, t.dport};
-        r.decision = decide(r.key);
+        r.decision = decide(r.key, policy::Ip{t.family, ingress ? t.src : t.dst});
         r.src = hostport(src, t.sport, t.family);
         r.dst = hostport(dst, t.dport, t.family);
         r.sport = t.sport;

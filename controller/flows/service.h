@@ -2,7 +2,7 @@
 // exporters and the graph. Turns each conntrack event or logged denied packet
 // of a local pod into a Record: direction, peer (pod, node or address, from
 // the cluster view), verdict and the policy rule that decided it (the
-// compiler's explain, cached per source version).
+// policy query's compact check, cached per policy version: policy/query.h).
 #pragma once
 
 #include <rapidjson/document.h>
@@ -32,7 +32,7 @@ public:
         std::string node_name;
         const source::Source* source = nullptr;
         const pods::Registry* registry = nullptr;
-        const policy::Query* policy = nullptr;  // the policy in force (the Enforcer)
+        policy::Query* policy = nullptr;  // the policy in force (the controller's query)
         const std::vector<std::string>* node_addresses = nullptr;
     };
     // Called with each export interval's aggregates and pod events.
@@ -47,7 +47,8 @@ public:
     // A registration appeared (ADD, or recovered at start) / went away.
     void pod_started(const std::string& key, const api::PodRecord& rec, bool recovered);
     void pod_stopped(const std::string& key, const api::PodRecord& rec);
-    // The cluster view changed: cached peer lookups and decisions are stale.
+    // The cluster view changed: cached peer lookups are stale (the policy
+    // query drops its own answers when the policy changes).
     void source_changed();
 
     // GET /v1/flows?after=N&namespace=NS&pod=NS/NAME&verdict=allowed|denied&limit=N
@@ -73,7 +74,7 @@ private:
         std::string namespace_, name;
     };
     PeerInfo peer_of(const std::string& ip);
-    flows::Decision decide(const flows::FlowKey& key);
+    flows::Decision decide(const flows::FlowKey& key, const policy::Ip& peer_ip);
     void schedule_export();
 
     Context ctx_;
@@ -84,8 +85,6 @@ private:
     // Peer index (ip -> pod), rebuilt lazily after a source change.
     std::unordered_map<std::string, cache::ObjectKey> ip_index_;
     bool index_dirty_ = true;
-    // Decisions per key for the current source version (bounded).
-    std::map<flows::FlowKey, flows::Decision> decisions_;
     // Start times of open connections by conntrack id (bounded), for durations.
     std::unordered_map<uint64_t, int64_t> open_since_;
     // TCP connections already reported closed (at TIME_WAIT/CLOSE), whose

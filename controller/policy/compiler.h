@@ -156,6 +156,14 @@ public:
     // (namespace, labels; addresses for ipBlocks and outside endpoints).
     // ENOENT for a pod that is not known, EINVAL for a bad address.
     Result<Explanation> explain(const Endpoint& from, const Endpoint& to, uint8_t proto, uint16_t port) const;
+    // One side of a flow as explain judges it, asked without text: the pod
+    // `local`'s ingress (peer = source) or egress (peer = destination), the
+    // peer being the pod `peer_pod` at `peer_ip`, or the address alone. The
+    // same verdict as explain's side for Endpoint::pod(local) and
+    // Endpoint::pod_at(peer_pod, peer_ip) / Endpoint::address(peer_ip).
+    // ENOENT for a pod that is not known. (The query's cache, query.h.)
+    Result<SideVerdict> judge_side(const ObjectKey& local, bool ingress, const std::optional<ObjectKey>& peer_pod,
+                                   const Ip& peer_ip, uint8_t proto, uint16_t port) const;
 
     // The policies selecting a pod for a direction (sorted by namespace/name).
     std::vector<ObjectKey> selecting_policies(const ObjectKey& pod, cache::PolicyType direction) const;

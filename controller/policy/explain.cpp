@@ -184,6 +184,24 @@ SideVerdict judge(const CompilerState& s, const Party& self, bool ingress, const
     return v;
 }
 
+// A pod of the cluster view, or a local pod whose object is not known yet
+// (no info: judged fail closed), with all its addresses. ENOENT otherwise.
+Result<Party> pod_party(const CompilerState& s, const ObjectKey& key) {
+    Party party;
+    party.is_pod = true;
+    party.key = key;
+    auto it = s.pods.find(key);
+    if (it != s.pods.end()) {
+        party.info = &it->second;
+        party.ips = it->second.ips;
+    } else if (auto l = s.locals.find(key); l != s.locals.end()) {
+        party.ips = l->second;
+    } else {
+        return make_error(ENOENT, "pod " + key.namespace_ + "/" + key.name + " not found");
+    }
+    return party;
+}
+
 }  // namespace
 
 Result<Explanation> Compiler::explain(const Endpoint& from, const Endpoint& to, uint8_t proto, uint16_t port) const {
@@ -191,17 +209,9 @@ Result<Explanation> Compiler::explain(const Endpoint& from, const Endpoint& to, 
     auto resolve = [&](const Endpoint& e) -> Result<Party> {
         Party party;
         if (e.is_pod()) {
-            party.is_pod = true;
-            party.key = {e.namespace_, e.name};
-            auto it = s.pods.find(party.key);
-            if (it != s.pods.end()) {
-                party.info = &it->second;
-                party.ips = it->second.ips;
-            } else if (auto l = s.locals.find(party.key); l != s.locals.end()) {
-                party.ips = l->second;
-            } else {
-                return make_error(ENOENT, "pod " + e.namespace_ + "/" + e.name + " not found");
-            }
+            auto pod = pod_party(s, ObjectKey{e.namespace_, e.name});
+            if (!pod) return pod.error();
+            party = std::move(*pod);
             if (!e.ip.empty()) {
                 auto ip = parse_ip(e.ip);
                 if (!ip) return ip.error();
@@ -234,6 +244,23 @@ Result<Explanation> Compiler::explain(const Endpoint& from, const Endpoint& to, 
         ex.allowed = ex.allowed && ex.ingress->allowed;
     }
     return ex;
+}
+
+Result<SideVerdict> Compiler::judge_side(const ObjectKey& local, bool ingress, const std::optional<ObjectKey>& peer_pod,
+                                         const Ip& peer_ip, uint8_t proto, uint16_t port) const {
+    const CompilerState& s = *s_;
+    // The parties explain resolves for Endpoint::pod(local) and
+    // Endpoint::pod_at(peer, ip) or Endpoint::address(ip): the same answer.
+    auto self = pod_party(s, local);
+    if (!self) return self.error();
+    Party other;
+    if (peer_pod) {
+        auto pod = pod_party(s, *peer_pod);
+        if (!pod) return pod.error();
+        other = std::move(*pod);
+    }
+    other.ips = {peer_ip};
+    return judge(s, *self, ingress, other, proto, port);
 }
 
 namespace {

@@ -1,8 +1,9 @@
 // Two signet nodes in one process, for the handshake state machine without
 // root: each node's HandshakeEngine with its own identity (issued by one
 // authority in a temporary folder), registry, enforcer (in-memory nft
-// backend) and a queue source of the test's own, which records the handler
-// the engine binds per pod instead of a kernel queue. Segments are built
+// backend) with its policy query, and a queue source of the test's own,
+// which records the handler the engine binds per pod instead of a kernel
+// queue. Segments are built
 // here (IPv4 TCP, checksums right), handed to an engine as the kernel's
 // queue would (the hook says where), and what one engine lets out is given
 // to the other, as the wire would.
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "core/enforcer.h"
+#include "policy/query.h"
 #include "datapath/engine.h"
 #include "credentials/node_identity.h"
 #include "datapath/packet.h"
@@ -154,6 +156,7 @@ struct Node {
     std::unique_ptr<credentials::NodeIdentity> identity;
     std::unique_ptr<pods::Registry> registry;
     std::unique_ptr<core::Enforcer> enforcer;
+    std::unique_ptr<policy::Query> policy;  // over the enforcer's compiler
     RecordingQueues queues;
     std::unique_ptr<handshake::HandshakeEngine> engine;
     std::vector<std::string> node_addresses;
@@ -281,13 +284,15 @@ private:
         n.node_addresses = {node_addr};
         n.enforcer = std::make_unique<core::Enforcer>(std::make_unique<nft::FakeBackend>(), [](const std::string&) {});
         n.enforcer->set_handshake(nft::QueueBackend::xt_nfqueue);
+        n.policy = std::make_unique<policy::Query>(n.enforcer->compiler());
+        n.enforcer->set_query(n.policy.get());
         n.enforcer->reset(snap_, records, n.node_addresses);
         handshake::HandshakeEngine::Context ctx = tweak;
         ctx.node_name = name;
         ctx.mode = tweak.mode == handshake::HandshakeMode::off ? handshake::HandshakeMode::enforce : tweak.mode;
         ctx.source = source_.get();
         ctx.registry = n.registry.get();
-        ctx.policy = n.enforcer.get();
+        ctx.policy = n.policy.get();
         ctx.identity = n.identity.get();
         ctx.node_addresses = &n.node_addresses;
         ctx.queues = &n.queues;
