@@ -253,14 +253,18 @@ void HandshakeEngine::pod_stopped(const std::string& key) {
 // The policy's answers are the query's, dropped by it when the policy changes.
 void HandshakeEngine::source_changed() { peers_dirty_ = true; }
 
-void HandshakeEngine::sweep() {
-    if (stopped_) return;
-    auto now = std::chrono::steady_clock::now();
+void HandshakeEngine::expire() {
+    auto now = ctx_.clock.steady();
     for (auto& [k, at] : attachments_) {
         std::erase_if(at->client, [&](const auto& e) { return now - e.second.at > kClientPendingTtl; });
         std::erase_if(at->server, [&](const auto& e) { return now - e.second.at > kServerPendingTtl; });
     }
     std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(10); });
+}
+
+void HandshakeEngine::sweep() {
+    if (stopped_) return;
+    expire();
     // Attachments whose queue failed to bind are retried (the netns may have been busy).
     for (auto& [k, at] : attachments_) {
         if (!at->queue || at->queue->running()) continue;
@@ -333,7 +337,7 @@ bool HandshakeEngine::ensure_keys() {
 }
 
 bool HandshakeEngine::take_first_contact(const std::array<uint8_t, 16>& src) {
-    auto now = std::chrono::steady_clock::now();
+    auto now = ctx_.clock.steady();
     std::string k(reinterpret_cast<const char*>(src.data()), src.size());
     if (buckets_.size() >= kMaxBuckets && !buckets_.count(k)) {
         std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(1); });
@@ -369,7 +373,7 @@ bool HandshakeEngine::allowed(const Attachment& at, bool ingress, const std::opt
 Decision HandshakeEngine::refuse(const std::string& reason, const Attachment& at, const Packet& p,
                                  const std::string& detail) {
     ++counters_.refused[reason];
-    auto now = std::chrono::steady_clock::now();
+    auto now = ctx_.clock.steady();
     if (now - log_window_ > std::chrono::seconds(1)) {
         log_window_ = now;
         logged_in_window_ = 0;
@@ -448,7 +452,7 @@ Decision HandshakeEngine::verify_peer(Attachment& at, const Packet& p, identity:
         return owner && !owner->host_network && owner->pod.namespace_ == c.pod_namespace &&
                owner->pod.name == c.pod_name && owner->node == c.node_name && owner->uid == c.pod_uid;
     };
-    auto r = identity::verify_token(tok, role, b, identity::Clock::now(), vc);
+    auto r = identity::verify_token(tok, role, b, ctx_.clock.wall(), vc);
     if (!r) return refuse(identity::to_string(static_cast<identity::TokenError>(r.error().code)), at, p,
                           r.error().message);
     ++(r->type == identity::TokenType::signed_first_contact ? counters_.verified_signed : counters_.verified_mac);
@@ -491,9 +495,9 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
     pend.isn = p.seq;
     pend.verified = false;
     const bool retransmission = pend.attempts > 0;
-    pend.at = std::chrono::steady_clock::now();
+    pend.at = ctx_.clock.steady();
     ++pend.attempts;
-    auto now = identity::Clock::now();
+    auto now = ctx_.clock.wall();
     identity::PodClaim claim = claim_of(at);
     std::shared_ptr<const identity::PairKey> key;
     // A retransmitted SYN after a MAC token: the peer may have lost the pair
@@ -532,14 +536,14 @@ Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
             return Decision{};
         }
         if (at.server.size() >= kMaxPending) {
-            auto now = std::chrono::steady_clock::now();
+            auto now = ctx_.clock.steady();
             std::erase_if(at.server, [&](const auto& e) { return now - e.second.at > std::chrono::seconds(2); });
             if (at.server.size() >= kMaxPending)
                 return refuse("pending_full", at, p, "too many handshakes in flight for this pod");
         }
         ServerPending& sp = at.server[conn_key(b)];
         if (sp.isn != b.client_isn || !sp.pair_key) sp = ServerPending{};  // not a retransmission: a new connection
-        sp.at = std::chrono::steady_clock::now();
+        sp.at = ctx_.clock.steady();
         sp.isn = b.client_isn;
         sp.client_signed = was_signed;
         sp.pair_key = v->pair_key;
@@ -563,7 +567,7 @@ Decision HandshakeEngine::server_syn_ack(Attachment& at, const Packet& p) {
     pass.verdict = handshake::kAccept;
     if (it == at.server.end() || it->second.isn != b.client_isn || !ensure_keys()) return pass;  // tokenless
     ServerPending& sp = it->second;
-    auto now = identity::Clock::now();
+    auto now = ctx_.clock.wall();
     identity::PodClaim claim = claim_of(at);
     Result<identity::Bytes> token =
         (!sp.client_signed && sp.pair_key)
@@ -574,7 +578,7 @@ Decision HandshakeEngine::server_syn_ack(Attachment& at, const Packet& p) {
     if (d.verdict != handshake::kAccept) return refuse("no_room_for_token", at, p, "");
     if (auto n = nonce_of(*token)) keep_last(sp.server_nonces, *n);
     sp.binding.server_isn = b.server_isn;
-    sp.at = std::chrono::steady_clock::now();
+    sp.at = ctx_.clock.steady();
     ++(sp.client_signed || !sp.pair_key ? counters_.tokens_added_signed : counters_.tokens_added_mac);
     return d;  // kept until it expires: a retransmitted SYN-ACK gets a fresh token
 }
@@ -615,7 +619,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
         pend.binding = b;
         pend.server_nonce = v->nonce;
         pend.pair_key = v->pair_key;
-        pend.at = std::chrono::steady_clock::now();
+        pend.at = ctx_.clock.steady();
         Decision d;
         d.verdict = handshake::kAccept;
         d.replacement = std::move(stripped);

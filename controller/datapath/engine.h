@@ -71,6 +71,16 @@ using nft::kCtMarkProofDue;
 
 class HandshakeEngine {
 public:
+    // The engine's time. Steady time ages its own state: handshakes in
+    // flight, first-contact rate-limit buckets, the refusal log's window.
+    // Wall time is the tokens' (issued-at, validity, the certificates, the
+    // pair keys' lifetimes). Both real by default; tests and the fuzz target
+    // lend a fixed clock they advance themselves.
+    struct Clock {
+        std::function<std::chrono::steady_clock::time_point()> steady = [] { return std::chrono::steady_clock::now(); };
+        std::function<identity::TimePoint()> wall = [] { return identity::Clock::now(); };
+    };
+
     struct Context {
         std::string node_name;
         HandshakeMode mode = HandshakeMode::off;
@@ -87,6 +97,7 @@ public:
         // First-contact (signed token) verifications per source address.
         double first_contact_rate = 100;  // per second
         double first_contact_burst = 200;
+        Clock clock{};  // real time unless lent
     };
 
     HandshakeEngine(boost::asio::io_context& io, Context ctx);
@@ -98,6 +109,9 @@ public:
     void pod_stopped(const std::string& key);
     void source_changed();
     void stop();
+    // Forgets the handshakes in flight and the rate-limit buckets past their
+    // time (the sweep timer calls it; tests, with their own clock, too).
+    void expire();
 
     void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
     HandshakeMode mode() const { return ctx_.mode; }

@@ -3,7 +3,8 @@
 // authority in a temporary folder), registry, enforcer (in-memory nft
 // backend) with its policy query, and a queue source of the test's own,
 // which records the handler the engine binds per pod instead of a kernel
-// queue. Segments are built
+// queue. Both engines read one clock the test holds still and moves itself
+// (TestClock): nothing depends on how fast the test runs. Segments are built
 // here (IPv4 TCP, checksums right), handed to an engine as the kernel's
 // queue would (the hook says where), and what one engine lets out is given
 // to the other, as the wire would.
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -151,6 +153,21 @@ inline std::vector<uint8_t> segment(const std::string& src, const std::string& d
 
 // ------------------------------------------------------------- the world
 
+// The engines' time, still until the test moves it: steady and wall time
+// advance together. Wall time starts at the real time (the nodes'
+// certificates were just issued and are valid now).
+struct TestClock {
+    std::chrono::steady_clock::time_point steady{std::chrono::hours(24)};
+    identity::TimePoint wall = identity::Clock::now();
+    void advance(std::chrono::milliseconds d) {
+        steady += d;
+        wall += d;
+    }
+    handshake::HandshakeEngine::Clock clock() {
+        return {[this] { return steady; }, [this] { return wall; }};
+    }
+};
+
 struct Node {
     std::string name;
     std::unique_ptr<credentials::NodeIdentity> identity;
@@ -219,6 +236,7 @@ public:
 
     Node& node_a() { return a_; }
     Node& node_b() { return b_; }
+    TestClock& clock() { return clock_; }
 
     // Hands `bytes` to the queue of pod `pod` ("a", "b", "c") at `hook`.
     Verdict judge(const std::string& pod, uint8_t hook, const std::vector<uint8_t>& bytes) {
@@ -293,6 +311,7 @@ private:
         ctx.source = source_.get();
         ctx.registry = n.registry.get();
         ctx.policy = n.policy.get();
+        ctx.clock = clock_.clock();
         ctx.identity = n.identity.get();
         ctx.node_addresses = &n.node_addresses;
         ctx.queues = &n.queues;
@@ -301,6 +320,7 @@ private:
     }
 
     boost::asio::io_context io_;  // never run: the engines' timers only
+    TestClock clock_;
     std::filesystem::path dir_;
     cache::Snapshot snap_;
     std::unique_ptr<StaticSource> source_;

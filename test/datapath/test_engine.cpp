@@ -5,7 +5,9 @@
 // refusals (no token, spoofed source, replay, policy, bad or missing proof,
 // unexpected token, rate limit); an RST that overtakes the proof; data before
 // the proof; and the invariant the queue rules rely on: whatever an engine
-// accepts on the way in carries no signet option.
+// accepts on the way in carries no signet option. On the world's clock, held
+// still and moved by the tests: the rate limit refilling, handshakes in
+// flight expiring, tokens outside their validity window.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -204,4 +206,97 @@ TEST_CASE("first-contact rate limit: signed tokens from one address beyond the b
     CHECK_FALSE(c2.syn_in.accepted);
     CHECK(refused(B, "rate_limited") == 1);
     CHECK(B.engine->drops().limits == 1);
+}
+
+TEST_CASE("first-contact rate limit: the bucket refills with time, and is forgotten when idle") {
+    handshake::HandshakeEngine::Context tweak;
+    tweak.first_contact_burst = 1;
+    tweak.first_contact_rate = 1;  // per second
+    World w(tweak);
+    Node& B = w.node_b();
+    Conn c1{w, 44000, 1, 2}, c2{w, 44001, 3, 4}, c3{w, 44002, 5, 6}, c4{w, 44003, 7, 8}, c5{w, 44004, 9, 10};
+    c1.run(2);
+    CHECK(c1.syn_in.accepted);
+    c2.run(2);  // the same instant: the bucket is empty
+    CHECK_FALSE(c2.syn_in.accepted);
+    w.clock().advance(std::chrono::milliseconds(500));
+    c3.run(2);  // half a token
+    CHECK_FALSE(c3.syn_in.accepted);
+    CHECK(refused(B, "rate_limited") == 2);
+    w.clock().advance(std::chrono::milliseconds(500));
+    c4.run(2);  // one token again
+    CHECK(c4.syn_in.accepted);
+    CHECK(refused(B, "rate_limited") == 2);
+    // Idle for over 10 s the bucket is swept; the next one starts full.
+    w.clock().advance(std::chrono::seconds(11));
+    B.engine->expire();
+    c5.run(2);
+    CHECK(c5.syn_in.accepted);
+    CHECK(B.engine->counters().verified_signed == 3);
+    CHECK(B.engine->drops().limits == 2);
+}
+
+TEST_CASE("handshakes in flight expire: the server's after 10 s, the client's after 30 s") {
+    World w;
+    Node& A = w.node_a();
+    Node& B = w.node_b();
+    // The server waits 10 s for the proof after its SYN-ACK: then no handshake is in flight.
+    Conn late{w, 45000, 100, 200};
+    late.run(5);
+    REQUIRE(has_option(late.ack_out.bytes));
+    w.clock().advance(std::chrono::seconds(11));
+    B.engine->expire();
+    CHECK_FALSE(w.judge("b", kPre, late.ack_out.bytes).accepted);
+    CHECK(refused(B, "no_proof") == 1);
+    // Within the 10 s the proof is awaited still.
+    Conn in_time{w, 45001, 300, 400};
+    in_time.run(5);
+    w.clock().advance(std::chrono::seconds(9));
+    B.engine->expire();
+    auto proof = w.judge("b", kPre, in_time.ack_out.bytes);
+    CHECK(proof.accepted);
+    CHECK(proof.bytes == in_time.ack());
+    CHECK(B.engine->counters().proofs_verified == 1);
+
+    // The client keeps its SYN's entry 30 s (retransmissions refresh it):
+    // a SYN-ACK with a token after that was not asked for.
+    Conn slow{w, 45002, 500, 600};
+    slow.run(3);
+    REQUIRE(has_option(slow.synack_out.bytes));
+    w.clock().advance(std::chrono::seconds(31));
+    A.engine->expire();
+    CHECK_FALSE(w.judge("a", kPre, slow.synack_out.bytes).accepted);
+    CHECK(refused(A, "unexpected_token") == 1);
+    // Within them (and within the token's validity) it verifies.
+    Conn ok{w, 45003, 700, 800};
+    ok.run(3);
+    w.clock().advance(std::chrono::seconds(6));
+    A.engine->expire();
+    auto answer = w.judge("a", kPre, ok.synack_out.bytes);
+    CHECK(answer.accepted);
+    CHECK(answer.mark == nft::kCtMarkProofDue);
+}
+
+TEST_CASE("tokens outside their validity window: expired (5 s + 2 s skew), not yet valid (over 2 s ahead)") {
+    World w;
+    Node& B = w.node_b();
+    Conn old{w, 46000, 1, 2};
+    old.run(1);
+    REQUIRE(has_option(old.syn_out.bytes));
+    w.clock().advance(std::chrono::seconds(8));
+    CHECK_FALSE(w.judge("b", kPre, old.syn_out.bytes).accepted);
+    CHECK(refused(B, "expired") == 1);
+    // Within the window it verifies.
+    Conn fresh{w, 46001, 3, 4};
+    fresh.run(1);
+    w.clock().advance(std::chrono::milliseconds(6900));
+    CHECK(w.judge("b", kPre, fresh.syn_out.bytes).accepted);
+    // Made by a clock 3 s ahead of the verifier's.
+    Conn ahead{w, 46002, 5, 6};
+    ahead.run(1);
+    w.clock().wall -= std::chrono::seconds(3);
+    CHECK_FALSE(w.judge("b", kPre, ahead.syn_out.bytes).accepted);
+    CHECK(refused(B, "not_yet_valid") == 1);
+    CHECK(B.engine->drops().refused == 2);
+    CHECK(B.engine->drops().lost() == 0);
 }
