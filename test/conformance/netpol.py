@@ -34,7 +34,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
+sys.path.insert(0, str(HERE.parent / "kubeproxy"))
 import harness  # noqa: E402  (the integration-test library: netns, CNI chain, signetd, cleanup)
+import kubeproxy  # noqa: E402  (kube-proxy's rule shapes, for --via-service)
 
 NAMESPACES = ("x", "y", "z")
 POD_NAMES = ("a", "b", "c")
@@ -51,6 +53,71 @@ def default_ns_labels(ns: str) -> dict:
 
 def default_pod_labels(pod: str) -> dict:
     return {"pod": pod.split("/")[1]}
+
+
+# --via-service: every pod behind its own ClusterIP Service, as upstream's e2e model has it
+SERVICE_CIDR = "10.96.0.0/16"
+NODE_IP = "192.168.254.1"   # the node's own address in its netns (on the link with the default route)
+NODE_NAME = "conformance-node"
+
+
+def service_name(podstr: str) -> str:
+    ns, name = podstr.split("/")
+    return f"s-{ns}-{name}"
+
+
+def service_port_name(port_: int, proto: str) -> str:
+    """Upstream's KubeServicePort: service-port-<protocol>-<port>."""
+    return f"service-port-{proto.lower()}-{port_}"
+
+
+def cluster_ips() -> dict:
+    """A fixed ClusterIP per model pod's Service, from SERVICE_CIDR (the node netns is private to the run)."""
+    net = ipaddress.ip_network(SERVICE_CIDR)
+    return {p: str(net.network_address + 10 + i) for i, p in enumerate(ALL_PODS)}
+
+
+def service_obj(podstr: str, cluster_ip: str) -> dict:
+    ns, name = podstr.split("/")
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": service_name(podstr), "namespace": ns},
+            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                     "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                     "selector": default_pod_labels(podstr),
+                     "ports": [{"name": service_port_name(p, pr), "protocol": pr, "port": p, "targetPort": p}
+                               for p in PORTS for pr in PROTOCOLS]}}
+
+
+def endpoint_slice_obj(podstr: str, backends: list) -> dict:
+    """What the EndpointSlice controller writes for the Service: backends = [(podstr, ip)]."""
+    ns, _ = podstr.split("/")
+    svc = service_name(podstr)
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{svc}-ep", "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": svc,
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False},
+                           "nodeName": NODE_NAME,
+                           "targetRef": {"kind": "Pod", "namespace": b.split("/")[0], "name": b.split("/")[1]}}
+                          for b, ip in backends],
+            "ports": [{"name": service_port_name(p, pr), "protocol": pr, "port": p}
+                      for p in PORTS for pr in PROTOCOLS]}
+
+
+def service_backends(st: "State", podstr: str) -> list:
+    """The Service's endpoints as the EndpointSlice controller computes them: the pods of
+    its namespace whose labels match its selector (pod=<name>), with their IPv4 address."""
+    ns = podstr.split("/")[0]
+    sel_ = default_pod_labels(podstr)
+    return [(p, ip_of(st, p, 4)) for p in ALL_PODS
+            if p.split("/")[0] == ns and p in st.pod_ips
+            and all(st.pod_labels[p].get(k) == v for k, v in sel_.items())]
+
+
+def signetd_has_node_netns(bins) -> bool:
+    p = harness.sh(bins["signetd"], "--help", check=False)
+    return "--node-netns" in (p.stdout + p.stderr)
 
 
 def container_ports() -> list[dict]:
@@ -663,8 +730,20 @@ class Cluster:
     """signetd + x, y, z / a, b, c as real netns pods behind bridge + host-local + signet."""
 
     def __init__(self, test: harness.Test, run: harness.Run, *, probe_timeout: float = 1.0,
-                 ipv6: bool = False, log=harness.log, source: str = "dir", handshake: str = "off"):
+                 ipv6: bool = False, log=harness.log, source: str = "dir", handshake: str = "off",
+                 via_service: str | None = None, node_netns_flag: bool = True, with_signet: bool = True):
         self.source = source
+        # --via-service MODE: pods in a node netns behind kube-proxy's rules (MODE: iptables or
+        # nftables); every probe goes to the destination pod's ClusterIP.
+        self.via_service = via_service
+        self.node_netns_flag = node_netns_flag  # pass signetd --node-netns (False: measuring a signetd without it)
+        # False: the pods' CNI chain leaves out the signet plugin, so signetd enforces nothing on them
+        # (--via-service --emulate-datapath: the stand-in datapath alone judges, to test the suite)
+        self.with_signet = with_signet
+        self.node_netns: str | None = None
+        self.kp: kubeproxy.KubeProxy | None = None
+        self.cluster_ips = cluster_ips() if via_service else {}
+        self._backends: dict = {}
         self.handshake = handshake  # signetd --handshake (with an authority of the run's own)
         self.apiserver_url: str | None = None
         self.test = test
@@ -727,6 +806,7 @@ class Cluster:
             self.write_pod(p, labels)
         for ns, labels in step.ns_labels.items():
             self.write_ns(ns, labels)
+        self.sync_services()
 
     def reset(self) -> None:
         """Back to the model: no policies, default labels."""
@@ -739,6 +819,7 @@ class Cluster:
         for p in ALL_PODS:
             if self.state.pod_labels.get(p) != default_pod_labels(p):
                 self.write_pod(p, default_pod_labels(p))
+        self.sync_services()
 
     def policies_text(self) -> str:
         files = sorted(self.mdir.glob("np-*.yaml"))
@@ -799,12 +880,16 @@ class Cluster:
                            check=False)
             self.test.require("signetctl authority init", p.returncode == 0, p.stdout + p.stderr)
             extra = ["--authority", f"dir:{ca}", "--handshake", self.handshake]
+        if self.via_service:
+            self._make_node()
+            if self.node_netns_flag:
+                extra += ["--node-netns", f"/run/netns/{self.node_netns}"]
         if self.source == "kubernetes":
             folder = Path(self.run.mkdtemp("manifests"))
-            self.d = harness.Signetd(self.run, self.bins, node="conformance-node", manifest_dir=folder,
+            self.d = harness.Signetd(self.run, self.bins, node=NODE_NAME, manifest_dir=folder,
                                      source_args=self._start_apiserver(folder))
         else:
-            self.d = harness.Signetd(self.run, self.bins, node="conformance-node")
+            self.d = harness.Signetd(self.run, self.bins, node=NODE_NAME)
         self.d.extra_args = extra
         self.d.start()
         for ns in NAMESPACES:
@@ -819,7 +904,19 @@ class Cluster:
             x = self.net.subnet.network_address.packed[2]
             self.net.conflist["plugins"][0]["ipam"]["ranges"].append(
                 [{"subnet": f"fd00:5e:{os.getpid() % 0xffff:x}:{x:x}::/64"}])
-        self.chain = self.net.chain([harness.CNI_BIN_DIR, str(self.bins["signet"].parent)])
+        if self.via_service:
+            # the bridge in the node netns, and the pods' default route through it (a ClusterIP is
+            # routed to the node, where kube-proxy's rules translate it)
+            self.net.conflist["plugins"][0]["isDefaultGateway"] = True
+            # hairpin on the pods' bridge ports, as kubelet's networks set it up: with
+            # bridge-nf-call-iptables a pod's connection to its own ClusterIP is DNATed at the
+            # bridge back to the port it came in on (kube-proxy's hairpin case)
+            self.net.conflist["plugins"][0]["hairpinMode"] = True
+            if not self.with_signet:
+                self.net.conflist["plugins"] = self.net.conflist["plugins"][:1]
+            self.chain = self.net.chain([self.cni_dir])
+        else:
+            self.chain = self.net.chain([harness.CNI_BIN_DIR, str(self.bins["signet"].parent)])
         for p in ALL_PODS:
             name, path = self.run.netns_add()
             cid = self.run.container_id()
@@ -857,7 +954,7 @@ class Cluster:
             self.run.own_process(sp, f"server {p}")
             servers[p] = sp
             self.agents[p] = Agent(self.run, p, self.pods[p]["netns"])
-        self.agents[NODE] = Agent(self.run, NODE, None)
+        self.agents[NODE] = Agent(self.run, NODE, self.node_netns)  # the pods' node: the host, or the node netns
         for p, sp in servers.items():
             line = sp.stdout.readline().strip()
             self.test.require(f"server in {p} listening on TCP+UDP 80, 81", line == "ready",
@@ -865,6 +962,13 @@ class Cluster:
         for a in self.agents.values():
             a.wait_ready()
 
+        if self.via_service:
+            self._start_kube_proxy()
+        if not self.with_signet:
+            self.log("NOTE the pods' CNI chain has no signet plugin: signetd enforces nothing on them")
+            self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: "
+                     + ", ".join(f"{p}={','.join(self.state.pod_ips[p])}" for p in ALL_PODS))
+            return
         pods = {(r.get("namespace"), r.get("name")): r for r in self.d.pods()}
         missing = [p for p in ALL_PODS if tuple(p.split("/")) not in pods]
         self.test.require("signetd registered the 9 pods", not missing, missing)
@@ -873,6 +977,80 @@ class Cluster:
                           {p: pods[tuple(p.split('/'))].get("labels") for p in wrong})
         self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: "
                  + ", ".join(f"{p}={','.join(self.state.pod_ips[p])}" for p in ALL_PODS))
+
+    # -------------------------------------------------------------- --via-service
+    def _make_node(self) -> None:
+        """The node netns: the pods' bridge and kube-proxy's rules live here, as on a real node.
+        Its own address is on a link holding the default route (a real node's uplink):
+        traffic the node sends to a ClusterIP needs a route before kube-proxy's DNAT."""
+        self.node_netns, _ = self.run.netns_add()
+        n = self.node_netns
+        for k, v in (("net.ipv4.ip_forward", 1), ("net.ipv4.conf.all.rp_filter", 0),
+                     ("net.ipv4.conf.default.rp_filter", 0)):
+            harness.sh("ip", "netns", "exec", n, "sysctl", "-qw", f"{k}={v}")
+        # (a veth pair with both ends in the node netns: the dummy driver is not everywhere)
+        harness.sh("ip", "-n", n, "link", "add", "nodeif0", "type", "veth", "peer", "name", "nodeif1")
+        harness.sh("ip", "-n", n, "addr", "add", f"{NODE_IP}/24", "dev", "nodeif0")
+        harness.sh("ip", "-n", n, "link", "set", "nodeif1", "up")
+        harness.sh("ip", "-n", n, "link", "set", "nodeif0", "up")
+        harness.sh("ip", "-n", n, "route", "add", "default", "dev", "nodeif0")
+        # the CNI chain runs the real bridge plugin inside the node netns (as test/integration/twonode.py)
+        self.cni_dir = Path(self.run.mkdtemp("cni-node"))
+        (self.cni_dir / "bridge").write_text(
+            f"#!/bin/sh\nexec /usr/sbin/ip netns exec {n} {harness.CNI_BIN_DIR}/bridge \"$@\"\n")
+        (self.cni_dir / "bridge").chmod(0o755)
+        os.symlink(f"{harness.CNI_BIN_DIR}/host-local", self.cni_dir / "host-local")
+        os.symlink(str(Path(self.bins["signet"]).resolve()), self.cni_dir / "signet")
+        self.log(f"NOTE --via-service {self.via_service}: node netns {n} (node IP {NODE_IP}), "
+                 f"Services from {SERVICE_CIDR}")
+
+    def _start_kube_proxy(self) -> None:
+        node = kubeproxy.Node(ips=[NODE_IP], cluster_cidr=str(self.net.subnet), service_cidr=SERVICE_CIDR)
+        self.kp = kubeproxy.KubeProxy(self.via_service, self.node_netns, node)
+
+        def remove():
+            self.run.cleanup_problems.extend(f"kube-proxy rules: {p}" for p in self.kp.remove())
+        self.run.on_cleanup("kube-proxy rules in the node netns", remove)
+        self.kp.prepare_node()
+        self._backends = {}
+        self.sync_services(force=True)
+        ok, detail = self.sync()
+        self.test.require("signetd took the Services and EndpointSlices (sync without file errors)", ok, detail)
+        self.log("NOTE ClusterIPs: " + ", ".join(f"{service_name(p)}={self.cluster_ips[p]}" for p in ALL_PODS))
+
+    def services(self) -> list:
+        """kube-proxy's view: each model pod's Service with its current endpoints."""
+        out = []
+        for p in ALL_PODS:
+            ns, _ = p.split("/")
+            ports, eps = [], {}
+            for port_ in PORTS:
+                for proto in PROTOCOLS:
+                    name = service_port_name(port_, proto)
+                    ports.append(kubeproxy.ServicePort(name, proto, port_, target_port=port_))
+                    eps[name] = [kubeproxy.Endpoint(ip, port_, local=True) for _, ip in self._backends[p]]
+            out.append(kubeproxy.Service(ns, service_name(p), self.cluster_ips[p], ports, eps))
+        return out
+
+    def sync_services(self, force: bool = False) -> None:
+        """With --via-service: recompute every Service's endpoints from the pods' labels (as the
+        EndpointSlice controller would); write changed Services and EndpointSlices to the
+        manifest folder and resync kube-proxy's rules when anything changed."""
+        if not self.via_service or self.kp is None:
+            return
+        backends = {p: service_backends(self.state, p) for p in ALL_PODS}
+        if backends == self._backends and not force:
+            return
+        changed = [p for p in ALL_PODS if backends[p] != self._backends.get(p)]
+        self._backends = backends
+        for p in changed:
+            ns, name = p.split("/")
+            self._write(f"svc-{ns}-{name}.yaml",
+                        to_yaml(service_obj(p, self.cluster_ips[p]), endpoint_slice_obj(p, backends[p])))
+        self.kp.sync(self.services())
+
+    def kube_proxy_rules(self) -> str:
+        return self.kp.dump() if self.kp else "(no kube-proxy rules)"
 
     def teardown(self, best_effort: bool = True) -> None:
         if self._deleted or self.chain is None:
@@ -890,6 +1068,12 @@ class Cluster:
                 self.run.cleanup_problems.append(f"CNI DEL {p}: {r}")
 
     # -------------------------------------------------------------- probing
+    def dest_ip(self, pod: str, family: int = 4) -> str:
+        """Where a probe to `pod` connects: its pod IP, or with --via-service its Service's ClusterIP."""
+        if self.via_service and family == 4:
+            return self.cluster_ips[pod]
+        return ip_of(self.state, pod, family)
+
     def _next_id(self) -> int:
         with self._id_lock:
             self._ids += 1
@@ -904,7 +1088,7 @@ class Cluster:
             frm, to, port_, proto, fam = it
             i = self._next_id()
             keys[i] = it
-            by_agent.setdefault(frm, []).append({"id": i, "ip": ip_of(self.state, to, fam), "port": port_,
+            by_agent.setdefault(frm, []).append({"id": i, "ip": self.dest_ip(to, fam), "port": port_,
                                                  "proto": proto, "timeout": self.probe_timeout})
         for a, reqs in by_agent.items():
             self.agents[a].send(reqs)

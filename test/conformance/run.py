@@ -10,6 +10,10 @@
                               TCP, UDP) of every step, expecting what the
                               reference evaluator says
     run.py --timeout 0.5      probe timeout in seconds (default 1.0)
+    run.py --via-service iptables|nftables
+                              pods in a node netns behind kube-proxy's rules (that mode's
+                              real shapes, test/kubeproxy/); every probe goes to the
+                              destination pod's own ClusterIP Service, as upstream's e2e does
 
 Environment: SIGNET_BUILD_DIR (default <repo>/build), SIGNET_CNI_BIN_DIR,
 SIGNET_TEST_KEEP=1 (keep the temp dir), as in test/integration/harness.py.
@@ -65,8 +69,19 @@ def parse_args(argv):
                     help="signetd's identity handshake mode (with an authority made for the run): TCP between "
                          "the pods is then judged on proven identities")
     ap.add_argument("--debug-nft", action="store_true",
-                    help="on a failure also print the nft ruleset of the pods involved")
-    return ap.parse_args(argv)
+                    help="on a failure also print the nft ruleset of the pods involved "
+                         "(and with --via-service kube-proxy's rules in the node netns)")
+    ap.add_argument("--via-service", choices=["iptables", "nftables"], default=None,
+                    help="pods behind a bridge in a node netns with kube-proxy's rules of this mode; every "
+                         "probe connects to the destination pod's ClusterIP Service (s-<ns>-<pod>); signetd "
+                         "gets --node-netns")
+    ap.add_argument("--measure-without-node-netns", action="store_true",
+                    help="with --via-service and a signetd that has no --node-netns: run the cases anyway "
+                         "(the run still FAILS) to measure what breaks")
+    args = ap.parse_args(argv)
+    if args.via_service and args.ipv6:
+        ap.error("--via-service is IPv4 only (the Services are single-stack IPv4)")
+    return args
 
 
 def selected(name: str, words: list[str]) -> bool:
@@ -123,7 +138,15 @@ EMU_TABLE = "signet_conformance_emulated"
 def emulate_datapath(cl: netpol.Cluster) -> None:
     """Programs, in every pod netns, what the reference evaluator says: a
     stand-in for signet's datapath that proves the suite end to end (sync,
-    probes, tables, timing). Never used unless --emulate-datapath is given."""
+    probes, tables, timing). Never used unless --emulate-datapath is given.
+
+    With --via-service a pod's netns sees only the ClusterIP on the way out, so
+    egress cannot be judged there: the pod lets the service CIDR out, and the
+    egress verdict is made in the node netns after kube-proxy's DNAT (forward
+    hook, priority 0, after dstnat), on the client's and the backend's pod
+    IPs, for translated connections only (ct status dnat). Ingress stays in the
+    backend's netns: it sees the client's pod IP (not masqueraded: the client
+    is inside the cluster CIDR)."""
     st = cl.state
     gw = set()
     for p in ALL_PODS:
@@ -155,8 +178,9 @@ def emulate_datapath(cl: netpol.Cluster) -> None:
                            f"    {fk} saddr {{ {', '.join(g)} }} accept\n"
                            + (f"    {fk} saddr . meta l4proto . th dport {{ {elems(ins)} }} accept\n" if ins else "")
                            + f"    meta nfproto {'ipv4' if fam == 4 else 'ipv6'} meta l4proto {{ tcp, udp }} drop\n  }}")
+            svc = (f"    ip daddr {netpol.SERVICE_CIDR} accept\n" if cl.via_service and fam == 4 else "")
             out.append(f"  chain out{fam} {{ type filter hook output priority 0; policy accept;\n"
-                       f"    ct state established,related accept\n    oif lo accept\n"
+                       f"    ct state established,related accept\n    oif lo accept\n" + svc
                        + (f"    {fk} daddr . meta l4proto . th dport {{ {elems(outs)} }} accept\n" if outs else "")
                        + f"    meta nfproto {'ipv4' if fam == 4 else 'ipv6'} meta l4proto {{ tcp, udp }} drop\n  }}")
         return (f"table inet {EMU_TABLE}\ndelete table inet {EMU_TABLE}\n"
@@ -168,6 +192,25 @@ def emulate_datapath(cl: netpol.Cluster) -> None:
     errs = [(p, r) for p, r in harness.parallel(program, ALL_PODS, workers=9) if isinstance(r, Exception)]
     if errs:
         raise RuntimeError(f"emulated datapath: {errs}")
+    if cl.via_service:
+        allowed = []
+        for src in ALL_PODS:
+            for dst in ALL_PODS:
+                for port_ in PORTS:
+                    for proto in PROTOCOLS:
+                        if netpol._direction_allows(st, src, "Egress", dst, netpol.ip_of(st, dst, 4), dst,
+                                                    port_, proto):
+                            allowed.append(f"{netpol.ip_of(st, src, 4)} . {netpol.ip_of(st, dst, 4)} . "
+                                           f"{proto.lower()} . {port_}")
+        pods = ", ".join(netpol.ip_of(st, p, 4) for p in ALL_PODS)
+        text = (f"table inet {EMU_TABLE}\ndelete table inet {EMU_TABLE}\n"
+                f"table inet {EMU_TABLE} {{\n"
+                f"  chain svc_egress {{ type filter hook forward priority 0; policy accept;\n"
+                f"    ct state established,related accept\n"
+                + (f"    ct status dnat ip saddr . ip daddr . meta l4proto . th dport "
+                   f"{{ {', '.join(allowed)} }} accept\n" if allowed else "")
+                + f"    ct status dnat ip saddr {{ {pods} }} meta l4proto {{ tcp, udp }} drop\n  }}\n}}\n")
+        harness.sh("ip", "netns", "exec", cl.node_netns, "nft", "-f", "-", input=text)
 
 
 # =========================================================================== running a case
@@ -255,6 +298,9 @@ def check_step(cl, args, step, i, nsteps, res: CaseResult) -> bool:
         for p in sorted(involved)[:3]:
             log(f"  --- nft list ruleset in {p} ({cl.pods[p]['netns']}):")
             log("\n".join("     " + line for line in cl.nft_ruleset(p).splitlines()))
+        if cl.via_service:
+            log(f"  --- kube-proxy ({args.via_service} mode) rules in the node netns {cl.node_netns}:")
+            log("\n".join("     " + line for line in cl.kube_proxy_rules().splitlines()))
     res.notes.append(f"{label}: wrong " + ", ".join(w for w, _ in bad))
     return False
 
@@ -304,6 +350,27 @@ def run_case(cl, args, c) -> CaseResult:
 def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run,
          results: list[CaseResult]) -> None:
     harness.require_root_and_tools("nft")
+    node_netns_flag = True
+    if args.via_service:
+        missing = netpol.kubeproxy.tools_missing(args.via_service)
+        if missing:
+            harness.skip(f"--via-service {args.via_service} needs {', '.join(missing)} "
+                         "(apt-get install iptables: iptables-nft)")
+        bins = harness.require_signet_binaries(setup_test)
+        if args.emulate_datapath:
+            pass  # the stand-in datapath judges; signetd gets no pods (and no --node-netns)
+        elif not netpol.signetd_has_node_netns(bins):
+            setup_test.loud("signetd has no --node-netns: it cannot judge Service connections after kube-proxy's "
+                            "translation in the node netns (issue #12); --via-service FAILS")
+            r = CaseResult("signetd-has-node-netns")
+            r.ok = False
+            r.notes.append("signetd has no --node-netns")
+            results.append(r)
+            if not args.measure_without_node_netns:
+                raise harness.Fatal("signetd has no --node-netns (use --measure-without-node-netns to run the "
+                                    "cases anyway)")
+            node_netns_flag = False
+            log("NOTE --measure-without-node-netns: running the cases without the flag, to measure")
     if table_problems:
         r = CaseResult("selfcheck-truth-tables")
         r.ok = False
@@ -311,13 +378,18 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
         results.append(r)
     t0 = time.monotonic()
     cl = netpol.Cluster(setup_test, run, probe_timeout=args.timeout, ipv6=args.ipv6, source=args.source,
-                        handshake=args.handshake)
+                        handshake=args.handshake, via_service=args.via_service,
+                        node_netns_flag=node_netns_flag and not args.emulate_datapath,
+                        with_signet=not (args.via_service and args.emulate_datapath))
     cl.setup()
     setup_secs = time.monotonic() - t0
     if args.emulate_datapath:
         setup_test.loud("--emulate-datapath: the verdicts below test THE SUITE against a stand-in datapath "
-                        "(nft rules from the reference evaluator), NOT signet's enforcement")
-    log(f"NOTE setup (signetd, 9 pods through bridge + host-local + signet, servers, agents): {setup_secs:.1f}s")
+                        "(nft rules from the reference evaluator), NOT signet's enforcement"
+                        + (" (with --via-service the pods are not even given to signet: egress is judged "
+                           "by the stand-in in the node netns after kube-proxy's DNAT)" if args.via_service else ""))
+    log(f"NOTE setup (signetd, 9 pods through bridge + host-local + signet, servers, agents"
+        + (f", kube-proxy {args.via_service} rules" if args.via_service else "") + f"): {setup_secs:.1f}s")
 
     if not args.no_selftest and selected(SELFTEST, args.k):
         log(f"--- [0/{len(cases)}] {SELFTEST} (harness self-test: an nft drop rule of our own in x/a)")
@@ -398,7 +470,8 @@ def main(argv=None) -> None:
         log(f"FAIL selfcheck: {p}")
 
     log(f"=== conformance (pid {os.getpid()}): {len(cases)} case(s), probe timeout {args.timeout}s"
-        + (", --full" if args.full else "") + (", dual-stack" if args.ipv6 else ""))
+        + (", --full" if args.full else "") + (", dual-stack" if args.ipv6 else "")
+        + (f", via per-pod ClusterIP Services (kube-proxy {args.via_service} mode)" if args.via_service else ""))
     t0 = time.monotonic()
     setup_test = harness.Test("conformance setup")
     code = 0
