@@ -260,9 +260,15 @@ std::string_view kind_of(const Object& obj) {
             return "Namespace";
         case 1:
             return "Pod";
-        default:
+        case 2:
             return "NetworkPolicy";
+        default:
+            return "Service";
     }
+}
+
+bool is_service_type(std::string_view text) {
+    return text == "ClusterIP" || text == "NodePort" || text == "LoadBalancer" || text == "ExternalName";
 }
 
 std::string display_name(const Object& obj) {
@@ -283,6 +289,7 @@ bool Snapshot::put(const Object& obj) {
     };
     if (const auto* ns = std::get_if<Namespace>(&obj)) return store(namespaces, ns->name, *ns);
     if (const auto* pod = std::get_if<Pod>(&obj)) return store(pods, ObjectKey{pod->namespace_, pod->name}, *pod);
+    if (const auto* svc = std::get_if<Service>(&obj)) return store(services, ObjectKey{svc->namespace_, svc->name}, *svc);
     const auto& np = std::get<NetworkPolicy>(obj);
     return store(policies, ObjectKey{np.namespace_, np.name}, np);
 }
@@ -291,6 +298,7 @@ void Delta::note(const Object& obj) {
     if (const auto* ns = std::get_if<Namespace>(&obj)) namespaces.insert(ns->name);
     else if (const auto* pod = std::get_if<Pod>(&obj)) pods.insert(ObjectKey{pod->namespace_, pod->name});
     else if (const auto* np = std::get_if<NetworkPolicy>(&obj)) policies.insert(ObjectKey{np->namespace_, np->name});
+    else if (const auto* svc = std::get_if<Service>(&obj)) services.insert(ObjectKey{svc->namespace_, svc->name});
 }
 
 void Delta::merge(const Delta& other) {
@@ -298,6 +306,7 @@ void Delta::merge(const Delta& other) {
     namespaces.insert(other.namespaces.begin(), other.namespaces.end());
     pods.insert(other.pods.begin(), other.pods.end());
     policies.insert(other.policies.begin(), other.policies.end());
+    services.insert(other.services.begin(), other.services.end());
 }
 
 namespace {
@@ -315,7 +324,7 @@ bool same_under(const Map& a, const Map& b, const Keys& keys) {
 bool Delta::same_in(const Snapshot& a, const Snapshot& b) const {
     if (all) return a == b;
     return same_under(a.namespaces, b.namespaces, namespaces) && same_under(a.pods, b.pods, pods) &&
-           same_under(a.policies, b.policies, policies);
+           same_under(a.policies, b.policies, policies) && same_under(a.services, b.services, services);
 }
 
 // ---------------------------------------------------------------------------
@@ -546,6 +555,87 @@ Status validate(const NetworkPolicy& np) {
     for (size_t i = 0; i < np.egress.size(); ++i)
         if (auto st = validate_rule(np.egress[i], np.egress[i].to, indexed("spec.egress", i), "to"); !st) return st;
     if (np.policy_types.empty()) return invalid("spec.policyTypes", "must not be empty after defaulting");
+    return {};
+}
+
+namespace {
+
+// RFC 1035 label (Service names): [a-z]([-a-z0-9]*[a-z0-9])?, at most 63 characters.
+bool is_dns1035_label(std::string_view s) {
+    return is_dns1123_label(s) && s.front() >= 'a' && s.front() <= 'z';
+}
+
+int ip_family(std::string_view ip) {
+    return ip.find(':') == std::string_view::npos ? 4 : 6;
+}
+
+Status validate_ips(const std::vector<std::string>& ips, std::string_view path) {
+    for (size_t i = 0; i < ips.size(); ++i)
+        if (!is_ip_address(ips[i]))
+            return invalid(indexed(path, i), "invalid value " + quoted(ips[i]) + ": must be a valid IP address");
+    return {};
+}
+
+}  // namespace
+
+Status validate(const Service& svc) {
+    if (auto st = validate_namespace_name(svc.namespace_); !st) return st;
+    if (svc.name.empty()) return invalid("metadata.name", "required value");
+    if (!is_dns1035_label(svc.name))
+        return invalid("metadata.name", "invalid value " + quoted(svc.name) +
+                                            ": a DNS-1035 label must consist of lower case alphanumeric characters "
+                                            "or '-', start with an alphabetic character, end with an alphanumeric "
+                                            "character, and be at most 63 characters");
+    if (!is_service_type(svc.type))
+        return invalid("spec.type", "unsupported value " + quoted(svc.type) +
+                                        ": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", "
+                                        "\"NodePort\"");
+    bool external_name = svc.type == "ExternalName";
+    if (external_name && !svc.cluster_ips.empty())
+        return invalid("spec.clusterIPs", "may not be set for type ExternalName");
+    if (svc.cluster_ips.size() > 2) return invalid("spec.clusterIPs", "may have at most 2 entries (one per family)");
+    if (auto st = validate_ips(svc.cluster_ips, "spec.clusterIPs"); !st) return st;
+    if (svc.cluster_ips.size() == 2 && ip_family(svc.cluster_ips[0]) == ip_family(svc.cluster_ips[1]))
+        return invalid("spec.clusterIPs[1]", "must be of a different IP family than spec.clusterIPs[0]");
+    if (auto st = validate_ips(svc.external_ips, "spec.externalIPs"); !st) return st;
+    for (size_t i = 0; i < svc.load_balancer_ips.size(); ++i)  // the ingress entries that have an ip
+        if (!is_ip_address(svc.load_balancer_ips[i]))
+            return invalid(indexed("status.loadBalancer.ingress", i) + ".ip",
+                           "invalid value " + quoted(svc.load_balancer_ips[i]) + ": must be a valid IP address");
+    if (svc.selector)
+        if (auto st = validate_labels(*svc.selector, "spec.selector"); !st) return st;
+    bool node_ports = svc.type == "NodePort" || svc.type == "LoadBalancer";
+    std::set<std::string_view> names;
+    for (size_t i = 0; i < svc.ports.size(); ++i) {
+        const ServicePort& sp = svc.ports[i];
+        std::string p = indexed("spec.ports", i);
+        if (sp.name.empty()) {
+            if (svc.ports.size() > 1) return invalid(child(p, "name"), "required value (more than one port)");
+        } else {
+            if (!is_dns1123_label(sp.name))
+                return invalid(child(p, "name"), "invalid value " + quoted(sp.name) +
+                                                     ": must be a lowercase RFC 1123 label of at most 63 characters");
+            if (!names.insert(sp.name).second) return invalid(child(p, "name"), "duplicate value " + quoted(sp.name));
+        }
+        if (auto st = validate_port_number(sp.port, child(p, "port")); !st) return st;
+        if (!sp.target_port.empty()) {
+            int64_t n = 0;
+            auto [end, ec] = std::from_chars(sp.target_port.data(), sp.target_port.data() + sp.target_port.size(), n);
+            bool numeric = ec == std::errc() && end == sp.target_port.data() + sp.target_port.size();
+            if (numeric) {
+                if (auto st = validate_port_number(n, child(p, "targetPort")); !st) return st;
+            } else if (!is_port_name(sp.target_port)) {
+                return invalid(child(p, "targetPort"), "invalid value " + quoted(sp.target_port) +
+                                                           ": must be a port number or a port name of at most 15 "
+                                                           "characters: lower case alphanumerics and '-', at least "
+                                                           "one letter, no leading, trailing or doubled '-'");
+            }
+        }
+        if (sp.node_port != 0 && !node_ports)
+            return invalid(child(p, "nodePort"), "may not be used when `type` is " + quoted(svc.type));
+    }
+    if (svc.ports.empty() && !external_name && !svc.cluster_ips.empty())
+        return invalid("spec.ports", "required value");
     return {};
 }
 

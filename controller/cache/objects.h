@@ -1,6 +1,6 @@
 // The object model: typed copies of exactly the parts of Kubernetes
-// Namespaces, Pods and NetworkPolicies (networking.k8s.io/v1) that signet
-// uses, their validation as the API server does it, and label-selector
+// Namespaces, Pods, Services (v1) and NetworkPolicies (networking.k8s.io/v1)
+// that signet uses, their validation as the API server does it, and label-selector
 // matching with upstream semantics.
 //
 // Everything here is a pure value: no I/O, no logging. Validation functions
@@ -183,9 +183,39 @@ std::vector<PolicyType> effective_policy_types(const std::vector<PolicyType>& ex
                                                const std::vector<EgressRule>& egress);
 
 // ---------------------------------------------------------------------------
+// Services (v1): their frontends (the addresses and ports kube-proxy
+// translates) and their selector. No EndpointSlices: a Service's backends are
+// the pods its selector picks (see docs/policy.md).
+
+struct ServicePort {
+    std::string name;
+    Protocol protocol = Protocol::TCP;
+    uint16_t port = 0;
+    std::string target_port;  // as written: a number ("8080") or a container port name; "" = same as port
+    uint16_t node_port = 0;   // 0 = none
+    bool operator==(const ServicePort&) const = default;
+};
+
+struct Service {
+    std::string namespace_;
+    std::string name;
+    std::string type = "ClusterIP";              // ClusterIP | NodePort | LoadBalancer | ExternalName
+    std::vector<std::string> cluster_ips;        // spec.clusterIPs, else spec.clusterIP; "None" (headless) -> empty
+    std::vector<std::string> external_ips;       // spec.externalIPs
+    std::vector<std::string> load_balancer_ips;  // status.loadBalancer.ingress[*].ip
+    std::vector<ServicePort> ports;
+    std::optional<Labels> selector;              // nullopt = no selector (manual endpoints)
+    bool internal_traffic_local = false;         // spec.internalTrafficPolicy == Local
+    bool operator==(const Service&) const = default;
+};
+
+// The values of Service.type.
+bool is_service_type(std::string_view text);
+
+// ---------------------------------------------------------------------------
 // Any object, and a snapshot of all of them
 
-using Object = std::variant<Namespace, Pod, NetworkPolicy>;
+using Object = std::variant<Namespace, Pod, NetworkPolicy, Service>;
 
 struct ObjectKey {
     std::string namespace_;
@@ -194,7 +224,7 @@ struct ObjectKey {
     auto operator<=>(const ObjectKey&) const = default;
 };
 
-std::string_view kind_of(const Object& obj);  // "Namespace", "Pod", "NetworkPolicy"
+std::string_view kind_of(const Object& obj);  // "Namespace", "Pod", "NetworkPolicy", "Service"
 // "name" for namespaces, "namespace/name" otherwise.
 std::string display_name(const Object& obj);
 
@@ -204,13 +234,14 @@ struct Snapshot {
     std::map<std::string, Namespace> namespaces;
     std::map<ObjectKey, Pod> pods;
     std::map<ObjectKey, NetworkPolicy> policies;
+    std::map<ObjectKey, Service> services;
     bool operator==(const Snapshot&) const = default;
 
     // Inserts or replaces; returns true when an object of the same kind and
     // name was already present (it is replaced).
     bool put(const Object& obj);
-    bool empty() const { return namespaces.empty() && pods.empty() && policies.empty(); }
-    size_t size() const { return namespaces.size() + pods.size() + policies.size(); }
+    bool empty() const { return namespaces.empty() && pods.empty() && policies.empty() && services.empty(); }
+    size_t size() const { return namespaces.size() + pods.size() + policies.size() + services.size(); }
 };
 
 // What changed in a snapshot since its consumer last looked: the keys to
@@ -221,10 +252,13 @@ struct Delta {
     std::set<std::string> namespaces;
     std::set<ObjectKey> pods;
     std::set<ObjectKey> policies;
+    std::set<ObjectKey> services;
 
     void note(const Object& obj);
     void merge(const Delta& other);
-    bool empty() const { return !all && namespaces.empty() && pods.empty() && policies.empty(); }
+    bool empty() const {
+        return !all && namespaces.empty() && pods.empty() && policies.empty() && services.empty();
+    }
     // True when `a` and `b` hold the same objects under every key noted here.
     bool same_in(const Snapshot& a, const Snapshot& b) const;
 };
@@ -252,6 +286,7 @@ Status validate(const LabelSelector& selector, std::string_view path);
 Status validate(const Namespace& ns);
 Status validate(const Pod& pod);
 Status validate(const NetworkPolicy& policy);
+Status validate(const Service& service);
 Status validate(const Object& obj);
 
 }  // namespace signet::cache

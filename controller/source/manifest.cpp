@@ -806,10 +806,12 @@ constexpr std::array kKnownKinds = {
     KindSpec{"Namespace", "v1", "", false},
     KindSpec{"Pod", "v1", "", false},
     KindSpec{"NetworkPolicy", "networking.k8s.io/v1", "", false},
+    KindSpec{"Service", "v1", "", false},
     KindSpec{"List", "v1", "", true},
     KindSpec{"NamespaceList", "v1", "Namespace", true},
     KindSpec{"PodList", "v1", "Pod", true},
     KindSpec{"NetworkPolicyList", "networking.k8s.io/v1", "NetworkPolicy", true},
+    KindSpec{"ServiceList", "v1", "Service", true},
 };
 
 const KindSpec* find_kind(std::string_view kind) {
@@ -864,6 +866,7 @@ private:
         };
         if (kind == "Namespace") return wrap(decode_namespace(v));
         if (kind == "Pod") return wrap(decode_pod(v));
+        if (kind == "Service") return wrap(decode_service(v));
         return wrap(decode_network_policy(v));
     }
 
@@ -1074,6 +1077,169 @@ Result<cache::NetworkPolicy> decode_network_policy(const Value& obj) {
     np.policy_types = cache::effective_policy_types(explicit_types, np.egress);
     np.policy_types_inferred = explicit_types.empty();
     return validated(std::move(np));
+}
+
+namespace {
+
+// A list of IP addresses at `path` (each checked, with its index in errors).
+Result<std::vector<std::string>> ip_list_field(const Value& obj, const char* key, std::string_view path) {
+    auto ips = string_list_field(obj, key, path);
+    if (!ips) return ips.error();
+    for (size_t i = 0; i < ips->size(); ++i)
+        if (!cache::is_ip_address((*ips)[i]))
+            return invalid(indexed(child(path, key), i),
+                           "invalid value " + quoted((*ips)[i]) + ": must be a valid IP address");
+    return ips;
+}
+
+Result<cache::ServicePort> decode_service_port(const Value& v, std::string_view path) {
+    if (!v.IsObject()) return wrong_type(path, "an object", v);
+    cache::ServicePort sp;
+    auto name = string_field(v, "name", path);
+    if (!name) return name.error();
+    sp.name = std::move(*name);
+    auto proto = string_field(v, "protocol", path);
+    if (!proto) return proto.error();
+    if (!proto->empty()) {
+        auto parsed = cache::parse_protocol(*proto);
+        if (!parsed)
+            return invalid(child(path, "protocol"), "unsupported value " + quoted(*proto) +
+                                                        ": supported values: \"SCTP\", \"TCP\", \"UDP\"");
+        sp.protocol = *parsed;
+    }
+    auto port = int32_field(v, "port", path);
+    if (!port) return port.error();
+    if (!*port) return invalid(child(path, "port"), "required value");
+    if (**port < 1 || **port > 65535)
+        return invalid(child(path, "port"),
+                       "invalid value " + std::to_string(**port) + ": must be between 1 and 65535, inclusive");
+    sp.port = static_cast<uint16_t>(**port);
+    // IntOrString: a number, or the name of a container port. 0 and "" mean "the same as port".
+    if (const Value* t = field(v, "targetPort")) {
+        if (t->IsString()) {
+            std::string_view name_or_empty = as_view(*t);
+            if (!name_or_empty.empty() && !cache::is_port_name(name_or_empty))
+                return invalid(child(path, "targetPort"),
+                               "invalid value " + quoted(name_or_empty) +
+                                   ": a string must be a port name of at most 15 characters: lower case "
+                                   "alphanumerics and '-', at least one letter (a number is written unquoted)");
+            sp.target_port = std::string(name_or_empty);
+        } else if (t->IsInt()) {
+            int n = t->GetInt();
+            if (n < 0 || n > 65535)
+                return invalid(child(path, "targetPort"),
+                               "invalid value " + std::to_string(n) + ": must be between 1 and 65535, inclusive");
+            if (n != 0) sp.target_port = std::to_string(n);
+        } else {
+            return invalid(child(path, "targetPort"), "must be an integer or a string");
+        }
+    }
+    auto node_port = int32_field(v, "nodePort", path);
+    if (!node_port) return node_port.error();
+    if (*node_port && **node_port != 0) {
+        if (**node_port < 1 || **node_port > 65535)
+            return invalid(child(path, "nodePort"),
+                           "invalid value " + std::to_string(**node_port) + ": must be between 1 and 65535, inclusive");
+        sp.node_port = static_cast<uint16_t>(**node_port);
+    }
+    return sp;
+}
+
+}  // namespace
+
+Result<cache::Service> decode_service(const Value& obj) {
+    if (!obj.IsObject()) return wrong_type("", "an object", obj);
+    auto md = decode_metadata(obj);
+    if (!md) return md.error();
+    cache::Service svc;
+    svc.namespace_ = std::move(md->namespace_);
+    svc.name = std::move(md->name);
+
+    bool headless = false;
+    auto spec = object_field(obj, "spec", "");
+    if (!spec) return spec.error();
+    if (*spec != nullptr) {
+        const Value& s = **spec;
+        auto type = string_field(s, "type", "spec");
+        if (!type) return type.error();
+        if (!type->empty()) {
+            if (!cache::is_service_type(*type))
+                return invalid("spec.type", "unsupported value " + quoted(*type) +
+                                                ": supported values: \"ClusterIP\", \"ExternalName\", "
+                                                "\"LoadBalancer\", \"NodePort\"");
+            svc.type = std::move(*type);
+        }
+        // spec.clusterIPs (dual-stack) wins over spec.clusterIP; both may say "None" (headless).
+        auto ip = string_field(s, "clusterIP", "spec");
+        if (!ip) return ip.error();
+        auto ips = string_list_field(s, "clusterIPs", "spec");
+        if (!ips) return ips.error();
+        if (!ips->empty() && !ip->empty() && (*ips)[0] != *ip)
+            return invalid("spec.clusterIPs[0]", "invalid value " + quoted((*ips)[0]) + ": must match spec.clusterIP " +
+                                                     quoted(*ip));
+        bool dual = !ips->empty();
+        std::vector<std::string> cluster_ips = dual           ? std::move(*ips)
+                                               : ip->empty() ? std::vector<std::string>{}
+                                                             : std::vector<std::string>{std::move(*ip)};
+        if (!cluster_ips.empty() && cluster_ips[0] == "None") {
+            if (cluster_ips.size() > 1)
+                return invalid("spec.clusterIPs", "must have one entry when the first is \"None\" (headless)");
+            headless = true;
+            cluster_ips.clear();
+        }
+        for (size_t i = 0; i < cluster_ips.size(); ++i)
+            if (!cache::is_ip_address(cluster_ips[i]))
+                return invalid(dual ? indexed("spec.clusterIPs", i) : std::string("spec.clusterIP"),
+                               "invalid value " + quoted(cluster_ips[i]) + ": must be a valid IP address or \"None\"");
+        svc.cluster_ips = std::move(cluster_ips);
+        auto external = ip_list_field(s, "externalIPs", "spec");
+        if (!external) return external.error();
+        svc.external_ips = std::move(*external);
+        auto st = for_each_item(s, "ports", "spec", [&](const Value& item, const std::string& p) -> Status {
+            auto port = decode_service_port(item, p);
+            if (!port) return port.error();
+            svc.ports.push_back(std::move(*port));
+            return {};
+        });
+        if (!st) return st.error();
+        // The API server drops an empty map: `selector: {}` reads back as no selector.
+        auto selector = string_map_field(s, "selector", "spec");
+        if (!selector) return selector.error();
+        if (!selector->empty()) svc.selector = std::move(*selector);
+        auto itp = string_field(s, "internalTrafficPolicy", "spec");
+        if (!itp) return itp.error();
+        if (!itp->empty() && *itp != "Cluster" && *itp != "Local")
+            return invalid("spec.internalTrafficPolicy",
+                           "unsupported value " + quoted(*itp) + ": supported values: \"Cluster\", \"Local\"");
+        svc.internal_traffic_local = *itp == "Local";
+    }
+    if (svc.type == "ExternalName" && (headless || !svc.cluster_ips.empty()))
+        return invalid("spec.clusterIP", "may not be set for type ExternalName");
+    if (svc.ports.empty() && svc.type != "ExternalName" && !headless)
+        return invalid("spec.ports", "required value");
+
+    auto status = object_field(obj, "status", "");
+    if (!status) return status.error();
+    if (*status != nullptr) {
+        auto lb = object_field(**status, "loadBalancer", "status");
+        if (!lb) return lb.error();
+        if (*lb != nullptr) {
+            auto st = for_each_item(**lb, "ingress", "status.loadBalancer",
+                                    [&](const Value& item, const std::string& p) -> Status {
+                                        if (!item.IsObject()) return wrong_type(p, "an object", item);
+                                        auto ip = string_field(item, "ip", p);  // may have a hostname only
+                                        if (!ip) return ip.error();
+                                        if (ip->empty()) return {};
+                                        if (!cache::is_ip_address(*ip))
+                                            return invalid(child(p, "ip"), "invalid value " + quoted(*ip) +
+                                                                               ": must be a valid IP address");
+                                        svc.load_balancer_ips.push_back(std::move(*ip));
+                                        return {};
+                                    });
+            if (!st) return st.error();
+        }
+    }
+    return validated(std::move(svc));
 }
 
 Result<std::vector<Object>> parse_manifest(std::string_view text, std::string_view filename,

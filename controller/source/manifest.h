@@ -35,9 +35,9 @@ inline constexpr size_t kMaxNodes = 500'000;
 // file over kMaxManifestBytes.
 
 // Parses every document of a file. Skips empty documents; flattens `List`
-// (v1), `NamespaceList`, `PodList` and `NetworkPolicyList`; checks that
-// apiVersion matches the kind (v1 for Namespace and Pod, networking.k8s.io/v1
-// for NetworkPolicy). Objects of other kinds are not returned: when `ignored`
+// (v1), `NamespaceList`, `PodList`, `ServiceList` and `NetworkPolicyList`;
+// checks that apiVersion matches the kind (v1 for Namespace, Pod and Service,
+// networking.k8s.io/v1 for NetworkPolicy). Objects of other kinds are not returned: when `ignored`
 // is given, one line per such object is appended to it, e.g.
 // "document 3: apps/v1 Deployment default/web".
 //
@@ -60,5 +60,12 @@ Result<rapidjson::Document> yaml_to_json(std::string_view text);
 Result<cache::Namespace> decode_namespace(const rapidjson::Value& obj);
 Result<cache::Pod> decode_pod(const rapidjson::Value& obj);
 Result<cache::NetworkPolicy> decode_network_policy(const rapidjson::Value& obj);
+// A Service (v1): type (default ClusterIP), spec.clusterIPs else spec.clusterIP
+// ("None", headless, is no address), externalIPs, ports (protocol default TCP;
+// targetPort a number or a port name, kept as written; nodePort),
+// selector (absent or empty: none, as the API server stores it),
+// internalTrafficPolicy, status.loadBalancer.ingress[*].ip. Ports are
+// required unless the Service is headless or of type ExternalName.
+Result<cache::Service> decode_service(const rapidjson::Value& obj);
 
 }  // namespace signet::source

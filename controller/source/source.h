@@ -1,7 +1,7 @@
 // Where the controller's objects come from: a manifest folder or the
-// Kubernetes API. A source owns its snapshot of Namespaces, Pods and
-// NetworkPolicies and tells the controller, on the controller's event loop,
-// when it changed.
+// Kubernetes API. A source owns its snapshot of Namespaces, Pods, Services
+// and NetworkPolicies and tells the controller, on the controller's event
+// loop, when it changed.
 #pragma once
 
 #include <rapidjson/document.h>

@@ -435,8 +435,8 @@ items:
 TEST_CASE("parse: ignored kinds are reported, not errors") {
     std::vector<std::string> ignored;
     auto objs = parse_ok(R"(
-apiVersion: v1
-kind: Service
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
 metadata: {name: s, namespace: x}
 ---
 apiVersion: v1
@@ -455,7 +455,7 @@ items:
 )",
                          &ignored);
     CHECK(objs.empty());
-    CHECK(ignored == std::vector<std::string>{"document 1: v1 Service x/s", "document 2: v1 ConfigMap c",
+    CHECK(ignored == std::vector<std::string>{"document 1: discovery.k8s.io/v1 EndpointSlice x/s", "document 2: v1 ConfigMap c",
                                               "document 3: apps/v1 Deployment x/d",
                                               "document 4: items[0]: v1 Secret s"});
 }
@@ -1076,7 +1076,7 @@ TEST_CASE("dir: a same-size rewrite within one clock tick is seen") {
 TEST_CASE("dir: duplicates and ignored kinds are warned once") {
     TempDir t;
     source::ManifestDir dir(t.path.string());
-    t.write("a.yaml", pod_yaml("x", "p", "from-a") + "---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\n");
+    t.write("a.yaml", pod_yaml("x", "p", "from-a") + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\n");
     t.write("b.yaml", pod_yaml("x", "p", "from-b"));
     auto r = dir.rescan();
     REQUIRE(r);
@@ -1084,7 +1084,7 @@ TEST_CASE("dir: duplicates and ignored kinds are warned once") {
     CHECK(dir.snapshot().pods.at({"x", "p"}).labels.at("app") == "from-b");  // later file wins
     auto w = dir.take_warnings();
     CHECK(w == std::vector<std::string>{"Pod x/p is defined in both a.yaml and b.yaml; using b.yaml",
-                                        "a.yaml: document 2: v1 Service s: kind not used by signet, ignored"});
+                                        "a.yaml: document 2: v1 ConfigMap s: kind not used by signet, ignored"});
     CHECK(dir.take_warnings().empty());
 
     // An unrelated change: the same warnings are not repeated.
@@ -1207,4 +1207,320 @@ TEST_CASE("dir: inotify reports changes") {
     r = dir.rescan();
     REQUIRE(r);
     CHECK(dir.snapshot().namespaces.contains("c"));
+}
+
+// ===========================================================================
+// Services (v1)
+
+namespace {
+
+Service service_ok(std::string_view text) {
+    auto objs = parse_ok(text);
+    REQUIRE(objs.size() == 1);
+    REQUIRE(std::holds_alternative<Service>(objs[0]));
+    return std::get<Service>(objs[0]);
+}
+
+// A Service "s" in namespace x with the given spec (YAML, indented by two).
+std::string service_yaml(std::string_view spec) {
+    return "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\nspec:\n" + std::string(spec);
+}
+
+std::string service_error(std::string_view spec) { return parse_error(service_yaml(spec)); }
+
+}  // namespace
+
+TEST_CASE("service: ClusterIP with a selector, defaults") {
+    Service s = service_ok(R"(
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+)");
+    CHECK(s.namespace_ == "default");
+    CHECK(s.name == "web");
+    CHECK(s.type == "ClusterIP");
+    CHECK(s.cluster_ips.empty());  // not allocated yet (a manifest before the API server saw it)
+    REQUIRE(s.ports.size() == 1);
+    CHECK(s.ports[0] == ServicePort{"", Protocol::TCP, 80, "", 0});
+    REQUIRE(s.selector);
+    CHECK(*s.selector == Labels{{"app", "web"}});
+    CHECK_FALSE(s.internal_traffic_local);
+    CHECK(s.external_ips.empty());
+    CHECK(s.load_balancer_ips.empty());
+}
+
+TEST_CASE("service: every field, as the API server returns a LoadBalancer (JSON)") {
+    auto objs = parse_ok(R"({
+  "apiVersion": "v1", "kind": "Service",
+  "metadata": {"name": "shop", "namespace": "web", "uid": "u-1", "resourceVersion": "12"},
+  "spec": {
+    "type": "LoadBalancer",
+    "clusterIP": "10.96.12.7", "clusterIPs": ["10.96.12.7", "fd00:10:96::c"],
+    "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack",
+    "externalIPs": ["192.0.2.10"],
+    "selector": {"app": "shop", "tier": "front"},
+    "ports": [
+      {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http", "nodePort": 31080},
+      {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353, "nodePort": 31053},
+      {"name": "sctp", "protocol": "SCTP", "port": 9000, "targetPort": 0}
+    ],
+    "sessionAffinity": "None", "externalTrafficPolicy": "Cluster", "internalTrafficPolicy": "Local",
+    "allocateLoadBalancerNodePorts": true
+  },
+  "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.5", "ipMode": "VIP"}, {"hostname": "lb.example"},
+                                          {"ip": "2001:db8::5"}]}}
+})");
+    REQUIRE(objs.size() == 1);
+    const Service& s = std::get<Service>(objs[0]);
+    CHECK(s.namespace_ == "web");
+    CHECK(s.type == "LoadBalancer");
+    CHECK(s.cluster_ips == std::vector<std::string>{"10.96.12.7", "fd00:10:96::c"});
+    CHECK(s.external_ips == std::vector<std::string>{"192.0.2.10"});
+    CHECK(s.load_balancer_ips == std::vector<std::string>{"203.0.113.5", "2001:db8::5"});
+    REQUIRE(s.ports.size() == 3);
+    CHECK(s.ports[0] == ServicePort{"http", Protocol::TCP, 80, "http", 31080});
+    CHECK(s.ports[1] == ServicePort{"dns", Protocol::UDP, 53, "5353", 31053});
+    CHECK(s.ports[2] == ServicePort{"sctp", Protocol::SCTP, 9000, "", 0});
+    CHECK(*s.selector == Labels{{"app", "shop"}, {"tier", "front"}});
+    CHECK(s.internal_traffic_local);
+    CHECK(kind_of(objs[0]) == "Service");
+    CHECK(display_name(objs[0]) == "web/shop");
+    CHECK(validate(objs[0]));
+}
+
+TEST_CASE("service: headless, no selector, ExternalName, NodePort; in lists") {
+    auto objs = parse_ok(R"(
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: db, namespace: x}
+  spec: {clusterIP: None, selector: {app: db}}
+- apiVersion: v1
+  kind: Service
+  metadata: {name: manual, namespace: x}
+  spec:
+    clusterIP: 10.96.0.20
+    selector: {}
+    ports: [{port: 5432}]
+---
+apiVersion: v1
+kind: ServiceList
+items:
+- metadata: {name: ext, namespace: x}
+  spec: {type: ExternalName, externalName: db.example.com}
+- metadata: {name: np, namespace: x}
+  spec:
+    type: NodePort
+    clusterIPs: [10.96.0.21]
+    ports: [{port: 8080, nodePort: 30080, targetPort: 80}]
+)");
+    REQUIRE(objs.size() == 4);
+    const auto& headless = std::get<Service>(objs[0]);
+    CHECK(headless.cluster_ips.empty());
+    CHECK(headless.ports.empty());  // allowed when headless
+    CHECK(*headless.selector == Labels{{"app", "db"}});
+    const auto& manual = std::get<Service>(objs[1]);
+    CHECK_FALSE(manual.selector);  // an empty selector is no selector, as the API server stores it
+    CHECK(manual.cluster_ips == std::vector<std::string>{"10.96.0.20"});
+    const auto& ext = std::get<Service>(objs[2]);
+    CHECK(ext.type == "ExternalName");
+    CHECK(ext.ports.empty());
+    CHECK_FALSE(ext.selector);
+    const auto& np = std::get<Service>(objs[3]);
+    CHECK(np.type == "NodePort");
+    CHECK(np.ports[0] == ServicePort{"", Protocol::TCP, 8080, "80", 30080});
+
+    Snapshot snap;
+    for (const auto& o : objs) CHECK_FALSE(snap.put(o));
+    CHECK(snap.services.size() == 4);
+    CHECK(snap.size() == 4);
+    CHECK(snap.services.count({"x", "np"}) == 1);
+    CHECK(snap.put(objs[3]));  // replaced
+}
+
+TEST_CASE("service: malformed Services are rejected with the field path") {
+    auto err = [](std::string_view spec) {
+        std::string e = service_error(spec);
+        std::string prefix = "test.yaml: document 1: ";
+        return e.rfind(prefix, 0) == 0 ? e.substr(prefix.size()) : e;
+    };
+    CHECK(err("  ports: [{port: 0}]\n") == "spec.ports[0].port: invalid value 0: must be between 1 and 65535, inclusive");
+    CHECK(err("  ports: [{port: 70000}]\n") == "spec.ports[0].port: invalid value 70000: must be between 1 and 65535, inclusive");
+    CHECK(err("  ports: [{port: -1}]\n") == "spec.ports[0].port: invalid value -1: must be between 1 and 65535, inclusive");
+    CHECK(err("  ports: [{port: \"80\"}]\n") == "spec.ports[0].port: must be an integer, not a string");
+    CHECK(err("  ports: [{port: 80.5}]\n") == "spec.ports[0].port: must be an integer, not a floating-point number");
+    CHECK(err("  ports: [{}]\n") == "spec.ports[0].port: required value");
+    CHECK(err("  ports: [{port: 80, protocol: ICMP}]\n") ==
+          "spec.ports[0].protocol: unsupported value \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"");
+    CHECK(err("  ports: [{port: 80, protocol: tcp}]\n").rfind("spec.ports[0].protocol: unsupported value", 0) == 0);
+    CHECK(err("  ports: [{port: 80, targetPort: 65536}]\n") ==
+          "spec.ports[0].targetPort: invalid value 65536: must be between 1 and 65535, inclusive");
+    CHECK(err("  ports: [{port: 80, targetPort: \"8080\"}]\n").rfind("spec.ports[0].targetPort: invalid value \"8080\"", 0) == 0);
+    CHECK(err("  ports: [{port: 80, targetPort: Web_Port}]\n").rfind("spec.ports[0].targetPort: invalid value", 0) == 0);
+    CHECK(err("  ports: [{port: 80, targetPort: [1]}]\n") == "spec.ports[0].targetPort: must be an integer or a string");
+    CHECK(err("  type: NodePort\n  ports: [{port: 80, nodePort: 70000}]\n") ==
+          "spec.ports[0].nodePort: invalid value 70000: must be between 1 and 65535, inclusive");
+    CHECK(err("  type: NodePort\n  ports: [{port: 80, nodePort: -5}]\n") ==
+          "spec.ports[0].nodePort: invalid value -5: must be between 1 and 65535, inclusive");
+    CHECK(err("  ports: [{port: 80, nodePort: 30000}]\n") ==
+          "spec.ports[0].nodePort: may not be used when `type` is \"ClusterIP\"");
+    CHECK(err("  ports: [{port: 80}, {port: 81}]\n") == "spec.ports[0].name: required value (more than one port)");
+    CHECK(err("  ports: [{name: a, port: 80}, {name: a, port: 81}]\n") == "spec.ports[1].name: duplicate value \"a\"");
+    CHECK(err("  ports: [{name: A, port: 80}]\n").rfind("spec.ports[0].name: invalid value \"A\"", 0) == 0);
+    CHECK(err("  ports: {port: 80}\n") == "spec.ports: must be a list, not an object");
+    CHECK(err("  ports: [80]\n") == "spec.ports[0]: must be an object, not a number");
+    CHECK(err("  selector: {app: web}\n") == "spec.ports: required value");
+    CHECK(err("  type: Router\n  ports: [{port: 80}]\n") ==
+          "spec.type: unsupported value \"Router\": supported values: \"ClusterIP\", \"ExternalName\", "
+          "\"LoadBalancer\", \"NodePort\"");
+    CHECK(err("  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n") ==
+          "spec.clusterIP: invalid value \"10.96.0.300\": must be a valid IP address or \"None\"");
+    CHECK(err("  clusterIPs: [10.96.0.1, banana]\n  ports: [{port: 80}]\n") ==
+          "spec.clusterIPs[1]: invalid value \"banana\": must be a valid IP address or \"None\"");
+    CHECK(err("  clusterIP: 10.96.0.1\n  clusterIPs: [10.96.0.2]\n  ports: [{port: 80}]\n") ==
+          "spec.clusterIPs[0]: invalid value \"10.96.0.2\": must match spec.clusterIP \"10.96.0.1\"");
+    CHECK(err("  clusterIPs: [None, 10.96.0.1]\n  ports: [{port: 80}]\n") ==
+          "spec.clusterIPs: must have one entry when the first is \"None\" (headless)");
+    CHECK(err("  clusterIPs: [10.96.0.1, 10.96.0.2]\n  ports: [{port: 80}]\n") ==
+          "spec.clusterIPs[1]: must be of a different IP family than spec.clusterIPs[0]");
+    CHECK(err("  clusterIPs: [10.96.0.1, 'fd00::1', 10.96.0.2]\n  ports: [{port: 80}]\n") ==
+          "spec.clusterIPs: may have at most 2 entries (one per family)");
+    CHECK(err("  clusterIP: 10.96.0.1/32\n  ports: [{port: 80}]\n").rfind("spec.clusterIP: invalid value", 0) == 0);
+    CHECK(err("  type: ExternalName\n  clusterIP: 10.96.0.1\n") == "spec.clusterIP: may not be set for type ExternalName");
+    CHECK(err("  externalIPs: [192.0.2.1, example.com]\n  ports: [{port: 80}]\n") ==
+          "spec.externalIPs[1]: invalid value \"example.com\": must be a valid IP address");
+    CHECK(err("  externalIPs: 192.0.2.1\n  ports: [{port: 80}]\n") == "spec.externalIPs: must be a list, not a string");
+    CHECK(err("  selector: {app: [a]}\n  ports: [{port: 80}]\n") == "spec.selector.app: must be a string, not a list");
+    CHECK(err("  selector: {\"bad key!\": a}\n  ports: [{port: 80}]\n").rfind("spec.selector: invalid label key", 0) == 0);
+    CHECK(err("  internalTrafficPolicy: local\n  ports: [{port: 80}]\n") ==
+          "spec.internalTrafficPolicy: unsupported value \"local\": supported values: \"Cluster\", \"Local\"");
+    CHECK(err("  ports: [{port: 80}]\nstatus: {loadBalancer: {ingress: [{ip: lb.example}]}}\n") ==
+          "status.loadBalancer.ingress[0].ip: invalid value \"lb.example\": must be a valid IP address");
+    CHECK(err("  ports: [{port: 80}]\nstatus: {loadBalancer: {ingress: {ip: 1.2.3.4}}}\n") ==
+          "status.loadBalancer.ingress: must be a list, not an object");
+    CHECK(parse_error("apiVersion: v1\nkind: Service\nmetadata: {name: 1web, namespace: x}\nspec: {ports: [{port: 80}]}\n")
+              .find("metadata.name: invalid value \"1web\": a DNS-1035 label") != std::string::npos);
+    CHECK(parse_error("apiVersion: v1\nkind: Service\nmetadata: {name: a.b, namespace: x}\nspec: {ports: [{port: 80}]}\n")
+              .find("metadata.name: invalid value") != std::string::npos);
+    CHECK(parse_error("apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: X}\nspec: {ports: [{port: 80}]}\n")
+              .find("metadata.namespace: invalid value \"X\"") != std::string::npos);
+    CHECK(parse_error("apiVersion: v1\nkind: Service\nmetadata: {namespace: x}\n") ==
+          "test.yaml: document 1: metadata.name: required value");
+    CHECK(parse_error("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: []\n") ==
+          "test.yaml: document 1: spec: must be an object, not a list");
+    CHECK(parse_error("apiVersion: apps/v1\nkind: Service\nmetadata: {name: s}\n") ==
+          "test.yaml: document 1: apiVersion: kind Service is served as \"v1\", not \"apps/v1\"");
+    CHECK(parse_error("apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Service, metadata: {name: s}, "
+                      "spec: {ports: [{port: 99999}]}}\n") ==
+          "test.yaml: document 1: items[0].spec.ports[0].port: invalid value 99999: must be between 1 and 65535, "
+          "inclusive");
+}
+
+TEST_CASE("service: decode_service on API objects; validate() agrees with the decoder") {
+    auto doc = json::parse(R"({"metadata": {"name": "kubernetes", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"], "type": "ClusterIP",
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        "status": {"loadBalancer": {}}})");
+    REQUIRE(doc);
+    auto s = source::decode_service(*doc);
+    REQUIRE(s);
+    CHECK(s->cluster_ips == std::vector<std::string>{"10.96.0.1"});
+    CHECK_FALSE(s->selector);
+    CHECK(s->ports[0].target_port == "6443");
+    auto not_object = json::parse(R"([1])");
+    auto bad = source::decode_service(*not_object);
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code == EINVAL);
+    CHECK(bad.error().message == "must be an object, not a list");
+
+    // Objects built in code go through the same rules.
+    Service svc = *s;
+    CHECK(validate(Object{svc}));
+    svc.ports[0].target_port = "0";  // "" says "the same as port"
+    CHECK_FALSE(validate(svc));
+    svc.ports[0].target_port = "Http";
+    CHECK_FALSE(validate(svc));
+    svc.ports[0].target_port = "http";
+    CHECK(validate(svc));
+    svc.type = "NodePort";
+    svc.ports[0].node_port = 30443;
+    CHECK(validate(svc));
+    svc.type = "ClusterIP";
+    CHECK(validate(svc).error().message == "spec.ports[0].nodePort: may not be used when `type` is \"ClusterIP\"");
+    svc.ports[0].node_port = 0;
+    svc.ports[0].port = 0;
+    CHECK(validate(svc).error().message ==
+          "spec.ports[0].port: invalid value 0: must be between 1 and 65535, inclusive");
+    svc.ports.clear();
+    CHECK(validate(svc).error().message == "spec.ports: required value");
+    svc.cluster_ips.clear();
+    CHECK(validate(svc));  // headless
+    svc.load_balancer_ips = {"x"};
+    CHECK(validate(svc).error().message.rfind("status.loadBalancer.ingress[0].ip: invalid value \"x\"", 0) == 0);
+}
+
+TEST_CASE("service: snapshot and delta") {
+    Service a;
+    a.namespace_ = "x";
+    a.name = "a";
+    a.ports = {ServicePort{"", Protocol::TCP, 80, "", 0}};
+    Snapshot s1;
+    CHECK_FALSE(s1.put(a));
+    CHECK_FALSE(s1.empty());
+    CHECK(s1.size() == 1);
+    Delta d;
+    CHECK(d.empty());
+    d.note(a);
+    CHECK_FALSE(d.empty());
+    CHECK(d.services == std::set<ObjectKey>{{"x", "a"}});
+    CHECK(d.pods.empty());
+    Snapshot s2 = s1;
+    CHECK(d.same_in(s1, s2));
+    s2.services.at({"x", "a"}).cluster_ips = {"10.96.0.5"};
+    CHECK_FALSE(d.same_in(s1, s2));
+    CHECK(Delta{}.same_in(s1, s2));  // no key noted: nothing compared
+    Delta other;
+    other.services.insert({"y", "b"});
+    d.merge(other);
+    CHECK(d.services.size() == 2);
+    s2.services.erase({"x", "a"});
+    CHECK_FALSE(d.same_in(s1, s2));
+}
+
+TEST_CASE("dir: Services are read from the folder like the other kinds") {
+    TempDir t;
+    source::ManifestDir dir(t.path.string());
+    t.write("svc.yaml", service_yaml("  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n"));
+    auto r = dir.rescan();
+    REQUIRE(r);
+    CHECK(*r);
+    CHECK(dir.take_warnings().empty());
+    REQUIRE(dir.snapshot().services.count({"x", "s"}) == 1);
+    CHECK(dir.snapshot().services.at({"x", "s"}).ports[0].target_port == "http");
+    auto d = dir.take_delta();
+    CHECK(d.services == std::set<ObjectKey>{{"x", "s"}});
+    t.write("svc.yaml", service_yaml("  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n"));
+    r = dir.rescan();
+    REQUIRE(r);
+    CHECK(*r);
+    CHECK(dir.snapshot().services.at({"x", "s"}).ports[0].target_port == "8080");
+    CHECK(dir.take_delta().services == std::set<ObjectKey>{{"x", "s"}});
+    t.write("svc.yaml", service_yaml("  ports: [{}]\n"));  // broken: the last good objects stay
+    r = dir.rescan();
+    REQUIRE(r);
+    REQUIRE(dir.errors().size() == 1);
+    CHECK(dir.errors()[0].message.find("spec.ports[0].port: required value") != std::string::npos);
+    CHECK(dir.snapshot().services.count({"x", "s"}) == 1);
+    std::filesystem::remove(t.path / "svc.yaml");
+    r = dir.rescan();
+    REQUIRE(r);
+    CHECK(*r);
+    CHECK(dir.snapshot().services.empty());
+    CHECK(dir.take_delta().services == std::set<ObjectKey>{{"x", "s"}});
 }
