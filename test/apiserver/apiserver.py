@@ -4,8 +4,8 @@
 Python 3 standard library only (YAML manifests additionally need PyYAML,
 Debian's python3-yaml, when present; JSON always works).
 
-It serves Namespaces, Pods, NetworkPolicies (networking.k8s.io/v1) and
-Nodes the way kube-apiserver 1.29 does:
+It serves Namespaces, Pods, NetworkPolicies (networking.k8s.io/v1), Nodes
+and Services the way kube-apiserver 1.29 does:
 
 * ``GET /api/v1/pods?limit=N&continue=T`` -> ``PodList`` with
   ``metadata.resourceVersion``, ``continue`` and ``remainingItemCount``; list
@@ -21,7 +21,11 @@ Nodes the way kube-apiserver 1.29 does:
 
 Objects get uid, resourceVersion (one global counter, like etcd's
 revision), creationTimestamp, generation and managedFields as the real
-server fills them.
+server fills them. Services get the defaults the real server sets: a
+ClusterIP from 10.96.0.0/12 when none is given (kept on later applies, as
+``kubectl apply`` keeps it), ``clusterIPs``, ``ipFamilies``, port protocol
+and ``targetPort``, node ports from 30000-32767 for NodePort and
+LoadBalancer Services, and an empty ``status.loadBalancer``.
 
 Use it in-process (``Store`` + ``ApiServer``; ``stop()``/``start()`` again is
 a server restart with the same data, like etcd surviving it) or as a
@@ -94,6 +98,7 @@ RESOURCES = {
     "pods": ("", "v1", "Pod", True),
     "networkpolicies": ("networking.k8s.io", "v1", "NetworkPolicy", True),
     "nodes": ("", "v1", "Node", False),
+    "services": ("", "v1", "Service", True),
     # The CSR API of signet's node certificates, and the objects its signer and
     # clients read (GET by name; list/watch work as for the others).
     "certificatesigningrequests": ("certificates.k8s.io", "v1", "CertificateSigningRequest", False),
@@ -214,6 +219,8 @@ class Store:
         with self.cond:
             k = self.key(resource, obj)
             old = self.objects[resource].get(k)
+            if resource == "services":
+                self._default_service(obj, old)
             if old is not None:
                 md["uid"] = old["metadata"]["uid"]
                 md["creationTimestamp"] = old["metadata"]["creationTimestamp"]
@@ -236,6 +243,56 @@ class Store:
             self.objects[resource][k] = obj
             self._record(resource, "MODIFIED" if old is not None else "ADDED", obj)
             return obj
+
+    def _default_service(self, obj: dict, old: dict | None) -> None:
+        """What kube-apiserver fills in a Service (under self.cond): a ClusterIP
+        from 10.96.0.0/12 and node ports from 30000-32767 when absent (an
+        update keeps the ones allocated before), and the other defaults."""
+        spec = obj.setdefault("spec", {})
+        old_spec = (old or {}).get("spec") or {}
+        typ = spec.setdefault("type", "ClusterIP")
+        spec.setdefault("sessionAffinity", "None")
+        for p in spec.get("ports") or []:
+            if isinstance(p, dict):
+                p.setdefault("protocol", "TCP")
+                if "port" in p and not p.get("targetPort"):
+                    p["targetPort"] = p["port"]
+        obj.setdefault("status", {"loadBalancer": {}})
+        if typ == "ExternalName":
+            return
+        spec.setdefault("internalTrafficPolicy", "Cluster")
+        if not spec.get("clusterIP"):
+            spec["clusterIP"] = (spec.get("clusterIPs") or [None])[0] or old_spec.get("clusterIP") or self._free_ip()
+        if not spec.get("clusterIPs"):
+            spec["clusterIPs"] = (old_spec.get("clusterIPs") if old_spec.get("clusterIP") == spec["clusterIP"]
+                                  else None) or [spec["clusterIP"]]
+        if spec["clusterIP"] != "None":
+            spec.setdefault("ipFamilies", ["IPv6" if ":" in ip else "IPv4" for ip in spec["clusterIPs"]])
+            spec.setdefault("ipFamilyPolicy", "SingleStack" if len(spec["clusterIPs"]) == 1 else "PreferDualStack")
+        if typ in ("NodePort", "LoadBalancer"):
+            before = {(p.get("name"), p.get("port")): p.get("nodePort") for p in old_spec.get("ports") or []
+                      if isinstance(p, dict)}
+            for p in spec.get("ports") or []:
+                if isinstance(p, dict) and not p.get("nodePort"):
+                    p["nodePort"] = before.get((p.get("name"), p.get("port"))) or self._free_node_port()
+
+    def _services(self):
+        return [s.get("spec") or {} for s in self.objects["services"].values()]
+
+    def _free_ip(self) -> str:
+        used = {ip for s in self._services() for ip in (s.get("clusterIPs") or [s.get("clusterIP")])}
+        for n in range(10 * 256 + 1, 16 * 65536):  # 10.96.10.1 onwards: fixtures and tests name low ones
+            ip = f"10.{96 + (n >> 16)}.{(n >> 8) & 255}.{n & 255}"
+            if n & 255 not in (0, 255) and ip not in used:
+                return ip
+        raise ValueError("service CIDR 10.96.0.0/12 is full")
+
+    def _free_node_port(self) -> int:
+        used = {p.get("nodePort") for s in self._services() for p in s.get("ports") or [] if isinstance(p, dict)}
+        for port in range(30000, 32768):
+            if port not in used:
+                return port
+        raise ValueError("node port range 30000-32767 is full")
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         resource = KIND_TO_RESOURCE[kind]

@@ -36,6 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             if (auto* n = std::get_if<cache::Namespace>(&*item); n && !cache::validate(cache::Object(*n))) std::abort();
             if (auto* np = std::get_if<cache::NetworkPolicy>(&*item); np && !cache::validate(cache::Object(*np)))
                 std::abort();
+            if (auto* s = std::get_if<cache::Service>(&*item); s && !cache::validate(cache::Object(*s))) std::abort();
         }
         return {};
     };

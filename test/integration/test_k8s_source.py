@@ -178,6 +178,14 @@ def pods(s):
     return s.get("pods", {}) if s else {}
 
 
+def services(s):
+    return s.get("services", {}) if s else {}
+
+
+def service(name, ns="web", **spec):
+    return {"kind": "Service", "apiVersion": "v1", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
 # --------------------------------------------------------------------------
 # cases
 
@@ -200,6 +208,20 @@ def case_list_watch(tmp):
               fe.get("labels", {}).get("app") == "frontend" and fe.get("ports") == 1, fe)
         check("initial list: policies", s["policies"] == ["web/backend-allow-frontend", "web/default-deny-egress"],
               s["policies"])
+        svcs = services(s)
+        check("initial list: services", sorted(svcs) == ["default/kubernetes", "kube-system/kube-dns", "web/backend",
+                                                         "web/frontend"], sorted(svcs))
+        check("initial list: service fields (LoadBalancer, dual-stack, named targetPort)", svcs.get("web/frontend") == {
+            "type": "LoadBalancer", "clusterIPs": ["10.96.112.7", "fd00:10:96::7c1"], "externalIPs": [],
+            "loadBalancerIPs": ["172.18.255.200"], "selector": {"app": "frontend"}, "internalTrafficLocal": False,
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http", "nodePort": 30080}]},
+            svcs.get("web/frontend"))
+        check("initial list: headless service, internalTrafficPolicy Local; no selector",
+              svcs.get("web/backend", {}).get("clusterIPs") == [] and
+              svcs.get("web/backend", {}).get("internalTrafficLocal") is True and
+              svcs.get("default/kubernetes", {}).get("selector", 0) is None and
+              svcs.get("default/kubernetes", {}).get("ports", [{}])[0].get("targetPort") == "6443",
+              (svcs.get("web/backend"), svcs.get("default/kubernetes")))
         check("initial list: nodes with InternalIPs", s["nodes"] == {
             "kind-control-plane": ["172.18.0.2", "fc00:f853:ccd:e793::2"],
             "kind-worker": ["172.18.0.3", "fc00:f853:ccd:e793::3"]}, s["nodes"])
@@ -238,6 +260,40 @@ def case_list_watch(tmp):
         e.store.delete("Namespace", "", "local-path-storage")
         s = pr.wait_snap(lambda s: "default/deny-all" in s["policies"] and "local-path-storage" not in s["namespaces"], 5)
         check("policy and namespace events", s is not None)
+        # Services: added (the server allocates the ClusterIP and node port), modified, deleted
+        added = e.store.apply(service("cart", type="NodePort", selector={"app": "cart"},
+                                      ports=[{"name": "http", "port": 80, "targetPort": "http"}],
+                                      externalIPs=["192.0.2.10"]))
+        ip, node_port = added["spec"]["clusterIP"], added["spec"]["ports"][0]["nodePort"]
+        s = pr.wait_snap(lambda s: "web/cart" in services(s), 5)
+        check("Service ADDED: reaches the snapshot with the allocated ClusterIP and nodePort", s is not None and
+              services(s)["web/cart"] == {
+                  "type": "NodePort", "clusterIPs": [ip], "externalIPs": ["192.0.2.10"], "loadBalancerIPs": [],
+                  "selector": {"app": "cart"}, "internalTrafficLocal": False,
+                  "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http",
+                             "nodePort": node_port}]}, services(s).get("web/cart"))
+        e.store.apply(service("cart", type="ClusterIP", selector={"app": "cart", "version": "v2"},
+                              ports=[{"name": "http", "port": 80, "targetPort": 8080},
+                                     {"name": "dns", "port": 53, "protocol": "UDP"}]))
+        s = pr.wait_snap(lambda s: services(s).get("web/cart", {}).get("selector", {}).get("version") == "v2", 5)
+        got = services(s).get("web/cart", {})
+        check("Service MODIFIED: selector, type and ports updated, ClusterIP kept", s is not None and
+              got["type"] == "ClusterIP" and got["clusterIPs"] == [ip] and
+              [(p["name"], p["protocol"], p["port"], p["targetPort"], p["nodePort"]) for p in got["ports"]] ==
+              [("http", "TCP", 80, "8080", 0), ("dns", "UDP", 53, "53", 0)], got)
+        e.store.delete("Service", "web", "cart")
+        s = pr.wait_snap(lambda s: "web/cart" not in services(s), 5)
+        check("Service DELETED: removed from the snapshot", s is not None and "web/frontend" in services(s))
+        bad = service("broken", ports=[{"name": "http", "port": 70000}])
+        e.store.apply(bad)
+        e.store.apply(service("fine", selector={"app": "fine"}, ports=[{"port": 443}]))
+        s = pr.wait_snap(lambda s: "web/fine" in services(s), 5)
+        check("malformed Service: skipped and reported, later events applied",
+              s is not None and "web/broken" not in services(s) and
+              pr.reported("services: skipping malformed object web/broken"), pr.reports[-3:])
+        st = pr.status()["resources"]["services"]
+        check("status: services watched and counted", st["state"] == "watching" and
+              st["objects"] == len(services(s)) and st["events"]["added"] >= 2, st)
         # refresh(): a mutation immediately followed by refresh is visible when it returns
         e.store.apply(A.synthetic_pod("web", "sync-7d9f8b6c4d-00001", "10.244.1.21", {"app": "sync"}))
         r = pr.cmd("refresh")
@@ -357,6 +413,20 @@ def case_forbidden(tmp):
         e.store.set_faults(forbidden=[])
         s = pr.wait_snap(lambda s: s["ready"] and len(pods(s)) == 5, 10)
         check("403: recovers once allowed", s is not None and pr.reported("API reachable again"), pr.reports)
+    finally:
+        e.close()
+
+
+def case_forbidden_services(tmp):
+    e = Env(tmp, forbidden=["services"])
+    try:
+        pr = e.probe(kubeconfig=e.kubeconfig({"token": "abc"}))
+        ok = wait_until(lambda: pr.reported("forbidden: cannot list services at the cluster scope"), 5)
+        check("403 on services: reported, not ready (the RBAC lacks services)", ok and not pr.snap()["ready"],
+              pr.reports)
+        e.store.set_faults(forbidden=[])
+        s = pr.wait_snap(lambda s: s["ready"] and len(services(s)) == 4, 10)
+        check("403 on services: recovers once allowed", s is not None)
     finally:
         e.close()
 
@@ -537,12 +607,15 @@ def case_manifests(tmp):
                                            "  labels:\n    pod: a\nspec:\n  containers:\n  - name: c\n"
                                            "    image: busybox\n---\napiVersion: networking.k8s.io/v1\n"
                                            "kind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: x\n"
-                                           "spec:\n  podSelector: {}\n")
+                                           "spec:\n  podSelector: {}\n---\napiVersion: v1\nkind: Service\n"
+                                           "metadata:\n  name: s-x-a\n  namespace: x\nspec:\n  selector:\n"
+                                           "    pod: a\n  ports:\n  - port: 80\n")
             pr.cmd("refresh")
-            s = pr.wait_snap(lambda s: "x/a" in pods(s) and "x/p" in s["policies"], 5)
-            check("manifest folder: YAML file -> watch events", s is not None)
+            s = pr.wait_snap(lambda s: "x/a" in pods(s) and "x/p" in s["policies"] and "x/s-x-a" in services(s), 5)
+            check("manifest folder: YAML file -> watch events (Service with an allocated ClusterIP)", s is not None
+                  and len(services(s)["x/s-x-a"]["clusterIPs"]) == 1, s and services(s))
             (mdir / "pod.yaml").unlink()
-            s = pr.wait_snap(lambda s: "x/a" not in pods(s) and not s["policies"], 5)
+            s = pr.wait_snap(lambda s: "x/a" not in pods(s) and not s["policies"] and not services(s), 5)
             check("manifest folder: removed file -> DELETED", s is not None)
         except ImportError:
             log("  (PyYAML missing: YAML part of the manifest-folder case skipped)")
@@ -551,7 +624,7 @@ def case_manifests(tmp):
         e.close()
 
 
-CASES = [case_list_watch, case_gone, case_drop_resume, case_forbidden, case_tls, case_exec, case_token_rotation,
+CASES = [case_list_watch, case_gone, case_drop_resume, case_forbidden, case_forbidden_services, case_tls, case_exec, case_token_rotation,
          case_manifests, case_scale]
 
 

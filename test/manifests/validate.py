@@ -46,7 +46,8 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityCla
 
 # Used when controller/source/kubernetes/ does not (yet) show the paths it
 # requests: what the Kubernetes source is specified to watch (DESIGN.md).
-FALLBACK_READS = {("", "namespaces"), ("", "pods"), ("", "nodes"), ("networking.k8s.io", "networkpolicies")}
+FALLBACK_READS = {("", "namespaces"), ("", "pods"), ("", "nodes"), ("", "services"),
+                  ("networking.k8s.io", "networkpolicies")}
 # The node certificate (certificates.k8s.io CSR API, signer signet.dev/node).
 NODE_CSR_RULE = ("certificates.k8s.io", "certificatesigningrequests", frozenset({"create", "get", "watch"}))
 # Capabilities the node agent may hold, with the reason (see 30-daemonset.yaml).

@@ -37,6 +37,14 @@ std::string pod(const std::string& name, const std::string& rv, const std::strin
            rv + R"(","labels":{"app":")" + app + R"("}},"spec":{"containers":[{"name":"c","image":"i"}]}})";
 }
 
+std::string service(const std::string& name, const std::string& rv, const std::string& ip, const std::string& app,
+                    int port = 80) {
+    return R"({"kind":"Service","apiVersion":"v1","metadata":{"name":")" + name + R"(","namespace":"x","resourceVersion":")" +
+           rv + R"("},"spec":{"type":"ClusterIP","clusterIP":")" + ip + R"(","clusterIPs":[")" + ip +
+           R"("],"selector":{"app":")" + app + R"("},"ports":[{"name":"http","protocol":"TCP","port":)" +
+           std::to_string(port) + R"(,"targetPort":"http"}]},"status":{"loadBalancer":{}}})";
+}
+
 bool contains(const std::vector<std::string>& v, const std::string& needle) {
     for (const auto& s : v)
         if (s.find(needle) != std::string::npos) return true;
@@ -240,6 +248,19 @@ TEST_CASE("kubernetes source: recorded streams (410 mid-stream, bookmark, droppe
                    hold_after(list_body("1", {R"({"kind":"Namespace","metadata":{"name":"x","labels":{"t":"1"}}})"})));
     server->script("/apis/networking.k8s.io/v1/networkpolicies", hold_after(list_body("1", {})));
     server->script("/api/v1/nodes", hold_after(list_body("1", {})));
+    // Services: listed, then added, modified (a malformed one skipped in between) and deleted by watch events.
+    server->script("/api/v1/services",
+                   {
+                       {.query = "?limit=", .chunks = {list_body("30", {service("web", "29", "10.96.0.5", "web")})}},
+                       {.query = "resourceVersion=30&",
+                        .chunks = cut(event("ADDED", service("db", "31", "10.96.0.6", "db")) +
+                                          event("MODIFIED", service("web", "32", "10.96.0.5", "web", 70000)) +
+                                          event("MODIFIED", service("web", "33", "10.96.0.5", "web2", 8080)) +
+                                          event("ADDED", service("tmp", "34", "10.96.0.7", "tmp")) +
+                                          event("DELETED", service("tmp", "35", "10.96.0.7", "tmp")),
+                                      17),
+                        .hold = true},
+                   });
     server->script("/api/v1/pods",
                    {
                        {.query = "?limit=", .chunks = {list_body("10", {pod("a", "5"), pod("b", "6")})}},
@@ -268,8 +289,12 @@ TEST_CASE("kubernetes source: recorded streams (410 mid-stream, bookmark, droppe
     auto done = [&] {
         const auto& pods = src->snapshot().pods;
         auto a = pods.find({"x", "a"});
+        const auto& svcs = src->snapshot().services;
+        auto web = svcs.find({"x", "web"});
         return src->ready() && src->applied_version(source::k8s::Resource::Pods) == "22" && pods.size() == 2 &&
-               a != pods.end() && a->second.labels.at("app") == "db" && pods.count({"x", "e"}) == 1;
+               a != pods.end() && a->second.labels.at("app") == "db" && pods.count({"x", "e"}) == 1 &&
+               src->applied_version(source::k8s::Resource::Services) == "35" && svcs.size() == 2 &&
+               web != svcs.end() && web->second.ports.at(0).port == 8080 && svcs.count({"x", "db"}) == 1;
     };
     auto end = std::chrono::steady_clock::now() + 10s;
     while (!done() && std::chrono::steady_clock::now() < end) io.run_for(5ms);
@@ -285,9 +310,21 @@ TEST_CASE("kubernetes source: recorded streams (410 mid-stream, bookmark, droppe
     CHECK(p["reconnects"].GetUint64() == 1);
     CHECK(p["events"]["bookmarks"].GetUint64() == 1);
     CHECK(std::string(st["connection"].GetString()) == "connected");
+    const auto& s = st["resources"]["services"];
+    CHECK(s["objects"].GetUint64() == 2);
+    CHECK(s["events"]["added"].GetUint64() == 2);
+    CHECK(s["events"]["deleted"].GetUint64() == 1);
+    const cache::Service& web = src->snapshot().services.at({"x", "web"});
+    CHECK(web.cluster_ips == std::vector<std::string>{"10.96.0.5"});
+    CHECK(*web.selector == cache::Labels{{"app", "web2"}});
+    CHECK(web.ports.at(0).target_port == "http");
+    // The source's delta names the Services that changed.
+    cache::Delta delta = src->take_delta();
+    CHECK(delta.services.count({"x", "web"}) == 1);
     src->stop();
     CHECK(server->mismatches().empty());
     std::lock_guard lk(rmu);
+    CHECK(contains(reports, "services: skipping malformed object x/web in a watch event"));
     CHECK(contains(reports, "pods: watch: too old resource version (410 Gone"));
     CHECK(contains(reports, "pods: watch connection lost: Connection reset by peer (resuming from resourceVersion 21)"));
 }

@@ -56,6 +56,24 @@ bool rv_reached(const std::string& have, const std::string& want) {
 
 std::string key_of(const std::string& ns, const std::string& name) { return ns.empty() ? name : ns + "/" + name; }
 
+// Notes in `keys` every key whose object differs between `a` and `b` (added, removed or changed).
+template <typename Map, typename Keys>
+void note_differences(const Map& a, const Map& b, Keys& keys) {
+    auto x = a.begin(), y = b.begin();
+    while (x != a.end() || y != b.end()) {
+        if (y == b.end() || (x != a.end() && x->first < y->first)) {
+            keys.insert(x->first);
+            ++x;
+        } else if (x == a.end() || y->first < x->first) {
+            keys.insert(y->first);
+            ++y;
+        } else {
+            if (!(x->second == y->second)) keys.insert(x->first);
+            ++x, ++y;
+        }
+    }
+}
+
 }  // namespace
 
 // One resource's reflector and its handler: a list is gathered into one
@@ -111,7 +129,7 @@ struct KubernetesSource::Watcher final : kube::ReflectorHandler {
                 auto ref = kube::object_ref(*ev.object);  // the reflector checked it
                 if (!ref) return ref.error();
                 u.type = Update::Delete;
-                u.ns = res == Resource::Namespaces || res == Resource::Nodes
+                u.ns = !k8s::is_namespaced(res)
                            ? ""
                            : (ref->namespace_.empty() ? std::string(cache::kDefaultNamespace) : ref->namespace_);
                 u.name = ref->name;
@@ -431,6 +449,13 @@ void KubernetesSource::drain() {
                     case Resource::Nodes:
                         if (nodes_ != u.nodes) changed = true, nodes_.swap(u.nodes);
                         break;
+                    case Resource::Services:
+                        // Services change no pod's rules by themselves: the keys that differ, not `all`.
+                        if (snapshot_.services != u.snap.services) {
+                            note_differences(snapshot_.services, u.snap.services, delta_.services);
+                            changed = true, snapshot_.services.swap(u.snap.services);
+                        }
+                        break;
                 }
                 listed_[i] = true;
                 break;
@@ -450,6 +475,8 @@ void KubernetesSource::drain() {
                             assign(snapshot_.pods, cache::ObjectKey{o.namespace_, o.name}, &delta_.pods);
                         else if constexpr (std::is_same_v<T, cache::NetworkPolicy>)
                             assign(snapshot_.policies, cache::ObjectKey{o.namespace_, o.name}, &delta_.policies);
+                        else if constexpr (std::is_same_v<T, cache::Service>)
+                            assign(snapshot_.services, cache::ObjectKey{o.namespace_, o.name}, &delta_.services);
                         else assign(nodes_, o.name, static_cast<std::set<std::string>*>(nullptr));
                     },
                     std::move(*u.item));
@@ -467,6 +494,10 @@ void KubernetesSource::drain() {
                             changed = true, delta_.policies.insert({u.ns, u.name});
                         break;
                     case Resource::Nodes: changed |= nodes_.erase(u.name) > 0; break;
+                    case Resource::Services:
+                        if (snapshot_.services.erase({u.ns, u.name}) > 0)
+                            changed = true, delta_.services.insert({u.ns, u.name});
+                        break;
                 }
                 break;
             case Update::Bookmark: break;
@@ -475,7 +506,8 @@ void KubernetesSource::drain() {
     }
     ++batches_;
     bool was_ready = ready_;
-    ready_ = listed_[0] && listed_[1] && listed_[2] && listed_[3];
+    ready_ = true;
+    for (bool listed : listed_) ready_ = ready_ && listed;
     if (ready_ && (changed || !was_ready) && on_change_) on_change_();
     check_refreshes();
 }
@@ -521,10 +553,14 @@ void KubernetesSource::status(rapidjson::Value& out, rapidjson::Document::Alloca
             rapidjson::Value o(rapidjson::kObjectType);
             o.AddMember("state", json::str(s.state, a), a);
             o.AddMember("resourceVersion", json::str(applied_rv_[i], a), a);
-            size_t count = r == Resource::Namespaces ? snapshot_.namespaces.size()
-                           : r == Resource::Pods     ? snapshot_.pods.size()
-                           : r == Resource::Nodes    ? nodes_.size()
-                                                     : snapshot_.policies.size();
+            size_t count = 0;
+            switch (r) {
+                case Resource::Namespaces: count = snapshot_.namespaces.size(); break;
+                case Resource::Pods: count = snapshot_.pods.size(); break;
+                case Resource::NetworkPolicies: count = snapshot_.policies.size(); break;
+                case Resource::Nodes: count = nodes_.size(); break;
+                case Resource::Services: count = snapshot_.services.size(); break;
+            }
             o.AddMember("objects", static_cast<uint64_t>(count), a);
             o.AddMember("lastError", json::str(s.last_error, a), a);
             o.AddMember("lastHttpStatus", s.last_http_status, a);

@@ -1,5 +1,5 @@
-// signetd --source kubernetes: Namespaces, Pods, NetworkPolicies and Nodes
-// read from the Kubernetes API, one kube::Reflector per resource (list +
+// signetd --source kubernetes: Namespaces, Pods, NetworkPolicies, Nodes and
+// Services read from the Kubernetes API, one kube::Reflector per resource (list +
 // watch as client-go's reflector does it: kube/reflector.h).
 //
 // Threads: one reflector thread per resource and one for refresh(); decoded

@@ -43,10 +43,41 @@ uint64_t proc_status_kib(const char* field) {
     return 0;
 }
 
-void add_labels(rapidjson::Value& o, const cache::Labels& labels, rapidjson::Document::AllocatorType& a) {
+void add_labels(rapidjson::Value& o, const cache::Labels& labels, rapidjson::Document::AllocatorType& a,
+                const char* field = "labels") {
     rapidjson::Value l(rapidjson::kObjectType);
     for (const auto& [k, v] : labels) l.AddMember(json::str(k, a), json::str(v, a), a);
-    o.AddMember("labels", l, a);
+    o.AddMember(rapidjson::StringRef(field), l, a);
+}
+
+rapidjson::Value string_list(const std::vector<std::string>& items, rapidjson::Document::AllocatorType& a) {
+    rapidjson::Value out(rapidjson::kArrayType);
+    for (const auto& s : items) out.PushBack(json::str(s, a), a);
+    return out;
+}
+
+// A Service as the snapshot holds it (selector null when it has none).
+rapidjson::Value service_json(const cache::Service& s, rapidjson::Document::AllocatorType& a) {
+    rapidjson::Value o(rapidjson::kObjectType);
+    o.AddMember("type", json::str(s.type, a), a);
+    o.AddMember("clusterIPs", string_list(s.cluster_ips, a), a);
+    o.AddMember("externalIPs", string_list(s.external_ips, a), a);
+    o.AddMember("loadBalancerIPs", string_list(s.load_balancer_ips, a), a);
+    rapidjson::Value ports(rapidjson::kArrayType);
+    for (const auto& p : s.ports) {
+        rapidjson::Value po(rapidjson::kObjectType);
+        po.AddMember("name", json::str(p.name, a), a);
+        po.AddMember("protocol", json::str(std::string(cache::to_string(p.protocol)), a), a);
+        po.AddMember("port", static_cast<unsigned>(p.port), a);
+        po.AddMember("targetPort", json::str(p.target_port, a), a);
+        po.AddMember("nodePort", static_cast<unsigned>(p.node_port), a);
+        ports.PushBack(po, a);
+    }
+    o.AddMember("ports", ports, a);
+    if (s.selector) add_labels(o, *s.selector, a, "selector");
+    else o.AddMember("selector", rapidjson::Value(rapidjson::kNullType), a);
+    o.AddMember("internalTrafficLocal", s.internal_traffic_local, a);
+    return o;
 }
 
 }  // namespace
@@ -105,6 +136,7 @@ int main(int argc, char** argv) {
         d.AddMember("namespaces", static_cast<uint64_t>(src.snapshot().namespaces.size()), a);
         d.AddMember("pods", static_cast<uint64_t>(src.snapshot().pods.size()), a);
         d.AddMember("policies", static_cast<uint64_t>(src.snapshot().policies.size()), a);
+        d.AddMember("services", static_cast<uint64_t>(src.snapshot().services.size()), a);
         d.AddMember("nodes", static_cast<uint64_t>(src.nodes().size()), a);
         print(d);
     });
@@ -129,7 +161,7 @@ int main(int argc, char** argv) {
                     d.AddMember("ready", src.ready(), a);
                     d.AddMember("version", json::str(src.origin_version(), a), a);
                     rapidjson::Value nss(rapidjson::kObjectType), pods(rapidjson::kObjectType),
-                        pols(rapidjson::kArrayType), nodes(rapidjson::kObjectType);
+                        pols(rapidjson::kArrayType), nodes(rapidjson::kObjectType), svcs(rapidjson::kObjectType);
                     for (const auto& [name, ns] : snap.namespaces) {
                         rapidjson::Value o(rapidjson::kObjectType);
                         add_labels(o, ns.labels, a);
@@ -147,6 +179,8 @@ int main(int argc, char** argv) {
                         pods.AddMember(json::str(key.namespace_ + "/" + key.name, a), o, a);
                     }
                     for (const auto& [key, p] : snap.policies) pols.PushBack(json::str(key.namespace_ + "/" + key.name, a), a);
+                    for (const auto& [key, s] : snap.services)
+                        svcs.AddMember(json::str(key.namespace_ + "/" + key.name, a), service_json(s, a), a);
                     for (const auto& [name, n] : src.nodes()) {
                         rapidjson::Value ips(rapidjson::kArrayType);
                         for (const auto& ip : n.internal_ips) ips.PushBack(json::str(ip, a), a);
@@ -156,6 +190,7 @@ int main(int argc, char** argv) {
                     d.AddMember("pods", pods, a);
                     d.AddMember("policies", pols, a);
                     d.AddMember("nodes", nodes, a);
+                    d.AddMember("services", svcs, a);
                 } else if (line == "refresh") {
                     auto t0 = std::chrono::steady_clock::now();
                     src.refresh([&, t0](Status r) {

@@ -16,6 +16,7 @@ std::string_view resource_name(Resource r) {
         case Resource::Pods: return "pods";
         case Resource::NetworkPolicies: return "networkpolicies";
         case Resource::Nodes: return "nodes";
+        case Resource::Services: return "services";
     }
     return "?";
 }
@@ -26,6 +27,7 @@ std::string_view resource_path(Resource r) {
         case Resource::Pods: return "/api/v1/pods";
         case Resource::NetworkPolicies: return "/apis/networking.k8s.io/v1/networkpolicies";
         case Resource::Nodes: return "/api/v1/nodes";
+        case Resource::Services: return "/api/v1/services";
     }
     return "/";
 }
@@ -36,9 +38,12 @@ std::string_view resource_kind(Resource r) {
         case Resource::Pods: return "Pod";
         case Resource::NetworkPolicies: return "NetworkPolicy";
         case Resource::Nodes: return "Node";
+        case Resource::Services: return "Service";
     }
     return "?";
 }
+
+bool is_namespaced(Resource r) { return r != Resource::Namespaces && r != Resource::Nodes; }
 
 Result<NodeInfo> decode_node(const Value& obj) {
     if (!obj.IsObject()) return make_error(EINVAL, "not an object");
@@ -79,6 +84,7 @@ Result<Item> decode_item(Resource r, const Value& obj) {
         case Resource::Pods: return wrap(decode_pod(obj));
         case Resource::NetworkPolicies: return wrap(decode_network_policy(obj));
         case Resource::Nodes: return wrap(decode_node(obj));
+        case Resource::Services: return wrap(decode_service(obj));
     }
     return make_error(EINVAL, "unknown resource");
 }

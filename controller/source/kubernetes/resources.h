@@ -1,5 +1,5 @@
 // The objects signetd's Kubernetes source reads (Namespaces, Pods,
-// NetworkPolicies, Nodes): their API paths and the decoding of one API
+// NetworkPolicies, Nodes, Services): their API paths and the decoding of one API
 // object into the typed cache objects. Pure code: fuzzed with the watch
 // stream by test/fuzz/fuzz_k8s_watch.cpp.
 #pragma once
@@ -25,13 +25,17 @@ struct NodeInfo {
 };
 Result<NodeInfo> decode_node(const rapidjson::Value& obj);
 
-enum class Resource { Namespaces = 0, Pods = 1, NetworkPolicies = 2, Nodes = 3 };
-inline constexpr int kResourceCount = 4;
-std::string_view resource_name(Resource r);   // "namespaces", "pods", "networkpolicies", "nodes"
+// Every resource is listed and watched (one reflector each); the source is
+// ready once each has been listed. Loops run over 0..kResourceCount-1.
+enum class Resource { Namespaces = 0, Pods = 1, NetworkPolicies = 2, Nodes = 3, Services = 4 };
+inline constexpr int kResourceCount = 5;
+std::string_view resource_name(Resource r);   // "namespaces", "pods", "networkpolicies", "nodes", "services"
 std::string_view resource_path(Resource r);   // "/api/v1/pods", "/apis/networking.k8s.io/v1/networkpolicies", ...
 std::string_view resource_kind(Resource r);   // "Pod", ...
+// Whether objects of `r` live in a namespace (Pods, NetworkPolicies, Services).
+bool is_namespaced(Resource r);
 
-using Item = std::variant<cache::Namespace, cache::Pod, cache::NetworkPolicy, NodeInfo>;
+using Item = std::variant<cache::Namespace, cache::Pod, cache::NetworkPolicy, NodeInfo, cache::Service>;
 
 // Decodes one API object of resource `r` (the typed decoders of manifest.h,
 // plus kind/apiVersion checks when present).
