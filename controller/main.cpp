@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -81,6 +82,16 @@ Flags:
                             enforce     a pod peer must prove its identity: a tokenless
                                         connection from a pod address is judged by
                                         ipBlock rules only
+  --services MODE         connections to Service frontends (ClusterIPs, NodePorts, externalIPs,
+                          load-balancer IPs), which kube-proxy translates in the node's netns
+                          (docs/policy.md, "Services"):
+                            judge       judged after the translation, on the backend pod
+                                        (default)
+                            off         judged like any address in the pod's own table: an
+                                        isolated egress refuses them unless an ipBlock allows
+  --node-netns PATH       the node's netns: where kube-proxy translates, and whose addresses
+                          are the node's own (default: signetd's own; signetd runs in the
+                          host's network namespace)
   --log-level LEVEL       debug, info, warn or error (default: info)
   --help                  show this help
   --version               print the version
@@ -155,6 +166,21 @@ int main(int argc, char** argv) {
             opts.graph = true;
         } else if (arg == "--no-flows") {
             opts.collect_flows = false;
+        } else if (arg == "--services") {
+            if (!need(&v)) return usage_error("--services needs a value (judge or off)");
+            if (v == "judge") opts.services = true;
+            else if (v == "off") opts.services = false;
+            else return usage_error("--services: expected judge or off, got '" + v + "'");
+        } else if (arg == "--node-netns") {
+            if (!need(&v) || v.empty()) return usage_error("--node-netns needs a path (e.g. /run/netns/NAME)");
+            opts.node_netns = v;
+            // The node's addresses are those of its netns (read from a thread
+            // inside it); the last good answer stands if it cannot be entered.
+            opts.node_addresses = [path = v, last = std::make_shared<std::vector<std::string>>()] {
+                if (auto ns = nft::Netns::open(path))
+                    if (auto a = ns->run([] { return core::host_addresses(); })) *last = std::move(*a);
+                return *last;
+            };
         } else if (arg == "--handshake") {
             std::string v;
             if (!need(&v)) return usage_error("--handshake needs off, permissive or enforce");
@@ -246,6 +272,7 @@ int main(int argc, char** argv) {
         destroy_table = probe->destroy_table;
         opts.queue_backend = nft::to_string(probe->queue);
         opts.handshake_queue = probe->queue;
+        opts.service_queue = probe->queue;
         log::info("signetd", "kernel: new-connection queue via " + opts.queue_backend +
                                  (probe->native_queue_error.empty() ? "" : " (native nft queue: " + probe->native_queue_error + ")"));
     } else {

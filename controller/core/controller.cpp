@@ -95,6 +95,7 @@ Status Controller::start() {
                             ")");
     }
     node_addresses_ = opts_.node_addresses();
+    start_services();
     // Serve first: until the source has a complete snapshot, /readyz says 503
     // and ADD gets "try again later"; the tables already in the pods' netns
     // keep enforcing what they had, and established connections live on.
@@ -116,6 +117,7 @@ void Controller::stop() {
     stop_outputs();
     flows_->stop();
     if (handshake_) handshake_->stop();
+    if (service_queue_) service_queue_->stop();  // the node's table stays: its queue rules drop (fail closed)
     if (identity_) identity_->stop();
     source_->stop();
     sweep_timer_.cancel();
@@ -138,6 +140,7 @@ void Controller::on_source_change() {
     cache::Delta delta = source_->take_delta();  // taken every time, so it never grows unbounded
     flows_->source_changed();
     if (handshake_) handshake_->source_changed();
+    ip_index_dirty_ = true;
     if (enforcing_) {
         auto t0 = std::chrono::steady_clock::now();
         uint64_t changes = enforcer_.program_latency().count();
@@ -153,11 +156,18 @@ void Controller::on_source_change() {
                           enforcer_.program_latency().last() * 1e3);
         log::info("source", "source version " + std::to_string(source_version_) + " (" + source_->origin_version() +
                                 ") applied in " + buf);
+        if (delta.all || !delta.services.empty()) services_changed();
     } else if (source_->ready()) {
         // First complete snapshot: program every recovered pod (replacing the
         // tables a previous signetd left, without touching established connections).
         if (handshake_)  // bound before the tables with queue rules are written
             for (const auto& [k, rec] : registry_.all()) handshake_->pod_started(k, rec);
+        // The pods' first tables defer Service frontends already (after a
+        // restart, as the tables before it did).
+        check_services();
+        if (service_queue_)
+            enforcer_.configure_services(services_problem_.empty(),
+                                         policy::service_frontends(source_->snapshot().services));
         enforcer_.reset(source_->snapshot(), registry_.all(), node_addresses_);
         for (const auto& [k, rec] : registry_.all()) flows_->pod_started(k, rec, true);
         enforcing_ = true;
@@ -242,10 +252,12 @@ void Controller::sweep() {
         }
     }
     if (!removed.empty()) persist();
+    check_services();
     apply_all();
 }
 
 void Controller::forget(const std::string& key, const api::PodRecord& gone, bool remove_table) {
+    ip_index_dirty_ = true;
     flows_->pod_stopped(key, gone);
     if (handshake_) handshake_->pod_stopped(key);
     if (enforcing_) enforcer_.pod_removed(key, gone, remove_table, registry_.all());
@@ -287,6 +299,9 @@ ipc::Response Controller::status_json() const {
     dp.AddMember("enforcing", enforcing_, a);
     dp.AddMember("queueBackend", json::str(opts_.queue_backend, a), a);
     d.AddMember("datapath", dp, a);
+    Value svc;
+    services_status(svc, a);
+    d.AddMember("services", svc, a);
     Value fl;
     flows_->status(fl, a);
     d.AddMember("flows", fl, a);
@@ -452,6 +467,8 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     if (const api::PodRecord* old = registry_.get(key)) previous = *old;
     registry_.put(rec);
     if (handshake_) handshake_->pod_started(key, rec);  // the queue bound before its rules are written
+    ip_index_dirty_ = true;
+    check_services();  // a new pod may bring a new bridge: can signet still see the translation?
     // The pod's table must be in place before the ADD returns: no packet
     // reaches or leaves the pod before its policy does.
     if (auto st = enforcer_.pod_added(key, registry_.all()); !st) {
@@ -492,6 +509,8 @@ void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond
     ex->to_json(d, d.GetAllocator());
     std::string text = ex->text();
     if (handshake_ && *proto == nft::kTcp) explain_identity(*from, *to, port, d, text);
+    if (!to->is_pod())
+        if (auto ip = policy::parse_ip(to->ip)) explain_services(*from, *ip, *proto, port, d, text);
     d.AddMember("text", json::str(text, d.GetAllocator()), d.GetAllocator());
     respond(json_response(200, d));
 }

@@ -22,6 +22,8 @@
 #include "enforcer.h"
 #include "flows/service.h"
 #include "datapath/engine.h"
+#include "datapath/queue_source.h"
+#include "datapath/service_judge.h"
 #include "credentials/node_identity.h"
 #include "export/influx.h"
 #include "metrics/http_listener.h"
@@ -62,6 +64,14 @@ struct Options {
     // kernel queues them (the probe's answer).
     HandshakeMode handshake = HandshakeMode::off;
     nft::QueueBackend handshake_queue = nft::QueueBackend::none;
+    // Services (docs/policy.md, "Services"): judge connections to Service
+    // frontends after kube-proxy's translation, in the node's netns
+    // (`node_netns`: a path; "" = signetd's own). Needs a queue backend
+    // (`service_queue`, the kernel probe's answer; none: not judged there, so
+    // refused by isolated egress, fail closed).
+    bool services = true;
+    std::string node_netns;
+    nft::QueueBackend service_queue = nft::QueueBackend::none;
 };
 
 class Controller {
@@ -112,6 +122,16 @@ private:
     void handle_pod(const std::string& method, const std::string& key, ipc::Responder& respond);
     void handle_sync(const ipc::Request& req, ipc::Responder respond);
     void handle_explain(const ipc::Request& req, ipc::Responder& respond);
+    // Services: the judge on the node's queue, and whether it can work.
+    void start_services();
+    bool ensure_service_queue();
+    void check_services();  // at start, on each sweep and ADD: visibility, then the enforcer's deferral
+    void services_changed();  // the source's Services changed
+    std::optional<cache::ObjectKey> local_pod_at(const policy::Ip& ip);
+    std::optional<cache::ObjectKey> pod_at(const policy::Ip& ip);
+    void services_status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
+    void explain_services(const policy::Endpoint& from, const policy::Ip& to, uint8_t proto, uint16_t port,
+                          rapidjson::Document& d, std::string& text);
     void explain_identity(const policy::Endpoint& from, const policy::Endpoint& to, uint16_t port,
                           rapidjson::Document& d, std::string& text);
     void handle_policies(const ipc::Request& req, ipc::Responder& respond);
@@ -136,6 +156,13 @@ private:
     std::unique_ptr<metrics::HttpListener> listener_;
     std::unique_ptr<NodeIdentity> identity_;
     std::unique_ptr<HandshakeEngine> handshake_;
+    std::unique_ptr<handshake::ServiceJudge> service_judge_;
+    std::unique_ptr<handshake::QueueBinding> service_queue_;
+    std::string services_problem_;  // why Service connections are not judged at the node ("" when they are)
+    std::string node_netns_path_;
+    // Pods by address (the judge's lookups): rebuilt when the source or the registry changed.
+    std::map<policy::Ip, cache::ObjectKey> pods_by_ip_, local_by_ip_;
+    bool ip_index_dirty_ = true;
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
     boost::asio::steady_timer retry_timer_;

@@ -138,6 +138,7 @@ void Enforcer::pod_removed(const std::string& key, const api::PodRecord& gone, b
                 report_("cannot remove the table of " + key + ": " + st.error().message);
         }
         pods_.erase(it);
+        sync_node();
     }
     ObjectKey ok = object_key(gone);
     policy::LocalPod rest = local_of(ok, records);
@@ -146,6 +147,70 @@ void Enforcer::pod_removed(const std::string& key, const api::PodRecord& gone, b
     policy::Affected affected = still_local ? compiler_.put_local_pod(rest) : compiler_.remove_local_pod(ok);
     policy_changed();
     program(affected, records);
+}
+
+void Enforcer::set_services(bool defer, const policy::ServiceFrontends& frontends, const Records& records) {
+    if (defer == defer_services_ && frontends == frontends_) return;
+    defer_services_ = defer;
+    frontends_ = frontends;
+    if (records.empty()) {
+        sync_node();
+        return;
+    }
+    // Every isolated egress changes (its deferral rules or their sets).
+    policy::Affected all;
+    for (const auto& [k, rec] : records) all.pods.insert(object_key(rec));
+    program(all, records);
+}
+
+void Enforcer::sync_node(const std::vector<Job>* widen) {
+    if (node_netns_path_.empty()) return;
+    nft::NodeRuleset want;
+    want.queue = node_queue_;
+    size_t judged = 0;
+    if (defer_services_) {
+        std::vector<const std::vector<std::string>*> lists;
+        for (const auto& [k, st] : pods_)
+            if (!st.ips.empty()) lists.push_back(&st.ips), ++judged;
+        // Before tables that may start deferring are written: the node judges
+        // their pods already (a connection let through there is never unjudged
+        // here; judging a pod that ends up not deferring costs only time).
+        if (widen != nullptr)
+            for (const Job& j : *widen) lists.push_back(&j.rec->reg.ips);
+        for (const auto* ips : lists)
+            for (const auto& text : *ips) {
+                auto ip = policy::parse_ip(text);
+                if (!ip) continue;
+                (ip->family == nft::Family::v4 ? want.judged_v4 : want.judged_v6)
+                    .elements.push_back(nft::Range{ip->addr, ip->addr});
+            }
+        want.svc_v4.elements = frontends_.v4;
+        want.svc_v6.elements = frontends_.v6;
+    }
+    judged_pods_ = judged;
+    if (node_written_ && *node_written_ == want && node_error_.empty()) return;
+    if (!node_netns_) {
+        auto ns = backend_->open(node_netns_path_);
+        if (!ns) {
+            node_error_ = "cannot open the node's netns " + node_netns_path_ + ": " + ns.error().message;
+            report_(node_error_);
+            return;
+        }
+        node_netns_.emplace(std::move(*ns));
+    }
+    // Nothing deferred: no table (no queue rules, no untranslated-frontend drops).
+    Status st = defer_services_ ? backend_->apply_node(*node_netns_, want) : backend_->remove_node(*node_netns_);
+    if (!st) {
+        node_written_.reset();
+        node_netns_.reset();
+        std::string msg = "cannot write the node's table (Service judging): " + st.error().message;
+        if (msg != node_error_) report_(msg);
+        node_error_ = msg;
+        return;
+    }
+    if (!node_error_.empty()) report_("the node's table is written again");
+    node_error_.clear();
+    node_written_ = want;
 }
 
 void Enforcer::node_addresses_changed(const std::vector<std::string>& addresses, const Records& records) {
@@ -168,16 +233,23 @@ void Enforcer::program(const policy::Affected& affected, const Records& records)
     for (const auto& [k, rec] : records)
         if (affected.pods.count(object_key(rec)) > 0) jobs.push_back(prepare(k, rec, false));
     if (jobs.empty()) return;
+    sync_node(&jobs);
     write_all(jobs);
     for (Job& j : jobs) (void)finish(j);
+    sync_node();
     program_latency_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     last_program_pods_ = jobs.size();
 }
 
 Status Enforcer::program_one(const std::string& key, const api::PodRecord& rec, bool fresh) {
-    Job job = prepare(key, rec, fresh);
+    std::vector<Job> jobs;
+    jobs.push_back(prepare(key, rec, fresh));
+    sync_node(&jobs);
+    Job& job = jobs.front();
     write(job);
-    return finish(job);
+    Status st = finish(job);
+    sync_node();
+    return st;
 }
 
 // On the loop thread: everything that touches the map of pods or opens a netns.
@@ -210,6 +282,13 @@ void Enforcer::write(Job& job) {
     }
     job.desired = std::move(*rs);
     job.desired->handshake = handshake_;
+    if (defer_services_ && job.desired->egress.isolated) {
+        // Service frontends go on to the node's table (docs/policy.md).
+        job.desired->defer_services = true;
+        job.desired->sets["svc_v4"] = nft::AddrSet{nft::Family::v4, frontends_.v4};
+        job.desired->sets["svc_v6"] = nft::AddrSet{nft::Family::v6, frontends_.v6};
+        job.desired->node_ports = frontends_.node_ports;
+    }
     PodState& st = *job.st;
     const nft::PodRuleset* cur = st.rules ? &*st.rules : nullptr;
     if (cur != nullptr && *cur == *job.desired) {
@@ -273,6 +352,8 @@ Status Enforcer::finish(Job& job) {
     }
     if (job.outcome != Job::Unchanged && !st.error.empty()) report_("programmed " + key + " again");
     st.error.clear();
+    st.ips.clear();
+    if (st.rules && st.rules->defer_services) st.ips = rec.reg.ips;
     return {};
 }
 

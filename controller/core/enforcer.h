@@ -29,6 +29,7 @@
 #include "../nft/backend.h"
 #include "../policy/compiler.h"
 #include "../policy/query.h"
+#include "../policy/services.h"
 #include "signet/api.h"
 #include "signet/histogram.h"
 #include "signet/result.h"
@@ -79,6 +80,27 @@ public:
     // on (none: no queue rules). Set before reset().
     void set_handshake(nft::QueueBackend backend) { handshake_ = backend; }
     nft::QueueBackend handshake() const { return handshake_; }
+    // Services (docs/policy.md): the node's netns, where kube-proxy translates
+    // them and the node's table goes, and how its rules queue. Set before reset().
+    void set_node(const std::string& node_netns, nft::QueueBackend queue) {
+        node_netns_path_ = node_netns;
+        node_queue_ = queue;
+    }
+    // Whether Service connections are judged at the node (`defer`: the pods'
+    // egress lets them through to the node's table; false: they meet the
+    // pods' ordinary rules, fail closed) and the frontends to defer. Tables
+    // are rewritten when either changes.
+    void set_services(bool defer, const policy::ServiceFrontends& frontends, const Records& records);
+    // The same before reset(), which writes every table anyway.
+    void configure_services(bool defer, const policy::ServiceFrontends& frontends) {
+        defer_services_ = defer;
+        frontends_ = frontends;
+    }
+    bool services_deferred() const { return defer_services_; }
+    const policy::ServiceFrontends& service_frontends() const { return frontends_; }
+    // The node's table: pods judged there, and its last write error ("" when fine).
+    size_t judged_pods() const { return judged_pods_; }
+    const std::string& node_table_error() const { return node_error_; }
     // What is in force for a pod (policies per direction, rules, counters when local).
     Status describe_pod(const cache::ObjectKey& pod, const Records& records, rapidjson::Value& out,
                         rapidjson::Document::AllocatorType& alloc);
@@ -91,6 +113,7 @@ private:
         std::optional<nft::PodRuleset> rules;  // what the table holds; empty when unknown
         std::string error;                     // last programming error, "" when fine
         uint64_t cut = 0;                      // connections cut for this pod
+        std::vector<std::string> ips;          // its addresses, when its Service connections are judged at the node
     };
 
     // One attachment's programming: prepared on the loop thread (its state,
@@ -123,6 +146,18 @@ private:
     void write_all(std::vector<Job>& jobs);
     Status finish(Job& job);
     void cut_disallowed(Job& job);
+    // Makes the node's table judge the pods that defer their Service
+    // connections (after their tables are written; before an ADD returns).
+    void sync_node(const std::vector<Job>* widen = nullptr);
+
+    std::string node_netns_path_;
+    nft::QueueBackend node_queue_ = nft::QueueBackend::none;
+    bool defer_services_ = false;
+    policy::ServiceFrontends frontends_;
+    std::optional<nft::Netns> node_netns_;
+    std::optional<nft::NodeRuleset> node_written_;  // what the node's table holds; empty: none / unknown
+    size_t judged_pods_ = 0;
+    std::string node_error_;
 
     std::unique_ptr<nft::Backend> backend_;
     Report report_;

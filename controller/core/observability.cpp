@@ -106,6 +106,29 @@ std::string Controller::metrics_text() const {
              "Established connections cut because a change no longer allowed them");
     w.sample("signet_conntrack_cut_total", {}, static_cast<double>(es.cut));
 
+    // Services judged after kube-proxy's translation (docs/policy.md).
+    {
+        bool judged = service_queue_ && services_problem_.empty() && enforcer_.services_deferred() &&
+                      enforcer_.node_table_error().empty();
+        w.family("signet_services_judged_at_node", "gauge",
+                 "1 when Service connections are judged after kube-proxy's translation; 0: isolated egress refuses "
+                 "them (fail closed; signetctl status says why)");
+        w.sample("signet_services_judged_at_node", {}, judged ? 1.0 : 0.0);
+        w.family("signet_services_judged_pods", "gauge", "Local pods whose Service connections the node's table judges");
+        w.sample("signet_services_judged_pods", {}, static_cast<double>(enforcer_.judged_pods()));
+        if (service_judge_) {
+            const auto& c = service_judge_->counters();
+            w.family("signet_service_connections_total", "counter",
+                     "New translated Service connections judged at the node, by verdict");
+            w.sample("signet_service_connections_total", L{{"verdict", "allowed"}}, static_cast<double>(c.allowed));
+            w.sample("signet_service_connections_total", L{{"verdict", "denied"}}, static_cast<double>(c.denied));
+            w.family("signet_service_drops_total", "counter",
+                     "Queued Service packets dropped before judging, by reason");
+            w.sample("signet_service_drops_total", L{{"reason", "not_a_local_pod"}}, static_cast<double>(c.not_a_local_pod));
+            w.sample("signet_service_drops_total", L{{"reason", "malformed"}}, static_cast<double>(c.malformed));
+        }
+    }
+
     // The identity handshake.
     if (handshake_) {
         const auto& c = handshake_->counters();

@@ -57,6 +57,11 @@ public:
 
     virtual Result<bool> table_exists(Netns& ns) = 0;
 
+    // The node's table (kNodeTableName in the node's netns): written whole,
+    // in one atomic batch; removal succeeds when there is none.
+    virtual Status apply_node(Netns& ns, const NodeRuleset& desired) = 0;
+    virtual Status remove_node(Netns& ns) = 0;
+
     virtual Result<Counters> counters(Netns& ns) = 0;
 
     // Opens the pod's netns (the fake returns a detached handle).

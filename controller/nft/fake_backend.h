@@ -38,6 +38,17 @@ public:
         return {};
     }
 
+    // The node's table: recorded (not in `calls`, whose tests count pod-table calls).
+    Status apply_node(Netns& ns, const NodeRuleset& desired) override {
+        ++node_writes;
+        node_tables[ns.path()] = desired;
+        return {};
+    }
+    Status remove_node(Netns& ns) override {
+        node_tables.erase(ns.path());
+        return {};
+    }
+
     Result<bool> table_exists(Netns& ns) override {
         calls.push_back(Call{Call::table_exists, ns.path(), std::nullopt, false, false});
         if (auto e = take_failure()) return *e;
@@ -85,6 +96,8 @@ public:
 
     std::vector<Call> calls;
     std::map<std::string, PodRuleset> tables;       // netns path -> installed
+    std::map<std::string, NodeRuleset> node_tables;  // node netns path -> the node table
+    size_t node_writes = 0;
     std::map<std::string, Counters> counter_values;  // what counters() returns
     std::map<std::string, std::vector<CtEntry>> ct_entries;  // conntrack per netns path
 

@@ -186,6 +186,16 @@ public:
         nftnl_expr_set(e.get(), NFTNL_EXPR_BITWISE_XOR, xorv, len);
         return push(std::move(e));
     }
+    // ct status & mask != 0 (IPS_DST_NAT: the connection was translated)
+    RuleBuilder& ct_status_any(uint32_t mask) {
+        auto e = expr("ct");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, NFT_CT_STATUS);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_DREG, kReg);
+        push(std::move(e));
+        uint32_t zero = 0;
+        bitwise(&mask, &zero, sizeof mask);
+        return cmp(NFT_CMP_NEQ, &zero, sizeof zero);
+    }
     RuleBuilder& ct_state_any(uint32_t mask) {
         auto e = expr("ct");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, NFT_CT_STATE);
@@ -349,27 +359,46 @@ void build_token_queue_rule(RuleBuilder& rb, uint16_t queue_num, QueueBackend ba
 // ------------------------------------------------------------ table content
 
 // A base chain of signet's table: type filter, policy accept.
-void add_filter_chain(Batch& b, const std::string& name, uint32_t hook, int32_t priority) {
+void add_filter_chain(Batch& b, const std::string& name, uint32_t hook, int32_t priority,
+                      const char* table = kTableName) {
     ChainPtr c(nftnl_chain_alloc());
-    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, kTableName);
+    nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TABLE, table);
     nftnl_chain_set_str(c.get(), NFTNL_CHAIN_NAME, name.c_str());
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_FAMILY, NFPROTO_INET);
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_HOOKNUM, hook);
     nftnl_chain_set_s32(c.get(), NFTNL_CHAIN_PRIO, priority);
     nftnl_chain_set_str(c.get(), NFTNL_CHAIN_TYPE, "filter");
     nftnl_chain_set_u32(c.get(), NFTNL_CHAIN_POLICY, NF_ACCEPT);
-    const char* hook_name = hook == NF_INET_LOCAL_IN ? "input" : hook == NF_INET_LOCAL_OUT ? "output" : "prerouting";
+    const char* hook_name = hook == NF_INET_LOCAL_IN    ? "input"
+                            : hook == NF_INET_LOCAL_OUT ? "output"
+                            : hook == NF_INET_FORWARD   ? "forward"
+                                                        : "prerouting";
     b.add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, [&](nlmsghdr* nlh) { nftnl_chain_nlmsg_build_payload(nlh, c.get()); },
-          std::string("add chain inet ") + kTableName + " " + name + " { type filter hook " + hook_name + " priority " +
+          std::string("add chain inet ") + table + " " + name + " { type filter hook " + hook_name + " priority " +
               std::to_string(priority) + "; policy accept; }");
 }
 
-void add_table_msgs(Batch& b, bool destroy_supported) {
+// An address set (interval) of `table`, referred to by rules of the same batch through `id`.
+void add_addr_set(Batch& b, const char* table, const std::string& name, Family family, uint32_t id) {
+    SetPtr s(nftnl_set_alloc());
+    nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table);
+    nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name.c_str());
+    nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_INTERVAL);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, family == Family::v4 ? kTypeIpAddr : kTypeIp6Addr);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, static_cast<uint32_t>(addr_len(family)));
+    nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
+    b.add(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL, [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, s.get()); },
+          std::string("add set inet ") + table + " " + name + " { type " +
+              (family == Family::v4 ? "ipv4_addr" : "ipv6_addr") + "; flags interval; id " + std::to_string(id) + " }");
+}
+
+void add_table_msgs(Batch& b, bool destroy_supported, const char* table = kTableName) {
     TablePtr t(nftnl_table_alloc());
     nftnl_table_set_u32(t.get(), NFTNL_TABLE_FAMILY, NFPROTO_INET);
-    nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, kTableName);
+    nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table);
     auto payload = [&](nlmsghdr* nlh) { nftnl_table_nlmsg_build_payload(nlh, t.get()); };
-    std::string name = std::string("inet ") + kTableName;
+    std::string name = std::string("inet ") + table;
     if (destroy_supported) {
         b.add(kMsgDestroyTable, 0, payload, "destroy table " + name);
     } else {
@@ -380,15 +409,15 @@ void add_table_msgs(Batch& b, bool destroy_supported) {
 }
 
 void add_elements(Batch& b, uint16_t type, const std::string& set_name, Family fam,
-                  const std::vector<Range>& ranges) {
+                  const std::vector<Range>& ranges, const char* table = kTableName) {
     if (ranges.empty()) return;
     for (size_t start = 0; start < ranges.size(); start += kElemsPerMsg) {
         SetPtr s(nftnl_set_alloc());
-        nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
+        nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table);
         nftnl_set_set_str(s.get(), NFTNL_SET_NAME, set_name.c_str());
         nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
         std::string text = std::string(type == NFT_MSG_NEWSETELEM ? "add" : "delete") + " element inet " +
-                           kTableName + " " + set_name + " {";
+                           table + " " + set_name + " {";
         size_t end = std::min(ranges.size(), start + kElemsPerMsg);
         for (size_t i = start; i < end; ++i) {
             const Range& r = ranges[i];
@@ -501,6 +530,44 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
     }
     if (!d.isolated) return {};
 
+    if (dir == Dir::egress && rs.defer_services) {
+        // 3b. Service frontends: kube-proxy translates them in the node's
+        // netns; the node's table judges the connection there, on the backend.
+        const std::string deferred = "signet egress service-deferred";
+        for (Family fam : {Family::v4, Family::v6}) {
+            const bool v4 = fam == Family::v4;
+            const uint32_t daddr = v4 ? 16 : 24;
+            if (const char* name = v4 ? "svc_v4" : "svc_v6"; rs.sets.count(name)) {
+                auto ref = find_set(rs, ids, name, fam);
+                if (!ref) return ref.error();
+                RuleBuilder rb(table, chain);
+                rb.meta(NFT_META_NFPROTO).cmp_u8(v4 ? NFPROTO_IPV4 : NFPROTO_IPV6);
+                rb.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr, v4 ? 4 : 16).lookup(ref->name, ref->id);
+                rb.verdict(NF_ACCEPT).comment(deferred);
+                add_rule(b, rb);
+            }
+            const char* node = v4 ? "node_v4" : "node_v6";
+            if (!rs.sets.count(node)) continue;
+            auto ref = find_set(rs, ids, node, fam);
+            if (!ref) return ref.error();
+            for (const PortRange& p : rs.node_ports) {  // NodePorts on this node's own addresses
+                if (p.first > p.last) return make_error(EINVAL, "node port range with first > last");
+                RuleBuilder rb(table, chain);
+                rb.meta(NFT_META_NFPROTO).cmp_u8(v4 ? NFPROTO_IPV4 : NFPROTO_IPV6);
+                rb.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr, v4 ? 4 : 16).lookup(ref->name, ref->id);
+                rb.meta(NFT_META_L4PROTO).cmp_u8(p.proto);
+                rb.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+                uint16_t from = htons(p.first), to = htons(p.last);
+                if (p.first == p.last)
+                    rb.cmp(NFT_CMP_EQ, &from, 2);
+                else
+                    rb.range(&from, &to, 2);
+                rb.verdict(NF_ACCEPT).comment(deferred);
+                add_rule(b, rb);
+            }
+        }
+    }
+
     // 4. one accept rule per (Rule, family present, port range), then default deny.
     for (const Rule& r : d.rules) {
         std::vector<std::optional<SetRef>> peers;
@@ -579,19 +646,7 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
             return make_error(EINVAL, "invalid set name '" + name + "'");
         uint32_t id = next_id++;
         ids[name] = id;
-        SetPtr s(nftnl_set_alloc());
-        nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, kTableName);
-        nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name.c_str());
-        nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_INTERVAL);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, set.family == Family::v4 ? kTypeIpAddr : kTypeIp6Addr);
-        nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, static_cast<uint32_t>(addr_len(set.family)));
-        nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
-        b.add(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL,
-              [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, s.get()); },
-              std::string("add set inet ") + kTableName + " " + name + " { type " +
-                  (set.family == Family::v4 ? "ipv4_addr" : "ipv6_addr") + "; flags interval; id " +
-                  std::to_string(id) + " }");
+        add_addr_set(b, kTableName, name, set.family, id);
         add_elements(b, NFT_MSG_NEWSETELEM, name, set.family, normalize_ranges(set.family, set.elements));
     }
     for (Dir dir : {Dir::ingress, Dir::egress})  // priority 0: NF_IP_PRI_FILTER
@@ -626,6 +681,57 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
             rb.comment("signet handshake-mark");
             add_rule(b, rb);
         }
+    }
+    b.finish();
+    return {};
+}
+
+// The node's table (NodeRuleset), always written whole: it is small and
+// changes only when a local pod's isolation or a Service frontend does.
+Status build_node_full(Batch& b, const NodeRuleset& rs, bool destroy_supported) {
+    const char* table = kNodeTableName;
+    add_table_msgs(b, destroy_supported, table);
+    {
+        TablePtr t(nftnl_table_alloc());
+        nftnl_table_set_u32(t.get(), NFTNL_TABLE_FAMILY, NFPROTO_INET);
+        nftnl_table_set_str(t.get(), NFTNL_TABLE_NAME, table);
+        b.add(NFT_MSG_NEWTABLE, NLM_F_CREATE, [&](nlmsghdr* nlh) { nftnl_table_nlmsg_build_payload(nlh, t.get()); },
+              std::string("add table inet ") + table);
+    }
+    struct Named {
+        const char* name;
+        const AddrSet* set;
+        uint32_t id;
+    };
+    const Named sets[] = {{"judged_v4", &rs.judged_v4, 1}, {"judged_v6", &rs.judged_v6, 2},
+                          {"svc_v4", &rs.svc_v4, 3},       {"svc_v6", &rs.svc_v6, 4}};
+    for (const auto& n : sets) {
+        add_addr_set(b, table, n.name, n.set->family, n.id);
+        add_elements(b, NFT_MSG_NEWSETELEM, n.name, n.set->family, normalize_ranges(n.set->family, n.set->elements),
+                     table);
+    }
+    const std::string chain = "service_judge";
+    add_filter_chain(b, chain, NF_INET_FORWARD, -10, table);  // before the filter tables' forward chains
+    if (rs.queue == QueueBackend::none) return make_error(EOPNOTSUPP, "the node's table needs a queue backend");
+    for (Family fam : {Family::v4, Family::v6}) {
+        const bool v4 = fam == Family::v4;
+        const Named& judged = sets[v4 ? 0 : 1];
+        // New translated connections of the judged pods: to signetd, no bypass.
+        RuleBuilder q(table, chain);
+        q.meta(NFT_META_NFPROTO).cmp_u8(v4 ? NFPROTO_IPV4 : NFPROTO_IPV6);
+        q.ct_state_any(NF_CT_STATE_BIT(IP_CT_NEW)).ct_status_any(IPS_DST_NAT);
+        q.payload(NFT_PAYLOAD_NETWORK_HEADER, v4 ? 12 : 8, v4 ? 4 : 16).lookup(judged.name, judged.id);
+        q.queue(rs.queue_num, rs.queue).comment("signet service-judge " + std::to_string(rs.queue_num));
+        add_rule(b, q);
+        // A frontend that was not translated (no such port, no rules) never
+        // leaves the node unjudged.
+        const Named& svc = sets[v4 ? 2 : 3];
+        RuleBuilder d(table, chain);
+        d.meta(NFT_META_NFPROTO).cmp_u8(v4 ? NFPROTO_IPV4 : NFPROTO_IPV6);
+        d.payload(NFT_PAYLOAD_NETWORK_HEADER, v4 ? 12 : 8, v4 ? 4 : 16).lookup(judged.name, judged.id);
+        d.payload(NFT_PAYLOAD_NETWORK_HEADER, v4 ? 16 : 24, v4 ? 4 : 16).lookup(svc.name, svc.id);
+        d.counter().verdict(NF_DROP).comment("signet service-untranslated");
+        add_rule(b, d);
     }
     b.finish();
     return {};
@@ -872,6 +978,47 @@ Status NetlinkBackend::apply(Netns& ns, const PodRuleset& desired, const PodRule
         return full_replace(ns, desired);
     }
     return make_error(c, "updating sets in netns " + ns.path() + ": " + st.error().message, st.error().details);
+}
+
+Status NetlinkBackend::apply_node(Netns& ns, const NodeRuleset& desired) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        bool use_destroy = destroy_.load() != 0;
+        auto sock = sock_of(ns);
+        if (!sock) return sock.error();
+        Batch b((*sock)->next_seq());
+        if (auto s = build_node_full(b, desired, use_destroy); !s) return s;
+        for (uint32_t i = 1; i < b.seqs_used(); ++i) (*sock)->next_seq();
+        Status st = send_batch(ns, b.bytes(), b.first_seq(), b.last_seq());
+        if (st) {
+            if (destroy_.load() < 0) destroy_.store(use_destroy ? 1 : 0);
+            return st;
+        }
+        if (destroy_.load() < 0 && use_destroy && (st.error().code == EINVAL || st.error().code == EOPNOTSUPP)) {
+            destroy_.store(0);
+            continue;
+        }
+        return make_error(st.error().code, "writing the node's table in netns " + ns.path() + ": " + st.error().message,
+                          st.error().details);
+    }
+    return make_error(EINVAL, "writing the node's table in netns " + ns.path() + ": refused");
+}
+
+Status NetlinkBackend::remove_node(Netns& ns) {
+    auto sock = sock_of(ns);
+    if (!sock) return sock.error();
+    Batch b((*sock)->next_seq());
+    add_table_msgs(b, destroy_.load() > 0, kNodeTableName);
+    b.finish();
+    for (uint32_t i = 1; i < b.seqs_used(); ++i) (*sock)->next_seq();
+    Status st = drop_on_transport_error(ns, (*sock)->transact(b.bytes(), b.first_seq(), b.last_seq()));
+    if (!st) return make_error(st.error().code, "removing the node's table in netns " + ns.path() + ": " + st.error().message);
+    return st;
+}
+
+Result<std::string> describe_node_batch(const NodeRuleset& desired, bool destroy_table) {
+    Batch b(1);
+    if (auto s = build_node_full(b, desired, destroy_table); !s) return s.error();
+    return b.text();
 }
 
 Status NetlinkBackend::remove(Netns& ns) {

@@ -57,6 +57,8 @@ public:
     Status apply(Netns& ns, const PodRuleset& desired, const PodRuleset* current) override;
     Status remove(Netns& ns) override;
     Result<bool> table_exists(Netns& ns) override;
+    Status apply_node(Netns& ns, const NodeRuleset& desired) override;
+    Status remove_node(Netns& ns) override;
     Result<Counters> counters(Netns& ns) override;
     Result<Netns> open(const std::string& path) override { return Netns::open(path); }
     Result<std::vector<CtEntry>> conntrack(Netns& ns) override { return ct_list(ns); }
@@ -101,6 +103,7 @@ std::vector<Range> normalize_ranges(Family family, std::vector<Range> ranges);
 // message ("<op> <object> ...", rules as libnftnl expression lists).
 Result<std::string> describe_full_batch(const PodRuleset& desired, bool destroy_table = true);
 Result<std::string> describe_update_batch(const PodRuleset& desired, const PodRuleset& current);
+Result<std::string> describe_node_batch(const NodeRuleset& desired, bool destroy_table = true);
 std::string describe_syn_queue_rule(const std::string& table, const std::string& chain, uint16_t queue_num,
                                     QueueBackend backend);
 

@@ -159,11 +159,45 @@ struct PodRuleset {
     // backend, after the loopback rule and before `ct state established`
     // (conntrack counts a SYN-ACK as established). The controller judges them.
     QueueBackend handshake = QueueBackend::none;
+    // Services (docs/policy.md, "Services"): kube-proxy translates a Service
+    // frontend to a backend pod in the node's netns, after this table saw the
+    // packet. With `defer_services`, an isolated egress accepts new
+    // connections to a frontend here (the sets "svc_v4" / "svc_v6": ClusterIPs,
+    // externalIPs, load-balancer IPs; `node_ports` on the node's own
+    // addresses, sets "node_v4" / "node_v6") and the node's table judges them
+    // after the translation, on the backend (NodeRuleset). Without it they
+    // meet the ordinary rules: refused unless an ipBlock allows the frontend
+    // (fail closed when the node cannot judge them).
+    bool defer_services = false;
+    std::vector<PortRange> node_ports;  // sorted, merged, per protocol
     bool operator==(const PodRuleset&) const = default;
 
     // True when `other` differs only in set elements (same rules, same set
     // names and families): the programmer then updates elements in place.
     bool same_structure(const PodRuleset& other) const;
+};
+
+// The node's table (one `inet` table named kNodeTableName in the node's
+// netns, where kube-proxy translates Service frontends):
+//
+//   chain service_judge (hook forward, priority filter - 10, policy accept)
+//     ct state new ct status dnat ip saddr @judged_v4 queue num kServiceQueueNum   (v6 alike)
+//     ip saddr @judged_v4 ip daddr @svc_v4 counter drop     (a frontend nobody translated)
+//
+// `judged`: the addresses of the local pods whose Service connections signet
+// judges here (their egress is isolated). Their new translated connections
+// go to NFQUEUE kServiceQueueNum in the node's netns, without bypass (fail
+// closed: nobody reading, dropped), where signetd judges the pod's egress on
+// the backend (datapath/service_judge.h).
+inline constexpr const char* kNodeTableName = "signet_node";
+inline constexpr uint16_t kServiceQueueNum = 3473;
+
+struct NodeRuleset {
+    AddrSet judged_v4{Family::v4, {}}, judged_v6{Family::v6, {}};
+    AddrSet svc_v4{Family::v4, {}}, svc_v6{Family::v6, {}};
+    QueueBackend queue = QueueBackend::none;
+    uint16_t queue_num = kServiceQueueNum;
+    bool operator==(const NodeRuleset&) const = default;
 };
 
 }  // namespace signet::nft

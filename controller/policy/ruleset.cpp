@@ -9,7 +9,9 @@
 namespace signet::nft {
 
 bool PodRuleset::same_structure(const PodRuleset& other) const {
-    if (!(ingress == other.ingress) || !(egress == other.egress) || handshake != other.handshake) return false;
+    if (!(ingress == other.ingress) || !(egress == other.egress) || handshake != other.handshake ||
+        defer_services != other.defer_services || node_ports != other.node_ports)
+        return false;
     if (sets.size() != other.sets.size()) return false;
     auto a = sets.begin();
     auto b = other.sets.begin();
@@ -38,6 +40,13 @@ bool allows(const nft::PodRuleset& rs, bool ingress, const Ip& peer, uint8_t pro
     const nft::Direction& dir = ingress ? rs.ingress : rs.egress;
     if (!dir.isolated) return true;
     if (ingress && in_set(rs, peer.family == nft::Family::v4 ? "node_v4" : "node_v6", peer)) return true;
+    if (!ingress && rs.defer_services) {
+        // A Service frontend: judged by the node's table after translation, not here.
+        if (in_set(rs, peer.family == nft::Family::v4 ? "svc_v4" : "svc_v6", peer)) return true;
+        if (in_set(rs, peer.family == nft::Family::v4 ? "node_v4" : "node_v6", peer))
+            for (const nft::PortRange& pr : rs.node_ports)
+                if (pr.proto == proto && port >= pr.first && port <= pr.last) return true;
+    }
     for (const nft::Rule& rule : dir.rules) {
         bool peer_ok = rule.any_peer || in_set(rs, peer.family == nft::Family::v4 ? rule.set_v4 : rule.set_v6, peer);
         if (!peer_ok) continue;

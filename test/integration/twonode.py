@@ -370,14 +370,19 @@ class TwoNodes:
                f"pods {b.subnet4} {b.subnet6}; wire {WIRE4[0]} <-> {WIRE4[1]}")
 
     # signetd ---------------------------------------------------------------
-    def start(self, mode: str | None) -> None:
-        """(Re)start both signetd with --handshake MODE (None: without the flag)."""
+    def start(self, mode: str | None, *, node_netns: bool = False, extra: list[str] = ()) -> None:
+        """(Re)start both signetd with --handshake MODE (None: without the flag); with
+        node_netns, each is told its node netns (--node-netns: where kube-proxy translates
+        Services); `extra` flags go to both."""
         for n in self.nodes.values():
             if n.d.running:
                 n.d.stop()
             n.d.extra_args = ["--authority", f"dir:{n.d.authority}"]
             if mode is not None:
                 n.d.extra_args += ["--handshake", mode]
+            if node_netns:
+                n.d.extra_args += ["--node-netns", f"/run/netns/{n.netns}"]
+            n.d.extra_args += list(extra)
             n.d.start()
         self.mode = mode
 
@@ -436,7 +441,7 @@ class TwoNodes:
                 ranges.append([{"subnet": str(n.subnet6), "gateway": n.gw6}])
                 routes.append({"dst": "::/0"})
             conflist = {"cniVersion": "1.0.0", "name": f"signet-{n.name}", "plugins": [
-                {"type": "bridge", "bridge": "sgbr0", "isGateway": True, "ipMasq": False,
+                {"type": "bridge", "bridge": "sgbr0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
                  "ipam": {"type": "host-local", "ranges": ranges, "routes": routes, "dataDir": self.run.mkdtemp("ipam")}},
                 {"type": "signet", "socket": n.d.socket}]}
             n.chain = harness.Chain(conflist, [str(n.cni_dir)])

@@ -280,3 +280,67 @@ TEST_CASE("golden: with the handshake, tokens and proofs are queued before connt
         return s.find("add rule inet signet egress") == 0 && s.find("handshake-judged") != std::string::npos;
     }));
 }
+
+namespace {
+const std::string kNode = R"GOLDEN(destroy table inet signet_node
+add table inet signet_node
+add set inet signet_node judged_v4 { type ipv4_addr; flags interval; id 1 }
+add element inet signet_node judged_v4 { 10.244.1.2-10.244.1.3 (end 10.244.1.4) }
+add set inet signet_node judged_v6 { type ipv6_addr; flags interval; id 2 }
+add set inet signet_node svc_v4 { type ipv4_addr; flags interval; id 3 }
+add element inet signet_node svc_v4 { 10.96.0.10 (end 10.96.0.11) }
+add set inet signet_node svc_v6 { type ipv6_addr; flags interval; id 4 }
+add chain inet signet_node service_judge { type filter hook forward priority -10; policy accept; }
+add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set judged_v4 ] [ target name NFQUEUE rev 3 ] comment "signet service-judge 3473"
+add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set judged_v4 ] [ payload load 4b @ network header + 16 => reg 1 ] [ lookup reg 1 set svc_v4 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment "signet service-untranslated"
+add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set judged_v6 ] [ target name NFQUEUE rev 3 ] comment "signet service-judge 3473"
+add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set judged_v6 ] [ payload load 16b @ network header + 24 => reg 1 ] [ lookup reg 1 set svc_v6 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment "signet service-untranslated"
+)GOLDEN";
+}  // namespace
+
+TEST_CASE("golden: the node's table queues the judged pods' translated connections, drops untranslated frontends") {
+    NodeRuleset n;
+    n.queue = QueueBackend::xt_nfqueue;
+    n.judged_v4.elements = {Range{v4("10.244.1.2"), v4("10.244.1.3")}};
+    n.svc_v4.elements = {Range{v4("10.96.0.10"), v4("10.96.0.10")}};
+    auto got = describe_node_batch(n, true);
+    REQUIRE(got.ok());
+    check_golden(*got, kNode);
+    NodeRuleset none;  // no queue backend: refused, never a table that cannot judge
+    CHECK_FALSE(describe_node_batch(none, true).ok());
+}
+
+TEST_CASE("golden: an isolated egress defers Service frontends and this node's NodePorts, before its rules") {
+    PodRuleset rs = sample();
+    rs.defer_services = true;
+    rs.sets["svc_v4"] = AddrSet{Family::v4, {Range{v4("10.96.0.10"), v4("10.96.0.10")}}};
+    rs.node_ports = {{kTcp, 30080, 30080}, {kUdp, 30000, 30002}};
+    auto got = describe_full_batch(rs, true);
+    REQUIRE(got.ok());
+    std::vector<std::string> deferred;
+    size_t first_deferred = 0, first_rule = 0, i = 0;
+    for (const auto& l : lines(*got)) {
+        ++i;
+        if (l.find("service-deferred") != std::string::npos) {
+            deferred.push_back(l);
+            if (!first_deferred) first_deferred = i;
+        }
+        if (!first_rule && l.find("egress prod/egress-all-tcp#1") != std::string::npos) first_rule = i;
+    }
+    const std::vector<std::string> want = {
+        R"GOLDEN(add rule inet signet egress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 16 => reg 1 ] [ lookup reg 1 set svc_v4 ] [ immediate reg 0 accept ] comment "signet egress service-deferred")GOLDEN",
+        R"GOLDEN(add rule inet signet egress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 16 => reg 1 ] [ lookup reg 1 set node_v4 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ cmp eq reg 1 0x00008075 ] [ immediate reg 0 accept ] comment "signet egress service-deferred")GOLDEN",
+        R"GOLDEN(add rule inet signet egress [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 16 => reg 1 ] [ lookup reg 1 set node_v4 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000011 ] [ payload load 2b @ transport header + 2 => reg 1 ] [ range eq reg 1 0x00003075 0x00003275 ] [ immediate reg 0 accept ] comment "signet egress service-deferred")GOLDEN"};
+    CHECK(deferred == want);
+    CHECK(first_deferred > 0);
+    CHECK(first_deferred < first_rule);
+    // Not isolated, or not deferring: no such rule.
+    rs.defer_services = false;
+    auto plain = describe_full_batch(rs, true);
+    REQUIRE(plain.ok());
+    CHECK(plain->find("service-deferred") == std::string::npos);
+    // A different structure (a full write), not a membership change.
+    PodRuleset a = sample(), b = sample();
+    b.defer_services = true;
+    CHECK_FALSE(a.same_structure(b));
+}

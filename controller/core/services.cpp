@@ -1,0 +1,241 @@
+// The Controller's Services part (docs/policy.md, "Services"): the judge on
+// the node's queue, whether signet can see kube-proxy's translation on this
+// node, the frontends handed to the enforcer, status and explain.
+#include <algorithm>
+
+#include "controller.h"
+#include "nft/visibility.h"
+#include "signet/json.h"
+#include "signet/log.h"
+
+namespace signet::core {
+
+using rapidjson::Value;
+
+namespace {
+constexpr const char* kLog = "services";
+}
+
+void Controller::start_services() {
+    node_netns_path_ = opts_.node_netns.empty() ? "/proc/self/ns/net" : opts_.node_netns;
+    if (!opts_.services) {
+        services_problem_ = "off (--services off)";
+    } else if (opts_.service_queue == nft::QueueBackend::none) {
+        services_problem_ = "the kernel offers no NFQUEUE (neither the nft `queue` expression nor xt NFQUEUE)";
+        log::warn(kLog, "Service connections cannot be judged at the node: " + services_problem_ +
+                            "; isolated egress refuses them (fail closed)");
+    }
+}
+
+// The judge and its queue in the node's netns, from the first Service with a
+// frontend on (nothing to judge before: no queue is bound, no node table is
+// written, so nodes and tests without Services never touch the node's netns).
+bool Controller::ensure_service_queue() {
+    if (service_queue_) return true;
+    if (!service_judge_)
+        service_judge_ = std::make_unique<handshake::ServiceJudge>(handshake::ServiceJudge::Context{
+            &policy_, [this](const policy::Ip& ip) { return local_pod_at(ip); },
+            [this](const policy::Ip& ip) { return pod_at(ip); }});
+    auto source = handshake::make_nfqueue_source(io_, nft::kServiceQueueNum);
+    auto binding = source->open(node_netns_path_, [this](const handshake::QueuedPacket& p) {
+        if (ip_index_dirty_) {
+            // Built on demand: the loop's own thread, like the judge.
+            pods_by_ip_.clear();
+            local_by_ip_.clear();
+            for (const auto& [k, pod] : source_->snapshot().pods) {
+                if (pod.host_network) continue;
+                for (const auto& a : pod.pod_ips)
+                    if (auto ip = policy::parse_ip(a)) pods_by_ip_[*ip] = k;
+            }
+            for (const auto& [k, rec] : registry_.all())
+                for (const auto& a : rec.reg.ips)
+                    if (auto ip = policy::parse_ip(a)) {
+                        cache::ObjectKey key{rec.reg.namespace_, rec.reg.name};
+                        local_by_ip_[*ip] = key;
+                        pods_by_ip_[*ip] = key;  // what the CNI reported wins
+                    }
+            ip_index_dirty_ = false;
+        }
+        return service_judge_->judge(p);
+    });
+    std::string problem;
+    if (!binding) {
+        problem = "cannot open the node's netns " + node_netns_path_ + ": " + binding.error().message;
+    } else if (auto st = (*binding)->start(); !st) {
+        problem = "cannot bind NFQUEUE " + std::to_string(nft::kServiceQueueNum) + " in the node's netns " +
+                  node_netns_path_ + ": " + st.error().message;
+    } else {
+        service_queue_ = std::move(*binding);
+        enforcer_.set_node(node_netns_path_, opts_.service_queue);
+        log::info(kLog, "Service connections are judged after kube-proxy's translation in " + node_netns_path_ +
+                            " (NFQUEUE " + std::to_string(nft::kServiceQueueNum) + " via " +
+                            nft::to_string(opts_.service_queue) + ")");
+        return true;
+    }
+    if (problem != services_problem_)
+        log::error(kLog, "Service connections are not judged at the node: " + problem +
+                             "; isolated egress refuses them (fail closed)");
+    services_problem_ = problem;
+    return false;
+}
+
+void Controller::check_services() {
+    if (!opts_.services || opts_.service_queue == nft::QueueBackend::none) return;  // the reason is set
+    auto frontends = policy::service_frontends(source_->snapshot().services);
+    std::string problem;
+    if (frontends.services == 0 && !service_queue_) {
+        services_problem_.clear();  // nothing to judge (status: no Services)
+        return;
+    }
+    if (!ensure_service_queue()) {
+        problem = services_problem_;
+    } else if (!service_queue_->running()) {
+        problem = "the node's queue reader stopped";
+    } else if (auto ns = nft::Netns::open(node_netns_path_); !ns) {
+        problem = "cannot open the node's netns " + node_netns_path_ + ": " + ns.error().message;
+    } else if (auto v = nft::read_visibility(*ns); !v) {
+        problem = "cannot read the node's bridges and bridge-nf sysctls: " + v.error().message;
+    } else {
+        problem = v->problem();
+    }
+    if (problem != services_problem_) {
+        if (problem.empty())
+            log::info(kLog, "Service connections are judged at the node again");
+        else
+            log::error(kLog, "Service connections are not judged at the node: " + problem +
+                                 "; isolated egress refuses them (fail closed)");
+        services_problem_ = problem;
+    }
+    if (enforcing_) enforcer_.set_services(problem.empty() && service_queue_, frontends, registry_.all());
+}
+
+void Controller::services_changed() {
+    ip_index_dirty_ = true;
+    check_services();
+}
+
+std::optional<cache::ObjectKey> Controller::local_pod_at(const policy::Ip& ip) {
+    auto it = local_by_ip_.find(ip);
+    if (it == local_by_ip_.end()) return std::nullopt;
+    return it->second;
+}
+
+std::optional<cache::ObjectKey> Controller::pod_at(const policy::Ip& ip) {
+    auto it = pods_by_ip_.find(ip);
+    if (it == pods_by_ip_.end()) return std::nullopt;
+    return it->second;
+}
+
+void Controller::services_status(Value& out, rapidjson::Document::AllocatorType& a) const {
+    out.SetObject();
+    bool judged = service_queue_ && services_problem_.empty() && enforcer_.services_deferred() &&
+                  enforcer_.node_table_error().empty();
+    out.AddMember("judgedAtNode", judged, a);
+    std::string reason = !services_problem_.empty()          ? services_problem_
+                         : !enforcer_.node_table_error().empty() ? enforcer_.node_table_error()
+                         : !service_queue_                      ? std::string("no Service has a frontend yet")
+                                                                : std::string();
+    out.AddMember("reason", json::str(reason, a), a);
+    out.AddMember("nodeNetns", json::str(node_netns_path_, a), a);
+    out.AddMember("queue", Value(static_cast<uint64_t>(nft::kServiceQueueNum)), a);
+    const auto& fe = enforcer_.service_frontends();
+    out.AddMember("services", Value(static_cast<uint64_t>(source_->snapshot().services.size())), a);
+    out.AddMember("frontendServices", Value(static_cast<uint64_t>(fe.services)), a);
+    out.AddMember("judgedPods", Value(static_cast<uint64_t>(enforcer_.judged_pods())), a);
+    if (service_judge_) {
+        const auto& c = service_judge_->counters();
+        Value cn(rapidjson::kObjectType);
+        cn.AddMember("judged", c.judged, a);
+        cn.AddMember("allowed", c.allowed, a);
+        cn.AddMember("denied", c.denied, a);
+        cn.AddMember("notALocalPod", c.not_a_local_pod, a);
+        cn.AddMember("malformed", c.malformed, a);
+        out.AddMember("connections", cn, a);
+        Value den(rapidjson::kArrayType);
+        for (const auto& d : service_judge_->recent_denials()) {
+            Value o(rapidjson::kObjectType);
+            o.AddMember("client", json::str(d.client, a), a);
+            o.AddMember("backend", json::str(d.backend, a), a);
+            o.AddMember("backendIP", json::str(d.backend_ip, a), a);
+            o.AddMember("protocol", json::str(std::string(policy::proto_name(d.proto)), a), a);
+            o.AddMember("port", Value(static_cast<unsigned>(d.port)), a);
+            den.PushBack(o, a);
+        }
+        out.AddMember("recentDenials", den, a);
+    }
+    if (service_queue_) {
+        auto q = service_queue_->stats();
+        auto k = service_queue_->kernel_stats();
+        Value qs(rapidjson::kObjectType);
+        qs.AddMember("running", service_queue_->running(), a);
+        qs.AddMember("packets", q.packets, a);
+        qs.AddMember("overruns", q.overruns, a);
+        qs.AddMember("kernelQueueDropped", k.queue_dropped, a);
+        qs.AddMember("kernelUserDropped", k.user_dropped, a);
+        out.AddMember("queueStats", qs, a);
+    }
+}
+
+// `signetctl explain --to FRONTEND`: the connection goes to a backend that
+// kube-proxy picks; say which backends there are and what the policy says
+// of each (docs/policy.md).
+void Controller::explain_services(const policy::Endpoint& from, const policy::Ip& to, uint8_t proto, uint16_t port,
+                                  rapidjson::Document& d, std::string& text) {
+    auto matches = policy::services_at(source_->snapshot(), to, proto, port, node_addresses_);
+    if (matches.empty()) return;
+    auto& a = d.GetAllocator();
+    Value arr(rapidjson::kArrayType);
+    for (const auto& m : matches) {
+        Value o(rapidjson::kObjectType);
+        o.AddMember("service", json::str(m.service.namespace_ + "/" + m.service.name, a), a);
+        o.AddMember("frontend", json::str(m.frontend, a), a);
+        o.AddMember("port", Value(static_cast<unsigned>(m.frontend == std::string("NodePort") ? m.port.node_port : m.port.port)), a);
+        if (!m.port.name.empty()) o.AddMember("portName", json::str(m.port.name, a), a);
+        text += "  " + policy::to_string(to) + " port " + std::to_string(port) + " is a " + m.frontend +
+                " of Service " + m.service.namespace_ + "/" + m.service.name + ": kube-proxy sends the connection to one of " +
+                std::to_string(m.backends.size()) + " backend(s), and the policy judges the connection to that backend:\n";
+        if (!m.has_selector)
+            text += "    (the Service has no selector: its endpoints are set by hand, and signet does not read them)\n";
+        Value bs(rapidjson::kArrayType);
+        size_t allowed = 0;
+        for (const auto& b : m.backends) {
+            Value bo(rapidjson::kObjectType);
+            bo.AddMember("pod", json::str(b.pod.namespace_ + "/" + b.pod.name, a), a);
+            bo.AddMember("ip", json::str(b.ip, a), a);
+            bo.AddMember("targetPort", Value(static_cast<unsigned>(b.port)), a);
+            if (b.port == 0) {
+                bo.AddMember("allowed", false, a);
+                text += "    " + b.pod.namespace_ + "/" + b.pod.name + " (" + b.ip + "): not a backend of this port (named port " +
+                        m.port.target_port + " not declared)\n";
+                bs.PushBack(bo, a);
+                continue;
+            }
+            auto ex = policy_.explain(from, policy::Endpoint::pod_at(b.pod.namespace_, b.pod.name, b.ip), proto, b.port);
+            bool ok = ex && ex->allowed;
+            allowed += ok;
+            bo.AddMember("allowed", ok, a);
+            std::string why;
+            if (ex) {
+                auto side = [](const std::optional<policy::SideVerdict>& s) { return s ? s->allowed : true; };
+                why = !side(ex->egress) ? "egress of " + from.to_string() + " denies it"
+                      : !side(ex->ingress) ? "ingress of " + b.pod.namespace_ + "/" + b.pod.name + " denies it"
+                                           : "allowed";
+            } else {
+                why = ex.error().message;
+            }
+            text += "    " + b.pod.namespace_ + "/" + b.pod.name + " (" + b.ip + ":" + std::to_string(b.port) + "): " +
+                    (ok ? "ALLOWED" : "DENIED") + (ok ? "" : " (" + why + ")") + "\n";
+            bs.PushBack(bo, a);
+        }
+        o.AddMember("backends", bs, a);
+        o.AddMember("allowedBackends", Value(static_cast<uint64_t>(allowed)), a);
+        arr.PushBack(o, a);
+    }
+    if (!service_queue_ || !services_problem_.empty())
+        text += "  Service connections are not judged at this node's translation now (" +
+                (services_problem_.empty() ? std::string("not started") : services_problem_) +
+                "): an isolated egress refuses them\n";
+    d.AddMember("services", arr, a);
+}
+
+}  // namespace signet::core
