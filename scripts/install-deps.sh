@@ -7,8 +7,9 @@ set -euo pipefail
 BUILD_PKGS=(g++ clang libclang-rt-14-dev meson ninja-build pkg-config
   libcurl4-openssl-dev rapidjson-dev libssl-dev libnftnl-dev libmnl-dev libboost-dev
   doctest-dev libyaml-cpp-dev zlib1g-dev)
-# Tests and demo: real network namespaces, real CNI plugins and runtimes.
-RUN_PKGS=(iproute2 nftables conntrack curl python3 containernetworking-plugins
+# Tests and demo: real network namespaces, real CNI plugins and runtimes;
+# iptables (iptables-nft) for kube-proxy's iptables-mode rules on the test nodes.
+RUN_PKGS=(iproute2 nftables iptables conntrack curl python3 containernetworking-plugins
   podman runc busybox-static golang-go golang-github-appc-cni-dev
   containerd python3-grpcio python3-yaml iperf3
   influxdb influxdb-client prometheus chromium python3-scapy python3-prometheus-client)

@@ -158,6 +158,8 @@ step "libFuzzer runs" fuzz_run
 if [[ $(id -u) -eq 0 ]]; then
   step "integration tests (real netns, CNI chain, runtimes)" mtest build --suite integration
   step "NetworkPolicy conformance (manifest folder and Kubernetes API sources)" mtest build --suite conformance
+  step "NetworkPolicy conformance through ClusterIP Services (kube-proxy iptables and nftables modes)" \
+    mtest build --suite conformance-services
   step "identity handshake tests against signetd under ASan+UBSan" handshake_sanitized
 else
   echo
