@@ -84,12 +84,18 @@ Status Controller::start() {
             return make_error(ENOTSUP, "--handshake needs NFQUEUE: the kernel offers neither the nft `queue` "
                                        "expression nor the xt NFQUEUE target");
         enforcer_.set_handshake(opts_.handshake_queue);
-        handshake_ = std::make_unique<HandshakeEngine>(
-            io_, HandshakeEngine::Context{opts_.node_name, opts_.handshake, source_.get(), &registry_, &policy_,
-                                          identity_.get(), &node_addresses_,
-                                          [this](const std::string& key, const nft::LoggedPacket& p) {
-                                              flows_->on_denied(key, {p});
-                                          }});
+        HandshakeEngine::Context hc;
+        hc.node_name = opts_.node_name;
+        hc.mode = opts_.handshake;
+        hc.source = source_.get();
+        hc.registry = &registry_;
+        hc.policy = &policy_;
+        hc.identity = identity_.get();
+        hc.node_addresses = &node_addresses_;
+        hc.on_denied = [this](const std::string& key, const nft::LoggedPacket& p) { flows_->on_denied(key, {p}); };
+        // Service frontends whose handshake happens at the node (docs/policy.md).
+        hc.service_frontend = [this](const policy::Ip& ip, uint16_t port) { return tcp_frontend(ip, port); };
+        handshake_ = std::make_unique<HandshakeEngine>(io_, std::move(hc));
         log::info(kLog, std::string("identity handshake: ") + to_string(opts_.handshake) + " (NFQUEUE " +
                             std::to_string(handshake::kHandshakeQueue) + " via " + nft::to_string(opts_.handshake_queue) +
                             ")");

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <map>
+#include <set>
 #include <memory>
 #include <optional>
 #include <string>
@@ -128,6 +129,9 @@ private:
     void check_services();  // at start, on each sweep and ADD: visibility, then the enforcer's deferral
     void services_changed();  // the source's Services changed
     std::optional<cache::ObjectKey> local_pod_at(const policy::Ip& ip);
+    // A TCP frontend (ClusterIP, externalIP, LB IP and port; this node's
+    // address and a NodePort) judged at the node now.
+    bool tcp_frontend(const policy::Ip& ip, uint16_t port) const;
     std::optional<cache::ObjectKey> pod_at(const policy::Ip& ip);
     void services_status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
     void explain_services(const policy::Endpoint& from, const policy::Ip& to, uint8_t proto, uint16_t port,
@@ -162,6 +166,8 @@ private:
     std::string node_netns_path_;
     // Pods by address (the judge's lookups): rebuilt when the source or the registry changed.
     std::map<policy::Ip, cache::ObjectKey> pods_by_ip_, local_by_ip_;
+    std::set<std::pair<policy::Ip, uint16_t>> tcp_frontends_;  // address and port
+    std::set<uint16_t> tcp_node_ports_;
     bool ip_index_dirty_ = true;
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;

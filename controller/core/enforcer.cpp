@@ -167,6 +167,7 @@ void Enforcer::sync_node(const std::vector<Job>* widen) {
     if (node_netns_path_.empty()) return;
     nft::NodeRuleset want;
     want.queue = node_queue_;
+    want.handshake = handshake_ != nft::QueueBackend::none;
     size_t judged = 0;
     if (defer_services_) {
         std::vector<const std::vector<std::string>*> lists;
@@ -353,7 +354,11 @@ Status Enforcer::finish(Job& job) {
     if (job.outcome != Job::Unchanged && !st.error.empty()) report_("programmed " + key + " again");
     st.error.clear();
     st.ips.clear();
-    if (st.rules && st.rules->defer_services) st.ips = rec.reg.ips;
+    // Judged at the node: an isolated egress that defers, and with the
+    // identity handshake every pod (the client side of its Service
+    // connections' handshake happens there).
+    if (st.rules && (st.rules->defer_services || (defer_services_ && handshake_ != nft::QueueBackend::none)))
+        st.ips = rec.reg.ips;
     return {};
 }
 

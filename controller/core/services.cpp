@@ -35,7 +35,12 @@ bool Controller::ensure_service_queue() {
     if (!service_judge_)
         service_judge_ = std::make_unique<handshake::ServiceJudge>(handshake::ServiceJudge::Context{
             &policy_, [this](const policy::Ip& ip) { return local_pod_at(ip); },
-            [this](const policy::Ip& ip) { return pod_at(ip); }});
+            [this](const policy::Ip& ip) { return pod_at(ip); },
+            // With the identity handshake, its client side for TCP.
+            [this](const handshake::QueuedPacket& q) -> std::optional<handshake::Decision> {
+                if (!handshake_) return std::nullopt;
+                return handshake_->judge_at_node(q);
+            }});
     auto source = handshake::make_nfqueue_source(io_, nft::kServiceQueueNum);
     auto binding = source->open(node_netns_path_, [this](const handshake::QueuedPacket& p) {
         if (ip_index_dirty_) {
@@ -106,7 +111,28 @@ void Controller::check_services() {
                                  "; isolated egress refuses them (fail closed)");
         services_problem_ = problem;
     }
-    if (enforcing_) enforcer_.set_services(problem.empty() && service_queue_, frontends, registry_.all());
+    const bool defer = problem.empty() && service_queue_;
+    // The TCP frontends the handshake leaves to the node (while the node judges).
+    tcp_frontends_.clear();
+    tcp_node_ports_.clear();
+    if (defer)
+        for (const auto& [k, svc] : source_->snapshot().services)
+            for (const auto& sp : svc.ports) {
+                if (sp.protocol != cache::Protocol::TCP) continue;
+                for (const auto* list : {&svc.cluster_ips, &svc.external_ips, &svc.load_balancer_ips})
+                    for (const auto& a : *list)
+                        if (auto ip = policy::parse_ip(a)) tcp_frontends_.insert({*ip, sp.port});
+                if (sp.node_port) tcp_node_ports_.insert(sp.node_port);
+            }
+    if (enforcing_) enforcer_.set_services(defer, frontends, registry_.all());
+}
+
+bool Controller::tcp_frontend(const policy::Ip& ip, uint16_t port) const {
+    if (tcp_frontends_.count({ip, port})) return true;
+    if (!tcp_node_ports_.count(port)) return false;
+    for (const auto& a : node_addresses_)
+        if (auto n = policy::parse_ip(a); n && *n == ip) return true;
+    return false;
 }
 
 void Controller::services_changed() {

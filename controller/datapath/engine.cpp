@@ -4,6 +4,8 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <netinet/in.h>
+
 #include <cstring>
 
 #include "../policy/addr.h"
@@ -174,6 +176,10 @@ struct HandshakeEngine::Attachment {
     std::string error;
     std::unordered_map<std::string, ClientPending> client;
     std::unordered_map<std::string, ServerPending> server;
+    // The pod's Service connections, whose client side runs at the node
+    // (translated tuples; kept apart from the pod's own: a direct
+    // connection's SYN-ACK may cross the node's netns too).
+    std::unordered_map<std::string, ClientPending> via_node;
 };
 
 HandshakeEngine::HandshakeEngine(boost::asio::io_context& io, Context ctx)
@@ -257,6 +263,7 @@ void HandshakeEngine::expire() {
     auto now = ctx_.clock.steady();
     for (auto& [k, at] : attachments_) {
         std::erase_if(at->client, [&](const auto& e) { return now - e.second.at > kClientPendingTtl; });
+        std::erase_if(at->via_node, [&](const auto& e) { return now - e.second.at > kClientPendingTtl; });
         std::erase_if(at->server, [&](const auto& e) { return now - e.second.at > kServerPendingTtl; });
     }
     std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(10); });
@@ -426,6 +433,61 @@ Decision HandshakeEngine::judge(const std::string& key, const handshake::QueuedP
     return out ? client_ack(at, *p) : server_ack(at, *p);
 }
 
+std::optional<Decision> HandshakeEngine::judge_at_node(const handshake::QueuedPacket& q) {
+    if (q.payload.size() < 20) return Decision{};
+    const int version = q.payload[0] >> 4;
+    const uint8_t l4 = version == 4 ? q.payload[9] : version == 6 && q.payload.size() >= 40 ? q.payload[6] : 0;
+    if (l4 != IPPROTO_TCP) return std::nullopt;  // (IPv6 extension headers: the Service judge's parser)
+    ++counters_.segments;
+    handshake::ParseOptions po;
+    po.tcp_checksum = q.csum_partial ? handshake::TcpChecksum::partial : handshake::TcpChecksum::verify;
+    auto p = handshake::parse(q.payload, po);
+    if (!p) {
+        ++counters_.refused["malformed_packet"];
+        return Decision{};
+    }
+    const bool syn = p->has(handshake::tcp_flag::syn) && !p->has(handshake::tcp_flag::ack);
+    const bool syn_ack = p->has(handshake::tcp_flag::syn) && p->has(handshake::tcp_flag::ack);
+    // The local pod: the source of its SYN and ACKs, the destination of the SYN-ACK.
+    const auto& local = syn_ack ? p->dst : p->src;
+    const std::string want = addr_key(p->family, local);
+    Attachment* at = nullptr;
+    for (auto& [k, a] : attachments_)
+        if (std::find(a->addrs.begin(), a->addrs.end(), want) != a->addrs.end()) at = a.get();
+    if (at == nullptr) {
+        ++counters_.refused["not_a_local_pod"];
+        return Decision{};
+    }
+    constexpr uint32_t kMasqueradeMark = 0x4000;  // kube-proxy's --iptables-masquerade-bit 14 (both modes)
+    Decision d;
+    if (syn && ((q.mark & kMasqueradeMark) || p->src == p->dst)) {
+        // Masqueraded on the way out (hairpin, NodePort): the backend sees a
+        // node address, which no token could be bound to. Egress is judged
+        // here, on the backend; its ingress judges the node's address.
+        const Peer* peer = peer_at(p->family, p->dst);
+        std::optional<cache::ObjectKey> as_pod;
+        if (peer && !peer->host_network) as_pod = peer->pod;
+        if (!allowed(*at, false, as_pod, ip_of(p->family, p->dst), p->dport)) {
+            ++counters_.denied;
+            report_denied(*at, *p, false);
+            return Decision{};
+        }
+        ++counters_.accepted_by_address;
+        d.verdict = handshake::kAccept;
+        d.mark = kCtMarkByAddress;
+    } else if (syn) {
+        d = client_syn(*at, *p, true);
+    } else if (syn_ack) {
+        d = client_syn_ack(*at, *p, true);
+    } else {
+        d = client_ack(*at, *p, true);
+    }
+    // The verdict's mark replaces the packet's: keep every bit but signet's
+    // (kube-proxy's masquerade bit among them).
+    if (d.mark) d.mark = (q.mark & ~kCtMarkMask) | *d.mark;
+    return d;
+}
+
 // The peer's token in a SYN (role client) or SYN-ACK (role server), for the
 // connection `b`: stripped, rate-limited when signed, verified (the claimed pod
 // must own the peer's address and run on the signing node, by this node's
@@ -463,11 +525,21 @@ Decision HandshakeEngine::verify_peer(Attachment& at, const Packet& p, identity:
 }
 
 // The local pod opens a connection.
-Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
+Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p, bool at_node) {
     if (std::find(at.addrs.begin(), at.addrs.end(), addr_key(p.family, p.src)) == at.addrs.end())
         return refuse("spoofed_source", at, p, "the pod's SYN has a source address that is not the pod's");
     if (p.options.token) return refuse("malformed_packet", at, p, "the pod's own SYN carries a signet option");
     const policy::Ip dst_ip = ip_of(p.family, p.dst);
+    if (!at_node && ctx_.service_frontend && ctx_.service_frontend(dst_ip, p.dport)) {
+        // A Service frontend: kube-proxy translates it in the node's netns,
+        // where the node's table judges the connection on the backend and the
+        // handshake binds to the translated connection (judge_at_node).
+        ++counters_.deferred_to_node;
+        Decision d;
+        d.verdict = handshake::kAccept;
+        return d;
+    }
+    auto& pending = at_node ? at.via_node : at.client;
     const Peer* peer = peer_at(p.family, p.dst);
     const bool pod_peer = peer && !peer->host_network;
     // Egress on the destination's cluster identity (a pod: confirmed on its
@@ -488,9 +560,9 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p) {
     }
     identity::ConnBinding b = binding_of(p, true);
     std::string ck = conn_key(b);
-    if (at.client.size() >= kMaxPending && !at.client.count(ck))
+    if (pending.size() >= kMaxPending && !pending.count(ck))
         return refuse("pending_full", at, p, "too many handshakes in flight for this pod");
-    ClientPending& pend = at.client[ck];
+    ClientPending& pend = pending[ck];
     if (pend.attempts > 0 && pend.isn != p.seq) pend = ClientPending{};  // the ports reused: a new connection
     pend.isn = p.seq;
     pend.verified = false;
@@ -584,13 +656,14 @@ Decision HandshakeEngine::server_syn_ack(Attachment& at, const Packet& p) {
 }
 
 // The answer to the local pod's connection.
-Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
+Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool at_node) {
     identity::ConnBinding b = binding_of(p, false);
     const std::string ck = conn_key(b);
-    auto it = at.client.find(ck);
-    if (it != at.client.end() && it->second.isn != b.client_isn) it = at.client.end();
+    auto& pending = at_node ? at.via_node : at.client;
+    auto it = pending.find(ck);
+    if (it != pending.end() && it->second.isn != b.client_isn) it = pending.end();
     const policy::Ip src_ip = ip_of(p.family, p.src);
-    if (it == at.client.end()) {
+    if (it == pending.end()) {
         // Not a connection we sent a token on (judged by address at the SYN),
         // or one from before a restart: a token here was not asked for.
         if (p.options.token) return refuse("unexpected_token", at, p, "no token was sent on this connection");
@@ -628,7 +701,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p) {
     }
     // The peer did not authenticate (its node runs no signet, or has the handshake off).
     Decision d = judge_tokenless(at, p, false, pod_peer ? peer : nullptr, src_ip, p.sport);
-    if (d.verdict == handshake::kAccept) at.client.erase(it);
+    if (d.verdict == handshake::kAccept) pending.erase(it);
     return d;
 }
 
@@ -659,11 +732,12 @@ Decision HandshakeEngine::judge_tokenless(const Attachment& at, const Packet& p,
 // The local pod's segments while its final ACK's proof is due: the bare ACK
 // that completes the handshake gets the proof (16 bytes, HMAC under the pair
 // key over the full binding and both tokens' nonces) as a token.
-Decision HandshakeEngine::client_ack(Attachment& at, const Packet& p) {
+Decision HandshakeEngine::client_ack(Attachment& at, const Packet& p, bool at_node) {
     Decision pass;
     pass.verdict = handshake::kAccept;
-    auto it = at.client.find(conn_key(binding_of_later(p, true)));
-    if (it == at.client.end() || !it->second.verified || !it->second.pair_key) return pass;
+    auto& pending = at_node ? at.via_node : at.client;
+    auto it = pending.find(conn_key(binding_of_later(p, true)));
+    if (it == pending.end() || !it->second.verified || !it->second.pair_key) return pass;
     ClientPending& pend = it->second;
     // Only the bare ACK of the handshake has room (data would move sequence
     // numbers); a piggybacked first ACK passes without, and the server, which
@@ -823,6 +897,7 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     c.AddMember("proofs_verified", Value(counters_.proofs_verified), a);
     c.AddMember("held_for_proof", Value(counters_.held_for_proof), a);
     c.AddMember("proof_after_reset", Value(counters_.proof_after_reset), a);
+    c.AddMember("deferred_to_node", Value(counters_.deferred_to_node), a);
     out.AddMember("counters", c, a);
     Value r(rapidjson::kObjectType);
     for (const auto& [reason, n] : counters_.refused) r.AddMember(Value(reason.c_str(), a), Value(n), a);

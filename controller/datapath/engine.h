@@ -98,6 +98,11 @@ public:
         double first_contact_rate = 100;  // per second
         double first_contact_burst = 200;
         Clock clock{};  // real time unless lent
+        // Services (docs/policy.md): true for a TCP frontend (address, port)
+        // whose connections the node's table judges after kube-proxy's
+        // translation. A pod's SYN to one passes its own netns untouched: the
+        // client side of the handshake happens at the node (judge_at_node).
+        std::function<bool(const policy::Ip&, uint16_t)> service_frontend;
     };
 
     HandshakeEngine(boost::asio::io_context& io, Context ctx);
@@ -119,6 +124,14 @@ public:
     // One queued segment of attachment `key`: what the queue source's handler
     // calls (tests call it too, through their own QueueSource).
     handshake::Decision judge(const std::string& key, const handshake::QueuedPacket& q);
+    // A segment of a translated Service connection, queued in the node's
+    // netns after kube-proxy's DNAT (the Service judge hands them over): the
+    // local pod's SYN to the backend gets its client token there (egress
+    // judged on the backend), the backend's SYN-ACK token is verified and
+    // stripped, the final ACK gets the proof. nullopt: not TCP (the caller
+    // judges it). A connection kube-proxy masquerades (its mark 0x4000:
+    // hairpin, NodePort) reaches the backend from a node address: no token.
+    std::optional<handshake::Decision> judge_at_node(const handshake::QueuedPacket& q);
 
     struct Counters {
         uint64_t segments = 0;
@@ -130,6 +143,7 @@ public:
         uint64_t proofs_sent = 0, proofs_verified = 0;
         uint64_t held_for_proof = 0;          // server: packets dropped while the final ACK's proof is awaited
         uint64_t proof_after_reset = 0;       // server: a proof behind the client's own RST (discarded)
+        uint64_t deferred_to_node = 0;        // client SYNs to a Service frontend: the handshake at the node
         std::map<std::string, uint64_t> refused;  // token / packet refusals by reason
     };
     const Counters& counters() const { return counters_; }
@@ -205,11 +219,11 @@ private:
         std::chrono::steady_clock::time_point last;
     };
 
-    handshake::Decision client_syn(Attachment& at, const handshake::Packet& p);
+    handshake::Decision client_syn(Attachment& at, const handshake::Packet& p, bool at_node = false);
     handshake::Decision server_syn(Attachment& at, const handshake::Packet& p);
     handshake::Decision server_syn_ack(Attachment& at, const handshake::Packet& p);
-    handshake::Decision client_syn_ack(Attachment& at, const handshake::Packet& p);
-    handshake::Decision client_ack(Attachment& at, const handshake::Packet& p);
+    handshake::Decision client_syn_ack(Attachment& at, const handshake::Packet& p, bool at_node = false);
+    handshake::Decision client_ack(Attachment& at, const handshake::Packet& p, bool at_node = false);
     handshake::Decision judge_tokenless(const Attachment& at, const handshake::Packet& p, bool ingress,
                                         const Peer* pod_peer, const policy::Ip& peer_ip, uint16_t port);
     handshake::Decision verify_peer(Attachment& at, const handshake::Packet& p, identity::Role role,

@@ -65,6 +65,7 @@ Result<L4Tuple> parse_l4(std::span<const uint8_t> pkt) {
         if (l4 + 4 > pkt.size()) return make_error(EBADMSG, "transport header truncated");
         t.sport = be16(&pkt[l4]);
         t.dport = be16(&pkt[l4 + 2]);
+        if (t.proto == 6 && l4 + 14 <= pkt.size()) t.tcp_flags = pkt[l4 + 13];
     }
     return t;
 }
@@ -80,6 +81,19 @@ Decision ServiceJudge::judge(const QueuedPacket& p) {
     if (!t) {
         ++counters_.malformed;
         return d;
+    }
+    if (ctx_.tcp_handshake && t->proto == 6) {
+        auto hd = ctx_.tcp_handshake(p);
+        if (hd) {
+            // Connections are counted at their SYN; the rest is the handshake's.
+            if ((t->tcp_flags & 0x12) == 0x02) {
+                ++counters_.judged;
+                ++(hd->verdict == kAccept ? counters_.allowed : counters_.denied);
+            } else {
+                ++counters_.handshake_segments;
+            }
+            return *hd;
+        }
     }
     auto client = ctx_.local_pod ? ctx_.local_pod(t->src) : std::nullopt;
     if (!client) {

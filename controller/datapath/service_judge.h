@@ -33,6 +33,7 @@ struct L4Tuple {
     policy::Ip src, dst;
     uint8_t proto = 0;
     uint16_t sport = 0, dport = 0;  // 0 for protocols without ports (ICMP)
+    uint8_t tcp_flags = 0;          // TCP only
 };
 // IPv4 (options skipped) or IPv6 (hop-by-hop, routing, destination options
 // skipped); TCP, UDP, SCTP ports. EBADMSG: truncated or malformed; a
@@ -48,6 +49,10 @@ public:
         // (the backend: this node's or another's).
         std::function<std::optional<policy::ObjectKey>(const policy::Ip&)> local_pod;
         std::function<std::optional<policy::ObjectKey>(const policy::Ip&)> pod_at;
+        // With the identity handshake on: its client side at the node
+        // (HandshakeEngine::judge_at_node), which judges TCP itself; nullopt
+        // from it: not TCP, judged here.
+        std::function<std::optional<Decision>(const QueuedPacket&)> tcp_handshake;
     };
     explicit ServiceJudge(Context ctx) : ctx_(std::move(ctx)) {}
 
@@ -57,6 +62,7 @@ public:
         uint64_t judged = 0, allowed = 0, denied = 0;
         uint64_t not_a_local_pod = 0;  // the source is no local pod (dropped)
         uint64_t malformed = 0;        // unreadable packet (dropped)
+        uint64_t handshake_segments = 0;  // SYN-ACKs and final ACKs of the handshake at the node
     };
     const Counters& counters() const { return counters_; }
 

@@ -716,7 +716,20 @@ Status build_node_full(Batch& b, const NodeRuleset& rs, bool destroy_supported) 
     for (Family fam : {Family::v4, Family::v6}) {
         const bool v4 = fam == Family::v4;
         const Named& judged = sets[v4 ? 0 : 1];
-        // New translated connections of the judged pods: to signetd, no bypass.
+        // Every SYN of a judged pod's translated connection, whatever
+        // conntrack thinks of it: a reused client port can reopen an old
+        // entry (TIME_WAIT) whose SYN is not `ct state new`, and a new
+        // connection must never pass unjudged.
+        RuleBuilder sq(table, chain);
+        sq.meta(NFT_META_NFPROTO).cmp_u8(v4 ? NFPROTO_IPV4 : NFPROTO_IPV6).ct_status_any(IPS_DST_NAT);
+        sq.payload(NFT_PAYLOAD_NETWORK_HEADER, v4 ? 12 : 8, v4 ? 4 : 16).lookup(judged.name, judged.id);
+        sq.meta(NFT_META_L4PROTO).cmp_u8(IPPROTO_TCP);
+        sq.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 13, 1);
+        const uint8_t syn_ack_bits = 0x12, syn_only = 0x02, zero = 0;  // syn|ack, expect syn
+        sq.bitwise(&syn_ack_bits, &zero, 1).cmp(NFT_CMP_EQ, &syn_only, 1);
+        sq.queue(rs.queue_num, rs.queue).comment("signet service-judge-syn " + std::to_string(rs.queue_num));
+        add_rule(b, sq);
+        // Other new translated connections (UDP, SCTP...): to signetd, no bypass.
         RuleBuilder q(table, chain);
         q.meta(NFT_META_NFPROTO).cmp_u8(v4 ? NFPROTO_IPV4 : NFPROTO_IPV6);
         q.ct_state_any(NF_CT_STATE_BIT(IP_CT_NEW)).ct_status_any(IPS_DST_NAT);
@@ -732,6 +745,28 @@ Status build_node_full(Batch& b, const NodeRuleset& rs, bool destroy_supported) 
         d.payload(NFT_PAYLOAD_NETWORK_HEADER, v4 ? 16 : 24, v4 ? 4 : 16).lookup(svc.name, svc.id);
         d.counter().verdict(NF_DROP).comment("signet service-untranslated");
         add_rule(b, d);
+        if (!rs.handshake) continue;
+        const uint32_t daddr = v4 ? 16 : 24, saddr = v4 ? 12 : 8, len = v4 ? 4 : 16;
+        RuleBuilder t(table, chain);  // the backend's SYN-ACK with its token, to the judged pod
+        t.meta(NFT_META_NFPROTO).cmp_u8(v4 ? NFPROTO_IPV4 : NFPROTO_IPV6).ct_status_any(IPS_DST_NAT);
+        t.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr, len).lookup(judged.name, judged.id);
+        t.meta(NFT_META_L4PROTO).cmp_u8(IPPROTO_TCP);
+        const uint8_t exid[2] = {static_cast<uint8_t>(kTokenOptionExId >> 8), static_cast<uint8_t>(kTokenOptionExId)};
+        t.tcp_option(kTokenOptionKind, 2, 2).cmp(NFT_CMP_EQ, exid, 2);
+        t.queue(rs.queue_num, rs.queue).comment("signet service-handshake-token " + std::to_string(rs.queue_num));
+        add_rule(b, t);
+        RuleBuilder pr(table, chain);  // the judged pod's segments while its proof is due
+        pr.meta(NFT_META_NFPROTO).cmp_u8(v4 ? NFPROTO_IPV4 : NFPROTO_IPV6).ct_status_any(IPS_DST_NAT);
+        pr.ct_mark_is(kCtMarkMask, kCtMarkProofDue);
+        pr.payload(NFT_PAYLOAD_NETWORK_HEADER, saddr, len).lookup(judged.name, judged.id);
+        pr.queue(rs.queue_num, rs.queue).comment("signet service-handshake-proof " + std::to_string(rs.queue_num));
+        add_rule(b, pr);
+    }
+    if (rs.handshake) {
+        add_filter_chain(b, "service_mark", NF_INET_FORWARD, 10, table);
+        RuleBuilder m(table, "service_mark");
+        m.meta_mark_any(kCtMarkMask).ct_set_mark().comment("signet handshake-mark");
+        add_rule(b, m);
     }
     b.finish();
     return {};

@@ -181,8 +181,12 @@ struct PodRuleset {
 // netns, where kube-proxy translates Service frontends):
 //
 //   chain service_judge (hook forward, priority filter - 10, policy accept)
+//     ct status dnat ip saddr @judged_v4 tcp flags & (syn|ack) == syn queue num kServiceQueueNum
 //     ct state new ct status dnat ip saddr @judged_v4 queue num kServiceQueueNum   (v6 alike)
 //     ip saddr @judged_v4 ip daddr @svc_v4 counter drop     (a frontend nobody translated)
+//     [handshake] ct status dnat ip daddr @judged_v4 <signet TCP option> queue   (the backend's SYN-ACK)
+//     [handshake] ct status dnat ct mark & 0x700 == proof-due ip saddr @judged_v4 queue  (the final ACK)
+//   chain service_mark (hook forward, priority filter + 10) [handshake]: mark bits -> ct mark
 //
 // `judged`: the addresses of the local pods whose Service connections signet
 // judges here (their egress is isolated). Their new translated connections
@@ -197,6 +201,12 @@ struct NodeRuleset {
     AddrSet svc_v4{Family::v4, {}}, svc_v6{Family::v6, {}};
     QueueBackend queue = QueueBackend::none;
     uint16_t queue_num = kServiceQueueNum;
+    // The identity handshake's client side for the judged pods' translated
+    // connections: also the backend's SYN-ACK carrying a token, and the
+    // pod's segments while the final ACK's proof is due (ct mark), go to the
+    // queue; a chain after the filter chains copies the verdicts' mark bits
+    // to the connection's conntrack mark, as in a pod's table.
+    bool handshake = false;
     bool operator==(const NodeRuleset&) const = default;
 };
 

@@ -300,3 +300,78 @@ TEST_CASE("tokens outside their validity window: expired (5 s + 2 s skew), not y
     CHECK(B.engine->drops().refused == 2);
     CHECK(B.engine->drops().lost() == 0);
 }
+
+TEST_CASE("through a Service: the pod's SYN to the frontend is deferred; the node adds the token after the translation") {
+    handshake::HandshakeEngine::Context tweak;
+    tweak.service_frontend = [](const policy::Ip& ip, uint16_t port) {
+        return policy::to_string(ip) == "10.96.0.10" && port == 80;
+    };
+    World w(tweak);
+    Node& A = w.node_a();
+    Node& B = w.node_b();
+    const uint32_t cisn = 5000, sisn = 700000;
+    // In a's netns: the SYN to the frontend passes untouched (no token, no verdict on policy).
+    auto to_vip = segment("10.0.0.1", "10.96.0.10", 41000, 80, cisn, 0, tcpf::syn);
+    Verdict pod_syn = w.judge("a", kOut, to_vip);
+    CHECK(pod_syn.accepted);
+    CHECK_FALSE(pod_syn.rewritten);
+    CHECK(pod_syn.mark == 0);
+    CHECK(A.engine->counters().deferred_to_node == 1);
+    // In node-a's netns, after kube-proxy's DNAT to b (10.0.1.1:kPort): the client token.
+    auto at_node = [&](const std::vector<uint8_t>& bytes, uint32_t mark = 0) {
+        handshake::QueuedPacket q;
+        q.hook = hk::forward;
+        q.payload = bytes;
+        q.cap_len = static_cast<uint32_t>(bytes.size());
+        q.mark = mark;
+        auto d = A.engine->judge_at_node(q);
+        REQUIRE(d.has_value());
+        Verdict v;
+        v.accepted = d->verdict == handshake::kAccept;
+        v.rewritten = !d->replacement.empty();
+        v.bytes = v.rewritten ? d->replacement : bytes;
+        v.mark = d->mark.value_or(0);
+        return v;
+    };
+    auto syn = segment("10.0.0.1", "10.0.1.1", 41000, kPort, cisn, 0, tcpf::syn);
+    Verdict node_syn = at_node(syn);
+    CHECK(node_syn.accepted);
+    CHECK(has_option(node_syn.bytes));
+    CHECK(node_syn.mark == nft::kCtMarkPending);
+    // b verifies it as any token, answers with its own.
+    Verdict syn_in = w.judge("b", kPre, node_syn.bytes);
+    CHECK(syn_in.accepted);
+    CHECK(syn_in.bytes == syn);
+    Verdict synack_out = w.judge("b", kOut, segment("10.0.1.1", "10.0.0.1", kPort, 41000, sisn, cisn + 1, tcpf::syn | tcpf::ack));
+    REQUIRE(has_option(synack_out.bytes));
+    // Back at node-a (still from b's address): verified and stripped, the proof due.
+    Verdict node_synack = at_node(synack_out.bytes);
+    CHECK(node_synack.accepted);
+    CHECK_FALSE(has_option(node_synack.bytes));
+    CHECK(node_synack.mark == nft::kCtMarkProofDue);
+    // In a's netns the SYN-ACK (now from the frontend again) has no token: it passes.
+    Verdict pod_synack = w.judge("a", kIn, segment("10.96.0.10", "10.0.0.1", 80, 41000, sisn, cisn + 1, tcpf::syn | tcpf::ack));
+    CHECK(pod_synack.accepted);
+    // The final ACK gets the proof at the node, b verifies it.
+    Verdict node_ack = at_node(segment("10.0.0.1", "10.0.1.1", 41000, kPort, cisn + 1, sisn + 1, tcpf::ack));
+    CHECK(has_option(node_ack.bytes));
+    CHECK(node_ack.mark == nft::kCtMarkAuthenticated);
+    Verdict ack_in = w.judge("b", kPre, node_ack.bytes);
+    CHECK(ack_in.accepted);
+    CHECK(B.engine->counters().proofs_verified == 1);
+    // Masqueraded by kube-proxy (mark 0x4000: hairpin, NodePort): no token, its bits kept.
+    Verdict masq = at_node(segment("10.0.0.1", "10.0.1.1", 41001, kPort, 9000, 0, tcpf::syn), 0x4000);
+    CHECK(masq.accepted);
+    CHECK_FALSE(has_option(masq.bytes));
+    CHECK(masq.mark == (0x4000u | nft::kCtMarkByAddress));
+    // A SYN from an address that is no local pod of this node is refused.
+    Verdict stranger = at_node(segment("10.0.9.9", "10.0.1.1", 41002, kPort, 9100, 0, tcpf::syn));
+    CHECK_FALSE(stranger.accepted);
+    // Not TCP: not the handshake's (the Service judge decides).
+    std::vector<uint8_t> udp = syn;
+    udp[9] = 17;
+    handshake::QueuedPacket q;
+    q.payload = udp;
+    q.cap_len = static_cast<uint32_t>(udp.size());
+    CHECK_FALSE(A.engine->judge_at_node(q).has_value());
+}

@@ -56,7 +56,8 @@ struct World {
             [=](const policy::Ip& a) -> std::optional<policy::ObjectKey> {
                 if (a == db) return policy::ObjectKey{"x", "db"};
                 return std::nullopt;
-            }});
+            },
+        nullptr});
     }
 };
 

@@ -22,7 +22,10 @@ w2 on node-b, and its NodePort.
 2. Fail closed: bridge-nf-call-iptables=0 in node-a's netns (signet cannot see
    the translation of bridged traffic): status.services says why, and ok ->
    ClusterIP is refused (its egress meets the frontend itself).
-3. `--services off`: the frontend is an address like any other: ok's isolated
+3. `--handshake enforce`: the same through the Service, the client's token made
+   at node-a after the translation (bound to the backend), verified by the
+   backend's node; hairpin and NodePort (masqueraded) pass tokenless.
+4. `--services off`: the frontend is an address like any other: ok's isolated
    egress refuses it (what every isolated pod got before signet judged Services).
 """
 import json
@@ -205,7 +208,38 @@ def body(t: harness.Test, run: harness.Run):
     got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=4)
     t.check("fail closed: judged again once bridge-nf-call-iptables=1", got and all(g in ("w1", "w2") for g in got), got)
 
-    # ---- 3. --services off ---------------------------------------------------------
+    # ---- 3. the identity handshake (enforce) through the Service ------------------------
+    # The client side of the handshake runs at node-a after the translation: the token is
+    # bound to the translated connection and node-b (or node-a) verifies it as usual.
+    tn.start("enforce", node_netns=True)
+    tn.sync()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not services_status(tn, NODE_A).get("judgedAtNode"):
+        time.sleep(0.5)
+    got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=16)
+    t.check("enforce: ok -> ClusterIP:80 connects every time", got and all(g in ("w1", "w2") for g in got), got)
+    t.check("enforce: ... to both backends", {"w1", "w2"} <= set(got), got)
+    got = who(tn, "no", CLUSTER_IP, SVC_PORT, n=3, timeout=1.0)
+    t.check("enforce: no -> ClusterIP:80 refused", got and all(g.startswith("fail") for g in got), got)
+    got = who(tn, "ok", tn.pods["w2"].ip4, PORT, n=2)
+    t.check("enforce: ok -> w2 directly connects (handshake in the pods' netns)", got == ["w2", "w2"], got)
+    got = who(tn, "w1", CLUSTER_IP, SVC_PORT, n=8)
+    t.check("enforce: w1 -> its own Service connects (hairpin tokenless from the node, or w2 with a token)",
+            got and all(g in ("w1", "w2") for g in got), got)
+    got = who(tn, "ok", node_a.gw4, NODE_PORT, n=6)
+    t.check("enforce: ok -> node-a's NodePort connects (masqueraded: no token, the node's address)",
+            got and all(g in ("w1", "w2") for g in got), got)
+    hb = tn.status(NODE_B).get("handshake") or {}
+    cb = hb.get("counters") or {}
+    t.check("enforce: node-b verified tokens of Service connections and their proofs",
+            cb.get("verified", 0) > 0 and cb.get("proofs_verified", 0) > 0, hb)
+    ha = tn.status(NODE_A).get("handshake") or {}
+    t.check("enforce: node-a's pods deferred their SYNs to the node", (ha.get("counters") or {}).get("deferred_to_node", 0) > 0,
+            ha)
+    drops = (ha.get("drops") or {})
+    t.check("enforce: node-a lost no handshake segment", drops.get("lost", 0) == 0, drops)
+
+    # ---- 4. --services off ---------------------------------------------------------
     tn.start("off", node_netns=True, extra=["--services", "off"])
     tn.sync()
     st = services_status(tn, NODE_A)

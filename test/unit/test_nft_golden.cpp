@@ -291,8 +291,10 @@ add set inet signet_node svc_v4 { type ipv4_addr; flags interval; id 3 }
 add element inet signet_node svc_v4 { 10.96.0.10 (end 10.96.0.11) }
 add set inet signet_node svc_v6 { type ipv6_addr; flags interval; id 4 }
 add chain inet signet_node service_judge { type filter hook forward priority -10; policy accept; }
+add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set judged_v4 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 1b @ transport header + 13 => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000012 ) ^ 0x00000000 ] [ cmp eq reg 1 0x00000002 ] [ target name NFQUEUE rev 3 ] comment "signet service-judge-syn 3473"
 add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set judged_v4 ] [ target name NFQUEUE rev 3 ] comment "signet service-judge 3473"
 add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set judged_v4 ] [ payload load 4b @ network header + 16 => reg 1 ] [ lookup reg 1 set svc_v4 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment "signet service-untranslated"
+add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set judged_v6 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ payload load 1b @ transport header + 13 => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000012 ) ^ 0x00000000 ] [ cmp eq reg 1 0x00000002 ] [ target name NFQUEUE rev 3 ] comment "signet service-judge-syn 3473"
 add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ ct load state => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000008 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set judged_v6 ] [ target name NFQUEUE rev 3 ] comment "signet service-judge 3473"
 add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set judged_v6 ] [ payload load 16b @ network header + 24 => reg 1 ] [ lookup reg 1 set svc_v6 ] [ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment "signet service-untranslated"
 )GOLDEN";
@@ -306,6 +308,24 @@ TEST_CASE("golden: the node's table queues the judged pods' translated connectio
     auto got = describe_node_batch(n, true);
     REQUIRE(got.ok());
     check_golden(*got, kNode);
+    // With the identity handshake: the backend's SYN-ACK token and the final ACK
+    // (proof due) of the judged pods' translated connections are queued too, and a
+    // chain copies the verdicts' mark bits to conntrack.
+    n.handshake = true;
+    auto hs = describe_node_batch(n, true);
+    REQUIRE(hs.ok());
+    std::vector<std::string> added;
+    auto base = lines(*got);
+    for (const auto& l : lines(*hs))
+        if (std::find(base.begin(), base.end(), l) == base.end()) added.push_back(l);
+    const std::vector<std::string> want_added = {
+        R"GOLDEN(add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ payload load 4b @ network header + 16 => reg 1 ] [ lookup reg 1 set judged_v4 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ exthdr load tcpopt 2b @ 253 + 2 => reg 1 ] [ cmp eq reg 1 0x00004753 ] [ target name NFQUEUE rev 3 ] comment "signet service-handshake-token 3473")GOLDEN",
+        R"GOLDEN(add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x00000002 ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ ct load mark => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000700 ) ^ 0x00000000 ] [ cmp eq reg 1 0x00000400 ] [ payload load 4b @ network header + 12 => reg 1 ] [ lookup reg 1 set judged_v4 ] [ target name NFQUEUE rev 3 ] comment "signet service-handshake-proof 3473")GOLDEN",
+        R"GOLDEN(add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ payload load 16b @ network header + 24 => reg 1 ] [ lookup reg 1 set judged_v6 ] [ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] [ exthdr load tcpopt 2b @ 253 + 2 => reg 1 ] [ cmp eq reg 1 0x00004753 ] [ target name NFQUEUE rev 3 ] comment "signet service-handshake-token 3473")GOLDEN",
+        R"GOLDEN(add rule inet signet_node service_judge [ meta load nfproto => reg 1 ] [ cmp eq reg 1 0x0000000a ] [ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ ct load mark => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000700 ) ^ 0x00000000 ] [ cmp eq reg 1 0x00000400 ] [ payload load 16b @ network header + 8 => reg 1 ] [ lookup reg 1 set judged_v6 ] [ target name NFQUEUE rev 3 ] comment "signet service-handshake-proof 3473")GOLDEN",
+        R"GOLDEN(add chain inet signet_node service_mark { type filter hook forward priority 10; policy accept; })GOLDEN",
+        R"GOLDEN(add rule inet signet_node service_mark [ meta load mark => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000700 ) ^ 0x00000000 ] [ cmp neq reg 1 0x00000000 ] [ ct set mark with reg 1 ] comment "signet handshake-mark")GOLDEN"};
+    CHECK(added == want_added);
     NodeRuleset none;  // no queue backend: refused, never a table that cannot judge
     CHECK_FALSE(describe_node_batch(none, true).ok());
 }

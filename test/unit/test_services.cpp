@@ -233,7 +233,8 @@ TEST_CASE("service judge: the client's egress judged on the backend it was trans
             for (const auto& [k, p] : snap.pods)
                 if (!p.pod_ips.empty() && p.pod_ips[0] == to_string(a)) return k;
             return std::nullopt;
-        }});
+        },
+        nullptr});
     auto verdict = [&](std::vector<uint8_t> bytes) {
         handshake::QueuedPacket qp;
         qp.payload = bytes;
