@@ -214,6 +214,49 @@ void Enforcer::sync_node(const std::vector<Job>* widen) {
     node_written_ = want;
 }
 
+void Enforcer::cut_node_disallowed() {
+    if (!defer_services_ || !node_netns_ || query_ == nullptr) return;
+    std::map<policy::Ip, ObjectKey> judged, pods;
+    for (const auto& [k, st] : pods_)
+        for (const auto& text : st.ips)
+            if (auto ip = policy::parse_ip(text)) judged[*ip] = st.pod;
+    if (judged.empty()) return;
+    for (const auto& [k, pod] : compiler_.snapshot().pods)
+        for (const auto& a : pod.pod_ips)
+            if (auto ip = policy::parse_ip(a)) pods[*ip] = k;
+    auto entries = backend_->conntrack(*node_netns_);
+    if (!entries) {
+        report_("cannot read the node's conntrack (Service connections): " + entries.error().message);
+        return;
+    }
+    constexpr uint32_t kDstNat = 1u << 5;  // IPS_DST_NAT
+    constexpr uint8_t kTcpTimeWait = 7, kTcpClose = 8;
+    for (const auto& e : *entries) {
+        if (!(e.status & kDstNat)) continue;
+        if (e.orig.proto == nft::kTcp && (e.tcp_state == kTcpTimeWait || e.tcp_state == kTcpClose)) continue;
+        policy::Ip client{e.orig.family, e.orig.src}, backend{e.reply.family, e.reply.src};
+        auto cp = judged.find(client);
+        if (cp == judged.end()) continue;
+        policy::ConnKey key;
+        key.ingress = false;
+        key.local = cp->second;
+        if (auto bp = pods.find(backend); bp != pods.end()) key.peer_pod = bp->second;
+        key.peer_ip = backend;
+        key.proto = e.orig.proto;
+        key.port = e.reply.sport;
+        auto v = query_->check(key);
+        if (v.answered && v.allowed) continue;
+        if (auto del = backend_->conntrack_delete(*node_netns_, e.orig); del || del.error().code == ENOENT) {
+            ++cut_total_;
+            report_("cut " + std::string(policy::proto_name(e.orig.proto)) + " Service connection " +
+                    policy::to_string(client) + ":" + std::to_string(e.orig.sport) + " -> " +
+                    policy::to_string(policy::Ip{e.orig.family, e.orig.dst}) + ":" + std::to_string(e.orig.dport) +
+                    " (backend " + policy::to_string(backend) + ":" + std::to_string(e.reply.sport) + ") of " +
+                    key.local.namespace_ + "/" + key.local.name + ": no longer allowed by policy");
+        }
+    }
+}
+
 void Enforcer::node_addresses_changed(const std::vector<std::string>& addresses, const Records& records) {
     policy::Affected affected = compiler_.set_node_addresses(addresses);
     policy_changed();
@@ -236,8 +279,13 @@ void Enforcer::program(const policy::Affected& affected, const Records& records)
     if (jobs.empty()) return;
     sync_node(&jobs);
     write_all(jobs);
-    for (Job& j : jobs) (void)finish(j);
+    bool narrowed = false;
+    for (Job& j : jobs) {
+        narrowed = narrowed || (j.ct_checked && j.st->rules && !j.st->ips.empty());
+        (void)finish(j);
+    }
     sync_node();
+    if (narrowed) cut_node_disallowed();
     program_latency_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     last_program_pods_ = jobs.size();
 }
@@ -354,6 +402,7 @@ Status Enforcer::finish(Job& job) {
     if (job.outcome != Job::Unchanged && !st.error.empty()) report_("programmed " + key + " again");
     st.error.clear();
     st.ips.clear();
+    st.pod = object_key(rec);
     // Judged at the node: an isolated egress that defers, and with the
     // identity handshake every pod (the client side of its Service
     // connections' handshake happens there).

@@ -114,6 +114,7 @@ private:
         std::string error;                     // last programming error, "" when fine
         uint64_t cut = 0;                      // connections cut for this pod
         std::vector<std::string> ips;          // its addresses, when its Service connections are judged at the node
+        cache::ObjectKey pod;                  // which pod (for the node's conntrack re-check)
     };
 
     // One attachment's programming: prepared on the loop thread (its state,
@@ -149,6 +150,10 @@ private:
     // Makes the node's table judge the pods that defer their Service
     // connections (after their tables are written; before an ADD returns).
     void sync_node(const std::vector<Job>* widen = nullptr);
+    // After a change that may narrow what judged pods allow: the node's
+    // conntrack entries of their translated connections that the policy no
+    // longer allows (judged on the backend, the reply's source) are cut.
+    void cut_node_disallowed();
 
     std::string node_netns_path_;
     nft::QueueBackend node_queue_ = nft::QueueBackend::none;

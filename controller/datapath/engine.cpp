@@ -460,7 +460,13 @@ std::optional<Decision> HandshakeEngine::judge_at_node(const handshake::QueuedPa
     }
     constexpr uint32_t kMasqueradeMark = 0x4000;  // kube-proxy's --iptables-masquerade-bit 14 (both modes)
     Decision d;
-    if (syn && ((q.mark & kMasqueradeMark) || p->src == p->dst)) {
+    // A segment that is neither SYN nor SYN-ACK of a connection with no
+    // handshake in flight here: conntrack picked it up mid-stream (its entry
+    // was cut after a policy change, or lost): judged on policy like a new
+    // connection, never passed on trust.
+    const bool midstream = !syn && !syn_ack &&
+                           !at->via_node.count(conn_key(binding_of_later(*p, true)));
+    if ((syn && ((q.mark & kMasqueradeMark) || p->src == p->dst)) || midstream) {
         // Masqueraded on the way out (hairpin, NodePort): the backend sees a
         // node address, which no token could be bound to. Egress is judged
         // here, on the backend; its ingress judges the node's address.

@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE.parent / "integration"))
 sys.path.insert(0, str(HERE.parent / "kubeproxy"))
 import harness  # noqa: E402  (the integration-test library: netns, CNI chain, signetd, cleanup)
 import kubeproxy  # noqa: E402  (kube-proxy's rule shapes, for --via-service)
+import twonode  # noqa: E402  (the two-node topology, for --nodes 2)
 
 NAMESPACES = ("x", "y", "z")
 POD_NAMES = ("a", "b", "c")
@@ -59,6 +60,17 @@ def default_pod_labels(pod: str) -> dict:
 SERVICE_CIDR = "10.96.0.0/16"
 NODE_IP = "192.168.254.1"   # the node's own address in its netns (on the link with the default route)
 NODE_NAME = "conformance-node"
+
+# --nodes 2: the model's pods over twonode.py's two nodes, every namespace on both and every
+# pod name on both: x/a x/c y/b z/a z/c on node-a, x/b y/a y/c z/b on node-b
+NODE_UPLINK_IPS = {twonode.NODE_A: "192.168.254.1", twonode.NODE_B: "192.168.254.2"}
+TWO_NODE_CLUSTER_CIDR = "10.244.0.0/16"  # both nodes' pod subnets (harness.Run.alloc_subnet: 10.244.X.0/24)
+
+
+def two_node_placement() -> dict:
+    """podstr -> node name: pod i of namespace j on node-a when i + j is even."""
+    return {f"{ns}/{p}": (twonode.NODE_A if (i + j) % 2 == 0 else twonode.NODE_B)
+            for j, ns in enumerate(NAMESPACES) for i, p in enumerate(POD_NAMES)}
 
 
 def service_name(podstr: str) -> str:
@@ -88,8 +100,9 @@ def service_obj(podstr: str, cluster_ip: str) -> dict:
                                for p in PORTS for pr in PROTOCOLS]}}
 
 
-def endpoint_slice_obj(podstr: str, backends: list) -> dict:
-    """What the EndpointSlice controller writes for the Service: backends = [(podstr, ip)]."""
+def endpoint_slice_obj(podstr: str, backends: list, node_of: dict | None = None) -> dict:
+    """What the EndpointSlice controller writes for the Service: backends = [(podstr, ip)]
+    (node_of: podstr -> the node it runs on; default NODE_NAME)."""
     ns, _ = podstr.split("/")
     svc = service_name(podstr)
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -98,7 +111,7 @@ def endpoint_slice_obj(podstr: str, backends: list) -> dict:
                                     "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
             "addressType": "IPv4",
             "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False},
-                           "nodeName": NODE_NAME,
+                           "nodeName": (node_of or {}).get(b, NODE_NAME),
                            "targetRef": {"kind": "Pod", "namespace": b.split("/")[0], "name": b.split("/")[1]}}
                           for b, ip in backends],
             "ports": [{"name": service_port_name(p, pr), "protocol": pr, "port": p}
@@ -113,6 +126,17 @@ def service_backends(st: "State", podstr: str) -> list:
     return [(p, ip_of(st, p, 4)) for p in ALL_PODS
             if p.split("/")[0] == ns and p in st.pod_ips
             and all(st.pod_labels[p].get(k) == v for k, v in sel_.items())]
+
+
+def add_uplink(netns: str, ip: str) -> None:
+    """A node's own address on a link holding its default route (a real node's uplink): the
+    node's connections to a ClusterIP need a route before kube-proxy's DNAT. A veth pair with
+    both ends in the node netns (the dummy driver is not everywhere)."""
+    harness.sh("ip", "-n", netns, "link", "add", "nodeif0", "type", "veth", "peer", "name", "nodeif1")
+    harness.sh("ip", "-n", netns, "addr", "add", f"{ip}/24", "dev", "nodeif0")
+    harness.sh("ip", "-n", netns, "link", "set", "nodeif1", "up")
+    harness.sh("ip", "-n", netns, "link", "set", "nodeif0", "up")
+    harness.sh("ip", "-n", netns, "route", "add", "default", "dev", "nodeif0")
 
 
 def signetd_has_node_netns(bins) -> bool:
@@ -363,16 +387,23 @@ def namespace_obj(ns: str, labels: dict) -> dict:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": dict(labels)}}
 
 
-def pod_obj(podstr: str, labels: dict) -> dict:
+def pod_obj(podstr: str, labels: dict, node: str | None = None, ips: list | None = None) -> dict:
+    """The Pod object (node: spec.nodeName; ips: status.podIPs, as the kubelet reports them:
+    with two nodes each signetd learns the other node's pods from them)."""
     ns, name = podstr.split("/")
     containers = [{
         "name": f"cont-{cp['containerPort']}-{cp['protocol'].lower()}",
         "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
         "ports": [dict(cp)],
     } for cp in container_ports()]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "labels": dict(labels)},
-            "spec": {"terminationGracePeriodSeconds": 0, "containers": containers}}
+    obj = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": ns, "labels": dict(labels)},
+           "spec": {"terminationGracePeriodSeconds": 0, "containers": containers}}
+    if node:
+        obj["spec"] = {"nodeName": node, **obj["spec"]}
+    if ips:
+        obj["status"] = {"phase": "Running", "podIP": ips[0], "podIPs": [{"ip": i} for i in ips]}
+    return obj
 
 
 # =========================================================================== YAML (as kubectl apply -f takes it)
@@ -731,8 +762,17 @@ class Cluster:
 
     def __init__(self, test: harness.Test, run: harness.Run, *, probe_timeout: float = 1.0,
                  ipv6: bool = False, log=harness.log, source: str = "dir", handshake: str = "off",
-                 via_service: str | None = None, node_netns_flag: bool = True, with_signet: bool = True):
+                 via_service: str | None = None, node_netns_flag: bool = True, with_signet: bool = True,
+                 nodes: int = 1):
         self.source = source
+        # nodes=2: the pods over twonode.py's two node netns (joined by a wire, one signetd each,
+        # one manifest folder); pod -> node in self.placement
+        self.nodes = nodes
+        self.tn: twonode.TwoNodes | None = None
+        self.placement: dict = two_node_placement() if nodes == 2 else {}
+        self.daemons: list = []  # every signetd (one per node)
+        self.node_netnses: dict = {}  # node name -> its netns (--via-service or --nodes 2)
+        self.kps: dict = {}  # node name -> kubeproxy.KubeProxy
         # --via-service MODE: pods in a node netns behind kube-proxy's rules (MODE: iptables or
         # nftables); every probe goes to the destination pod's ClusterIP.
         self.via_service = via_service
@@ -760,6 +800,7 @@ class Cluster:
         self.d: harness.Signetd | None = None
         self.net: harness.Network | None = None
         self.chain: harness.Chain | None = None
+        self.chains: dict = {}  # --nodes 2: node name -> its pods' CNI chain
         self._deleted = False
 
     # -------------------------------------------------------------- manifests
@@ -783,7 +824,11 @@ class Cluster:
     def write_pod(self, podstr: str, labels: dict) -> None:
         self.state.pod_labels[podstr] = dict(labels)
         ns, name = podstr.split("/")
-        self._write(f"pod-{ns}-{name}.yaml", to_yaml(pod_obj(podstr, labels)))
+        if self.nodes == 2:
+            obj = pod_obj(podstr, labels, self.placement[podstr], self.state.pod_ips.get(podstr))
+        else:
+            obj = pod_obj(podstr, labels)
+        self._write(f"pod-{ns}-{name}.yaml", to_yaml(obj))
 
     def write_policy(self, pol: dict) -> None:
         ns, name = pol["metadata"]["namespace"], pol["metadata"]["name"]
@@ -855,8 +900,19 @@ class Cluster:
         if self.source == "kubernetes":
             self._apiserver_scan()
         t0 = time.monotonic()
-        p = self.d.ctl("sync", "-o", "json", "--timeout", "20s", timeout=60)
+        # every node's signetd (two nodes: both, at once; each reads the same folder)
+        res = harness.parallel(self._sync_one, self.daemons or [self.d], workers=2)
         dt = time.monotonic() - t0
+        for d, r in res:
+            if isinstance(r, Exception):
+                r = (False, repr(r))
+            if not r[0]:
+                return False, (f"{d.node}: " if self.nodes == 2 else "") + r[1]
+        return True, f"{dt * 1000:.0f} ms"
+
+    @staticmethod
+    def _sync_one(d) -> tuple[bool, str]:
+        p = d.ctl("sync", "-o", "json", "--timeout", "20s", timeout=60)
         if p.returncode != 0:
             return False, f"signetctl sync rc={p.returncode}: {p.stdout.strip()} {p.stderr.strip()}"
         try:
@@ -868,18 +924,108 @@ class Cluster:
             return False, f"signetd rejected manifest files: {json.dumps(errs)}"
         if doc.get("appliedVersion") != doc.get("sourceVersion", doc.get("appliedVersion")):
             return False, f"sync returned before applying: {json.dumps(doc)}"
-        return True, f"{dt * 1000:.0f} ms"
+        return True, "ok"
 
     # -------------------------------------------------------------- setup
     def setup(self) -> None:
         t0 = time.monotonic()
-        extra = []
-        if self.handshake != "off":
-            ca = Path(self.run.mkdtemp("authority")) / "ca"
-            p = harness.sh(self.bins["signetctl"], "authority", "init", str(ca), "--trust-domain", "conformance.test",
-                           check=False)
-            self.test.require("signetctl authority init", p.returncode == 0, p.stdout + p.stderr)
-            extra = ["--authority", f"dir:{ca}", "--handshake", self.handshake]
+        if self.nodes == 2:
+            self._setup_two_nodes()
+        else:
+            self._setup_one_node()
+        for p in ALL_PODS:
+            ips = [a.split("/")[0] for a in harness.ips_of_interface(self.pods[p]["result"], "eth0",
+                                                                      self.pods[p]["path"])]
+            self.state.pod_ips[p] = sorted(ips, key=lambda a: ipaddress.ip_address(a).version)
+        fams = "+".join(f"IPv{f}" for f in self.families)
+        self.test.require(f"every pod got {fams} addresses from its CNI result",
+                          all({ipaddress.ip_address(a).version for a in self.state.pod_ips[p]} == set(self.families)
+                              for p in ALL_PODS), self.state.pod_ips)
+        if self.nodes == 2:
+            # the kubelet reports the pods' IPs: each node learns the other's pods from status.podIPs
+            for p in ALL_PODS:
+                self.write_pod(p, self.state.pod_labels[p])
+            ok, detail = self.sync()
+            self.test.require("both signetd took the pods' status.podIPs", ok, detail)
+
+        # servers and probe agents
+        servers = {}
+        for p in ALL_PODS:
+            argv = ["ip", "netns", "exec", self.pods[p]["netns"], sys.executable, "-u",
+                    str(HERE / "podagent.py"), "serve", "--name", p]
+            sp = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+            self.run.own_process(sp, f"server {p}")
+            servers[p] = sp
+            self.agents[p] = Agent(self.run, p, self.pods[p]["netns"])
+        if self.nodes == 2:
+            # the node row: a probe to a pod comes from that pod's own node (node_agent())
+            for name, ns in self.node_netnses.items():
+                self.agents[f"{NODE}@{name}"] = Agent(self.run, f"{NODE}@{name}", ns)
+        else:
+            self.agents[NODE] = Agent(self.run, NODE, self.node_netns)  # the pods' node: the host, or the node netns
+        for p, sp in servers.items():
+            line = sp.stdout.readline().strip()
+            self.test.require(f"server in {p} listening on TCP+UDP 80, 81", line == "ready",
+                              sp.stderr.read() if line != "ready" else None)
+        for a in self.agents.values():
+            a.wait_ready()
+
+        if self.via_service:
+            self._start_kube_proxy()
+        if not self.with_signet:
+            self.log("NOTE the pods' CNI chain has no signet plugin: signetd enforces nothing on them")
+            self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: " + self._pods_line())
+            return
+        for d in (self.daemons or [self.d]):
+            local = [p for p in ALL_PODS if self.nodes == 1 or self.placement[p] == d.node]
+            pods = {(r.get("namespace"), r.get("name")): r for r in d.pods()}
+            on = f" on {d.node}" if self.nodes == 2 else ""
+            missing = [p for p in local if tuple(p.split("/")) not in pods]
+            self.test.require(f"signetd{on} registered its {len(local)} pods", not missing, missing)
+            wrong = [p for p in local if pods[tuple(p.split("/"))].get("labels") != default_pod_labels(p)]
+            self.test.require(f"signetd{on} resolved the pods' labels from the Pod objects", not wrong,
+                              {p: pods[tuple(p.split('/'))].get("labels") for p in wrong})
+        self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: " + self._pods_line())
+
+    def _pods_line(self) -> str:
+        return ", ".join(f"{p}={','.join(self.state.pod_ips[p])}"
+                         + (f"@{self.placement[p]}" if self.nodes == 2 else "") for p in ALL_PODS)
+
+    def _authority_args(self) -> list[str]:
+        if self.handshake == "off":
+            return []
+        ca = Path(self.run.mkdtemp("authority")) / "ca"
+        p = harness.sh(self.bins["signetctl"], "authority", "init", str(ca), "--trust-domain", "conformance.test",
+                       check=False)
+        self.test.require("signetctl authority init", p.returncode == 0, p.stdout + p.stderr)
+        return ["--authority", f"dir:{ca}", "--handshake", self.handshake]
+
+    def _register_pods(self) -> None:
+        for p in ALL_PODS:
+            name, path = self.run.netns_add()
+            cid = self.run.container_id()
+            uid = self.run.uid()
+            ns, pod = p.split("/")
+            self.pods[p] = {"netns": name, "path": path, "cid": cid, "uid": uid,
+                            "args": harness.k8s_args(ns, pod, uid, cid), "result": None,
+                            "chain": self.chain if self.nodes == 1 else self.chains[self.placement[p]]}
+        self.run.on_cleanup("CNI DEL of the conformance pods", lambda: self.teardown(best_effort=True))
+
+        def add(p):
+            info = self.pods[p]
+            res, _ = info["chain"].add(info["cid"], info["path"], "eth0", info["args"])
+            info["result"] = res
+            return res
+
+        errors = [(p, r) for p, r in harness.parallel(add, ALL_PODS, workers=9) if isinstance(r, Exception)]
+        where = " on their nodes (the chain run in each node netns)" if self.nodes == 2 else ""
+        self.test.require(f"CNI ADD (bridge + host-local{' + signet' if self.with_signet else ''}) "
+                          f"for the 9 pods{where}", not errors,
+                          "; ".join(f"{p}: {e}" for p, e in errors))
+
+    def _setup_one_node(self) -> None:
+        extra = self._authority_args()
         if self.via_service:
             self._make_node()
             if self.node_netns_flag:
@@ -892,6 +1038,7 @@ class Cluster:
             self.d = harness.Signetd(self.run, self.bins, node=NODE_NAME)
         self.d.extra_args = extra
         self.d.start()
+        self.daemons = [self.d]
         for ns in NAMESPACES:
             self.write_ns(ns, default_ns_labels(ns))
         for p in ALL_PODS:
@@ -917,66 +1064,38 @@ class Cluster:
             self.chain = self.net.chain([self.cni_dir])
         else:
             self.chain = self.net.chain([harness.CNI_BIN_DIR, str(self.bins["signet"].parent)])
+        self._register_pods()
+
+    def _setup_two_nodes(self) -> None:
+        """twonode.py's topology: two node netns joined by a wire veth, each with its own bridge
+        (sgbr0), pod subnet, routes to the other's subnet over the wire, and signetd (node-a,
+        node-b: own socket, state dir and credentials from one cluster authority; both read
+        the same manifest folder and are told their node netns). The pods' chain runs the
+        real bridge plugin inside their node's netns, with hairpin and a default route via
+        the node (twonode.TwoNodes.chain_for)."""
+        self.tn = twonode.TwoNodes(self.test, self.run, self.bins, ipv6=6 in self.families)
+        self.node_netnses = {name: n.netns for name, n in self.tn.nodes.items()}
+        self.d = self.tn.nodes[twonode.NODE_A].d  # the manifest folder's owner; both read it
+        self.daemons = [n.d for n in self.tn.nodes.values()]
+        for name, n in self.tn.nodes.items():
+            if self.via_service:
+                add_uplink(n.netns, NODE_UPLINK_IPS[name])
+        self.tn.start(None if self.handshake == "off" else self.handshake,
+                      node_netns=self.node_netns_flag)
+        for ns in NAMESPACES:
+            self.write_ns(ns, default_ns_labels(ns))
         for p in ALL_PODS:
-            name, path = self.run.netns_add()
-            cid = self.run.container_id()
-            uid = self.run.uid()
-            ns, pod = p.split("/")
-            self.pods[p] = {"netns": name, "path": path, "cid": cid, "uid": uid,
-                            "args": harness.k8s_args(ns, pod, uid, cid), "result": None}
-        self.run.on_cleanup("CNI DEL of the conformance pods", lambda: self.teardown(best_effort=True))
-
-        def add(p):
-            info = self.pods[p]
-            res, _ = self.chain.add(info["cid"], info["path"], "eth0", info["args"])
-            info["result"] = res
-            return res
-
-        errors = [(p, r) for p, r in harness.parallel(add, ALL_PODS, workers=9) if isinstance(r, Exception)]
-        self.test.require("CNI ADD (bridge + host-local + signet) for the 9 pods", not errors,
-                          "; ".join(f"{p}: {e}" for p, e in errors))
-        for p in ALL_PODS:
-            ips = [a.split("/")[0] for a in harness.ips_of_interface(self.pods[p]["result"], "eth0",
-                                                                      self.pods[p]["path"])]
-            self.state.pod_ips[p] = sorted(ips, key=lambda a: ipaddress.ip_address(a).version)
-        fams = "+".join(f"IPv{f}" for f in self.families)
-        self.test.require(f"every pod got {fams} addresses from its CNI result",
-                          all({ipaddress.ip_address(a).version for a in self.state.pod_ips[p]} == set(self.families)
-                              for p in ALL_PODS), self.state.pod_ips)
-
-        # servers and probe agents
-        servers = {}
-        for p in ALL_PODS:
-            argv = ["ip", "netns", "exec", self.pods[p]["netns"], sys.executable, "-u",
-                    str(HERE / "podagent.py"), "serve", "--name", p]
-            sp = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
-            self.run.own_process(sp, f"server {p}")
-            servers[p] = sp
-            self.agents[p] = Agent(self.run, p, self.pods[p]["netns"])
-        self.agents[NODE] = Agent(self.run, NODE, self.node_netns)  # the pods' node: the host, or the node netns
-        for p, sp in servers.items():
-            line = sp.stdout.readline().strip()
-            self.test.require(f"server in {p} listening on TCP+UDP 80, 81", line == "ready",
-                              sp.stderr.read() if line != "ready" else None)
-        for a in self.agents.values():
-            a.wait_ready()
-
-        if self.via_service:
-            self._start_kube_proxy()
-        if not self.with_signet:
-            self.log("NOTE the pods' CNI chain has no signet plugin: signetd enforces nothing on them")
-            self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: "
-                     + ", ".join(f"{p}={','.join(self.state.pod_ips[p])}" for p in ALL_PODS))
-            return
-        pods = {(r.get("namespace"), r.get("name")): r for r in self.d.pods()}
-        missing = [p for p in ALL_PODS if tuple(p.split("/")) not in pods]
-        self.test.require("signetd registered the 9 pods", not missing, missing)
-        wrong = [p for p in ALL_PODS if pods[tuple(p.split("/"))].get("labels") != default_pod_labels(p)]
-        self.test.require("signetd resolved the pods' labels from the Pod objects", not wrong,
-                          {p: pods[tuple(p.split('/'))].get("labels") for p in wrong})
-        self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: "
-                 + ", ".join(f"{p}={','.join(self.state.pod_ips[p])}" for p in ALL_PODS))
+            self.write_pod(p, default_pod_labels(p))  # spec.nodeName, no addresses yet (before the CNI ADD)
+        ok, detail = self.sync()
+        self.test.require("both signetd took the model's Namespaces and Pods", ok, detail)
+        self.chains = {name: self.tn.chain_for(name, with_signet=self.with_signet) for name in self.tn.nodes}
+        self._register_pods()
+        self.log("NOTE --nodes 2: " + ", ".join(
+            f"{name} (netns {n.netns}, pods {n.subnet4}"
+            + (f" {n.subnet6}" if 6 in self.families else "") + "): "
+            + " ".join(p for p in ALL_PODS if self.placement[p] == name)
+            for name, n in self.tn.nodes.items())
+            + f"; wire {twonode.WIRE4[0]} <-> {twonode.WIRE4[1]}")
 
     # -------------------------------------------------------------- --via-service
     def _make_node(self) -> None:
@@ -988,12 +1107,7 @@ class Cluster:
         for k, v in (("net.ipv4.ip_forward", 1), ("net.ipv4.conf.all.rp_filter", 0),
                      ("net.ipv4.conf.default.rp_filter", 0)):
             harness.sh("ip", "netns", "exec", n, "sysctl", "-qw", f"{k}={v}")
-        # (a veth pair with both ends in the node netns: the dummy driver is not everywhere)
-        harness.sh("ip", "-n", n, "link", "add", "nodeif0", "type", "veth", "peer", "name", "nodeif1")
-        harness.sh("ip", "-n", n, "addr", "add", f"{NODE_IP}/24", "dev", "nodeif0")
-        harness.sh("ip", "-n", n, "link", "set", "nodeif1", "up")
-        harness.sh("ip", "-n", n, "link", "set", "nodeif0", "up")
-        harness.sh("ip", "-n", n, "route", "add", "default", "dev", "nodeif0")
+        add_uplink(n, NODE_IP)
         # the CNI chain runs the real bridge plugin inside the node netns (as test/integration/twonode.py)
         self.cni_dir = Path(self.run.mkdtemp("cni-node"))
         (self.cni_dir / "bridge").write_text(
@@ -1001,25 +1115,34 @@ class Cluster:
         (self.cni_dir / "bridge").chmod(0o755)
         os.symlink(f"{harness.CNI_BIN_DIR}/host-local", self.cni_dir / "host-local")
         os.symlink(str(Path(self.bins["signet"]).resolve()), self.cni_dir / "signet")
+        self.node_netnses = {NODE_NAME: n}
         self.log(f"NOTE --via-service {self.via_service}: node netns {n} (node IP {NODE_IP}), "
                  f"Services from {SERVICE_CIDR}")
 
     def _start_kube_proxy(self) -> None:
-        node = kubeproxy.Node(ips=[NODE_IP], cluster_cidr=str(self.net.subnet), service_cidr=SERVICE_CIDR)
-        self.kp = kubeproxy.KubeProxy(self.via_service, self.node_netns, node)
+        # each node's kube-proxy knows every Service and all its endpoints, local and remote
+        for name, netns in self.node_netnses.items():
+            if self.nodes == 2:
+                node = kubeproxy.Node(ips=[NODE_UPLINK_IPS[name]], cluster_cidr=TWO_NODE_CLUSTER_CIDR,
+                                      service_cidr=SERVICE_CIDR)
+            else:
+                node = kubeproxy.Node(ips=[NODE_IP], cluster_cidr=str(self.net.subnet), service_cidr=SERVICE_CIDR)
+            kp = kubeproxy.KubeProxy(self.via_service, netns, node)
+            self.kps[name] = kp
 
-        def remove():
-            self.run.cleanup_problems.extend(f"kube-proxy rules: {p}" for p in self.kp.remove())
-        self.run.on_cleanup("kube-proxy rules in the node netns", remove)
-        self.kp.prepare_node()
+            def remove(kp=kp, name=name):
+                self.run.cleanup_problems.extend(f"kube-proxy rules ({name}): {p}" for p in kp.remove())
+            self.run.on_cleanup(f"kube-proxy rules in the node netns {netns}", remove)
+            kp.prepare_node()
+        self.kp = next(iter(self.kps.values()))
         self._backends = {}
         self.sync_services(force=True)
         ok, detail = self.sync()
         self.test.require("signetd took the Services and EndpointSlices (sync without file errors)", ok, detail)
         self.log("NOTE ClusterIPs: " + ", ".join(f"{service_name(p)}={self.cluster_ips[p]}" for p in ALL_PODS))
 
-    def services(self) -> list:
-        """kube-proxy's view: each model pod's Service with its current endpoints."""
+    def services(self, node: str | None = None) -> list:
+        """kube-proxy's view (on `node`): each model pod's Service with its current endpoints."""
         out = []
         for p in ALL_PODS:
             ns, _ = p.split("/")
@@ -1028,15 +1151,16 @@ class Cluster:
                 for proto in PROTOCOLS:
                     name = service_port_name(port_, proto)
                     ports.append(kubeproxy.ServicePort(name, proto, port_, target_port=port_))
-                    eps[name] = [kubeproxy.Endpoint(ip, port_, local=True) for _, ip in self._backends[p]]
+                    eps[name] = [kubeproxy.Endpoint(ip, port_, local=self.placement.get(b, node) == node)
+                                 for b, ip in self._backends[p]]
             out.append(kubeproxy.Service(ns, service_name(p), self.cluster_ips[p], ports, eps))
         return out
 
     def sync_services(self, force: bool = False) -> None:
         """With --via-service: recompute every Service's endpoints from the pods' labels (as the
         EndpointSlice controller would); write changed Services and EndpointSlices to the
-        manifest folder and resync kube-proxy's rules when anything changed."""
-        if not self.via_service or self.kp is None:
+        manifest folder and resync kube-proxy's rules (every node's) when anything changed."""
+        if not self.via_service or not self.kps:
             return
         backends = {p: service_backends(self.state, p) for p in ALL_PODS}
         if backends == self._backends and not force:
@@ -1046,21 +1170,26 @@ class Cluster:
         for p in changed:
             ns, name = p.split("/")
             self._write(f"svc-{ns}-{name}.yaml",
-                        to_yaml(service_obj(p, self.cluster_ips[p]), endpoint_slice_obj(p, backends[p])))
-        self.kp.sync(self.services())
+                        to_yaml(service_obj(p, self.cluster_ips[p]),
+                                endpoint_slice_obj(p, backends[p], self.placement or None)))
+        for name, kp in self.kps.items():
+            kp.sync(self.services(name))
 
     def kube_proxy_rules(self) -> str:
-        return self.kp.dump() if self.kp else "(no kube-proxy rules)"
+        if not self.kps:
+            return "(no kube-proxy rules)"
+        return "\n".join((f"# {name} ({kp.netns})\n" if len(self.kps) > 1 else "") + kp.dump()
+                         for name, kp in self.kps.items())
 
     def teardown(self, best_effort: bool = True) -> None:
-        if self._deleted or self.chain is None:
+        if self._deleted or (self.chain is None and not self.chains):
             return
         self._deleted = True
         todo = [p for p in self.pods if self.pods[p]["result"] is not None]
 
         def delete(p):
             i = self.pods[p]
-            return self.chain.delete(i["cid"], i["path"], "eth0", i["args"], i["result"],
+            return i["chain"].delete(i["cid"], i["path"], "eth0", i["args"], i["result"],
                                      best_effort=best_effort)
 
         for p, r in harness.parallel(delete, todo, workers=9):
@@ -1079,6 +1208,14 @@ class Cluster:
             self._ids += 1
             return self._ids
 
+    def agent_for(self, frm: str, to: str) -> str:
+        """The agent that probes from `frm` to `to`. The node row is the destination pod's own
+        node: with --nodes 2 that is node-a's or node-b's agent (traffic from another node is
+        not "from the pod's node": only an ipBlock allows it)."""
+        if frm == NODE and self.nodes == 2:
+            return f"{NODE}@{self.placement[to]}"
+        return frm
+
     def probe(self, items: list[tuple[str, str, int, str, int]]) -> dict:
         """items: (from, to, port, proto, family); from is a podstr or NODE.
         All run at once; returns {item: Observation}."""
@@ -1088,8 +1225,9 @@ class Cluster:
             frm, to, port_, proto, fam = it
             i = self._next_id()
             keys[i] = it
-            by_agent.setdefault(frm, []).append({"id": i, "ip": self.dest_ip(to, fam), "port": port_,
-                                                 "proto": proto, "timeout": self.probe_timeout})
+            by_agent.setdefault(self.agent_for(frm, to), []).append(
+                {"id": i, "ip": self.dest_ip(to, fam), "port": port_, "proto": proto,
+                 "timeout": self.probe_timeout})
         for a, reqs in by_agent.items():
             self.agents[a].send(reqs)
         deadline = time.monotonic() + self.probe_timeout + 10
@@ -1119,14 +1257,21 @@ class Cluster:
 
     # -------------------------------------------------------------- debugging aids
     def pods_json(self) -> str:
-        """`signetctl pods -o json`, one compact line per pod (model pods by name)."""
-        p = self.d.ctl("pods", "-o", "json")
-        try:
-            pods = json.loads(p.stdout)["pods"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            return p.stdout.strip() or p.stderr.strip()
-        pods.sort(key=lambda r: (str(r.get("namespace")), str(r.get("name"))))
-        return "\n".join(json.dumps(r, sort_keys=True, separators=(",", ":")) for r in pods)
+        """`signetctl pods -o json`, one compact line per pod (model pods by name); with two
+        nodes each node's, headed by its name."""
+        out = []
+        for d in (self.daemons or [self.d]):
+            if self.nodes == 2:
+                out.append(f"# {d.node}")
+            p = d.ctl("pods", "-o", "json")
+            try:
+                pods = json.loads(p.stdout)["pods"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                out.append(p.stdout.strip() or p.stderr.strip())
+                continue
+            pods.sort(key=lambda r: (str(r.get("namespace")), str(r.get("name"))))
+            out += [json.dumps(r, sort_keys=True, separators=(",", ":")) for r in pods]
+        return "\n".join(out)
 
     def nft_ruleset(self, pod: str) -> str:
         p = harness.sh("ip", "netns", "exec", self.pods[pod]["netns"], "nft", "list", "ruleset", check=False)

@@ -14,6 +14,9 @@
                               pods in a node netns behind kube-proxy's rules (that mode's
                               real shapes, test/kubeproxy/); every probe goes to the
                               destination pod's own ClusterIP Service, as upstream's e2e does
+    run.py --nodes 2          the 9 pods over two nodes (test/integration/twonode.py: two node
+                              netns joined by a wire, one signetd each); with --via-service
+                              kube-proxy's rules for every Service on both nodes
 
 Environment: SIGNET_BUILD_DIR (default <repo>/build), SIGNET_CNI_BIN_DIR,
 SIGNET_TEST_KEEP=1 (keep the temp dir), as in test/integration/harness.py.
@@ -78,9 +81,17 @@ def parse_args(argv):
     ap.add_argument("--measure-without-node-netns", action="store_true",
                     help="with --via-service and a signetd that has no --node-netns: run the cases anyway "
                          "(the run still FAILS) to measure what breaks")
+    ap.add_argument("--nodes", type=int, choices=[1, 2], default=1,
+                    help="2: the pods over two nodes (test/integration/twonode.py: two node netns joined by a "
+                         "wire veth, a bridge and pod subnet each, one signetd per node reading the same "
+                         "manifest folder, credentials from one cluster authority); every namespace has pods "
+                         "on both nodes; with --via-service kube-proxy's rules for every Service (all "
+                         "endpoints, local and remote) in both node netns")
     args = ap.parse_args(argv)
     if args.via_service and args.ipv6:
         ap.error("--via-service is IPv4 only (the Services are single-stack IPv4)")
+    if args.nodes == 2 and args.source != "dir":
+        ap.error("--nodes 2 reads the manifest folder (--source dir) only")
     return args
 
 
@@ -210,7 +221,8 @@ def emulate_datapath(cl: netpol.Cluster) -> None:
                 + (f"    ct status dnat ip saddr . ip daddr . meta l4proto . th dport "
                    f"{{ {', '.join(allowed)} }} accept\n" if allowed else "")
                 + f"    ct status dnat ip saddr {{ {pods} }} meta l4proto {{ tcp, udp }} drop\n  }}\n}}\n")
-        harness.sh("ip", "netns", "exec", cl.node_netns, "nft", "-f", "-", input=text)
+        for netns in cl.node_netnses.values():  # every node: each judges its own clients' translations
+            harness.sh("ip", "netns", "exec", netns, "nft", "-f", "-", input=text)
 
 
 # =========================================================================== running a case
@@ -299,7 +311,8 @@ def check_step(cl, args, step, i, nsteps, res: CaseResult) -> bool:
             log(f"  --- nft list ruleset in {p} ({cl.pods[p]['netns']}):")
             log("\n".join("     " + line for line in cl.nft_ruleset(p).splitlines()))
         if cl.via_service:
-            log(f"  --- kube-proxy ({args.via_service} mode) rules in the node netns {cl.node_netns}:")
+            log(f"  --- kube-proxy ({args.via_service} mode) rules in the node netns "
+                f"{', '.join(cl.node_netnses.values())}:")
             log("\n".join("     " + line for line in cl.kube_proxy_rules().splitlines()))
     res.notes.append(f"{label}: wrong " + ", ".join(w for w, _ in bad))
     return False
@@ -351,6 +364,9 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
          results: list[CaseResult]) -> None:
     harness.require_root_and_tools("nft")
     node_netns_flag = True
+    if args.nodes == 2 and not args.via_service:
+        # the node is a netns: tell signetd, where it can be told
+        node_netns_flag = netpol.signetd_has_node_netns(harness.require_signet_binaries(setup_test))
     if args.via_service:
         missing = netpol.kubeproxy.tools_missing(args.via_service)
         if missing:
@@ -380,7 +396,7 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
     cl = netpol.Cluster(setup_test, run, probe_timeout=args.timeout, ipv6=args.ipv6, source=args.source,
                         handshake=args.handshake, via_service=args.via_service,
                         node_netns_flag=node_netns_flag and not args.emulate_datapath,
-                        with_signet=not (args.via_service and args.emulate_datapath))
+                        with_signet=not (args.via_service and args.emulate_datapath), nodes=args.nodes)
     cl.setup()
     setup_secs = time.monotonic() - t0
     if args.emulate_datapath:
@@ -388,7 +404,8 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
                         "(nft rules from the reference evaluator), NOT signet's enforcement"
                         + (" (with --via-service the pods are not even given to signet: egress is judged "
                            "by the stand-in in the node netns after kube-proxy's DNAT)" if args.via_service else ""))
-    log(f"NOTE setup (signetd, 9 pods through bridge + host-local + signet, servers, agents"
+    log(f"NOTE setup ({'two nodes, two signetd' if args.nodes == 2 else 'signetd'}, "
+        f"9 pods through bridge + host-local + signet, servers, agents"
         + (f", kube-proxy {args.via_service} rules" if args.via_service else "") + f"): {setup_secs:.1f}s")
 
     if not args.no_selftest and selected(SELFTEST, args.k):
@@ -413,16 +430,21 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
     if args.handshake != "off":
         # The verdicts above came through the handshake: TCP connections were
         # admitted on verified tokens, and nothing honest was refused.
+        # With two nodes, on each node (each serves pods that clients on both nodes reach).
         r = CaseResult("handshake-was-used")
-        hs = cl.d.status().get("handshake", {})
-        c = hs.get("counters", {})
-        log("handshake: " + json.dumps({"counters": c, "refused": hs.get("refused"),
-                                        "queue": {k: v for k, v in hs.get("queue", {}).items() if k != "errors"}}))
-        r.ok = (hs.get("mode") == args.handshake and c.get("verified", 0) > 0
-                and c.get("accepted_authenticated", 0) > 0 and c.get("proofs_verified", 0) > 0
-                and not hs.get("refused"))
-        if not r.ok:
-            r.notes.append("expected verified tokens and final-ACK proofs, connections admitted on proven identity, no refusal")
+        for d in cl.daemons:
+            hs = d.status().get("handshake", {})
+            c = hs.get("counters", {})
+            log(f"handshake{' on ' + d.node if args.nodes == 2 else ''}: "
+                + json.dumps({"counters": c, "refused": hs.get("refused"),
+                              "queue": {k: v for k, v in hs.get("queue", {}).items() if k != "errors"}}))
+            ok = (hs.get("mode") == args.handshake and c.get("verified", 0) > 0
+                  and c.get("accepted_authenticated", 0) > 0 and c.get("proofs_verified", 0) > 0
+                  and not hs.get("refused"))
+            if not ok:
+                r.ok = False
+                r.notes.append(f"{'on ' + d.node + ': ' if args.nodes == 2 else ''}expected verified tokens and "
+                               "final-ACK proofs, connections admitted on proven identity, no refusal")
         log(f"{'PASS' if r.ok else 'FAIL'} handshake-was-used")
         results.append(r)
     cl.teardown(best_effort=False)
@@ -471,7 +493,9 @@ def main(argv=None) -> None:
 
     log(f"=== conformance (pid {os.getpid()}): {len(cases)} case(s), probe timeout {args.timeout}s"
         + (", --full" if args.full else "") + (", dual-stack" if args.ipv6 else "")
-        + (f", via per-pod ClusterIP Services (kube-proxy {args.via_service} mode)" if args.via_service else ""))
+        + (f", via per-pod ClusterIP Services (kube-proxy {args.via_service} mode)" if args.via_service else "")
+        + (", two nodes" if args.nodes == 2 else "")
+        + (f", handshake {args.handshake}" if args.handshake != "off" else ""))
     t0 = time.monotonic()
     setup_test = harness.Test("conformance setup")
     code = 0

@@ -52,7 +52,10 @@ s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(128)
 print("ready", flush=True)
 def serve(c):
     try:
-        c.recv(16); c.sendall(name)
+        while c.recv(16):
+            c.sendall(name)
+    except OSError:
+        pass
     finally:
         c.close()
 while True:
@@ -70,6 +73,22 @@ for i in range(int(sys.argv[3])):
     except OSError as e:
         out.append("fail:" + type(e).__name__)
 print(" ".join(out), flush=True)
+"""
+
+
+# One connection held open: the server's name, then on each stdin line "again", one more
+# exchange (or "fail:..." when the connection no longer carries data).
+HOLD_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+s.sendall(b"who"); print(s.recv(64).decode() or "empty", flush=True)
+for line in sys.stdin:
+    try:
+        s.settimeout(3)
+        s.sendall(b"who"); d = s.recv(64)
+        print(d.decode() if d else "fail:closed", flush=True)
+    except OSError as e:
+        print("fail:" + type(e).__name__, flush=True)
 """
 
 
@@ -188,6 +207,30 @@ def body(t: harness.Test, run: harness.Run):
     p = node_a.d.ctl("explain", "--from", f"{NS}/ok", "--to", CLUSTER_IP, "--port", str(SVC_PORT))
     t.check("explain --to CLUSTERIP (text): backends allowed for x/ok",
             p.returncode == 0 and "Service x/web" in p.stdout and p.stdout.count("ALLOWED") >= 2, p.stdout + p.stderr)
+
+    # A policy change that no longer allows the backend cuts the established Service
+    # connection (the node's conntrack entry of the translated connection is re-checked).
+    held = harness.subprocess.Popen(
+        ["ip", "netns", "exec", tn.pods["ok"].netns, "/usr/bin/python3", "-c", HOLD_CLIENT, CLUSTER_IP, str(SVC_PORT)],
+        stdout=harness.subprocess.PIPE, stdin=harness.subprocess.PIPE, text=True, start_new_session=True)
+    run.own_process(held, "held Service connection in ok")
+    first = held.stdout.readline().strip()
+    t.check("cut: a Service connection from ok is established", first in ("w1", "w2"), first)
+    narrowed = next(o for o in tn.objects if o.get("metadata", {}).get("name") == "egress-ok")
+    narrowed["spec"]["egress"] = to_apps(["other"])
+    tn.write_view()
+    tn.sync()
+    held.stdin.write("again\n")
+    held.stdin.flush()
+    second = held.stdout.readline().strip()
+    t.check("cut: after egress-ok no longer allows the backends, the connection is cut", second.startswith("fail"),
+            second)
+    held.kill()
+    narrowed["spec"]["egress"] = to_apps(["w1", "w2"])
+    tn.write_view()
+    tn.sync()
+    got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=2)
+    t.check("cut: allowed again once the policy is back", got and all(g in ("w1", "w2") for g in got), got)
 
     # ---- 2. fail closed: the node cannot see the translation -------------------------
     harness.sh("ip", "netns", "exec", node_a.netns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")

@@ -426,6 +426,25 @@ class TwoNodes:
             "spec": {"podSelector": {"matchLabels": {"app": target_app}}, "policyTypes": ["Ingress"],
                      "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": PORT}]}]}})
 
+    def chain_for(self, node: str, *, with_signet: bool = True) -> harness.Chain:
+        """The CNI chain of a node's pods: the real bridge plugin (run inside the node netns,
+        bridge sgbr0, the node's gateway, hairpin on), host-local with the node's subnets and a
+        default route through the gateway (so a ClusterIP is routed to the node), and signet
+        talking to this node's signetd (with_signet=False: the bridge alone)."""
+        n = self.nodes[node]
+        ranges = [[{"subnet": str(n.subnet4), "gateway": n.gw4}]]
+        routes = [{"dst": "0.0.0.0/0"}]
+        if self.ipv6:
+            ranges.append([{"subnet": str(n.subnet6), "gateway": n.gw6}])
+            routes.append({"dst": "::/0"})
+        plugins = [{"type": "bridge", "bridge": "sgbr0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
+                    "ipam": {"type": "host-local", "ranges": ranges, "routes": routes,
+                             "dataDir": self.run.mkdtemp("ipam")}}]
+        if with_signet:
+            plugins.append({"type": "signet", "socket": n.d.socket})
+        conflist = {"cniVersion": "1.0.0", "name": f"signet-{n.name}", "plugins": plugins}
+        return harness.Chain(conflist, [str(n.cni_dir)])
+
     def add_pods(self, spec: list[tuple[str, str]]) -> None:
         """spec: [(pod name, node name)], label app=<pod name>. Pods are announced (without
         addresses) first, as the API server would before the CNI ADD; then each node's
@@ -435,16 +454,7 @@ class TwoNodes:
         self.write_view()
         self.sync()
         for n in self.nodes.values():
-            ranges = [[{"subnet": str(n.subnet4), "gateway": n.gw4}]]
-            routes = [{"dst": "0.0.0.0/0"}]
-            if self.ipv6:
-                ranges.append([{"subnet": str(n.subnet6), "gateway": n.gw6}])
-                routes.append({"dst": "::/0"})
-            conflist = {"cniVersion": "1.0.0", "name": f"signet-{n.name}", "plugins": [
-                {"type": "bridge", "bridge": "sgbr0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
-                 "ipam": {"type": "host-local", "ranges": ranges, "routes": routes, "dataDir": self.run.mkdtemp("ipam")}},
-                {"type": "signet", "socket": n.d.socket}]}
-            n.chain = harness.Chain(conflist, [str(n.cni_dir)])
+            n.chain = self.chain_for(n.name)
         for name, node in spec:
             p = self.pods[name]
             n = self.nodes[node]
