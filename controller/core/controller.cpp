@@ -94,14 +94,32 @@ Status Controller::start() {
         hc.node_addresses = &node_addresses_;
         hc.on_denied = [this](const std::string& key, const nft::LoggedPacket& p) { flows_->on_denied(key, {p}); };
         // Service frontends whose handshake happens at the node (docs/policy.md).
-        hc.service_frontend = [this](const policy::Ip& ip, uint16_t port) { return tcp_frontend(ip, port); };
+        hc.service_frontend = [this](const policy::Ip& ip, uint16_t port) {
+            return services_ && services_->tcp_frontend(ip, port);
+        };
         handshake_ = std::make_unique<HandshakeEngine>(io_, std::move(hc));
         log::info(kLog, std::string("identity handshake: ") + to_string(opts_.handshake) + " (NFQUEUE " +
                             std::to_string(handshake::kHandshakeQueue) + " via " + nft::to_string(opts_.handshake_queue) +
                             ")");
     }
     node_addresses_ = opts_.node_addresses();
-    start_services();
+    handshake::NodeServices::Context sc;
+    sc.io = &io_;
+    sc.enabled = opts_.services;
+    sc.node_netns = opts_.node_netns;
+    sc.queue = opts_.service_queue;
+    sc.source = source_.get();
+    sc.registry = &registry_;
+    sc.policy = &policy_;
+    sc.node_addresses = &node_addresses_;
+    sc.set_node = [this](const std::string& path, nft::QueueBackend q) { enforcer_.set_node(path, q); };
+    sc.apply = [this](bool defer, const policy::ServiceFrontends& f) { enforcer_.set_services(defer, f, registry_.all()); };
+    sc.tcp_handshake = [this](const handshake::QueuedPacket& q) -> std::optional<handshake::Decision> {
+        if (!handshake_) return std::nullopt;
+        return handshake_->judge_at_node(q);
+    };
+    services_ = std::make_unique<handshake::NodeServices>(std::move(sc));
+    services_->start();
     // Serve first: until the source has a complete snapshot, /readyz says 503
     // and ADD gets "try again later"; the tables already in the pods' netns
     // keep enforcing what they had, and established connections live on.
@@ -123,7 +141,7 @@ void Controller::stop() {
     stop_outputs();
     flows_->stop();
     if (handshake_) handshake_->stop();
-    if (service_queue_) service_queue_->stop();  // the node's table stays: its queue rules drop (fail closed)
+    if (services_) services_->stop();
     if (identity_) identity_->stop();
     source_->stop();
     sweep_timer_.cancel();
@@ -146,7 +164,7 @@ void Controller::on_source_change() {
     cache::Delta delta = source_->take_delta();  // taken every time, so it never grows unbounded
     flows_->source_changed();
     if (handshake_) handshake_->source_changed();
-    ip_index_dirty_ = true;
+    services_->pods_changed();
     if (enforcing_) {
         auto t0 = std::chrono::steady_clock::now();
         uint64_t changes = enforcer_.program_latency().count();
@@ -162,7 +180,7 @@ void Controller::on_source_change() {
                           enforcer_.program_latency().last() * 1e3);
         log::info("source", "source version " + std::to_string(source_version_) + " (" + source_->origin_version() +
                                 ") applied in " + buf);
-        if (delta.all || !delta.services.empty()) services_changed();
+        if (delta.all || !delta.services.empty()) check_services();
     } else if (source_->ready()) {
         // First complete snapshot: program every recovered pod (replacing the
         // tables a previous signetd left, without touching established connections).
@@ -171,9 +189,7 @@ void Controller::on_source_change() {
         // The pods' first tables defer Service frontends already (after a
         // restart, as the tables before it did).
         check_services();
-        if (service_queue_)
-            enforcer_.configure_services(services_problem_.empty(),
-                                         policy::service_frontends(source_->snapshot().services));
+        if (services_->bound()) enforcer_.configure_services(services_->defer_now(), services_->frontends());
         enforcer_.reset(source_->snapshot(), registry_.all(), node_addresses_);
         for (const auto& [k, rec] : registry_.all()) flows_->pod_started(k, rec, true);
         enforcing_ = true;
@@ -263,7 +279,7 @@ void Controller::sweep() {
 }
 
 void Controller::forget(const std::string& key, const api::PodRecord& gone, bool remove_table) {
-    ip_index_dirty_ = true;
+    services_->pods_changed();
     flows_->pod_stopped(key, gone);
     if (handshake_) handshake_->pod_stopped(key);
     if (enforcing_) enforcer_.pod_removed(key, gone, remove_table, registry_.all());
@@ -306,7 +322,7 @@ ipc::Response Controller::status_json() const {
     dp.AddMember("queueBackend", json::str(opts_.queue_backend, a), a);
     d.AddMember("datapath", dp, a);
     Value svc;
-    services_status(svc, a);
+    services_->status(svc, a, enforcer_.services_deferred(), enforcer_.judged_pods(), enforcer_.node_table_error());
     d.AddMember("services", svc, a);
     Value fl;
     flows_->status(fl, a);
@@ -473,7 +489,7 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     if (const api::PodRecord* old = registry_.get(key)) previous = *old;
     registry_.put(rec);
     if (handshake_) handshake_->pod_started(key, rec);  // the queue bound before its rules are written
-    ip_index_dirty_ = true;
+    services_->pods_changed();
     check_services();  // a new pod may bring a new bridge: can signet still see the translation?
     // The pod's table must be in place before the ADD returns: no packet
     // reaches or leaves the pod before its policy does.
@@ -516,7 +532,7 @@ void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond
     std::string text = ex->text();
     if (handshake_ && *proto == nft::kTcp) explain_identity(*from, *to, port, d, text);
     if (!to->is_pod())
-        if (auto ip = policy::parse_ip(to->ip)) explain_services(*from, *ip, *proto, port, d, text);
+        if (auto ip = policy::parse_ip(to->ip)) services_->explain(*from, *ip, *proto, port, d, text);
     d.AddMember("text", json::str(text, d.GetAllocator()), d.GetAllocator());
     respond(json_response(200, d));
 }

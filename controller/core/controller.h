@@ -23,8 +23,7 @@
 #include "enforcer.h"
 #include "flows/service.h"
 #include "datapath/engine.h"
-#include "datapath/queue_source.h"
-#include "datapath/service_judge.h"
+#include "datapath/node_services.h"
 #include "credentials/node_identity.h"
 #include "export/influx.h"
 #include "metrics/http_listener.h"
@@ -123,19 +122,8 @@ private:
     void handle_pod(const std::string& method, const std::string& key, ipc::Responder& respond);
     void handle_sync(const ipc::Request& req, ipc::Responder respond);
     void handle_explain(const ipc::Request& req, ipc::Responder& respond);
-    // Services: the judge on the node's queue, and whether it can work.
-    void start_services();
-    bool ensure_service_queue();
-    void check_services();  // at start, on each sweep and ADD: visibility, then the enforcer's deferral
-    void services_changed();  // the source's Services changed
-    std::optional<cache::ObjectKey> local_pod_at(const policy::Ip& ip);
-    // A TCP frontend (ClusterIP, externalIP, LB IP and port; this node's
-    // address and a NodePort) judged at the node now.
-    bool tcp_frontend(const policy::Ip& ip, uint16_t port) const;
-    std::optional<cache::ObjectKey> pod_at(const policy::Ip& ip);
-    void services_status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
-    void explain_services(const policy::Endpoint& from, const policy::Ip& to, uint8_t proto, uint16_t port,
-                          rapidjson::Document& d, std::string& text);
+    // Services at the node (datapath/node_services.h): checked at start, each ADD and sweep.
+    void check_services() { services_->check(enforcing_); }
     void explain_identity(const policy::Endpoint& from, const policy::Endpoint& to, uint16_t port,
                           rapidjson::Document& d, std::string& text);
     void handle_policies(const ipc::Request& req, ipc::Responder& respond);
@@ -160,15 +148,7 @@ private:
     std::unique_ptr<metrics::HttpListener> listener_;
     std::unique_ptr<NodeIdentity> identity_;
     std::unique_ptr<HandshakeEngine> handshake_;
-    std::unique_ptr<handshake::ServiceJudge> service_judge_;
-    std::unique_ptr<handshake::QueueBinding> service_queue_;
-    std::string services_problem_;  // why Service connections are not judged at the node ("" when they are)
-    std::string node_netns_path_;
-    // Pods by address (the judge's lookups): rebuilt when the source or the registry changed.
-    std::map<policy::Ip, cache::ObjectKey> pods_by_ip_, local_by_ip_;
-    std::set<std::pair<policy::Ip, uint16_t>> tcp_frontends_;  // address and port
-    std::set<uint16_t> tcp_node_ports_;
-    bool ip_index_dirty_ = true;
+    std::unique_ptr<handshake::NodeServices> services_;
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
     boost::asio::steady_timer retry_timer_;

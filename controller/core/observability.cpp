@@ -108,7 +108,7 @@ std::string Controller::metrics_text() const {
 
     // Services judged after kube-proxy's translation (docs/policy.md).
     {
-        bool judged = service_queue_ && services_problem_.empty() && enforcer_.services_deferred() &&
+        bool judged = services_->bound() && services_->problem().empty() && enforcer_.services_deferred() &&
                       enforcer_.node_table_error().empty();
         w.family("signet_services_judged_at_node", "gauge",
                  "1 when Service connections are judged after kube-proxy's translation; 0: isolated egress refuses "
@@ -116,8 +116,8 @@ std::string Controller::metrics_text() const {
         w.sample("signet_services_judged_at_node", {}, judged ? 1.0 : 0.0);
         w.family("signet_services_judged_pods", "gauge", "Local pods whose Service connections the node's table judges");
         w.sample("signet_services_judged_pods", {}, static_cast<double>(enforcer_.judged_pods()));
-        if (service_judge_) {
-            const auto& c = service_judge_->counters();
+        if (const auto* judge = services_->judge()) {
+            const auto& c = judge->counters();
             w.family("signet_service_connections_total", "counter",
                      "New translated Service connections judged at the node, by verdict");
             w.sample("signet_service_connections_total", L{{"verdict", "allowed"}}, static_cast<double>(c.allowed));

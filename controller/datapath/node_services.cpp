@@ -1,14 +1,10 @@
-// The Controller's Services part (docs/policy.md, "Services"): the judge on
-// the node's queue, whether signet can see kube-proxy's translation on this
-// node, the frontends handed to the enforcer, status and explain.
-#include <algorithm>
+#include "datapath/node_services.h"
 
-#include "controller.h"
 #include "nft/visibility.h"
 #include "signet/json.h"
 #include "signet/log.h"
 
-namespace signet::core {
+namespace signet::handshake {
 
 using rapidjson::Value;
 
@@ -16,13 +12,16 @@ namespace {
 constexpr const char* kLog = "services";
 }
 
-void Controller::start_services() {
-    node_netns_path_ = opts_.node_netns.empty() ? "/proc/self/ns/net" : opts_.node_netns;
-    if (!opts_.services) {
-        services_problem_ = "off (--services off)";
-    } else if (opts_.service_queue == nft::QueueBackend::none) {
-        services_problem_ = "the kernel offers no NFQUEUE (neither the nft `queue` expression nor xt NFQUEUE)";
-        log::warn(kLog, "Service connections cannot be judged at the node: " + services_problem_ +
+NodeServices::NodeServices(Context ctx) : ctx_(std::move(ctx)) {
+    netns_path_ = ctx_.node_netns.empty() ? "/proc/self/ns/net" : ctx_.node_netns;
+}
+
+void NodeServices::start() {
+    if (!ctx_.enabled) {
+        problem_ = "off (--services off)";
+    } else if (ctx_.queue == nft::QueueBackend::none) {
+        problem_ = "the kernel offers no NFQUEUE (neither the nft `queue` expression nor xt NFQUEUE)";
+        log::warn(kLog, "Service connections cannot be judged at the node: " + problem_ +
                             "; isolated egress refuses them (fail closed)");
     }
 }
@@ -30,93 +29,73 @@ void Controller::start_services() {
 // The judge and its queue in the node's netns, from the first Service with a
 // frontend on (nothing to judge before: no queue is bound, no node table is
 // written, so nodes and tests without Services never touch the node's netns).
-bool Controller::ensure_service_queue() {
-    if (service_queue_) return true;
-    if (!service_judge_)
-        service_judge_ = std::make_unique<handshake::ServiceJudge>(handshake::ServiceJudge::Context{
-            &policy_, [this](const policy::Ip& ip) { return local_pod_at(ip); },
+bool NodeServices::ensure_queue() {
+    if (queue_) return true;
+    if (!judge_)
+        judge_ = std::make_unique<handshake::ServiceJudge>(handshake::ServiceJudge::Context{
+            ctx_.policy, [this](const policy::Ip& ip) { return local_pod_at(ip); },
             [this](const policy::Ip& ip) { return pod_at(ip); },
             // With the identity handshake, its client side for TCP.
-            [this](const handshake::QueuedPacket& q) -> std::optional<handshake::Decision> {
-                if (!handshake_) return std::nullopt;
-                return handshake_->judge_at_node(q);
-            }});
-    auto source = handshake::make_nfqueue_source(io_, nft::kServiceQueueNum);
-    auto binding = source->open(node_netns_path_, [this](const handshake::QueuedPacket& p) {
-        if (ip_index_dirty_) {
-            // Built on demand: the loop's own thread, like the judge.
-            pods_by_ip_.clear();
-            local_by_ip_.clear();
-            for (const auto& [k, pod] : source_->snapshot().pods) {
-                if (pod.host_network) continue;
-                for (const auto& a : pod.pod_ips)
-                    if (auto ip = policy::parse_ip(a)) pods_by_ip_[*ip] = k;
-            }
-            for (const auto& [k, rec] : registry_.all())
-                for (const auto& a : rec.reg.ips)
-                    if (auto ip = policy::parse_ip(a)) {
-                        cache::ObjectKey key{rec.reg.namespace_, rec.reg.name};
-                        local_by_ip_[*ip] = key;
-                        pods_by_ip_[*ip] = key;  // what the CNI reported wins
-                    }
-            ip_index_dirty_ = false;
-        }
-        return service_judge_->judge(p);
+            ctx_.tcp_handshake});
+    auto source = handshake::make_nfqueue_source(*ctx_.io, nft::kServiceQueueNum);
+    auto binding = source->open(netns_path_, [this](const handshake::QueuedPacket& p) {
+        if (index_dirty_) rebuild_index();
+        return judge_->judge(p);
     });
     std::string problem;
     if (!binding) {
-        problem = "cannot open the node's netns " + node_netns_path_ + ": " + binding.error().message;
+        problem = "cannot open the node's netns " + netns_path_ + ": " + binding.error().message;
     } else if (auto st = (*binding)->start(); !st) {
         problem = "cannot bind NFQUEUE " + std::to_string(nft::kServiceQueueNum) + " in the node's netns " +
-                  node_netns_path_ + ": " + st.error().message;
+                  netns_path_ + ": " + st.error().message;
     } else {
-        service_queue_ = std::move(*binding);
-        enforcer_.set_node(node_netns_path_, opts_.service_queue);
-        log::info(kLog, "Service connections are judged after kube-proxy's translation in " + node_netns_path_ +
+        queue_ = std::move(*binding);
+        if (ctx_.set_node) ctx_.set_node(netns_path_, ctx_.queue);
+        log::info(kLog, "Service connections are judged after kube-proxy's translation in " + netns_path_ +
                             " (NFQUEUE " + std::to_string(nft::kServiceQueueNum) + " via " +
-                            nft::to_string(opts_.service_queue) + ")");
+                            nft::to_string(ctx_.queue) + ")");
         return true;
     }
-    if (problem != services_problem_)
+    if (problem != problem_)
         log::error(kLog, "Service connections are not judged at the node: " + problem +
                              "; isolated egress refuses them (fail closed)");
-    services_problem_ = problem;
+    problem_ = problem;
     return false;
 }
 
-void Controller::check_services() {
-    if (!opts_.services || opts_.service_queue == nft::QueueBackend::none) return;  // the reason is set
-    auto frontends = policy::service_frontends(source_->snapshot().services);
+void NodeServices::check(bool enforcing) {
+    if (!ctx_.enabled || ctx_.queue == nft::QueueBackend::none) return;  // the reason is set
+    auto frontends = policy::service_frontends(ctx_.source->snapshot().services);
     std::string problem;
-    if (frontends.services == 0 && !service_queue_) {
-        services_problem_.clear();  // nothing to judge (status: no Services)
+    if (frontends.services == 0 && !queue_) {
+        problem_.clear();  // nothing to judge (status: no Services)
         return;
     }
-    if (!ensure_service_queue()) {
-        problem = services_problem_;
-    } else if (!service_queue_->running()) {
+    if (!ensure_queue()) {
+        problem = problem_;
+    } else if (!queue_->running()) {
         problem = "the node's queue reader stopped";
-    } else if (auto ns = nft::Netns::open(node_netns_path_); !ns) {
-        problem = "cannot open the node's netns " + node_netns_path_ + ": " + ns.error().message;
+    } else if (auto ns = nft::Netns::open(netns_path_); !ns) {
+        problem = "cannot open the node's netns " + netns_path_ + ": " + ns.error().message;
     } else if (auto v = nft::read_visibility(*ns); !v) {
         problem = "cannot read the node's bridges and bridge-nf sysctls: " + v.error().message;
     } else {
         problem = v->problem();
     }
-    if (problem != services_problem_) {
+    if (problem != problem_) {
         if (problem.empty())
             log::info(kLog, "Service connections are judged at the node again");
         else
             log::error(kLog, "Service connections are not judged at the node: " + problem +
                                  "; isolated egress refuses them (fail closed)");
-        services_problem_ = problem;
+        problem_ = problem;
     }
-    const bool defer = problem.empty() && service_queue_;
+    const bool defer = problem.empty() && queue_;
     // The TCP frontends the handshake leaves to the node (while the node judges).
     tcp_frontends_.clear();
     tcp_node_ports_.clear();
     if (defer)
-        for (const auto& [k, svc] : source_->snapshot().services)
+        for (const auto& [k, svc] : ctx_.source->snapshot().services)
             for (const auto& sp : svc.ports) {
                 if (sp.protocol != cache::Protocol::TCP) continue;
                 for (const auto* list : {&svc.cluster_ips, &svc.external_ips, &svc.load_balancer_ips})
@@ -124,52 +103,47 @@ void Controller::check_services() {
                         if (auto ip = policy::parse_ip(a)) tcp_frontends_.insert({*ip, sp.port});
                 if (sp.node_port) tcp_node_ports_.insert(sp.node_port);
             }
-    if (enforcing_) enforcer_.set_services(defer, frontends, registry_.all());
+    if (enforcing && ctx_.apply) ctx_.apply(defer, frontends);
 }
 
-bool Controller::tcp_frontend(const policy::Ip& ip, uint16_t port) const {
+bool NodeServices::tcp_frontend(const policy::Ip& ip, uint16_t port) const {
     if (tcp_frontends_.count({ip, port})) return true;
     if (!tcp_node_ports_.count(port)) return false;
-    for (const auto& a : node_addresses_)
+    for (const auto& a : *ctx_.node_addresses)
         if (auto n = policy::parse_ip(a); n && *n == ip) return true;
     return false;
 }
 
-void Controller::services_changed() {
-    ip_index_dirty_ = true;
-    check_services();
-}
-
-std::optional<cache::ObjectKey> Controller::local_pod_at(const policy::Ip& ip) {
+std::optional<policy::ObjectKey> NodeServices::local_pod_at(const policy::Ip& ip) {
     auto it = local_by_ip_.find(ip);
     if (it == local_by_ip_.end()) return std::nullopt;
     return it->second;
 }
 
-std::optional<cache::ObjectKey> Controller::pod_at(const policy::Ip& ip) {
+std::optional<policy::ObjectKey> NodeServices::pod_at(const policy::Ip& ip) {
     auto it = pods_by_ip_.find(ip);
     if (it == pods_by_ip_.end()) return std::nullopt;
     return it->second;
 }
 
-void Controller::services_status(Value& out, rapidjson::Document::AllocatorType& a) const {
+void NodeServices::status(Value& out, rapidjson::Document::AllocatorType& a, bool deferred, size_t judged_pods,
+                          const std::string& table_error) const {
     out.SetObject();
-    bool judged = service_queue_ && services_problem_.empty() && enforcer_.services_deferred() &&
-                  enforcer_.node_table_error().empty();
+    bool judged = queue_ && problem_.empty() && deferred && table_error.empty();
     out.AddMember("judgedAtNode", judged, a);
-    std::string reason = !services_problem_.empty()          ? services_problem_
-                         : !enforcer_.node_table_error().empty() ? enforcer_.node_table_error()
-                         : !service_queue_                      ? std::string("no Service has a frontend yet")
+    std::string reason = !problem_.empty()          ? problem_
+                         : !table_error.empty() ? table_error
+                         : !queue_                      ? std::string("no Service has a frontend yet")
                                                                 : std::string();
     out.AddMember("reason", json::str(reason, a), a);
-    out.AddMember("nodeNetns", json::str(node_netns_path_, a), a);
+    out.AddMember("nodeNetns", json::str(netns_path_, a), a);
     out.AddMember("queue", Value(static_cast<uint64_t>(nft::kServiceQueueNum)), a);
-    const auto& fe = enforcer_.service_frontends();
-    out.AddMember("services", Value(static_cast<uint64_t>(source_->snapshot().services.size())), a);
+    const auto fe = frontends();
+    out.AddMember("services", Value(static_cast<uint64_t>(ctx_.source->snapshot().services.size())), a);
     out.AddMember("frontendServices", Value(static_cast<uint64_t>(fe.services)), a);
-    out.AddMember("judgedPods", Value(static_cast<uint64_t>(enforcer_.judged_pods())), a);
-    if (service_judge_) {
-        const auto& c = service_judge_->counters();
+    out.AddMember("judgedPods", Value(static_cast<uint64_t>(judged_pods)), a);
+    if (judge_) {
+        const auto& c = judge_->counters();
         Value cn(rapidjson::kObjectType);
         cn.AddMember("judged", c.judged, a);
         cn.AddMember("allowed", c.allowed, a);
@@ -178,7 +152,7 @@ void Controller::services_status(Value& out, rapidjson::Document::AllocatorType&
         cn.AddMember("malformed", c.malformed, a);
         out.AddMember("connections", cn, a);
         Value den(rapidjson::kArrayType);
-        for (const auto& d : service_judge_->recent_denials()) {
+        for (const auto& d : judge_->recent_denials()) {
             Value o(rapidjson::kObjectType);
             o.AddMember("client", json::str(d.client, a), a);
             o.AddMember("backend", json::str(d.backend, a), a);
@@ -189,11 +163,11 @@ void Controller::services_status(Value& out, rapidjson::Document::AllocatorType&
         }
         out.AddMember("recentDenials", den, a);
     }
-    if (service_queue_) {
-        auto q = service_queue_->stats();
-        auto k = service_queue_->kernel_stats();
+    if (queue_) {
+        auto q = queue_->stats();
+        auto k = queue_->kernel_stats();
         Value qs(rapidjson::kObjectType);
-        qs.AddMember("running", service_queue_->running(), a);
+        qs.AddMember("running", queue_->running(), a);
         qs.AddMember("packets", q.packets, a);
         qs.AddMember("overruns", q.overruns, a);
         qs.AddMember("kernelQueueDropped", k.queue_dropped, a);
@@ -205,9 +179,9 @@ void Controller::services_status(Value& out, rapidjson::Document::AllocatorType&
 // `signetctl explain --to FRONTEND`: the connection goes to a backend that
 // kube-proxy picks; say which backends there are and what the policy says
 // of each (docs/policy.md).
-void Controller::explain_services(const policy::Endpoint& from, const policy::Ip& to, uint8_t proto, uint16_t port,
-                                  rapidjson::Document& d, std::string& text) {
-    auto matches = policy::services_at(source_->snapshot(), to, proto, port, node_addresses_);
+void NodeServices::explain(const policy::Endpoint& from, const policy::Ip& to, uint8_t proto, uint16_t port,
+                           rapidjson::Document& d, std::string& text) const {
+    auto matches = policy::services_at(ctx_.source->snapshot(), to, proto, port, *ctx_.node_addresses);
     if (matches.empty()) return;
     auto& a = d.GetAllocator();
     Value arr(rapidjson::kArrayType);
@@ -236,7 +210,7 @@ void Controller::explain_services(const policy::Endpoint& from, const policy::Ip
                 bs.PushBack(bo, a);
                 continue;
             }
-            auto ex = policy_.explain(from, policy::Endpoint::pod_at(b.pod.namespace_, b.pod.name, b.ip), proto, b.port);
+            auto ex = ctx_.policy->explain(from, policy::Endpoint::pod_at(b.pod.namespace_, b.pod.name, b.ip), proto, b.port);
             bool ok = ex && ex->allowed;
             allowed += ok;
             bo.AddMember("allowed", ok, a);
@@ -257,11 +231,34 @@ void Controller::explain_services(const policy::Endpoint& from, const policy::Ip
         o.AddMember("allowedBackends", Value(static_cast<uint64_t>(allowed)), a);
         arr.PushBack(o, a);
     }
-    if (!service_queue_ || !services_problem_.empty())
+    if (!queue_ || !problem_.empty())
         text += "  Service connections are not judged at this node's translation now (" +
-                (services_problem_.empty() ? std::string("not started") : services_problem_) +
+                (problem_.empty() ? std::string("not started") : problem_) +
                 "): an isolated egress refuses them\n";
     d.AddMember("services", arr, a);
 }
 
-}  // namespace signet::core
+void NodeServices::stop() {
+    if (queue_) queue_->stop();  // the node's table stays: its queue rules drop (fail closed)
+}
+
+// The judge's address index, built on demand (the loop's own thread, like the judge).
+void NodeServices::rebuild_index() {
+    pods_by_ip_.clear();
+    local_by_ip_.clear();
+    for (const auto& [k, pod] : ctx_.source->snapshot().pods) {
+        if (pod.host_network) continue;
+        for (const auto& a : pod.pod_ips)
+            if (auto ip = policy::parse_ip(a)) pods_by_ip_[*ip] = k;
+    }
+    for (const auto& [k, rec] : ctx_.registry->all())
+        for (const auto& a : rec.reg.ips)
+            if (auto ip = policy::parse_ip(a)) {
+                policy::ObjectKey key{rec.reg.namespace_, rec.reg.name};
+                local_by_ip_[*ip] = key;
+                pods_by_ip_[*ip] = key;  // what the CNI reported wins
+            }
+    index_dirty_ = false;
+}
+
+}  // namespace signet::handshake
