@@ -45,7 +45,14 @@ Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<sourc
       enforcer_(std::move(backend), [](const std::string& m) { log::warn("datapath", m); }),
       policy_(enforcer_.compiler()),
       flows_(std::make_unique<FlowService>(
-          io, FlowService::Context{opts_.node_name, source_.get(), &registry_, &policy_, &node_addresses_},
+          io,
+          FlowService::Context{opts_.node_name, source_.get(), &registry_, &policy_, &node_addresses_,
+                               [this](const policy::Ip& ip, uint8_t proto,
+                                      uint16_t port) -> std::optional<cache::ObjectKey> {
+                                   if (!services_) return std::nullopt;
+                                   const auto* svc = services_->frontend(ip, proto, port);
+                                   return svc ? std::optional<cache::ObjectKey>(*svc) : std::nullopt;
+                               }},
           opts_.collect_flows)),
       server_(io, [this](const ipc::Request& r, ipc::Responder resp) { handle(r, std::move(resp)); }),
       sweep_timer_(io),

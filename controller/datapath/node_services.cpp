@@ -91,27 +91,31 @@ void NodeServices::check(bool enforcing) {
         problem_ = problem;
     }
     const bool defer = problem.empty() && queue_;
-    // The TCP frontends the handshake leaves to the node (while the node judges).
-    tcp_frontends_.clear();
-    tcp_node_ports_.clear();
+    // The frontends (address, protocol, port) the pods leave to the node
+    // while it judges: the handshake's SYNs, and what the flow records say.
+    frontends_.clear();
+    node_ports_.clear();
     if (defer)
         for (const auto& [k, svc] : ctx_.source->snapshot().services)
             for (const auto& sp : svc.ports) {
-                if (sp.protocol != cache::Protocol::TCP) continue;
+                const uint8_t proto = sp.protocol == cache::Protocol::TCP   ? nft::kTcp
+                                      : sp.protocol == cache::Protocol::UDP ? nft::kUdp
+                                                                            : nft::kSctp;
                 for (const auto* list : {&svc.cluster_ips, &svc.external_ips, &svc.load_balancer_ips})
                     for (const auto& a : *list)
-                        if (auto ip = policy::parse_ip(a)) tcp_frontends_.insert({*ip, sp.port});
-                if (sp.node_port) tcp_node_ports_.insert(sp.node_port);
+                        if (auto ip = policy::parse_ip(a)) frontends_[{*ip, proto, sp.port}] = k;
+                if (sp.node_port) node_ports_[{proto, sp.node_port}] = k;
             }
     if (enforcing && ctx_.apply) ctx_.apply(defer, frontends);
 }
 
-bool NodeServices::tcp_frontend(const policy::Ip& ip, uint16_t port) const {
-    if (tcp_frontends_.count({ip, port})) return true;
-    if (!tcp_node_ports_.count(port)) return false;
+const policy::ObjectKey* NodeServices::frontend(const policy::Ip& ip, uint8_t proto, uint16_t port) const {
+    if (auto it = frontends_.find({ip, proto, port}); it != frontends_.end()) return &it->second;
+    auto np = node_ports_.find({proto, port});
+    if (np == node_ports_.end()) return nullptr;
     for (const auto& a : *ctx_.node_addresses)
-        if (auto n = policy::parse_ip(a); n && *n == ip) return true;
-    return false;
+        if (auto n = policy::parse_ip(a); n && *n == ip) return &np->second;
+    return nullptr;
 }
 
 std::optional<policy::ObjectKey> NodeServices::local_pod_at(const policy::Ip& ip) {

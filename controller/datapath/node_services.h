@@ -19,6 +19,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -65,8 +66,10 @@ public:
     // What the tables' first write defers (before enforcing).
     bool defer_now() const { return queue_ && problem_.empty(); }
     policy::ServiceFrontends frontends() const { return policy::service_frontends(ctx_.source->snapshot().services); }
-    // A TCP frontend (address and port; this node's address and a NodePort) judged at the node now.
-    bool tcp_frontend(const policy::Ip& ip, uint16_t port) const;
+    // The Service whose frontend this is (address, protocol, port; this
+    // node's address and a NodePort) while the node judges; null otherwise.
+    const policy::ObjectKey* frontend(const policy::Ip& ip, uint8_t proto, uint16_t port) const;
+    bool tcp_frontend(const policy::Ip& ip, uint16_t port) const { return frontend(ip, nft::kTcp, port) != nullptr; }
     // "" when judged at the node (or nothing to judge yet).
     const std::string& problem() const { return problem_; }
     bool bound() const { return queue_ != nullptr; }
@@ -92,8 +95,8 @@ private:
     std::string problem_;
     std::map<policy::Ip, policy::ObjectKey> pods_by_ip_, local_by_ip_;
     bool index_dirty_ = true;
-    std::set<std::pair<policy::Ip, uint16_t>> tcp_frontends_;
-    std::set<uint16_t> tcp_node_ports_;
+    std::map<std::tuple<policy::Ip, uint8_t, uint16_t>, policy::ObjectKey> frontends_;
+    std::map<std::pair<uint8_t, uint16_t>, policy::ObjectKey> node_ports_;
 };
 
 }  // namespace signet::handshake

@@ -43,7 +43,8 @@ struct FlowKey {
 
 // Why a flow was allowed or denied.
 struct Decision {
-    std::string policy;  // "NS/NAME" of the rule that allowed it, "default-deny", or "none" (pod not isolated)
+    std::string policy;  // "NS/NAME" of the rule that allowed it, "default-deny", "none" (pod not isolated), or
+                         // "service:NS/NAME" (to a Service frontend: judged at the node, on the backend)
     int rule = -1;       // index of the rule in the policy's ingress/egress list
     bool authenticated = false;  // the peer proved its identity (identity handshake)
     bool operator==(const Decision&) const = default;

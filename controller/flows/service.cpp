@@ -143,6 +143,12 @@ flows::Decision FlowService::decide(const flows::FlowKey& k, const policy::Ip& p
     ck.peer_ip = peer_ip;
     ck.proto = k.proto;
     ck.port = k.port;
+    if (!k.ingress && k.verdict == flows::Verdict::allowed && ctx_.service_frontend)
+        if (auto svc = ctx_.service_frontend(peer_ip, k.proto, k.port)) {
+            // Judged at the node after the translation, on the backend.
+            d.policy = "service:" + svc->namespace_ + "/" + svc->name;
+            return d;
+        }
     const policy::ConnVerdict v = ctx_.policy->check(ck);
     if (!v.answered) return d;
     if (!v.isolated) {

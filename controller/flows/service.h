@@ -34,6 +34,10 @@ public:
         const pods::Registry* registry = nullptr;
         policy::Query* policy = nullptr;  // the policy in force (the controller's query)
         const std::vector<std::string>* node_addresses = nullptr;
+        // The Service whose frontend (address, protocol, port) the node
+        // judges after kube-proxy's translation: a pod's connection to one is
+        // decided there, on the backend (docs/policy.md, "Services").
+        std::function<std::optional<cache::ObjectKey>(const policy::Ip&, uint8_t, uint16_t)> service_frontend;
     };
     // Called with each export interval's aggregates and pod events.
     using Exporter = std::function<void(const std::vector<flows::Aggregate>&, const std::vector<flows::PodEvent>&)>;

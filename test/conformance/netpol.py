@@ -763,8 +763,9 @@ class Cluster:
     def __init__(self, test: harness.Test, run: harness.Run, *, probe_timeout: float = 1.0,
                  ipv6: bool = False, log=harness.log, source: str = "dir", handshake: str = "off",
                  via_service: str | None = None, node_netns_flag: bool = True, with_signet: bool = True,
-                 nodes: int = 1):
+                 nodes: int = 1, warm_up: bool = True):
         self.source = source
+        self.warm_up = warm_up  # --nodes 2 with the handshake: first contact between the nodes, one at a time
         # nodes=2: the pods over twonode.py's two node netns (joined by a wire, one signetd each,
         # one manifest folder); pod -> node in self.placement
         self.nodes = nodes
@@ -973,6 +974,8 @@ class Cluster:
 
         if self.via_service:
             self._start_kube_proxy()
+        if self.nodes == 2 and self.handshake != "off" and self.with_signet and self.warm_up:
+            self._first_contact()
         if not self.with_signet:
             self.log("NOTE the pods' CNI chain has no signet plugin: signetd enforces nothing on them")
             self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: " + self._pods_line())
@@ -987,6 +990,27 @@ class Cluster:
             self.test.require(f"signetd{on} resolved the pods' labels from the Pod objects", not wrong,
                               {p: pods[tuple(p.split('/'))].get("labels") for p in wrong})
         self.log(f"NOTE model up in {time.monotonic() - t0:.1f}s: " + self._pods_line())
+
+    def _first_contact(self) -> None:
+        """--nodes 2 with the handshake: one TCP connection node-a -> node-b, then one back,
+        one at a time, before the cases, so each signetd has verified the other's signed
+        token (and holds the pair key) before the first matrix. The first matrix otherwise
+        races: a node that has verified one token from its peer makes MAC tokens for its next
+        SYNs to that peer, while the peer may not yet hold this node's key; it refuses them
+        (handshake.refused.unknown_key_id) and only the SYN retransmitted a second later (a
+        signed token again) gets through, after the probe timeout. --no-first-contact
+        leaves this out to show it."""
+        a = next(p for p in ALL_PODS if self.placement[p] == twonode.NODE_A)
+        b = next(p for p in ALL_PODS if self.placement[p] == twonode.NODE_B)
+        for frm, to in ((a, b), (b, a)):
+            got = []
+            for _ in range(3):  # a dropped SYN is retransmitted after 1 s: give it time
+                o = self.probe([(frm, to, 80, "TCP", 4)])[(frm, to, 80, "TCP", 4)]
+                got.append("ok" if o.ok else o.detail)
+                if o.ok:
+                    break
+            self.log(f"NOTE first contact {frm} ({self.placement[frm]}) -> {to} ({self.placement[to]}) TCP/80: "
+                     + ", ".join(got))
 
     def _pods_line(self) -> str:
         return ", ".join(f"{p}={','.join(self.state.pod_ips[p])}"

@@ -87,6 +87,9 @@ def parse_args(argv):
                          "manifest folder, credentials from one cluster authority); every namespace has pods "
                          "on both nodes; with --via-service kube-proxy's rules for every Service (all "
                          "endpoints, local and remote) in both node netns")
+    ap.add_argument("--no-first-contact", action="store_true",
+                    help="with --nodes 2 and the handshake: leave out the one-at-a-time first connections "
+                         "between the nodes before the cases (shows signetd's first-contact pair-key race)")
     args = ap.parse_args(argv)
     if args.via_service and args.ipv6:
         ap.error("--via-service is IPv4 only (the Services are single-stack IPv4)")
@@ -396,7 +399,8 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
     cl = netpol.Cluster(setup_test, run, probe_timeout=args.timeout, ipv6=args.ipv6, source=args.source,
                         handshake=args.handshake, via_service=args.via_service,
                         node_netns_flag=node_netns_flag and not args.emulate_datapath,
-                        with_signet=not (args.via_service and args.emulate_datapath), nodes=args.nodes)
+                        with_signet=not (args.via_service and args.emulate_datapath), nodes=args.nodes,
+                        warm_up=not args.no_first_contact)
     cl.setup()
     setup_secs = time.monotonic() - t0
     if args.emulate_datapath:

@@ -198,6 +198,15 @@ def body(t: harness.Test, run: harness.Run):
     t.check("judge: the denial names the client and a backend",
             any(d.get("client") == f"{NS}/no" and d.get("backend") in (f"{NS}/w1", f"{NS}/w2")
                 for d in st.get("recentDenials", [])), st.get("recentDenials"))
+    recs, deadline = [], time.monotonic() + 8
+    while time.monotonic() < deadline:
+        recs = [r for r in tn.flows(NODE_A) if r.get("pod") == f"{NS}/ok" and r.get("direction") == "egress"
+                and str(r.get("dst", "")).startswith(CLUSTER_IP + ":")]
+        if recs:
+            break
+        time.sleep(0.25)
+    t.check("flows: ok's connections to the ClusterIP are recorded as decided at the node for Service x/web",
+            recs and all(r.get("policy") == f"service:{NS}/web" for r in recs), recs[:3])
     p = node_a.d.ctl("explain", "--from", f"{NS}/no", "--to", CLUSTER_IP, "--port", str(SVC_PORT), "-o", "json")
     ex = json.loads(p.stdout) if p.returncode == 0 else {}
     svcs = ex.get("services") or []
