@@ -276,14 +276,15 @@ TEST_CASE("kubernetes source: recorded streams (410 mid-stream, bookmark, droppe
     opts.backoff_max = 5ms;
     std::vector<std::string> reports;
     std::mutex rmu;
+    // The loop outlives the source (the source's timers belong to it).
+    boost::asio::io_context io;
+    auto work = boost::asio::make_work_guard(io);  // the reflectors' threads post to it
     auto src = source::KubernetesSource::with_api(
         opts, [server] { return server->client(); },
         [&](const std::string& m) {
             std::lock_guard lk(rmu);
             reports.push_back(m);
         });
-    boost::asio::io_context io;
-    auto work = boost::asio::make_work_guard(io);  // the reflectors' threads post to it
     int changes = 0;
     REQUIRE(src->start(io, [&] { ++changes; }).ok());
     auto done = [&] {
