@@ -272,17 +272,22 @@ void Controller::sweep() {
         forget(k, before.at(k), false);
     }
     swept_ += removed.size();
-    if (enforcing_) {
-        auto addrs = opts_.node_addresses();
-        if (addrs != node_addresses_) {
-            node_addresses_ = std::move(addrs);
-            log::info(kLog, "node addresses changed");
-            enforcer_.node_addresses_changed(node_addresses_, registry_.all());
-        }
-    }
+    refresh_node_addresses();
     if (!removed.empty()) persist();
     check_services();
     apply_all();
+}
+
+// The node's addresses (traffic from them is always allowed in; NodePorts):
+// re-read every sweep and at each ADD (the first pod on a bridge brings the
+// bridge's gateway address with it), applied to every table when changed.
+void Controller::refresh_node_addresses() {
+    if (!enforcing_) return;
+    auto addrs = opts_.node_addresses();
+    if (addrs == node_addresses_) return;
+    node_addresses_ = std::move(addrs);
+    log::info(kLog, "node addresses changed");
+    enforcer_.node_addresses_changed(node_addresses_, registry_.all());
 }
 
 void Controller::forget(const std::string& key, const api::PodRecord& gone, bool remove_table) {
@@ -497,6 +502,7 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     registry_.put(rec);
     if (handshake_) handshake_->pod_started(key, rec);  // the queue bound before its rules are written
     services_->pods_changed();
+    refresh_node_addresses();
     check_services();  // a new pod may bring a new bridge: can signet still see the translation?
     // The pod's table must be in place before the ADD returns: no packet
     // reaches or leaves the pod before its policy does.

@@ -113,6 +113,7 @@ private:
     void persist();
     void notify_waiters();
     void sweep();
+    void refresh_node_addresses();
     void schedule_sweep();
 
     ipc::Response status_json() const;

@@ -339,6 +339,7 @@ bool HandshakeEngine::ensure_keys() {
         pair_keys_ = std::make_unique<identity::PairKeyCache>(*creds);
         self_fp_ = creds->identity.fingerprint;
         node_fp_.clear();
+        knows_us_.clear();  // our new certificate is known to nobody yet
     }
     return true;
 }
@@ -525,6 +526,7 @@ Decision HandshakeEngine::verify_peer(Attachment& at, const Packet& p, identity:
                           r.error().message);
     ++(r->type == identity::TokenType::signed_first_contact ? counters_.verified_signed : counters_.verified_mac);
     node_fp_[r->claims.node_name] = r->peer_fingerprint;
+    if (r->type == identity::TokenType::mac) knows_us_.insert(r->claims.node_name);  // it derived the pair key
     stripped = std::move(s->packet);
     v = std::move(*r);
     return Decision{};
@@ -581,7 +583,8 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p, bool at_no
     // A retransmitted SYN after a MAC token: the peer may have lost the pair
     // key (restart, eviction): go back to a signed token.
     if (!(retransmission && !pend.was_signed)) {
-        if (auto f = node_fp_.find(peer->node); f != node_fp_.end()) key = pair_keys_->by_fingerprint(f->second, now);
+        if (auto f = node_fp_.find(peer->node); f != node_fp_.end() && knows_us_.count(peer->node))
+            key = pair_keys_->by_fingerprint(f->second, now);
     }
     Result<identity::Bytes> token = key ? identity::make_mac_token(*key, identity::Role::client, b, claim, now)
                                         : identity::make_signed_token(*ctx_.identity->credentials(),
@@ -693,6 +696,8 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
         // SYN-ACK: the server did not get it, the client's kernel answers it
         // with another ACK).
         ClientPending& pend = it->second;
+        // The server verified our token (signed: it has our certificate now).
+        knows_us_.insert(v->claims.node_name);
         if (!pend.verified) ++counters_.accepted_authenticated;
         pend.verified = true;
         pend.binding = b;

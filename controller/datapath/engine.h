@@ -40,6 +40,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "../pods/registry.h"
@@ -258,6 +259,11 @@ private:
     std::unique_ptr<identity::PairKeyCache> pair_keys_;
     identity::ReplayCache replay_;
     std::unordered_map<std::string, identity::Fingerprint> node_fp_;  // peer node -> its certificate
+    // Peer nodes known to hold this node's certificate (so the pair key):
+    // they sent a MAC token, or answered one of our signed tokens. Only to
+    // them do new SYNs carry MAC tokens; to the others they stay signed
+    // (knowing a peer's certificate does not mean it knows ours yet).
+    std::unordered_set<std::string> knows_us_;
     std::unordered_map<std::string, Bucket> buckets_;
     Counters counters_;
     // Queue counters of attachments gone (stopped pods, restarted readers).

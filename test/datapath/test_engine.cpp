@@ -375,3 +375,29 @@ TEST_CASE("through a Service: the pod's SYN to the frontend is deferred; the nod
     q.cap_len = static_cast<uint32_t>(udp.size());
     CHECK_FALSE(A.engine->judge_at_node(q).has_value());
 }
+
+TEST_CASE("first contact both ways at once: no MAC token to a node that has not seen our certificate yet") {
+    World w;
+    Node& A = w.node_a();
+    Node& B = w.node_b();
+    // b opens to a: its signed token teaches node-a node-b's certificate...
+    Verdict b_syn = w.judge("b", kOut, segment("10.0.1.1", "10.0.0.1", 42000, kPort, 100, 0, tcpf::syn));
+    REQUIRE(has_option(b_syn.bytes));
+    Verdict b_syn_in = w.judge("a", kPre, b_syn.bytes);
+    CHECK(b_syn_in.accepted);
+    // ...but before node-b has a's answer, a opens to b: node-b does not hold the pair key
+    // yet, so a's token must be signed (a MAC token would be refused: unknown_key_id).
+    Conn c{w, 43000, 2000, 800000};
+    c.run(2);
+    CHECK(c.syn_in.accepted);
+    CHECK(refused(B, "unknown_key_id") == 0);
+    CHECK(A.engine->counters().tokens_added_signed == 1);
+    CHECK(A.engine->counters().tokens_added_mac == 0);
+    c.run();
+    CHECK(c.ack_in.accepted);
+    // Once node-b answered a signed token of node-a's, MAC tokens follow.
+    Conn d{w, 43001, 3000, 810000};
+    d.run();
+    CHECK(d.ack_in.accepted);
+    CHECK(A.engine->counters().tokens_added_mac == 1);
+}
