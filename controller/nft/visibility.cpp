@@ -21,6 +21,9 @@ int read_int(const char* path) {
 }  // namespace
 
 std::string Visibility::problem() const {
+    if (ipvs)
+        return "kube-proxy runs in ipvs mode (device kube-ipvs0): it translates Service frontends on the input "
+               "hook, where signet does not judge them (iptables and nftables modes are supported)";
     if (bridges.empty()) return "";
     std::string names;
     for (size_t i = 0; i < bridges.size() && i < 4; ++i) names += (i ? ", " : "") + bridges[i];
@@ -86,6 +89,7 @@ Result<Visibility> read_visibility(const Netns& ns) {
                     },
                     &link);
                 if (link.kind == "bridge" && !link.name.empty()) v.bridges.push_back(link.name);
+                if (link.name == "kube-ipvs0") v.ipvs = true;
                 return true;
             },
             [&] { v.bridges.clear(); });

@@ -20,6 +20,10 @@ namespace signet::nft {
 
 struct Visibility {
     std::vector<std::string> bridges;  // bridge devices in the netns
+    // kube-proxy's ipvs mode (its dummy device kube-ipvs0 holds the
+    // frontends): the translation happens on the input hook and the
+    // packets leave without the forward hook, where signet judges them.
+    bool ipvs = false;
     int bridge_nf_call_iptables = -1;  // the sysctl's value; -1: absent (br_netfilter not loaded)
     int bridge_nf_call_ip6tables = -1;
     // "" when signet sees translated traffic; otherwise why not (for status and logs).

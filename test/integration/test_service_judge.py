@@ -260,6 +260,26 @@ def body(t: harness.Test, run: harness.Run):
     got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=4)
     t.check("fail closed: judged again once bridge-nf-call-iptables=1", got and all(g in ("w1", "w2") for g in got), got)
 
+    # kube-proxy in ipvs mode (its kube-ipvs0 device; a veth stands in for the dummy, which
+    # this kernel lacks): it translates where signet does not judge: fail closed, and say so.
+    harness.sh("ip", "-n", node_a.netns, "link", "add", "kube-ipvs0", "type", "veth", "peer", "name", "kipvs-peer")
+    tn.sync()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and services_status(tn, NODE_A).get("judgedAtNode"):
+        time.sleep(0.5)
+    st = services_status(tn, NODE_A)
+    t.check("ipvs mode: status.services.judgedAtNode false, the reason names ipvs",
+            st.get("judgedAtNode") is False and "ipvs" in st.get("reason", ""), st)
+    got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=2, timeout=1.0)
+    t.check("ipvs mode: ok -> ClusterIP:80 refused (fail closed)", got and all(g.startswith("fail") for g in got), got)
+    harness.sh("ip", "-n", node_a.netns, "link", "del", "kube-ipvs0")
+    tn.sync()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not services_status(tn, NODE_A).get("judgedAtNode"):
+        time.sleep(0.5)
+    got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=2)
+    t.check("ipvs mode: judged again once kube-ipvs0 is gone", got and all(g in ("w1", "w2") for g in got), got)
+
     # ---- 3. the identity handshake (enforce) through the Service ------------------------
     # The client side of the handshake runs at node-a after the translation: the token is
     # bound to the translated connection and node-b (or node-a) verifies it as usual.
