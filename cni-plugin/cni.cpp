@@ -109,7 +109,9 @@ static Result<int> timeout_field(const Value& doc) {
 Result<Config> parse_config(std::string_view text) {
     Config cfg;
     if (text.empty()) return make_error(kDecodeFailure, "no network configuration on stdin");
-    cfg.doc.Parse(text.data(), text.size());
+    if (auto st = json::check_depth(text); !st)
+        return make_error(kDecodeFailure, "network configuration is not valid JSON", st.error().message);
+    cfg.doc.Parse<rapidjson::kParseIterativeFlag>(text.data(), text.size());
     if (cfg.doc.HasParseError()) {
         auto parsed = json::parse(text);  // for the readable message
         return make_error(kDecodeFailure, "network configuration is not valid JSON",

@@ -1,5 +1,7 @@
 #include "signet/json.h"
 
+#include <cerrno>
+
 #include <rapidjson/error/en.h>
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
@@ -7,9 +9,32 @@
 
 namespace signet::json {
 
+Status check_depth(std::string_view text, int max_depth) {
+    int depth = 0;
+    bool in_string = false, escape = false;
+    for (size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        if (in_string) {
+            if (escape) escape = false;
+            else if (c == '\\') escape = true;
+            else if (c == '"') in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '{' || c == '[') {
+            if (++depth > max_depth)
+                return make_error(EINVAL, "JSON nested deeper than " + std::to_string(max_depth) + " levels at offset " +
+                                              std::to_string(i));
+        } else if (c == '}' || c == ']') {
+            --depth;
+        }
+    }
+    return {};
+}
+
 Result<rapidjson::Document> parse(std::string_view text) {
+    if (auto st = check_depth(text); !st) return st.error();
     rapidjson::Document doc;
-    doc.Parse(text.data(), text.size());
+    doc.Parse<rapidjson::kParseIterativeFlag>(text.data(), text.size());
     if (doc.HasParseError()) {
         return make_error(6, std::string("invalid JSON at offset ") + std::to_string(doc.GetErrorOffset()) + ": " +
                                  rapidjson::GetParseError_En(doc.GetParseError()));

@@ -148,8 +148,10 @@ Status Reflector::list(std::string* rv_out) {
         }
         if (resp->status < 200 || resp->status >= 300)
             return make_error(static_cast<int>(resp->status), describe("list", resp->status, resp->body));
+        if (auto st = json::check_depth(resp->body); !st)
+            return make_error(EBADMSG, "list " + opts_.what + ": " + st.error().message);
         rapidjson::Document doc;
-        doc.Parse(resp->body.data(), resp->body.size());
+        doc.Parse<rapidjson::kParseIterativeFlag>(resp->body.data(), resp->body.size());
         std::string().swap(resp->body);
         if (doc.HasParseError() || !doc.IsObject())
             return make_error(EBADMSG, "list " + opts_.what + ": the answer is not a JSON object");

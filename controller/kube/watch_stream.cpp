@@ -101,7 +101,8 @@ Result<ObjectRef> object_ref(const Value& obj) {
 
 Result<WatchEvent> parse_watch_event(std::string_view text) {
     WatchEvent ev;
-    ev.doc.Parse(text.data(), text.size());
+    if (auto st = json::check_depth(text); !st) return make_error(EBADMSG, "watch event: " + st.error().message);
+    ev.doc.Parse<rapidjson::kParseIterativeFlag>(text.data(), text.size());
     if (ev.doc.HasParseError())
         return make_error(EBADMSG, "watch event: invalid JSON at offset " + std::to_string(ev.doc.GetErrorOffset()));
     if (!ev.doc.IsObject()) return make_error(EBADMSG, "watch event: not an object");

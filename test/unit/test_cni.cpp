@@ -203,3 +203,9 @@ TEST_CASE("version comparison and URL segments") {
     CHECK(http::percent_encode("eth0") == "eth0");
     CHECK(http::percent_encode("a/b c%") == "a%2Fb%20c%25");
 }
+
+TEST_CASE("a network configuration nested without bound is a decode error, not a crash") {
+    auto r = cni::parse_config(std::string(100000, '[') + std::string(100000, ']'));
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == cni::kDecodeFailure);
+}

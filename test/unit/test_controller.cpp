@@ -192,3 +192,19 @@ spec: {containers: [{name: c, image: x}]}
     auto one = json::parse(h.call("GET", "/v1/pods/c0ffee/eth0").body);
     CHECK(std::string((*one)["labels"]["app"].GetString()) == "db");
 }
+
+TEST_CASE("JSON nested without bound is refused before it is parsed, never crashes signetd") {
+    // 200,000 levels: a recursive parser (or writer) would overflow the stack.
+    const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+    auto p = json::parse(deep);
+    REQUIRE_FALSE(p.ok());
+    CHECK(p.error().message.find("nested deeper than") != std::string::npos);
+    CHECK_FALSE(json::check_depth(std::string(json::kMaxDepth + 1, '[')).ok());
+    CHECK(json::check_depth(std::string(json::kMaxDepth, '[')).ok());
+    CHECK(json::check_depth(R"({"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"["})")
+              .ok());  // brackets inside strings (and an escaped quote) do not count
+    Harness h;
+    auto r = h.call("POST", "/v1/pods", std::string(100000, '{') + "\"a\":1" + std::string(100000, '}'));
+    CHECK(r.status == 400);
+    CHECK(h.call("GET", "/readyz").status == 200);  // still serving
+}

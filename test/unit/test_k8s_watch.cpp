@@ -119,3 +119,10 @@ TEST_CASE("nodes: name and InternalIP addresses") {
     auto wrong_kind = json::parse(R"({"kind":"Pod","metadata":{"name":"n1"}})");
     CHECK_FALSE(decode_item(Resource::Nodes, *wrong_kind).ok());
 }
+
+TEST_CASE("watch events: an object nested without bound is refused, not parsed") {
+    std::string deep = R"({"type":"ADDED","object":)" + std::string(100000, '[') + std::string(100000, ']') + "}";
+    auto ev = parse_watch_event(deep);
+    REQUIRE_FALSE(ev.ok());
+    CHECK(ev.error().message.find("nested deeper than") != std::string::npos);
+}

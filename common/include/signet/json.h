@@ -15,7 +15,19 @@
 
 namespace signet::json {
 
-// Parses text into a document. The error message names the offset and reason.
+// The deepest nesting of objects and arrays signet accepts in JSON it reads
+// (API bodies, CNI configuration, watch events, API answers). Real objects
+// stay far below it (a Pod with managedFields is about 20 deep); deeper text
+// is refused before it is parsed, so neither the parser nor code that walks,
+// copies or writes the document later recurses without bound.
+inline constexpr int kMaxDepth = 128;
+
+// EINVAL when `text` nests objects and arrays deeper than `max_depth`
+// (brackets inside strings do not count). One pass, no allocation.
+Status check_depth(std::string_view text, int max_depth = kMaxDepth);
+
+// Parses text into a document (iteratively, after check_depth). The error
+// message names the offset and reason.
 Result<rapidjson::Document> parse(std::string_view text);
 
 std::string to_string(const rapidjson::Value& v, bool pretty = false);
