@@ -427,11 +427,15 @@ Decision HandshakeEngine::judge(const std::string& key, const handshake::QueuedP
     const bool out = q.hook == handshake::hook::output;
     const bool syn = p->has(handshake::tcp_flag::syn) && !p->has(handshake::tcp_flag::ack);
     const bool syn_ack = p->has(handshake::tcp_flag::syn) && p->has(handshake::tcp_flag::ack);
-    if (syn) return out ? client_syn(at, *p) : server_syn(at, *p);
-    if (syn_ack) return out ? server_syn_ack(at, *p) : client_syn_ack(at, *p);
-    // Queued by the proof rules: the client's segments while its final ACK's
-    // proof is due, the server's while it awaits it.
-    return out ? client_ack(at, *p) : server_ack(at, *p);
+    Decision d = syn       ? (out ? client_syn(at, *p) : server_syn(at, *p))
+                 : syn_ack ? (out ? server_syn_ack(at, *p) : client_syn_ack(at, *p))
+                           // Queued by the proof rules: the client's segments while its
+                           // final ACK's proof is due, the server's while it awaits it.
+                           : (out ? client_ack(at, *p) : server_ack(at, *p));
+    // The verdict's mark replaces the packet's: keep every bit but signet's
+    // (other users of the packet mark in the pod: a service mesh's TPROXY).
+    if (d.mark) d.mark = (q.mark & ~kCtMarkMask) | *d.mark;
+    return d;
 }
 
 std::optional<Decision> HandshakeEngine::judge_at_node(const handshake::QueuedPacket& q) {

@@ -206,6 +206,13 @@ public:
         return cmp(NFT_CMP_NEQ, &zero, sizeof zero);
     }
     // ct mark set <register> (the `ct` expression with a source register).
+    // ct mark into the register (for a masked rewrite).
+    RuleBuilder& ct_load_mark() {
+        auto e = expr("ct");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_DREG, kReg);
+        return push(std::move(e));
+    }
     RuleBuilder& ct_set_mark() {
         auto e = expr("ct");
         nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, NFT_CT_MARK);
@@ -391,6 +398,22 @@ void add_addr_set(Batch& b, const char* table, const std::string& name, Family f
     b.add(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL, [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, s.get()); },
           std::string("add set inet ") + table + " " + name + " { type " +
               (family == Family::v4 ? "ipv4_addr" : "ipv6_addr") + "; flags interval; id " + std::to_string(id) + " }");
+}
+
+// Copies the handshake's bits of the packet mark (a verdict set them) into
+// the connection's conntrack mark, leaving every other bit of the conntrack
+// mark alone (other users: Istio's TPROXY mark, kube-proxy, CNIs): one rule
+// per value, `ct mark = (ct mark & ~mask) | value`, in one register.
+void add_mark_copy_rules(Batch& b, const char* table, const std::string& chain) {
+    for (uint32_t value : {kCtMarkAuthenticated, kCtMarkByAddress, kCtMarkPending, kCtMarkProofDue, kCtMarkAwaitProof}) {
+        RuleBuilder rb(table, chain);
+        uint32_t mask = kCtMarkMask, keep = ~kCtMarkMask;
+        rb.meta(NFT_META_MARK).bitwise(&mask, &value, 4);  // (mark & mask) ^ value == 0: the bits are `value`
+        uint32_t zero = 0;
+        rb.cmp(NFT_CMP_EQ, &zero, 4);
+        rb.ct_load_mark().bitwise(&keep, &value, 4).ct_set_mark().comment("signet handshake-mark");
+        add_rule(b, rb);
+    }
 }
 
 void add_table_msgs(Batch& b, bool destroy_supported, const char* table = kTableName) {
@@ -676,10 +699,7 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
         for (Dir dir : {Dir::ingress, Dir::egress}) {
             std::string name = std::string(dir_name(dir)) + "_mark";
             add_filter_chain(b, name, dir == Dir::ingress ? NF_INET_LOCAL_IN : NF_INET_LOCAL_OUT, 10);
-            RuleBuilder rb(kTableName, name);
-            rb.meta_mark_any(kCtMarkMask).ct_set_mark();
-            rb.comment("signet handshake-mark");
-            add_rule(b, rb);
+            add_mark_copy_rules(b, kTableName, name);
         }
     }
     b.finish();
@@ -764,9 +784,7 @@ Status build_node_full(Batch& b, const NodeRuleset& rs, bool destroy_supported) 
     }
     if (rs.handshake) {
         add_filter_chain(b, "service_mark", NF_INET_FORWARD, 10, table);
-        RuleBuilder m(table, "service_mark");
-        m.meta_mark_any(kCtMarkMask).ct_set_mark().comment("signet handshake-mark");
-        add_rule(b, m);
+        add_mark_copy_rules(b, table, "service_mark");
     }
     b.finish();
     return {};
