@@ -200,6 +200,7 @@ void HandshakeEngine::stop() {
     for (auto& [k, at] : attachments_)
         if (at->queue) at->queue->stop();
     attachments_.clear();
+    attachments_dirty_ = true;
 }
 
 void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& rec) {
@@ -209,7 +210,7 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
         slot->addrs.clear();  // a repeated ADD: the same netns, maybe new addresses
         for (const auto& ip : rec.reg.ips)
             if (auto k = addr_key_of(ip)) slot->addrs.push_back(*k);
-        peers_dirty_ = true;
+        peers_dirty_ = attachments_dirty_ = true;
         return;
     }
     if (slot) retire(*slot);
@@ -220,7 +221,7 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
     at.netns = rec.reg.netns;
     for (const auto& ip : rec.reg.ips)
         if (auto k = addr_key_of(ip)) at.addrs.push_back(*k);
-    peers_dirty_ = true;
+    peers_dirty_ = attachments_dirty_ = true;
     auto q = ctx_.queues->open(rec.reg.netns, [this, key](const handshake::QueuedPacket& p) { return judge(key, p); });
     if (!q) {
         at.error = q.error().message;
@@ -253,7 +254,7 @@ void HandshakeEngine::pod_stopped(const std::string& key) {
     if (it == attachments_.end()) return;
     retire(*it->second);
     attachments_.erase(it);
-    peers_dirty_ = true;
+    peers_dirty_ = attachments_dirty_ = true;
 }
 
 // The policy's answers are the query's, dropped by it when the policy changes.
@@ -284,6 +285,17 @@ void HandshakeEngine::sweep() {
     sweep_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (!ec) sweep();
     });
+}
+
+HandshakeEngine::Attachment* HandshakeEngine::attachment_at(const std::string& addr) {
+    if (attachments_dirty_) {
+        attachments_by_addr_.clear();
+        for (auto& [k, at] : attachments_)
+            for (const auto& a : at->addrs) attachments_by_addr_[a] = at.get();
+        attachments_dirty_ = false;
+    }
+    auto it = attachments_by_addr_.find(addr);
+    return it == attachments_by_addr_.end() ? nullptr : it->second;
 }
 
 const HandshakeEngine::Peer* HandshakeEngine::peer_at(Family f, const std::array<uint8_t, 16>& addr) {
@@ -455,10 +467,7 @@ std::optional<Decision> HandshakeEngine::judge_at_node(const handshake::QueuedPa
     const bool syn_ack = p->has(handshake::tcp_flag::syn) && p->has(handshake::tcp_flag::ack);
     // The local pod: the source of its SYN and ACKs, the destination of the SYN-ACK.
     const auto& local = syn_ack ? p->dst : p->src;
-    const std::string want = addr_key(p->family, local);
-    Attachment* at = nullptr;
-    for (auto& [k, a] : attachments_)
-        if (std::find(a->addrs.begin(), a->addrs.end(), want) != a->addrs.end()) at = a.get();
+    Attachment* at = attachment_at(addr_key(p->family, local));
     if (at == nullptr) {
         ++counters_.refused["not_a_local_pod"];
         return Decision{};

@@ -238,6 +238,8 @@ private:
     bool allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
                  const policy::Ip& peer_ip, uint16_t port);
     const Peer* peer_at(handshake::Family f, const std::array<uint8_t, 16>& addr);
+    // The local pod attachment owning an address (addr_key), or null.
+    Attachment* attachment_at(const std::string& addr);
     bool ensure_keys();
     bool take_first_contact(const std::array<uint8_t, 16>& src);
     identity::PodClaim claim_of(const Attachment& at) const;
@@ -254,6 +256,9 @@ private:
     // Cluster view by address (family byte + address bytes), rebuilt lazily.
     std::unordered_map<std::string, Peer> peers_;
     bool peers_dirty_ = true;
+    // Local attachments by address (addr_key), rebuilt lazily like peers_.
+    std::unordered_map<std::string, Attachment*> attachments_by_addr_;
+    bool attachments_dirty_ = true;
     // Identity state, made from the node's credentials (remade when they change).
     std::optional<identity::Fingerprint> self_fp_;
     std::unique_ptr<identity::PairKeyCache> pair_keys_;

@@ -102,6 +102,14 @@ def services_status(tn, node):
     return tn.status(node).get("services") or {}
 
 
+def wait_judged(tn, want: bool, timeout=10.0):
+    """Waits until node-a's status.services.judgedAtNode is `want` (its checks run at
+    each ADD and every 5 s sweep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and bool(services_status(tn, NODE_A).get("judgedAtNode")) != want:
+        time.sleep(0.5)
+
+
 def body(t: harness.Test, run: harness.Run):
     harness.require_root_and_tools("ip", "nft", "sysctl", "iptables-restore")
     bins = harness.require_signet_binaries(t)
@@ -244,9 +252,7 @@ def body(t: harness.Test, run: harness.Run):
     # ---- 2. fail closed: the node cannot see the translation -------------------------
     harness.sh("ip", "netns", "exec", node_a.netns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
     tn.sync()  # a sync runs the check now (it also runs every 5 s)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and services_status(tn, NODE_A).get("judgedAtNode"):
-        time.sleep(0.5)
+    wait_judged(tn, False)
     st = services_status(tn, NODE_A)
     t.check("fail closed: status.services.judgedAtNode false with the reason",
             st.get("judgedAtNode") is False and "bridge-nf-call-iptables" in st.get("reason", ""), st)
@@ -254,9 +260,7 @@ def body(t: harness.Test, run: harness.Run):
     t.check("fail closed: ok -> ClusterIP:80 refused", got and all(g.startswith("fail") for g in got), got)
     harness.sh("ip", "netns", "exec", node_a.netns, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
     tn.sync()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not services_status(tn, NODE_A).get("judgedAtNode"):
-        time.sleep(0.5)
+    wait_judged(tn, True)
     got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=4)
     t.check("fail closed: judged again once bridge-nf-call-iptables=1", got and all(g in ("w1", "w2") for g in got), got)
 
@@ -264,9 +268,7 @@ def body(t: harness.Test, run: harness.Run):
     # this kernel lacks): it translates where signet does not judge: fail closed, and say so.
     harness.sh("ip", "-n", node_a.netns, "link", "add", "kube-ipvs0", "type", "veth", "peer", "name", "kipvs-peer")
     tn.sync()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and services_status(tn, NODE_A).get("judgedAtNode"):
-        time.sleep(0.5)
+    wait_judged(tn, False)
     st = services_status(tn, NODE_A)
     t.check("ipvs mode: status.services.judgedAtNode false, the reason names ipvs",
             st.get("judgedAtNode") is False and "ipvs" in st.get("reason", ""), st)
@@ -274,9 +276,7 @@ def body(t: harness.Test, run: harness.Run):
     t.check("ipvs mode: ok -> ClusterIP:80 refused (fail closed)", got and all(g.startswith("fail") for g in got), got)
     harness.sh("ip", "-n", node_a.netns, "link", "del", "kube-ipvs0")
     tn.sync()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not services_status(tn, NODE_A).get("judgedAtNode"):
-        time.sleep(0.5)
+    wait_judged(tn, True)
     got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=2)
     t.check("ipvs mode: judged again once kube-ipvs0 is gone", got and all(g in ("w1", "w2") for g in got), got)
 
@@ -285,9 +285,7 @@ def body(t: harness.Test, run: harness.Run):
     # bound to the translated connection and node-b (or node-a) verifies it as usual.
     tn.start("enforce", node_netns=True)
     tn.sync()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not services_status(tn, NODE_A).get("judgedAtNode"):
-        time.sleep(0.5)
+    wait_judged(tn, True)
     got = who(tn, "ok", CLUSTER_IP, SVC_PORT, n=16)
     t.check("enforce: ok -> ClusterIP:80 connects every time", got and all(g in ("w1", "w2") for g in got), got)
     t.check("enforce: ... to both backends", {"w1", "w2"} <= set(got), got)
