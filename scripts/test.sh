@@ -14,19 +14,29 @@ total_pass=0
 total_fail=0
 total_skip=0
 failed_steps=()
+failed_tests_log=$(mktemp)
+trap 'rm -f "$failed_tests_log"' EXIT
 
 count_meson() {  # $1 = build dir: adds its last testlog to the totals
   local log="$1/meson-logs/testlog.json"
   [[ -f "$log" ]] || return 0
-  read -r p f s < <(python3 - "$log" <<'PY'
+  read -r p f s < <(python3 - "$log" "$failed_tests_log" <<'PY'
 import json, sys
 p = f = s = 0
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    res = r.get("result")
-    if res == "OK" or res == "EXPECTEDFAIL": p += 1
-    elif res == "SKIP": s += 1
-    else: f += 1
+with open(sys.argv[2], "a") as out:
+    for line in open(sys.argv[1]):
+        r = json.loads(line)
+        res = r.get("result")
+        if res == "OK" or res == "EXPECTEDFAIL": p += 1
+        elif res == "SKIP": s += 1
+        else:
+            f += 1
+            # What the summary repeats (CI shows the end of the output): the
+            # test, its result, and its own FAIL lines (else its last lines).
+            text = (r.get("stdout") or "") + (r.get("stderr") or "")
+            lines = [l for l in text.splitlines() if l.startswith("FAIL")] or text.splitlines()[-12:]
+            out.write(f"failed test: {r.get('name')} ({res}, {r.get('duration', 0):.0f} s)\n")
+            out.writelines(f"    {l[:400]}\n" for l in lines[:12])
 print(p, f, s)
 PY
 )
@@ -173,5 +183,6 @@ echo "=== summary"
 if [[ ${#failed_steps[@]} -gt 0 ]]; then
   printf 'failed step: %s\n' "${failed_steps[@]}"
 fi
+cat "$failed_tests_log"
 echo "$total_pass passed, $total_fail failed, $total_skip skipped (${SECONDS} s)"
 [[ ${#failed_steps[@]} -eq 0 && $total_fail -eq 0 ]]
