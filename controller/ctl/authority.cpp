@@ -24,8 +24,10 @@ constexpr const char* kUsage = R"(Usage:
       issue a node key and certificate with the authority in DIR, into DIR2:
       node.key (0600, created there), node.crt, trust-bundle.pem. For nodes
       that run without the CA key; refuses to overwrite DIR2/node.key.
-      --validity       the certificate's lifetime (default 24h; renew when a
-                       third of it remains)
+      --validity       the certificate's lifetime (default and most 24h: expiry
+                       is its only revocation, and nodes refuse a peer
+                       certificate that lives longer; renew when a third of
+                       it remains)
 
 DURATION: a number with a unit h, m or s (e.g. 87600h, 90m).
 Exit status: 0 on success, 1 on failure, 2 on a usage error.
@@ -156,6 +158,9 @@ int cmd_issue(const std::vector<std::string>& args) {
     if (auto v = flag(p, "--validity")) {
         auto d = parse_duration(*v);
         if (!d) return usage_error("invalid --validity " + *v);
+        if (*d > kMaxNodeValidity)
+            return usage_error("--validity " + *v + " is over 24h: a node certificate lives at most 24h (expiry is its "
+                               "only revocation, and nodes refuse longer ones); issue a new one before it expires");
         opts.validity = *d;
     }
     auto a = Authority::load(p.positional[0]);

@@ -395,6 +395,11 @@ Result<Authority> Authority::from_pem(std::string_view key_pem, std::string_view
 Result<std::string> Authority::sign_csr(std::string_view csr_pem, const std::string& node_name, const IssueOptions& opts) const {
     if (!valid_dns_subdomain(node_name)) return cert_error(CertError::invalid_argument, "invalid node name: " + node_name);
     if (opts.validity <= std::chrono::seconds(0)) return cert_error(CertError::invalid_argument, "validity must be positive");
+    if (opts.validity > kMaxNodeValidity + kCertBackdate)
+        return cert_error(CertError::lifetime_too_long,
+                          "a node certificate lives at most " + std::to_string(kMaxNodeValidity.count()) +
+                              "h (expiry is its only revocation; verifiers refuse longer ones): " +
+                              std::to_string(opts.validity.count()) + "s requested");
     BioPtr bio(BIO_new_mem_buf(csr_pem.data(), static_cast<int>(csr_pem.size())));
     X509ReqPtr req(bio ? PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr) : nullptr);
     if (!req) return ossl(CertError::invalid_argument, "cannot read the CSR");
@@ -471,8 +476,11 @@ Result<TrustBundle> TrustBundle::from_pem(std::string_view pem) {
     auto anchors = std::make_shared<std::vector<Anchor>>();
     std::shared_ptr<X509_STORE> store(X509_STORE_new(), StoreFree{});
     if (!store) return ossl(CertError::bad_certificate, "out of memory");
+    Bytes all_der;
     for (auto& c : *certs) {
         X509* cert = c.get();
+        Bytes der = cert_der(cert);
+        all_der.insert(all_der.end(), der.begin(), der.end());
         if (X509_check_ca(cert) != 1)
             return cert_error(CertError::bad_certificate, "trust bundle: a certificate is not a CA");
         bool other = false;
@@ -487,6 +495,7 @@ Result<TrustBundle> TrustBundle::from_pem(std::string_view pem) {
     TrustBundle b;
     b.anchors_ = std::move(anchors);
     b.store_ = std::move(store);
+    b.digest_ = sha256({all_der});
     return b;
 }
 
@@ -536,9 +545,18 @@ Result<NodeIdentity> TrustBundle::verify_node(X509* leaf, std::span<X509* const>
 
     // A signet node certificate, of the anchoring CA's trust domain.
     if (X509_check_ca(leaf) != 0) return cert_error(CertError::bad_certificate, "a CA certificate is not a node certificate");
+    // Both usages must be there: OpenSSL reports a missing extension as
+    // "every usage". keyUsage: digitalSignature (signed tokens) and
+    // keyAgreement (ECDH for the pair key), never certificate or CRL signing.
+    const uint32_t flags = X509_get_extension_flags(leaf);
+    const uint32_t ku = X509_get_key_usage(leaf);
+    if (!(flags & EXFLAG_KUSAGE) || (ku & (KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT)) != (KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT))
+        return cert_error(CertError::bad_certificate, "node certificate lacks the keyUsage digitalSignature+keyAgreement");
+    if (ku & (KU_KEY_CERT_SIGN | KU_CRL_SIGN))
+        return cert_error(CertError::bad_certificate, "node certificate has the keyUsage keyCertSign or cRLSign");
     uint32_t xku = X509_get_extended_key_usage(leaf);
-    if ((xku & (XKU_SSL_SERVER | XKU_SSL_CLIENT)) != (XKU_SSL_SERVER | XKU_SSL_CLIENT))
-        return cert_error(CertError::bad_certificate, "node certificate lacks the serverAuth+clientAuth key usage");
+    if (!(flags & EXFLAG_XKUSAGE) || (xku & (XKU_SSL_SERVER | XKU_SSL_CLIENT)) != (XKU_SSL_SERVER | XKU_SSL_CLIENT))
+        return cert_error(CertError::bad_certificate, "node certificate lacks the extended key usage serverAuth+clientAuth");
     if (!is_p256(X509_get0_pubkey(leaf))) return cert_error(CertError::bad_certificate, "node certificate key is not P-256");
     bool other = false;
     auto uris = uri_sans(leaf, &other);
@@ -556,6 +574,12 @@ Result<NodeIdentity> TrustBundle::verify_node(X509* leaf, std::span<X509* const>
     id.fingerprint = fingerprint(leaf);
     id.not_before = cert_not_before(leaf);
     id.not_after = cert_not_after(leaf);
+    if (id.not_after - id.not_before > kMaxNodeCertLifetime)
+        return cert_error(CertError::lifetime_too_long,
+                          "node certificate lifetime " +
+                              std::to_string(std::chrono::duration_cast<std::chrono::seconds>(id.not_after - id.not_before).count()) +
+                              "s is over the " + std::to_string(kMaxNodeCertLifetime.count()) +
+                              "s a node certificate may have (24 h + backdating; expiry is its only revocation)");
     return id;
 }
 

@@ -28,6 +28,18 @@ using Fingerprint = Sha256;  // SHA-256 of a certificate's DER encoding
 constexpr std::chrono::hours kDefaultCaValidity{87600};   // 10 years
 constexpr std::chrono::hours kDefaultNodeValidity{24};    // short: expiry is the revocation
 constexpr std::chrono::minutes kCertBackdate{5};          // notBefore = now - 5 min (clock skew)
+// The longest node certificate there is. Expiry is the only revocation (no
+// CRL or OCSP on a SYN), so a stolen node key, or a certificate a node's
+// own authority issued it, must stop working within a day:
+//  - issuers grant at most kMaxNodeValidity counted from issuance, i.e.
+//    notAfter - notBefore <= kMaxNodeValidity + kCertBackdate (sign_csr
+//    refuses more; signetctl authority issue and the CSR signer stay within);
+//  - verifiers refuse a node certificate whose notAfter - notBefore is over
+//    kMaxNodeCertLifetime: that plus kCertLifetimeSlack, for an issuer that
+//    backdates or rounds a little differently (CertError::lifetime_too_long).
+constexpr std::chrono::hours kMaxNodeValidity{24};
+constexpr std::chrono::minutes kCertLifetimeSlack{5};
+constexpr std::chrono::seconds kMaxNodeCertLifetime = kMaxNodeValidity + kCertBackdate + kCertLifetimeSlack;  // 24 h 10 min
 
 // Kubernetes name rules. Namespaces are RFC 1123 labels (<= 63, [a-z0-9-],
 // alphanumeric at both ends); pod and node names are RFC 1123 subdomains
@@ -46,6 +58,7 @@ enum class CertError : int {
     wrong_trust_domain = 5,     // certificate names a trust domain its CA does not own
     io = 6,                     // files: missing, unreadable, already there
     invalid_argument = 7,
+    lifetime_too_long = 8,      // node certificate: notAfter - notBefore over kMaxNodeCertLifetime
 };
 
 // ---- keys and certificates ------------------------------------------------
@@ -89,12 +102,18 @@ public:
 
     size_t size() const { return anchors_ ? anchors_->size() : 0; }
     std::vector<std::string> trust_domains() const;
+    // SHA-256 over the CA certificates (DER, in order): equal for bundles of
+    // the same CAs, so a re-read of an unchanged file is no change. Caches of
+    // what was verified against a bundle (PairKeyCache) compare it.
+    const Fingerprint& digest() const { return digest_; }
 
     // Verifies that `leaf` (with untrusted `intermediates`) chains to one of
     // the bundle's CAs at time `at`, that it is a signet node certificate
-    // (P-256 key, not a CA, EKU serverAuth+clientAuth, CN, O and the one URI
-    // SAN agreeing), and that its trust domain is the anchoring CA's.
-    // Error::code is a CertError.
+    // (P-256 key, not a CA, keyUsage present with digitalSignature (tokens)
+    // and keyAgreement (pair keys) and without keyCertSign/cRLSign, EKU
+    // present with serverAuth+clientAuth, CN, O and the one URI SAN
+    // agreeing, notAfter - notBefore at most kMaxNodeCertLifetime), and that
+    // its trust domain is the anchoring CA's. Error::code is a CertError.
     Result<NodeIdentity> verify_node(X509* leaf, std::span<X509* const> intermediates, TimePoint at) const;
 
 private:
@@ -104,6 +123,7 @@ private:
     };
     std::shared_ptr<const std::vector<Anchor>> anchors_;
     std::shared_ptr<X509_STORE> store_;
+    Fingerprint digest_{};
 };
 
 // This node's own credentials, as issue_node (or a CSR signer) left them.
@@ -133,6 +153,7 @@ struct AuthorityOptions {
 Status init_authority(const std::string& dir, const AuthorityOptions& opts);
 
 struct IssueOptions {
+    // From notBefore; at most kMaxNodeValidity + kCertBackdate (refused above).
     std::chrono::seconds validity = kDefaultNodeValidity;
     std::optional<TimePoint> not_before;  // default: now - kCertBackdate
 };
@@ -159,7 +180,9 @@ public:
     // O=<trust domain>. The certificate: subject CN=<node>, O=<trust domain>,
     // URI SAN spiffe://<trust domain>/node/<node>, EKU serverAuth+clientAuth,
     // keyUsage digitalSignature+keyAgreement, CA:FALSE, random 128-bit serial,
-    // notAfter capped at the CA's. Returns the certificate as PEM.
+    // notAfter capped at the CA's. A validity over kMaxNodeValidity +
+    // kCertBackdate is refused (CertError::lifetime_too_long): verifiers would
+    // refuse the certificate. Returns the certificate as PEM.
     Result<std::string> sign_csr(std::string_view csr_pem, const std::string& node_name,
                                  const IssueOptions& opts = {}) const;
 

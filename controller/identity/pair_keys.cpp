@@ -153,4 +153,16 @@ void PairKeyCache::clear() {
     lru_.clear();
 }
 
+bool PairKeyCache::sync_bundle(const TrustBundle& bundle) {
+    std::lock_guard lock(mu_);
+    if (bundle_digest_ == bundle.digest()) return false;
+    const bool changed = bundle_digest_.has_value();
+    bundle_digest_ = bundle.digest();
+    if (!changed) return false;
+    by_fp_.clear();
+    by_kid_.clear();
+    lru_.clear();
+    return true;
+}
+
 }  // namespace signet::identity

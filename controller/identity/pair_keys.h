@@ -74,6 +74,15 @@ public:
     size_t size() const;
     void clear();  // e.g. when the trust bundle or this node's certificate changes
 
+    // Every key here was derived from a peer certificate verified against a
+    // trust bundle. The first call remembers `bundle` (its digest); a later
+    // call with a bundle of other CAs clears the cache (pair keys and, with
+    // them, the verified peer certificates they are indexed by), so a CA
+    // removed from the bundle stops vouching at once, not when its nodes'
+    // pair keys expire. verify_token calls it with its context's bundle.
+    // Returns true when it cleared.
+    bool sync_bundle(const TrustBundle& bundle);
+
 private:
     struct FpHash {
         size_t operator()(const Fingerprint& f) const;
@@ -93,6 +102,7 @@ private:
     List lru_;  // most recently used first
     std::unordered_map<Fingerprint, List::iterator, FpHash> by_fp_;
     std::unordered_map<KeyId, List::iterator, KidHash> by_kid_;
+    std::optional<Fingerprint> bundle_digest_;  // the bundle the entries were verified against
 };
 
 }  // namespace signet::identity

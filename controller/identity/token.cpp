@@ -177,6 +177,7 @@ const char* to_string(TokenError e) {
         case TokenError::replay: return "replay";
         case TokenError::replay_cache_full: return "replay_cache_full";
         case TokenError::internal: return "internal";
+        case TokenError::certificate_lifetime_too_long: return "certificate_lifetime_too_long";
     }
     return "unknown";
 }
@@ -367,6 +368,7 @@ Result<Bytes> make_signed_token(const NodeCredentials& self, Role role, const Co
 Result<VerifiedToken> verify_token(std::span<const uint8_t> bytes, Role expected, const ConnBinding& observed, TimePoint now,
                                    VerifyContext& ctx) {
     if (!ctx.pair_keys || !ctx.replay || !ctx.bundle) return terr(TokenError::internal, "verify context incomplete");
+    ctx.pair_keys->sync_bundle(*ctx.bundle);  // another bundle: forget what the old one vouched for
     auto parsed = parse(bytes);
     if (!parsed) return parsed.error();
     const Token& t = *parsed;
@@ -418,6 +420,7 @@ Result<VerifiedToken> verify_token(std::span<const uint8_t> bytes, Role expected
                         case CertError::not_yet_valid: e = TokenError::certificate_expired; break;
                         case CertError::wrong_trust_domain: e = TokenError::wrong_trust_domain; break;
                         case CertError::bad_certificate: e = TokenError::bad_certificate; break;
+                        case CertError::lifetime_too_long: e = TokenError::certificate_lifetime_too_long; break;
                         default: break;
                     }
                     return terr(e, id.error().message);

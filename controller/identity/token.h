@@ -81,6 +81,7 @@ enum class TokenError : int {
     replay,
     replay_cache_full,
     internal,
+    certificate_lifetime_too_long,  // signed token: notAfter - notBefore over kMaxNodeCertLifetime (24 h + 10 min)
 };
 const char* to_string(TokenError e);
 

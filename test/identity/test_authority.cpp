@@ -252,3 +252,126 @@ TEST_CASE("a CA may vouch only for nodes of its own trust domain") {
     REQUIRE_FALSE(r.ok());
     CHECK(code(r.error()) == code(CertError::wrong_trust_domain));
 }
+
+// issue #13, item 4: a certificate from the cluster's own CA without the
+// usages signet's issuer sets is not a node certificate. OpenSSL reports a
+// missing keyUsage / extendedKeyUsage extension as "any usage": absent must
+// be refused, not taken for everything.
+TEST_CASE("node certificates need the keyUsage and EKU the authority sets") {
+    TempDir tmp;
+    const std::string ca_dir = tmp / "ca";
+    REQUIRE(init_authority(ca_dir, {}).ok());
+    auto ca = Authority::load(ca_dir);
+    REQUIRE(ca.ok());
+    TrustBundle bundle = bundle_of({&*ca});
+    auto key = generate_p256_key();
+    REQUIRE(key.ok());
+    const TimePoint now = Clock::now();
+    const std::string san = "URI:spiffe://cluster.local/node/node-1";
+    auto verify = [&](const Extensions& exts) {
+        X509Ptr cert = hand_signed_node_cert(ca_dir, key->get(), "node-1", now - 5min, now + 1h, &exts);
+        return bundle.verify_node(cert.get(), {}, now);
+    };
+    auto without = [&](int nid) {
+        Extensions e;
+        for (const auto& x : node_extensions(san))
+            if (x.first != nid) e.push_back(x);
+        return e;
+    };
+    auto with = [&](int nid, const std::string& value) {
+        Extensions e = without(nid);
+        e.emplace_back(nid, value);
+        return e;
+    };
+    // What the authority sets verifies (the control).
+    auto good = verify(node_extensions(san));
+    REQUIRE_MESSAGE(good.ok(), good.error().message);
+
+    struct Case {
+        const char* what;
+        Extensions exts;
+    };
+    for (const auto& c : std::vector<Case>{
+             {"no keyUsage", without(NID_key_usage)},
+             {"keyUsage digitalSignature only (no keyAgreement: no pair key)", with(NID_key_usage, "critical,digitalSignature")},
+             {"keyUsage keyAgreement only (no token signatures)", with(NID_key_usage, "critical,keyAgreement")},
+             // (OpenSSL's strict chain check refuses this one already: chain_not_to_bundle.)
+             {"keyUsage that may sign certificates",
+              with(NID_key_usage, "critical,digitalSignature,keyAgreement,keyCertSign")},
+             {"no extendedKeyUsage", without(NID_ext_key_usage)},
+             {"EKU clientAuth only", with(NID_ext_key_usage, "clientAuth")},
+             {"EKU codeSigning", with(NID_ext_key_usage, "codeSigning")},
+         }) {
+        auto r = verify(c.exts);
+        CHECK_MESSAGE(!r.ok(), c.what);
+        if (!r.ok() && c.exts != with(NID_key_usage, "critical,digitalSignature,keyAgreement,keyCertSign"))
+            CHECK_MESSAGE(code(r.error()) == code(CertError::bad_certificate), c.what << ": " << r.error().message);
+    }
+
+    // What sign_csr (and so signetctl authority issue, signetd's own
+    // issuance and the CSR signer) makes passes.
+    auto issued = ca->issue("node-1");
+    REQUIRE(issued.ok());
+    auto id = bundle.verify_node(issued->cert.get(), {}, now);
+    CHECK_MESSAGE(id.ok(), (id.ok() ? "" : id.error().message));
+    IssueOptions csr_signer;  // what signetd --csr-signer asks for at most: 24 h after a 5-minute backdate
+    csr_signer.validity = std::chrono::seconds(86400) + kCertBackdate;
+    auto longest = ca->issue("node-1", csr_signer);
+    REQUIRE_MESSAGE(longest.ok(), longest.error().message);
+    CHECK(bundle.verify_node(longest->cert.get(), {}, now).ok());
+}
+
+// issue #13, item 4: expiry is the only revocation, so no node certificate
+// lives longer than a day (plus the backdate and a small allowance).
+TEST_CASE("node certificates over 24 h are neither issued nor accepted") {
+    TempDir tmp;
+    const std::string ca_dir = tmp / "ca";
+    REQUIRE(init_authority(ca_dir, {}).ok());
+    auto ca = Authority::load(ca_dir);
+    REQUIRE(ca.ok());
+    TrustBundle bundle = bundle_of({&*ca});
+    auto key = generate_p256_key();
+    REQUIRE(key.ok());
+    const TimePoint now = Clock::now(), from = now - 1h;
+
+    CHECK(kMaxNodeCertLifetime == 24h + 10min);
+    // The verifier: at the cap it verifies, a second over it does not; a
+    // year-long certificate of the cluster's own CA is refused with its own reason.
+    X509Ptr at_cap = hand_signed_node_cert(ca_dir, key->get(), "node-1", from, from + kMaxNodeCertLifetime);
+    auto ok = bundle.verify_node(at_cap.get(), {}, now);
+    CHECK_MESSAGE(ok.ok(), (ok.ok() ? "" : ok.error().message));
+    for (auto life : {std::chrono::seconds(kMaxNodeCertLifetime + 1s), std::chrono::seconds(48h), std::chrono::seconds(24h * 365)}) {
+        X509Ptr cert = hand_signed_node_cert(ca_dir, key->get(), "node-1", from, from + life);
+        auto r = bundle.verify_node(cert.get(), {}, now);
+        REQUIRE_FALSE(r.ok());
+        CHECK(code(r.error()) == code(CertError::lifetime_too_long));
+        CHECK(r.error().message.find("lifetime") != std::string::npos);
+    }
+
+    // The issuer refuses more than 24 h (+ the backdate) and says why.
+    auto csr = make_csr(key->get(), "cluster.local", "node-1");
+    REQUIRE(csr.ok());
+    for (auto v : {std::chrono::seconds(24h + kCertBackdate + 1s), std::chrono::seconds(24h * 365)}) {
+        IssueOptions o;
+        o.validity = v;
+        auto r = ca->sign_csr(*csr, "node-1", o);
+        REQUIRE_FALSE(r.ok());
+        CHECK(code(r.error()) == code(CertError::lifetime_too_long));
+        CHECK(r.error().message.find("at most 24h") != std::string::npos);
+        TempDir out;
+        CHECK_FALSE(issue_node(*ca, "node-1", out / "n", o).ok());
+    }
+    // Its default and its most stay within the cap.
+    CHECK(std::chrono::seconds(kDefaultNodeValidity) <= kMaxNodeCertLifetime);
+    auto d = ca->issue("node-1");
+    REQUIRE(d.ok());
+    CHECK(d->identity.not_after - d->identity.not_before == std::chrono::seconds(kDefaultNodeValidity));
+}
+
+TEST_CASE("a trust bundle's digest names its CAs") {
+    Authority ca1 = make_ca(), ca2 = make_ca();
+    TrustBundle one = bundle_of({&ca1}), one_again = bundle_of({&ca1}), both = bundle_of({&ca1, &ca2});
+    CHECK(one.digest() == one_again.digest());
+    CHECK(one.digest() != both.digest());
+    CHECK(one.digest() != bundle_of({&ca2}).digest());
+}

@@ -32,6 +32,10 @@ TEST_CASE("signetctl authority init / issue") {
     CHECK(authority_command({"issue", ca, "--out", node}) == 2);
     CHECK(authority_command({"issue", ca, "--node", "Node_1", "--out", node}) == 2);
     CHECK(authority_command({"issue", tmp / "nowhere", "--node", "n1", "--out", node}) == 1);
+    // issue #13, item 4: a node certificate lives at most 24 h (verifiers refuse longer ones).
+    CHECK(authority_command({"issue", ca, "--node", "n1", "--out", node, "--validity", "25h"}) == 2);
+    CHECK(authority_command({"issue", ca, "--node", "n1", "--out", node, "--validity", "8760h"}) == 2);
+    CHECK_FALSE(file_exists(node + "/node.key"));
     REQUIRE(authority_command({"issue", ca, "--node", "n1", "--out", node, "--validity=12h"}) == 0);
     CHECK(file_mode(node + "/node.key") == 0600);
     auto bundle = TrustBundle::load(node + "/trust-bundle.pem");
@@ -41,4 +45,12 @@ TEST_CASE("signetctl authority init / issue") {
     CHECK(creds->identity.node_name == "n1");
     CHECK(creds->identity.not_after - creds->identity.not_before == std::chrono::hours(12));
     CHECK(authority_command({"issue", ca, "--node", "n1", "--out", node}) == 1);  // refuses to overwrite
+    // The default (24 h) and the most verify.
+    REQUIRE(authority_command({"issue", ca, "--node", "n2", "--out", tmp / "n2"}) == 0);
+    REQUIRE(authority_command({"issue", ca, "--node", "n3", "--out", tmp / "n3", "--validity", "24h"}) == 0);
+    for (const char* n : {"n2", "n3"}) {
+        auto c = NodeCredentials::load(tmp / n, *bundle, Clock::now());
+        REQUIRE_MESSAGE(c.ok(), c.error().message);
+        CHECK(c->identity.not_after - c->identity.not_before == std::chrono::hours(24));
+    }
 }

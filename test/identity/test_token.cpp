@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "fixed_keys.h"
+#include "helpers.h"
 #include "identity/token.h"
 
 using namespace signet::identity;
@@ -650,4 +651,99 @@ TEST_CASE("the fuzz corpus's valid seeds verify with the fixed keys") {
         auto v = verify_token(bytes, role, role == Role::server ? synack : syn, now, ctx);
         CHECK_MESSAGE(v.ok(), name << ": " << (v.ok() ? "" : v.error().message));
     }
+}
+
+// issue #13, item 4: the pair keys (and the peer certificates they were
+// verified from) belong to the trust bundle that vouched for them. When the
+// bundle loses a CA, that CA's nodes are refused at the next token, not when
+// their pair keys expire.
+TEST_CASE("a bundle without the peer's CA refuses its next MAC token at once") {
+    auto ca_a = Authority::create({}), ca_b = Authority::create({});
+    REQUIRE((ca_a.ok() && ca_b.ok()));
+    auto a = ca_a->issue("node-a"), b = ca_b->issue("node-b");
+    REQUIRE((a.ok() && b.ok()));
+    auto both = TrustBundle::from_pem(ca_a->bundle_pem() + ca_b->bundle_pem());
+    auto both_again = TrustBundle::from_pem(ca_a->bundle_pem() + ca_b->bundle_pem());
+    auto only_b = TrustBundle::from_pem(ca_b->bundle_pem());
+    REQUIRE((both.ok() && both_again.ok() && only_b.ok()));
+
+    const TimePoint now = Clock::now();
+    PairKeyCache keys(*b);
+    ReplayCache replay;
+    VerifyContext ctx;
+    ctx.bundle = &*both;
+    ctx.pair_keys = &keys;
+    ctx.replay = &replay;
+    // First contact: node-a's signed token; then MAC tokens under the pair key.
+    auto first = make_signed_token(*a, Role::client, syn_binding(), pod(), now);
+    REQUIRE(first.ok());
+    auto v = verify_token(*first, Role::client, syn_binding(), now, ctx);
+    REQUIRE_MESSAGE(v.ok(), v.error().message);
+    auto key = PairKeyCache(*a).add(b->cert.get(), b->identity);
+    REQUIRE(key.ok());
+    auto mac = [&](TimePoint at) {
+        auto t = make_mac_token(**key, Role::client, syn_binding(), pod(), at);
+        REQUIRE(t.ok());
+        return *t;
+    };
+    auto ok = verify_token(mac(now + 1ms), Role::client, syn_binding(), now + 1ms, ctx);
+    CHECK_MESSAGE(ok.ok(), (ok.ok() ? "" : ok.error().message));
+    // The same CAs read again (a reload of an unchanged file): nothing forgotten.
+    ctx.bundle = &*both_again;
+    ok = verify_token(mac(now + 2ms), Role::client, syn_binding(), now + 2ms, ctx);
+    CHECK_MESSAGE(ok.ok(), (ok.ok() ? "" : ok.error().message));
+
+    // node-a's CA leaves the bundle: its very next MAC token is refused.
+    ctx.bundle = &*only_b;
+    auto r = verify_token(mac(now + 3ms), Role::client, syn_binding(), now + 3ms, ctx);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == code(TokenError::unknown_key_id));
+    // Nor does a signed token by certificate reference, or with the certificate, get in.
+    MintOptions by_ref;
+    by_ref.include_certificate = false;
+    auto ref = make_signed_token(*a, Role::client, syn_binding(), pod(), now + 4ms, by_ref);
+    REQUIRE(ref.ok());
+    r = verify_token(*ref, Role::client, syn_binding(), now + 4ms, ctx);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == code(TokenError::unknown_certificate));
+    auto full = make_signed_token(*a, Role::client, syn_binding(), pod(), now + 5ms);
+    REQUIRE(full.ok());
+    r = verify_token(*full, Role::client, syn_binding(), now + 5ms, ctx);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == code(TokenError::chain_not_to_bundle));
+    CHECK(keys.size() == 0);
+}
+
+// issue #13, item 4: a signed token whose certificate (of the cluster's own
+// CA) lives longer than a day is refused with its own reason.
+TEST_CASE("a signed token with a certificate over 24 h: certificate_lifetime_too_long") {
+    signet::identity::test::TempDir tmp;
+    REQUIRE(init_authority(tmp / "ca", {}).ok());
+    auto ca = Authority::load(tmp / "ca");
+    auto bundle = TrustBundle::from_pem(ca->bundle_pem());
+    REQUIRE(bundle.ok());
+    auto b = ca->issue("node-b");
+    REQUIRE(b.ok());
+    const TimePoint now = Clock::now();
+    NodeCredentials a;
+    auto key = generate_p256_key();
+    REQUIRE(key.ok());
+    a.key = std::move(*key);
+    a.cert = signet::identity::test::hand_signed_node_cert(tmp / "ca", a.key.get(), "node-a", now - 1h, now + 24h * 30);
+    a.chain_der = cert_der(a.cert.get());
+    a.identity = NodeIdentity{"cluster.local", "node-a", fingerprint(a.cert.get()), cert_not_before(a.cert.get()),
+                              cert_not_after(a.cert.get())};
+    auto t = make_signed_token(a, Role::client, syn_binding(), pod(), now);
+    REQUIRE(t.ok());
+    PairKeyCache keys(*b);
+    ReplayCache replay;
+    VerifyContext ctx;
+    ctx.bundle = &*bundle;
+    ctx.pair_keys = &keys;
+    ctx.replay = &replay;
+    auto r = verify_token(*t, Role::client, syn_binding(), now, ctx);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.error().code == code(TokenError::certificate_lifetime_too_long));
+    CHECK(std::string(to_string(TokenError::certificate_lifetime_too_long)) == "certificate_lifetime_too_long");
+    CHECK(keys.size() == 0);
 }
