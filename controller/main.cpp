@@ -53,7 +53,13 @@ Flags:
   --authority dir:DIR     this node's identity: DIR holds the cluster authority
                           (signetctl authority init: the node's key is made here and
                           its certificate issued and renewed) or credentials issued
-                          beforehand (signetctl authority issue); docs/handshake.md
+                          beforehand (signetctl authority issue); docs/handshake.md.
+                          With ca.key in DIR signetd refuses to start unless
+                          --allow-ca-key: for real clusters issue credentials
+                          beforehand or use kubernetes-csr
+  --allow-ca-key          let --authority dir:DIR hold the CA key (ca.key): this node
+                          then issues its own certificate and can issue any node's, so
+                          only for a one-machine setup (a demo, a test)
   --authority kubernetes-csr
                           this node's identity from the Kubernetes CSR API (signer
                           signet.dev/node, signed by signetd --csr-signer): the key is
@@ -117,7 +123,7 @@ int main(int argc, char** argv) {
     // --authority kubernetes-csr and --csr-signer (credentials/csr_client.h, signer/csr_signer.h)
     credentials::CsrClientOptions csr_opts;
     signer::CsrSignerOptions signer_opts;
-    bool csr_signer = false, csr_kubeconfig_set = false;
+    bool csr_signer = false, csr_kubeconfig_set = false, allow_ca_key = false;
     if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') opts.node_name = n;
 
     signet::Args args(argc, argv);
@@ -196,6 +202,8 @@ int main(int argc, char** argv) {
             if (spec.rfind("dir:", 0) != 0 || spec.size() == 4)
                 return usage_error("--authority takes dir:DIR or kubernetes-csr");
             opts.authority_dir = spec.substr(4);
+        } else if (arg == "--allow-ca-key") {
+            allow_ca_key = true;
         } else if (arg == "--csr-signer") {
             csr_signer = true;
         } else if (arg == "--csr-kubeconfig") {
@@ -238,6 +246,7 @@ int main(int argc, char** argv) {
         if (!csr_kubeconfig_set) csr_opts.csr_kubeconfig = csr_opts.kubeconfig;
         opts.csr = csr_opts;
     }
+    if (auto st = credentials::check_ca_key_on_node(opts.authority_dir, allow_ca_key); !st) return usage_error(st.error().message);
     if (opts.node_name.empty()) {
         char host[256] = {};
         if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')

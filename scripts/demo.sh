@@ -99,13 +99,13 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$INFLUX_PORT/ping" >/dev/null
 influx -host 127.0.0.1 -port "$INFLUX_PORT" -execute 'CREATE DATABASE signet'
 echo "    influxd on 127.0.0.1:$INFLUX_PORT, database signet"
 
-say "a cluster authority for the pods' identities (signetctl authority init)"
+say "a cluster authority for the pods' identities (signetctl authority init; one machine, so signetd may use its folder: --allow-ca-key)"
 "$B/controller/signetctl" authority init "$T/ca" --trust-domain demo.local | sed 's/^/    /'
 
 say "starting signetd (identity handshake enforced; flows to InfluxDB every second; /metrics and the graph on 127.0.0.1:$METRICS_PORT)"
 "$B/controller/signetd" --node-name "$(hostname)" --source "dir:$T/manifests" \
   --socket "$T/signetd.sock" --state-dir "$T/state" \
-  --authority "dir:$T/ca" --handshake enforce \
+  --authority "dir:$T/ca" --allow-ca-key --handshake enforce \
   --influxdb "http://127.0.0.1:$INFLUX_PORT/?db=signet&flush=250ms" --flow-export-interval 1s \
   --metrics-address "127.0.0.1:$METRICS_PORT" --graph 2>"$T/signetd.log" &
 SIGNETD_PID=$!

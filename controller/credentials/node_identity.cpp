@@ -32,6 +32,19 @@ int64_t unix_seconds(identity::TimePoint t) {
 
 }  // namespace
 
+Status check_ca_key_on_node(const std::string& authority_dir, bool allow_ca_key) {
+    if (authority_dir.empty() || authority_dir == kKubernetesCsr || allow_ca_key) return {};
+    if (!exists(authority_dir + "/ca.key")) return {};
+    return make_error(EPERM,
+                      "--authority dir:" + authority_dir + ": " + authority_dir +
+                          "/ca.key is the cluster authority's private key. A node that holds it can issue itself any "
+                          "node's certificate, so a compromised node could speak for every node until the CA expires. "
+                          "Keep the CA key off the nodes: issue each node its credentials on an admin machine "
+                          "(signetctl authority issue " + authority_dir + " --node NAME --out NODE_DIR, then "
+                          "--authority dir:NODE_DIR, no ca.key there), or use --authority kubernetes-csr with one "
+                          "signetd --csr-signer per cluster. On a one-machine setup (a demo, a test) pass --allow-ca-key.");
+}
+
 NodeIdentity::NodeIdentity(boost::asio::io_context& io, std::string node_name, std::string authority_dir,
                            std::string state_dir, CsrClientOptions csr)
     : io_(io), node_(std::move(node_name)), dir_(std::move(authority_dir)), own_dir_(state_dir + "/identity"),
@@ -40,7 +53,11 @@ NodeIdentity::NodeIdentity(boost::asio::io_context& io, std::string node_name, s
 NodeIdentity::~NodeIdentity() { stop(); }
 
 Status NodeIdentity::start() {
-    if (dir_ == kKubernetesCsr) return start_csr_mode();
+    if (dir_ == kKubernetesCsr) {
+        Status st = start_csr_mode();
+        if (st && !csr_opts_.trust_bundle_file.empty()) schedule();  // follow --trust-bundle
+        return st;
+    }
     authority_mode_ = exists(dir_ + "/ca.key");
     if (authority_mode_) {
         auto ca = identity::Authority::load(dir_);
@@ -75,7 +92,9 @@ Status NodeIdentity::start() {
     log::info(kLog, "node certificate for " + node_ + " in trust domain " + creds_->identity.trust_domain +
                         ", fingerprint " + identity::hex(creds_->identity.fingerprint).substr(0, 16) +
                         ", valid until unix " + std::to_string(unix_seconds(creds_->identity.not_after)) +
-                        (authority_mode_ ? " (issued by the authority in " + dir_ + ", renewed automatically)"
+                        (authority_mode_ ? " (issued by the authority in " + dir_ +
+                                               ", renewed automatically; --allow-ca-key: this node holds the CA key and "
+                                               "could issue any node's certificate, a one-machine setup only)"
                                          : " (issued beforehand; renew it with signetctl authority issue)"));
     check();
     return {};
@@ -213,8 +232,38 @@ Status NodeIdentity::issue_from_authority() {
     return {};
 }
 
+bool NodeIdentity::reload_bundle() {
+    const std::string path = csr_mode_ ? csr_opts_.trust_bundle_file : dir_ + "/trust-bundle.pem";
+    if (path.empty() || !bundle_) return false;
+    auto b = identity::TrustBundle::load(path);
+    if (!b) {
+        if (b.error().message != bundle_error_) {
+            bundle_error_ = b.error().message;
+            log::warn(kLog, "re-reading the trust bundle: " + bundle_error_ + " (the bundle loaded before stays in use)");
+        }
+        return false;
+    }
+    bundle_error_.clear();
+    if (b->digest() == bundle_->digest()) return false;
+    std::string domains;
+    for (const auto& d : b->trust_domains()) domains += (domains.empty() ? "" : ", ") + d;
+    bundle_.emplace(std::move(*b));
+    log::info(kLog, "trust bundle " + path + " changed: " + std::to_string(bundle_->size()) + " CA(s) of trust domain(s) " +
+                        domains + "; peers' pair keys and certificates verified under the old bundle are dropped");
+    if (creds_)
+        if (auto id = bundle_->verify_node(creds_->cert.get(), {}, identity::Clock::now()); !id)
+            log::error(kLog, "this node's own certificate does not verify against the new trust bundle (" + id.error().message +
+                                 "): nodes that use that bundle refuse its tokens");
+    return true;
+}
+
 void NodeIdentity::check() {
-    if (!creds_ || csr_mode_) return;
+    reload_bundle();
+    if (csr_mode_) {
+        schedule();
+        return;
+    }
+    if (!creds_) return;
     auto now = identity::Clock::now();
     if (identity::needs_renewal(creds_->cert.get(), now)) {
         if (authority_mode_) {
@@ -239,7 +288,7 @@ void NodeIdentity::check() {
 }
 
 void NodeIdentity::schedule() {
-    timer_.expires_after(std::chrono::minutes(10));
+    timer_.expires_after(std::chrono::minutes(1));
     timer_.async_wait([this](boost::system::error_code ec) {
         if (!ec) check();
     });

@@ -39,6 +39,14 @@ namespace signet::credentials {
 
 inline constexpr const char* kKubernetesCsr = "kubernetes-csr";
 
+// `--authority dir:DIR` with the cluster CA's key in DIR (DIR/ca.key) turns
+// this node into a CA: a compromised node could issue itself any node's
+// certificate for the CA's lifetime. signetd refuses that unless told it is
+// a one-machine setup (`--allow-ca-key`, as the demo is). Returns the
+// refusal (why, and what to do instead); ok for other modes and for DIR
+// without ca.key.
+Status check_ca_key_on_node(const std::string& authority_dir, bool allow_ca_key);
+
 class NodeIdentity {
 public:
     // `csr`: the settings of kubernetes-csr mode (authority_dir == kKubernetesCsr).
@@ -50,8 +58,18 @@ public:
     Status start();
     void stop();
 
-    // Checks expiry now: renews (authority mode) or warns (pre-issued).
+    // Checks expiry now: renews (authority mode) or warns (pre-issued); and
+    // re-reads the trust bundle file (reload_bundle). Runs every minute.
     void check();
+
+    // Re-reads the trust bundle from its file: DIR/trust-bundle.pem (dir:
+    // modes) or --trust-bundle (kubernetes-csr; the ConfigMap is read at each
+    // renewal). Other CAs than before replace the bundle; the handshake's
+    // pair keys and verified peer certificates are then dropped at the next
+    // token (PairKeyCache::sync_bundle), so a removed CA stops vouching within
+    // a minute. A file that does not load leaves the bundle as it was.
+    // Returns true when the bundle changed.
+    bool reload_bundle();
 
     bool has_credentials() const { return creds_.has_value(); }
     const identity::NodeCredentials* credentials() const { return creds_ ? &*creds_ : nullptr; }
@@ -84,6 +102,7 @@ private:
     boost::asio::steady_timer timer_;
     uint64_t renewals_ = 0;
     std::string last_error_;
+    std::string bundle_error_;  // the last reload_bundle failure (logged once)
 };
 
 }  // namespace signet::credentials

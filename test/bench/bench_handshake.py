@@ -69,7 +69,7 @@ def body(t: harness.Test, run: harness.Run):
     p = harness.sh(bins["signetctl"], "authority", "init", str(ca), "--trust-domain", "bench.test", check=False)
     t.require("signetctl authority init", p.returncode == 0, p.stdout + p.stderr)
     d = harness.Signetd(run, bins, node="bench-hs", log_level="info")
-    d.extra_args = ["--authority", f"dir:{ca}", "--handshake", "enforce"]
+    d.extra_args = ["--authority", f"dir:{ca}", "--allow-ca-key", "--handshake", "enforce"]  # one machine
     if os.environ.get("BENCH_HS_NO_FLOWS"):
         d.extra_args.append("--no-flows")
     d.start()

@@ -68,7 +68,8 @@ def body(t: harness.Test, run: harness.Run):
     t.require("signetctl authority init", p.returncode == 0, p.stdout + p.stderr)
 
     d = harness.Signetd(run, bins, node="hs-node")
-    d.extra_args = ["--authority", f"dir:{ca}", "--handshake", "enforce", "--metrics-address", "127.0.0.1:0"]
+    # One machine: the authority's folder itself (ca.key there needs --allow-ca-key).
+    d.extra_args = ["--authority", f"dir:{ca}", "--allow-ca-key", "--handshake", "enforce", "--metrics-address", "127.0.0.1:0"]
     d.start()
     st = d.status()
     t.equal("status: handshake mode", st.get("handshake", {}).get("mode"), "enforce")

@@ -4,8 +4,8 @@
 Two node netns joined by a veth pair (the wire), each with its own bridge and
 pod subnet made by the real CNI chain (bridge + host-local + signet) run inside
 the node netns, routes between the pod subnets over the wire; a signetd per
-node (node-a holds the cluster authority, node-b has credentials issued
-beforehand), both reading the same manifest folder (the cluster view: Pods
+node (credentials issued beforehand from one cluster authority: no node holds
+the CA key), both reading the same manifest folder (the cluster view: Pods
 with spec.nodeName and status.podIPs). twonode.py has the topology.
 
     ns x:  a (app=a), d (app=d) on node-a;  b (app=b), c (app=c) on node-b

@@ -1,8 +1,12 @@
 #!/usr/bin/python3
 """signetd's node identity (`--authority dir:DIR`) with real certificates:
 
-* with the cluster authority in DIR, signetd makes its node key on the node
-  (0600), gets it signed, reuses it across restarts, and shows it in status;
+* with the cluster authority (ca.key) in DIR it refuses to start, saying why
+  and what to do, unless --allow-ca-key says it is a one-machine setup
+  (issue #13, item 4);
+* with the cluster authority in DIR and --allow-ca-key, signetd makes its node
+  key on the node (0600), gets it signed, reuses it across restarts, and
+  shows it in status;
 * with credentials issued beforehand (`signetctl authority issue`, no CA key on
   the node) it loads them;
 * it refuses to start, with the reason, when the certificate names another
@@ -37,9 +41,28 @@ def body(t: harness.Test, run: harness.Run):
     t.check("authority init refuses to overwrite", p.returncode != 0 and "exist" in (p.stdout + p.stderr).lower(),
             p.stdout + p.stderr)
 
-    # Authority mode: signetd issues its own certificate.
+    def refused(node, adir, what, want, extra=(), code=None):
+        sd = harness.Signetd(run, bins, node=node)
+        argv = [str(bins["signetd"]), "--node-name", node, "--source", f"dir:{sd.manifest_dir}", "--socket",
+                sd.socket, "--state-dir", str(sd.state_dir), "--authority", f"dir:{adir}", "--no-flows", *extra]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        wants = [want] if isinstance(want, str) else want
+        t.check(f"refused: {what} (exit {p.returncode})",
+                p.returncode != 0 and (code is None or p.returncode == code) and all(w in p.stderr for w in wants),
+                p.stderr[-1500:])
+        return sd
+
+    # The CA key on a node makes it a CA: refused unless --allow-ca-key (one machine).
+    sd = refused("node-a", ca, "ca.key in --authority dir: without --allow-ca-key",
+                 [f"{ca}/ca.key", "any node's certificate", "signetctl authority issue", "kubernetes-csr",
+                  "--allow-ca-key"], code=2)
+    t.check("refused: no node key made", not (sd.state_dir / "identity" / "node.key").exists())
+    p = harness.sh(str(bins["signetd"]), "--help", check=False)
+    t.check("signetd --help documents --allow-ca-key", "--allow-ca-key" in p.stdout, p.stdout[-3000:])
+
+    # Authority mode (one machine: --allow-ca-key): signetd issues its own certificate.
     d = harness.Signetd(run, bins, node="node-a")
-    d.extra_args = ["--authority", f"dir:{ca}", "--no-flows"]
+    d.extra_args = ["--authority", f"dir:{ca}", "--allow-ca-key", "--no-flows"]
     d.start()
     st = d.status().get("identity", {})
     t.equal("status: authority mode", st.get("mode"), "authority")
@@ -72,19 +95,12 @@ def body(t: harness.Test, run: harness.Run):
     t.equal("issued node.key is 0600", mode(pre / "node.key"), 0o600)
     d2 = harness.Signetd(run, bins, node="node-b")
     d2.extra_args = ["--authority", f"dir:{pre}", "--no-flows"]
-    d2.start()
+    d2.start()  # no --allow-ca-key needed: no ca.key in the folder
     st = d2.status()["identity"]
     t.equal("pre-issued: mode", st.get("mode"), "pre-issued")
     t.equal("pre-issued: node", st.get("node"), "node-b")
     t.equal("pre-issued: nothing issued here", st.get("issued"), 0)
     d2.stop()
-
-    def refused(node, adir, what, want):
-        sd = harness.Signetd(run, bins, node=node)
-        argv = [str(bins["signetd"]), "--node-name", node, "--source", f"dir:{sd.manifest_dir}", "--socket",
-                sd.socket, "--state-dir", str(sd.state_dir), "--authority", f"dir:{adir}", "--no-flows"]
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
-        t.check(f"refused: {what} (exit {p.returncode})", p.returncode != 0 and want in p.stderr, p.stderr[-1500:])
 
     refused("node-c", pre, "a certificate for another node", "names node 'node-b', not 'node-c'")
     p = harness.sh(ctl, "authority", "init", str(other_ca), "--trust-domain", "test.local", check=False)

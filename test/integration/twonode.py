@@ -325,18 +325,20 @@ class TwoNodes:
         self.pods: dict[str, Pod] = {}
         self.mode: str | None = None
         ctl = str(bins["signetctl"])
-        # One cluster authority. node-a holds it (issues its own certificate);
-        # node-b gets credentials issued beforehand, as a node without the CA key would.
+        # One cluster authority, on no node (signetd refuses ca.key in --authority
+        # without --allow-ca-key): each node gets credentials issued beforehand.
         self.ca = self.tmp / "ca"
         p = harness.sh(ctl, "authority", "init", self.ca, "--trust-domain", "test.local", check=False)
         t.require("signetctl authority init (the cluster authority)", p.returncode == 0, p.stdout + p.stderr)
+        self.creds_a = self.tmp / "creds-node-a"
         self.creds_b = self.tmp / "creds-node-b"
-        p = harness.sh(ctl, "authority", "issue", self.ca, "--node", NODE_B, "--out", self.creds_b, check=False)
-        t.require("signetctl authority issue --node node-b", p.returncode == 0, p.stdout + p.stderr)
+        for node, out in ((NODE_A, self.creds_a), (NODE_B, self.creds_b)):
+            p = harness.sh(ctl, "authority", "issue", self.ca, "--node", node, "--out", out, check=False)
+            t.require(f"signetctl authority issue --node {node}", p.returncode == 0, p.stdout + p.stderr)
 
         pid = os.getpid() & 0xFFFF
         self.nodes: dict[str, Node] = {}
-        for i, (name, adir) in enumerate(((NODE_A, self.ca), (NODE_B, self.creds_b))):
+        for i, (name, adir) in enumerate(((NODE_A, self.creds_a), (NODE_B, self.creds_b))):
             ns, _ = run.netns_add()
             s4 = run.alloc_subnet()
             s6 = ipaddress.ip_network(f"fd53:47:{pid:x}:{i + 1}::/64")
