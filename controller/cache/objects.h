@@ -87,6 +87,12 @@ struct Pod {
     bool operator==(const Pod&) const = default;
 };
 
+// A pod whose containers have all ended for good (phase Succeeded or Failed,
+// e.g. a finished Job's): it is no peer of anything, and the address it still
+// reports may already be another pod's. The one rule for the policy compiler
+// and the handshake's cluster view.
+inline bool is_terminal(const Pod& pod) { return pod.phase == "Succeeded" || pod.phase == "Failed"; }
+
 // ---------------------------------------------------------------------------
 // NetworkPolicy (networking.k8s.io/v1)
 

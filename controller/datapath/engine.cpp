@@ -302,6 +302,9 @@ const HandshakeEngine::Peer* HandshakeEngine::peer_at(Family f, const std::array
     if (peers_dirty_) {
         peers_.clear();
         for (const auto& [k, pod] : ctx_.source->snapshot().pods) {
+            // A finished pod (a Job's) holds its address no longer: another
+            // pod may own it now. The policy compiler's rule (cache::is_terminal).
+            if (cache::is_terminal(pod)) continue;
             for (const auto& a : pod.pod_ips) {
                 auto key = addr_key_of(a);
                 if (!key) continue;
@@ -317,6 +320,7 @@ const HandshakeEngine::Peer* HandshakeEngine::peer_at(Family f, const std::array
             cache::ObjectKey ok{rec.reg.namespace_, rec.reg.name};
             const auto& pods = ctx_.source->snapshot().pods;
             auto obj = pods.find(ok);
+            if (obj != pods.end() && cache::is_terminal(obj->second)) continue;  // its netns is on its way out
             for (const auto& a : rec.reg.ips) {
                 auto key = addr_key_of(a);
                 if (!key) continue;

@@ -57,8 +57,6 @@ void resolve_named(const std::string& name, cache::Protocol proto, const std::ve
     }
 }
 
-bool is_terminal(const std::string& phase) { return phase == "Succeeded" || phase == "Failed"; }
-
 std::string selector_key(const std::string& fixed_ns, const std::optional<LabelSelector>& ns_sel,
                          const LabelSelector& pod_sel) {
     std::string k = ns_sel ? "N:" + cache::to_string(*ns_sel) : "P:" + fixed_ns;
@@ -160,7 +158,7 @@ std::set<uint32_t> CompilerState::refresh_pod(const ObjectKey& key, bool* self_c
     PodInfo info;
     info.ns = pod.namespace_;
     info.ips = effective_ips(key, &pod);
-    info.eligible = !pod.host_network && !info.ips.empty() && !is_terminal(pod.phase);
+    info.eligible = !pod.host_network && !info.ips.empty() && !cache::is_terminal(pod);
     info.labels = pod.labels;
     info.ports = pod.container_ports;
     info.host_network = pod.host_network;

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -189,7 +190,8 @@ struct Verdict {
 
 class World {
 public:
-    explicit World(handshake::HandshakeEngine::Context tweak = {}) {
+    // `edit` changes the cluster view (pods, policies) before the nodes are made.
+    explicit World(handshake::HandshakeEngine::Context tweak = {}, std::function<void(cache::Snapshot&)> edit = {}) {
         dir_ = std::filesystem::temp_directory_path() /
                ("signet-datapath-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
         std::filesystem::create_directories(dir_);
@@ -212,6 +214,7 @@ public:
         p.ingress.push_back(cache::IngressRule{std::vector<cache::Peer>{from_a},
                                                std::vector<cache::PolicyPort>{{cache::Protocol::TCP, int32_t{kPort}, std::nullopt}}});
         snap_.put(p);
+        if (edit) edit(snap_);
         source_ = std::make_unique<StaticSource>(snap_);
 
         make_node(a_, "node-a", {{"a", "10.0.0.1"}, {"c", "10.0.0.3"}}, tweak, "192.0.2.1");
@@ -264,7 +267,6 @@ public:
         return n;
     }
 
-private:
     static cache::Pod pod(const std::string& name, const std::string& node, const std::string& ip) {
         cache::Pod p;
         p.namespace_ = "x";
@@ -276,6 +278,8 @@ private:
         p.phase = "Running";
         return p;
     }
+
+private:
 
     void make_node(Node& n, const std::string& name, const std::vector<std::pair<std::string, std::string>>& local,
                    const handshake::HandshakeEngine::Context& tweak, const std::string& node_addr) {

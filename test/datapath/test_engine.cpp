@@ -401,3 +401,65 @@ TEST_CASE("first contact both ways at once: no MAC token to a node that has not 
     CHECK(d.ack_in.accepted);
     CHECK(A.engine->counters().tokens_added_mac == 1);
 }
+
+namespace {
+
+// a SYN with a token of node-a's claiming `claim` (as a compromised node-a could make).
+std::vector<uint8_t> syn_claiming(Node& from, const identity::PodClaim& claim, const std::string& src, uint16_t sport,
+                                  uint32_t isn, identity::TimePoint now) {
+    auto bare = segment(src, "10.0.1.1", sport, kPort, isn, 0, tcpf::syn);
+    auto p = handshake::parse(bare, handshake::ParseOptions{false, handshake::TcpChecksum::unverified});
+    REQUIRE(p.ok());
+    identity::ConnBinding b;
+    b.client_addr = p->src;
+    b.server_addr = p->dst;
+    b.client_port = sport;
+    b.server_port = kPort;
+    b.client_isn = isn;
+    auto tok = identity::make_signed_token(*from.identity->credentials(), identity::Role::client, b, claim, now);
+    REQUIRE(tok.ok());
+    std::vector<uint8_t> out(handshake::tokened_size(*p, tok->size()));
+    auto n = handshake::add_token_into(*p, *tok, out);
+    REQUIRE(n.ok());
+    out.resize(*n);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("a finished pod's address reused by a live pod: the live pod is the answer, never the dead one") {
+    // zz-job ran on node-a with 10.0.0.1 and Succeeded; a has the address now.
+    auto finished = [](cache::Snapshot& s) {
+        cache::Pod job = World::pod("zz-job", "node-a", "10.0.0.1");
+        job.uid = "6b1f0c2e-0000-4000-8000-0000000000ff";
+        job.labels = {{"app", "job"}};
+        job.phase = "Succeeded";
+        s.put(job);
+    };
+    {
+        World w({}, finished);
+        Node& A = w.node_a();
+        Node& B = w.node_b();
+        Conn c{w, 50000, 1, 2};
+        c.run();
+        CHECK(c.syn_in.accepted);  // a's token: a runs on node-a with that address
+        CHECK(c.ack_in.accepted);
+        CHECK(refused(B, "pod_not_on_node") == 0);
+        // A token claiming the finished pod (a compromised node-a) is refused.
+        identity::PodClaim job{"x", "zz-job", *identity::parse_pod_uid("6b1f0c2e-0000-4000-8000-0000000000ff")};
+        auto forged = syn_claiming(A, job, "10.0.0.1", 50001, 3, w.clock().wall);
+        CHECK_FALSE(w.judge("b", kPre, forged).accepted);
+        CHECK(refused(B, "pod_not_on_node") == 1);
+    }
+    {
+        // Permissive: a tokenless SYN from the address is judged as a (admitted), not as zz-job.
+        handshake::HandshakeEngine::Context tweak;
+        tweak.mode = handshake::HandshakeMode::permissive;
+        World w(tweak, finished);
+        Node& B = w.node_b();
+        auto bare = w.judge("b", kIn, segment("10.0.0.1", "10.0.1.1", 50002, kPort, 1, 0, tcpf::syn));
+        CHECK(bare.accepted);
+        CHECK(bare.mark == nft::kCtMarkByAddress);
+        CHECK(B.engine->counters().denied == 0);
+    }
+}
