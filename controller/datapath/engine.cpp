@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "../policy/addr.h"
+#include "identity/crypto.h"
 #include "signet/log.h"
 
 namespace signet::handshake {
@@ -20,9 +21,18 @@ constexpr const char* kLog = "handshake";
 // it); a server's while its SYN-ACK may be (tokens are valid for 5 s).
 constexpr auto kClientPendingTtl = std::chrono::seconds(30);
 constexpr auto kServerPendingTtl = std::chrono::seconds(10);
-// Bounds: per attachment, handshakes in flight; per node, rate-limit buckets.
+// Bounds: per attachment, handshakes in flight (each way); per node,
+// rate-limit buckets. The memory budget may make them smaller (limits_for).
 constexpr size_t kMaxPending = 100000;
 constexpr size_t kMaxBuckets = 100000;
+constexpr size_t kMaxNodeBuckets = 10000;
+constexpr size_t kMaxReplayEntries = size_t{1} << 20;
+// A server's handshake younger than this is never given up for a new one
+// (its SYN-ACK was just sent; the proof is on its way).
+constexpr auto kServerEvictAfter = std::chrono::seconds(2);
+// An estimate of one cached pair key (two node identities, the peer's public
+// key, a keyed HMAC context), for the memory budget.
+constexpr size_t kPairKeyBytes = 4096;
 constexpr auto kSweepEvery = std::chrono::seconds(5);
 constexpr unsigned kLogPerSecond = 20;
 
@@ -136,6 +146,16 @@ void keep_last(std::vector<T>& v, const T& x, size_t n = 4) {
 
 std::string pod_str(const cache::ObjectKey& k) { return k.namespace_ + "/" + k.name; }
 
+// The certificate a signed token names (by reference, or the fingerprint of
+// the one it carries), as a rate-limit key; nullopt if it does not parse
+// (verification says why).
+std::optional<std::string> claimed_certificate(std::span<const uint8_t> token) {
+    auto t = identity::parse(token);
+    if (!t || t->type != identity::TokenType::signed_first_contact) return std::nullopt;
+    const identity::Fingerprint fp = t->cert_ref ? *t->cert_ref : identity::sha256({t->certificate});
+    return std::string(reinterpret_cast<const char*>(fp.data()), fp.size());
+}
+
 void add_queue_stats(handshake::QueueStats& to, const handshake::QueueStats& s) {
     to.packets += s.packets;
     to.accepted += s.accepted;
@@ -168,22 +188,44 @@ const char* to_string(HandshakeMode m) {
 }
 
 struct HandshakeEngine::Attachment {
+    explicit Attachment(size_t* pending_total) : client(pending_total), server(pending_total), via_node(pending_total) {}
     std::string key;
     cache::ObjectKey pod;
     std::string netns;
     std::vector<std::string> addrs;  // addr_key of each of the pod's addresses
     std::unique_ptr<handshake::QueueBinding> queue;  // null: the netns could not be opened
     std::string error;
-    std::unordered_map<std::string, ClientPending> client;
-    std::unordered_map<std::string, ServerPending> server;
+    PendingTable<ClientPending> client;
+    PendingTable<ServerPending> server;
     // The pod's Service connections, whose client side runs at the node
     // (translated tuples; kept apart from the pod's own: a direct
     // connection's SYN-ACK may cross the node's netns too).
-    std::unordered_map<std::string, ClientPending> via_node;
+    PendingTable<ClientPending> via_node;
 };
 
+HandshakeEngine::Limits HandshakeEngine::limits_for(size_t memory_limit) {
+    Limits l;
+    l.memory = std::max(memory_limit, kMinHandshakeMemory);
+    l.replay_entries = std::min(kMaxReplayEntries, l.memory / 2 / identity::ReplayCache::kEntryBytes);
+    l.replay_per_node = std::max<size_t>(1, l.replay_entries / 8);
+    const size_t pending_bytes = std::max(PendingTable<ClientPending>::kEntryBytes, PendingTable<ServerPending>::kEntryBytes);
+    l.pending_entries = l.memory / 4 / pending_bytes;
+    l.pending_per_table = std::min(kMaxPending, l.pending_entries);
+    const size_t buckets = l.memory / 8 / TokenBuckets::kEntryBytes;
+    l.node_buckets = std::min(kMaxNodeBuckets, buckets / 16);
+    l.address_buckets = std::min(kMaxBuckets, buckets - l.node_buckets);
+    l.pair_keys = std::min<size_t>(4096, l.memory / 8 / kPairKeyBytes);
+    return l;
+}
+
 HandshakeEngine::HandshakeEngine(boost::asio::io_context& io, Context ctx)
-    : io_(io), ctx_(std::move(ctx)), sweep_timer_(io) {
+    : io_(io),
+      ctx_(std::move(ctx)),
+      limits_(limits_for(ctx_.memory_limit)),
+      replay_(limits_.replay_entries, limits_.replay_per_node),
+      addr_buckets_(ctx_.first_contact_rate, ctx_.first_contact_burst, limits_.address_buckets),
+      node_buckets_(ctx_.first_contact_node_rate, ctx_.first_contact_node_burst, limits_.node_buckets),
+      sweep_timer_(io) {
     if (ctx_.queues == nullptr) {
         own_queues_ = handshake::make_nfqueue_source(io_);
         ctx_.queues = own_queues_.get();
@@ -214,7 +256,7 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
         return;
     }
     if (slot) retire(*slot);
-    slot = std::make_unique<Attachment>();
+    slot = std::make_unique<Attachment>(&pending_total_);
     Attachment& at = *slot;
     at.key = key;
     at.pod = {rec.reg.namespace_, rec.reg.name};
@@ -262,12 +304,13 @@ void HandshakeEngine::source_changed() { peers_dirty_ = true; }
 
 void HandshakeEngine::expire() {
     auto now = ctx_.clock.steady();
-    for (auto& [k, at] : attachments_) {
-        std::erase_if(at->client, [&](const auto& e) { return now - e.second.at > kClientPendingTtl; });
-        std::erase_if(at->via_node, [&](const auto& e) { return now - e.second.at > kClientPendingTtl; });
-        std::erase_if(at->server, [&](const auto& e) { return now - e.second.at > kServerPendingTtl; });
+    for (auto& [k, at] : attachments_) {  // each table from its oldest entry: O(entries expired)
+        at->client.expire(now - kClientPendingTtl);
+        at->via_node.expire(now - kClientPendingTtl);
+        at->server.expire(now - kServerPendingTtl);
     }
-    std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(10); });
+    addr_buckets_.expire(now);
+    node_buckets_.expire(now);
 }
 
 void HandshakeEngine::sweep() {
@@ -352,7 +395,7 @@ bool HandshakeEngine::ensure_keys() {
     if (!creds || !ctx_.identity->bundle()) return false;
     if (!pair_keys_ || !self_fp_ || *self_fp_ != creds->identity.fingerprint) {
         // New credentials (renewed): pair keys are bound to the certificates.
-        pair_keys_ = std::make_unique<identity::PairKeyCache>(*creds);
+        pair_keys_ = std::make_unique<identity::PairKeyCache>(*creds, limits_.pair_keys);
         self_fp_ = creds->identity.fingerprint;
         node_fp_.clear();
         knows_us_.clear();  // our new certificate is known to nobody yet
@@ -360,24 +403,20 @@ bool HandshakeEngine::ensure_keys() {
     return true;
 }
 
-bool HandshakeEngine::take_first_contact(const std::array<uint8_t, 16>& src) {
+template <typename V>
+bool HandshakeEngine::make_room(PendingTable<V>& table, bool client) {
     auto now = ctx_.clock.steady();
-    std::string k(reinterpret_cast<const char*>(src.data()), src.size());
-    if (buckets_.size() >= kMaxBuckets && !buckets_.count(k)) {
-        std::erase_if(buckets_, [&](const auto& e) { return now - e.second.last > std::chrono::seconds(1); });
-        if (buckets_.size() >= kMaxBuckets) return false;  // a flood of sources: fail closed
+    // A client gives up its oldest live handshake last (its SYN-ACK would
+    // then be refused: unexpected_token); a server only one whose proof is
+    // overdue (kServerEvictAfter).
+    const auto open_before = client ? std::chrono::steady_clock::time_point::max() : now - kServerEvictAfter;
+    while (table.size() >= limits_.pending_per_table || pending_total_ >= limits_.pending_entries) {
+        switch (table.evict_one(open_before)) {
+            case PendingTable<V>::Evicted::done: ++counters_.pending_evicted_done; break;
+            case PendingTable<V>::Evicted::open: ++counters_.pending_evicted_live; break;
+            case PendingTable<V>::Evicted::none: return false;  // the node's budget is held by other pods' tables
+        }
     }
-    auto [it, fresh] = buckets_.try_emplace(k);
-    Bucket& b = it->second;
-    if (fresh) {
-        b.tokens = ctx_.first_contact_burst;
-    } else {
-        double dt = std::chrono::duration<double>(now - b.last).count();
-        b.tokens = std::min(ctx_.first_contact_burst, b.tokens + dt * ctx_.first_contact_rate);
-    }
-    b.last = now;
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
     return true;
 }
 
@@ -483,7 +522,7 @@ std::optional<Decision> HandshakeEngine::judge_at_node(const handshake::QueuedPa
     // was cut after a policy change, or lost): judged on policy like a new
     // connection, never passed on trust.
     const bool midstream = !syn && !syn_ack &&
-                           !at->via_node.count(conn_key(binding_of_later(*p, true)));
+                           !at->via_node.contains(conn_key(binding_of_later(*p, true)));
     if ((syn && ((q.mark & kMasqueradeMark) || p->src == p->dst)) || midstream) {
         // Masqueraded on the way out (hairpin, NodePort): the backend sees a
         // node address, which no token could be bound to. Egress is judged
@@ -524,13 +563,26 @@ Decision HandshakeEngine::verify_peer(Attachment& at, const Packet& p, identity:
     auto s = handshake::strip_token(p);
     if (!s) return refuse("malformed_packet", at, p, s.error().message);
     std::span<const uint8_t> tok = s->token;
-    if (tok.size() >= 2 && tok[1] == static_cast<uint8_t>(identity::TokenType::signed_first_contact) &&
-        !take_first_contact(p.src))
-        return refuse("rate_limited", at, p, "first-contact verifications from this address over the limit");
+    const bool first_contact =
+        tok.size() >= 2 && tok[1] == static_cast<uint8_t>(identity::TokenType::signed_first_contact);
+    if (first_contact) {
+        // Limited per source address, then per the node whose certificate it
+        // names: checked now, charged once it verified (forgeries naming a
+        // node's certificate cannot use up that node's budget).
+        auto now = ctx_.clock.steady();
+        bool table_full = false;
+        if (!addr_buckets_.take(addr_key(p.family, p.src), now, &table_full))
+            return refuse("rate_limited", at, p,
+                          table_full ? "first-contact verifications from too many addresses at once"
+                                     : "first-contact verifications from this address over the limit");
+        if (auto fp = claimed_certificate(tok); fp && !node_buckets_.has_token(*fp, now))
+            return refuse("rate_limited", at, p, "first-contact verifications from this node over the limit");
+    }
     identity::VerifyContext vc;
     vc.bundle = ctx_.identity->bundle();
     vc.pair_keys = pair_keys_.get();
     vc.replay = &replay_;
+    vc.record_replay = false;  // recorded once the policy admitted the connection (record_replay below)
     const bool peer_is_client = role == identity::Role::client;
     vc.pod_on_node = [this, peer_is_client](const identity::Claims& c, const identity::ConnBinding& cb) {
         const Peer* owner =
@@ -542,6 +594,9 @@ Decision HandshakeEngine::verify_peer(Attachment& at, const Packet& p, identity:
     if (!r) return refuse(identity::to_string(static_cast<identity::TokenError>(r.error().code)), at, p,
                           r.error().message);
     ++(r->type == identity::TokenType::signed_first_contact ? counters_.verified_signed : counters_.verified_mac);
+    if (first_contact)
+        node_buckets_.charge(std::string(reinterpret_cast<const char*>(r->peer_fingerprint.data()), r->peer_fingerprint.size()),
+                             ctx_.clock.steady());
     node_fp_[r->claims.node_name] = r->peer_fingerprint;
     if (r->type == identity::TokenType::mac) knows_us_.insert(r->claims.node_name);  // it derived the pair key
     stripped = std::move(s->packet);
@@ -585,14 +640,15 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p, bool at_no
     }
     identity::ConnBinding b = binding_of(p, true);
     std::string ck = conn_key(b);
-    if (pending.size() >= kMaxPending && !pending.count(ck))
-        return refuse("pending_full", at, p, "too many handshakes in flight for this pod");
-    ClientPending& pend = pending[ck];
+    if (!pending.contains(ck) && !make_room(pending, true))
+        return refuse("pending_full", at, p, "too many handshakes in flight on this node, none completed to give up");
+    const auto steady = ctx_.clock.steady();
+    ClientPending& pend = pending.touch(ck, steady);
+    pending.set_done(ck, false, steady);  // a SYN: the handshake is open (again)
     if (pend.attempts > 0 && pend.isn != p.seq) pend = ClientPending{};  // the ports reused: a new connection
     pend.isn = p.seq;
     pend.verified = false;
     const bool retransmission = pend.attempts > 0;
-    pend.at = ctx_.clock.steady();
     ++pend.attempts;
     auto now = ctx_.clock.wall();
     identity::PodClaim claim = claim_of(at);
@@ -618,6 +674,20 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p, bool at_no
 
 // A connection to the local pod.
 Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
+    {
+        // Simultaneous open: the local pod's own SYN to this peer, same
+        // ports, is in flight. Each side would be client and server of one
+        // connection at once, with two handshakes crossing and neither's proof
+        // awaited: refused (both connects time out) rather than half judged.
+        identity::ConnBinding own;
+        own.ipv6 = p.family == Family::ipv6;
+        own.client_addr = p.dst;
+        own.server_addr = p.src;
+        own.client_port = p.dport;
+        own.server_port = p.sport;
+        if (const ClientPending* c = at.client.find(conn_key(own)); c && !c->verified)
+            return refuse("simultaneous_open", at, p, "the pod's own SYN to this peer and port is in flight");
+    }
     const policy::Ip src_ip = ip_of(p.family, p.src);
     const Peer* peer = peer_at(p.family, p.src);
     const bool pod_peer = peer && !peer->host_network;
@@ -633,15 +703,18 @@ Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
             report_denied(at, p, true);
             return Decision{};
         }
-        if (at.server.size() >= kMaxPending) {
-            auto now = ctx_.clock.steady();
-            std::erase_if(at.server, [&](const auto& e) { return now - e.second.at > std::chrono::seconds(2); });
-            if (at.server.size() >= kMaxPending)
-                return refuse("pending_full", at, p, "too many handshakes in flight for this pod");
-        }
-        ServerPending& sp = at.server[conn_key(b)];
+        const std::string ck = conn_key(b);
+        if (!at.server.contains(ck) && !make_room(at.server, false))
+            return refuse("pending_full", at, p, "too many handshakes in flight on this node, none to give up");
+        // Admitted: only now is the token recorded against replay (a token the
+        // policy refuses fills nothing). Check and insert are one step.
+        if (auto st = identity::record_replay(replay_, *v, ctx_.clock.wall()); !st)
+            return refuse(identity::to_string(static_cast<identity::TokenError>(st.error().code)), at, p,
+                          st.error().message);
+        const auto steady = ctx_.clock.steady();
+        ServerPending& sp = at.server.touch(ck, steady);
+        at.server.set_done(ck, false, steady);
         if (sp.isn != b.client_isn || !sp.pair_key) sp = ServerPending{};  // not a retransmission: a new connection
-        sp.at = ctx_.clock.steady();
         sp.isn = b.client_isn;
         sp.client_signed = was_signed;
         sp.pair_key = v->pair_key;
@@ -660,11 +733,12 @@ Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
 // The local pod answers a connection: the server's token, if the client sent one.
 Decision HandshakeEngine::server_syn_ack(Attachment& at, const Packet& p) {
     identity::ConnBinding b = binding_of(p, false);
-    auto it = at.server.find(conn_key(b));
+    const std::string ck = conn_key(b);
+    ServerPending* found = at.server.find(ck);
     Decision pass;
     pass.verdict = handshake::kAccept;
-    if (it == at.server.end() || it->second.isn != b.client_isn || !ensure_keys()) return pass;  // tokenless
-    ServerPending& sp = it->second;
+    if (!found || found->isn != b.client_isn || !ensure_keys()) return pass;  // tokenless
+    ServerPending& sp = *found;
     auto now = ctx_.clock.wall();
     identity::PodClaim claim = claim_of(at);
     Result<identity::Bytes> token =
@@ -676,7 +750,7 @@ Decision HandshakeEngine::server_syn_ack(Attachment& at, const Packet& p) {
     if (d.verdict != handshake::kAccept) return refuse("no_room_for_token", at, p, "");
     if (auto n = nonce_of(*token)) keep_last(sp.server_nonces, *n);
     sp.binding.server_isn = b.server_isn;
-    sp.at = ctx_.clock.steady();
+    at.server.touch(ck, ctx_.clock.steady());
     ++(sp.client_signed || !sp.pair_key ? counters_.tokens_added_signed : counters_.tokens_added_mac);
     return d;  // kept until it expires: a retransmitted SYN-ACK gets a fresh token
 }
@@ -686,10 +760,10 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
     identity::ConnBinding b = binding_of(p, false);
     const std::string ck = conn_key(b);
     auto& pending = at_node ? at.via_node : at.client;
-    auto it = pending.find(ck);
-    if (it != pending.end() && it->second.isn != b.client_isn) it = pending.end();
+    ClientPending* found = pending.find(ck);
+    if (found && found->isn != b.client_isn) found = nullptr;
     const policy::Ip src_ip = ip_of(p.family, p.src);
-    if (it == pending.end()) {
+    if (!found) {
         // Not a connection we sent a token on (judged by address at the SYN),
         // or one from before a restart: a token here was not asked for.
         if (p.options.token) return refuse("unexpected_token", at, p, "no token was sent on this connection");
@@ -709,10 +783,14 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
             report_denied(at, p, false);
             return Decision{};
         }
+        // Admitted: recorded against replay now (see server_syn).
+        if (auto st = identity::record_replay(replay_, *v, ctx_.clock.wall()); !st)
+            return refuse(identity::to_string(static_cast<identity::TokenError>(st.error().code)), at, p,
+                          st.error().message);
         // The final ACK will carry the proof (also after a retransmitted
         // SYN-ACK: the server did not get it, the client's kernel answers it
         // with another ACK).
-        ClientPending& pend = it->second;
+        ClientPending& pend = *found;
         // The server verified our token (signed: it has our certificate now).
         knows_us_.insert(v->claims.node_name);
         if (!pend.verified) ++counters_.accepted_authenticated;
@@ -720,7 +798,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
         pend.binding = b;
         pend.server_nonce = v->nonce;
         pend.pair_key = v->pair_key;
-        pend.at = ctx_.clock.steady();
+        pending.touch(ck, ctx_.clock.steady());
         Decision d;
         d.verdict = handshake::kAccept;
         d.replacement = std::move(stripped);
@@ -729,7 +807,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
     }
     // The peer did not authenticate (its node runs no signet, or has the handshake off).
     Decision d = judge_tokenless(at, p, false, pod_peer ? peer : nullptr, src_ip, p.sport);
-    if (d.verdict == handshake::kAccept) pending.erase(it);
+    if (d.verdict == handshake::kAccept) pending.erase(ck);
     return d;
 }
 
@@ -764,9 +842,10 @@ Decision HandshakeEngine::client_ack(Attachment& at, const Packet& p, bool at_no
     Decision pass;
     pass.verdict = handshake::kAccept;
     auto& pending = at_node ? at.via_node : at.client;
-    auto it = pending.find(conn_key(binding_of_later(p, true)));
-    if (it == pending.end() || !it->second.verified || !it->second.pair_key) return pass;
-    ClientPending& pend = it->second;
+    const std::string ck = conn_key(binding_of_later(p, true));
+    ClientPending* found = pending.find(ck);
+    if (!found || !found->verified || !found->pair_key) return pass;
+    ClientPending& pend = *found;
     // Only the bare ACK of the handshake has room (data would move sequence
     // numbers); a piggybacked first ACK passes without, and the server, which
     // holds everything until the proof, retransmits its SYN-ACK: the client's
@@ -778,17 +857,21 @@ Decision HandshakeEngine::client_ack(Attachment& at, const Packet& p, bool at_no
     Decision d = rewrite(p, proof, kCtMarkAuthenticated);
     if (d.verdict != handshake::kAccept) return refuse("no_room_for_token", at, p, "the final ACK's proof");
     ++counters_.proofs_sent;
-    return d;  // the entry stays (until it expires) for a retransmitted SYN-ACK
+    // Completed: the entry stays (until it expires, or room is needed: the
+    // first to go) for a retransmitted SYN-ACK.
+    pending.set_done(ck, true, ctx_.clock.steady());
+    return d;
 }
 
 // The client's segments while the local pod (the server) awaits the final
 // ACK's proof: nothing passes before it, so the server's kernel stays in
 // SYN-RECV and retransmits its SYN-ACK if the proof was lost.
 Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
-    auto it = at.server.find(conn_key(binding_of_later(p, true)));
-    if (it == at.server.end() || !it->second.pair_key)
+    const std::string ck = conn_key(binding_of_later(p, true));
+    ServerPending* found = at.server.find(ck);
+    if (!found || !found->pair_key)
         return refuse("no_proof", at, p, "no handshake in flight for this connection (signetd restarted?)");
-    ServerPending& sp = it->second;
+    ServerPending& sp = *found;
     Decision accept;
     accept.verdict = handshake::kAccept;
     accept.mark = kCtMarkAuthenticated;
@@ -809,6 +892,7 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
             // An RST opens nothing: it passes and ends the embryonic
             // connection; a proof arriving after it is discarded.
             sp.reset = true;
+            at.server.set_done(ck, true, ctx_.clock.steady());
             Decision d;
             d.verdict = handshake::kAccept;
             return d;
@@ -834,6 +918,7 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
     }
     if (!match) return refuse("bad_proof", at, p, "the final ACK's proof does not verify");
     sp.proven = true;
+    at.server.set_done(ck, true, ctx_.clock.steady());
     ++counters_.proofs_verified;
     accept.replacement = std::move(stripped->packet);
     return accept;
@@ -926,6 +1011,8 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     c.AddMember("held_for_proof", Value(counters_.held_for_proof), a);
     c.AddMember("proof_after_reset", Value(counters_.proof_after_reset), a);
     c.AddMember("deferred_to_node", Value(counters_.deferred_to_node), a);
+    c.AddMember("pending_evicted_done", Value(counters_.pending_evicted_done), a);
+    c.AddMember("pending_evicted_live", Value(counters_.pending_evicted_live), a);
     out.AddMember("counters", c, a);
     Value r(rapidjson::kObjectType);
     for (const auto& [reason, n] : counters_.refused) r.AddMember(Value(reason.c_str(), a), Value(n), a);
@@ -982,6 +1069,36 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     out.AddMember("pending", Value(pending), a);
     out.AddMember("pair_keys", Value(static_cast<uint64_t>(pair_keys_ ? pair_keys_->size() : 0)), a);
     out.AddMember("replay_cache", Value(static_cast<uint64_t>(replay_.size())), a);
+    out.AddMember("buckets", Value(static_cast<uint64_t>(addr_buckets_.size() + node_buckets_.size())), a);
+    // The memory budget: estimated bytes by part, and the entries each part may hold.
+    const Memory m = memory();
+    Value mem(rapidjson::kObjectType);
+    mem.AddMember("limit_bytes", Value(static_cast<uint64_t>(m.limit)), a);
+    mem.AddMember("used_bytes", Value(static_cast<uint64_t>(m.used())), a);
+    mem.AddMember("replay_cache_bytes", Value(static_cast<uint64_t>(m.replay_cache)), a);
+    mem.AddMember("pending_bytes", Value(static_cast<uint64_t>(m.pending)), a);
+    mem.AddMember("buckets_bytes", Value(static_cast<uint64_t>(m.buckets)), a);
+    mem.AddMember("pair_keys_bytes", Value(static_cast<uint64_t>(m.pair_keys)), a);
+    Value lim(rapidjson::kObjectType);
+    lim.AddMember("replay_cache", Value(static_cast<uint64_t>(limits_.replay_entries)), a);
+    lim.AddMember("replay_cache_per_node", Value(static_cast<uint64_t>(limits_.replay_per_node)), a);
+    lim.AddMember("pending", Value(static_cast<uint64_t>(limits_.pending_entries)), a);
+    lim.AddMember("pending_per_pod", Value(static_cast<uint64_t>(limits_.pending_per_table)), a);
+    lim.AddMember("address_buckets", Value(static_cast<uint64_t>(limits_.address_buckets)), a);
+    lim.AddMember("node_buckets", Value(static_cast<uint64_t>(limits_.node_buckets)), a);
+    lim.AddMember("pair_keys", Value(static_cast<uint64_t>(limits_.pair_keys)), a);
+    mem.AddMember("limits", lim, a);
+    out.AddMember("memory", mem, a);
+}
+
+HandshakeEngine::Memory HandshakeEngine::memory() const {
+    Memory m;
+    m.limit = limits_.memory;
+    m.replay_cache = replay_.size() * identity::ReplayCache::kEntryBytes;
+    m.pending = pending_total_ * std::max(PendingTable<ClientPending>::kEntryBytes, PendingTable<ServerPending>::kEntryBytes);
+    m.buckets = (addr_buckets_.size() + node_buckets_.size()) * TokenBuckets::kEntryBytes;
+    m.pair_keys = (pair_keys_ ? pair_keys_->size() : 0) * kPairKeyBytes;
+    return m;
 }
 
 }  // namespace signet::handshake

@@ -47,6 +47,7 @@
 #include "../source/source.h"
 #include "../policy/addr.h"
 #include "../policy/query.h"
+#include "datapath/bounded_tables.h"
 #include "datapath/nfqueue.h"
 #include "datapath/packet.h"
 #include "datapath/queue_source.h"
@@ -69,6 +70,12 @@ using nft::kCtMarkMask;
 using nft::kCtMarkAwaitProof;
 using nft::kCtMarkPending;
 using nft::kCtMarkProofDue;
+
+// The node-wide budget of the handshake's state (docs/handshake.md, "Bounds";
+// signetd --handshake-memory): handshakes in flight both ways, the
+// first-contact rate-limit buckets, the replay cache and the node-pair keys.
+inline constexpr size_t kDefaultHandshakeMemory = size_t{256} << 20;
+inline constexpr size_t kMinHandshakeMemory = size_t{16} << 20;
 
 class HandshakeEngine {
 public:
@@ -95,9 +102,15 @@ public:
         // How pods' queues are reached; null: NFQUEUE in each pod's netns
         // (handshake::make_nfqueue_source). Tests lend their own.
         handshake::QueueSource* queues = nullptr;
-        // First-contact (signed token) verifications per source address.
+        // First-contact (signed token) verifications per source address...
         double first_contact_rate = 100;  // per second
         double first_contact_burst = 200;
+        // ...and per peer node (its certificate), whatever addresses its pods use.
+        double first_contact_node_rate = 400;
+        double first_contact_node_burst = 800;
+        // Bytes for all of the handshake's state, shared out in fixed parts
+        // (HandshakeEngine::Limits); at least kMinHandshakeMemory.
+        size_t memory_limit = kDefaultHandshakeMemory;
         Clock clock{};  // real time unless lent
         // Services (docs/policy.md): true for a TCP frontend (address, port)
         // whose connections the node's table judges after kube-proxy's
@@ -145,6 +158,10 @@ public:
         uint64_t held_for_proof = 0;          // server: packets dropped while the final ACK's proof is awaited
         uint64_t proof_after_reset = 0;       // server: a proof behind the client's own RST (discarded)
         uint64_t deferred_to_node = 0;        // client SYNs to a Service frontend: the handshake at the node
+        // Handshakes in flight given up to make room for new ones: completed
+        // ones (kept only for a retransmission), and live ones (the oldest;
+        // a client's SYN-ACK then finds no entry: unexpected_token).
+        uint64_t pending_evicted_done = 0, pending_evicted_live = 0;
         std::map<std::string, uint64_t> refused;  // token / packet refusals by reason
     };
     const Counters& counters() const { return counters_; }
@@ -183,6 +200,27 @@ public:
     };
     Drops drops() const;
 
+    // What the memory budget allows each part (entries), from Context::memory_limit:
+    // the replay cache 1/2 (and one peer node 1/8 of that), handshakes in
+    // flight 1/4 (node-wide; each pod's table of either way at most 100,000),
+    // rate-limit buckets 1/8, pair keys 1/8.
+    struct Limits {
+        size_t memory = 0;  // bytes
+        size_t replay_entries = 0, replay_per_node = 0;
+        size_t pending_entries = 0, pending_per_table = 0;
+        size_t address_buckets = 0, node_buckets = 0;
+        size_t pair_keys = 0;
+    };
+    static Limits limits_for(size_t memory_limit);
+    const Limits& limits() const { return limits_; }
+    // The state's estimated bytes now, by part (entries times an estimate of
+    // each entry's size).
+    struct Memory {
+        size_t limit = 0, replay_cache = 0, pending = 0, buckets = 0, pair_keys = 0;
+        size_t used() const { return replay_cache + pending + buckets + pair_keys; }
+    };
+    Memory memory() const;
+
 private:
     struct Attachment;
     struct Peer {
@@ -193,7 +231,6 @@ private:
     };
     // Both keyed by the connection's addresses and ports (conn4).
     struct ClientPending {
-        std::chrono::steady_clock::time_point at;
         uint32_t isn = 0;              // the client's ISN (a new one: a new connection on the same ports)
         bool was_signed = false;
         uint32_t attempts = 0;
@@ -205,7 +242,6 @@ private:
         std::shared_ptr<const identity::PairKey> pair_key;
     };
     struct ServerPending {
-        std::chrono::steady_clock::time_point at;
         uint32_t isn = 0;
         bool client_signed = false;
         std::shared_ptr<const identity::PairKey> pair_key;
@@ -214,10 +250,6 @@ private:
         std::vector<identity::Nonce> server_nonces;  // of the SYN-ACKs sent
         bool proven = false;                         // the final ACK's proof verified
         bool reset = false;                          // the client's RST came first
-    };
-    struct Bucket {
-        double tokens = 0;
-        std::chrono::steady_clock::time_point last;
     };
 
     handshake::Decision client_syn(Attachment& at, const handshake::Packet& p, bool at_node = false);
@@ -241,7 +273,11 @@ private:
     // The local pod attachment owning an address (addr_key), or null.
     Attachment* attachment_at(const std::string& addr);
     bool ensure_keys();
-    bool take_first_contact(const std::array<uint8_t, 16>& src);
+    // Room for one more client (or server) handshake in `table`: evicts
+    // (completed entries first) when the pod's table or the node's budget is
+    // full; false: none could be made (pending_full).
+    template <typename V>
+    bool make_room(PendingTable<V>& table, bool client);
     identity::PodClaim claim_of(const Attachment& at) const;
     handshake::Decision refuse(const std::string& reason, const Attachment& at, const handshake::Packet& p,
                                const std::string& detail);
@@ -251,6 +287,8 @@ private:
 
     boost::asio::io_context& io_;
     Context ctx_;
+    Limits limits_;
+    size_t pending_total_ = 0;  // entries of every attachment's tables (before attachments_: they count down into it)
     std::unique_ptr<handshake::QueueSource> own_queues_;  // when the context lent none
     std::map<std::string, std::unique_ptr<Attachment>> attachments_;
     // Cluster view by address (family byte + address bytes), rebuilt lazily.
@@ -269,7 +307,9 @@ private:
     // them do new SYNs carry MAC tokens; to the others they stay signed
     // (knowing a peer's certificate does not mean it knows ours yet).
     std::unordered_set<std::string> knows_us_;
-    std::unordered_map<std::string, Bucket> buckets_;
+    // First-contact buckets by source address, and by peer node certificate
+    // (charged once a signed token verified: a forger cannot drain a node's).
+    TokenBuckets addr_buckets_, node_buckets_;
     Counters counters_;
     // Queue counters of attachments gone (stopped pods, restarted readers).
     handshake::QueueStats retired_queue_{};

@@ -454,10 +454,12 @@ Result<VerifiedToken> verify_token(std::span<const uint8_t> bytes, Role expected
     out.peer_fingerprint = sender.fingerprint;
     if (ctx.pod_on_node && !ctx.pod_on_node(out.claims, observed))
         return terr(TokenError::pod_not_on_node, "pod " + t.pod_namespace + "/" + t.pod_name + " does not run on node " + sender.node_name);
-    switch (ctx.replay->insert(replay_key(t.nonce, canon), TimePoint(std::chrono::milliseconds(limit + 1)), now)) {
-        case ReplayCache::Outcome::fresh: break;
-        case ReplayCache::Outcome::replay: return terr(TokenError::replay, "token already seen");
-        case ReplayCache::Outcome::full: return terr(TokenError::replay_cache_full, "replay cache full");
+    out.replay_key = replay_key(t.nonce, canon);
+    out.replay_until = TimePoint(std::chrono::milliseconds(limit + 1));
+    if (ctx.record_replay) {
+        if (auto st = record_replay(*ctx.replay, out, now); !st) return st.error();
+    } else if (ctx.replay->contains(out.replay_key, now)) {
+        return terr(TokenError::replay, "token already seen");
     }
     if (fresh_cert) {
         auto k = ctx.pair_keys->add(fresh_cert.get(), sender);
@@ -466,6 +468,19 @@ Result<VerifiedToken> verify_token(std::span<const uint8_t> bytes, Role expected
     }
     out.pair_key = std::move(key);
     return out;
+}
+
+Status record_replay(ReplayCache& cache, const VerifiedToken& v, TimePoint now) {
+    switch (cache.insert(v.replay_key, v.replay_until, now, v.claims.node_name)) {
+        case ReplayCache::Outcome::fresh: return {};
+        case ReplayCache::Outcome::replay: return terr(TokenError::replay, "token already seen");
+        case ReplayCache::Outcome::full:
+            return terr(TokenError::replay_cache_full, "replay cache full (" + std::to_string(cache.capacity()) + " live tokens)");
+        case ReplayCache::Outcome::owner_full:
+            return terr(TokenError::replay_cache_full, "node " + v.claims.node_name + " holds its quota of the replay cache (" +
+                                                           std::to_string(cache.per_owner()) + " live tokens)");
+    }
+    return terr(TokenError::internal, "replay cache");
 }
 
 std::array<uint8_t, 16> ack_proof(const PairKey& key, const ConnBinding& binding, const Nonce& client_nonce,

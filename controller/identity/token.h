@@ -151,6 +151,10 @@ struct VerifiedToken {
     Nonce nonce{};
     Fingerprint peer_fingerprint{};
     std::shared_ptr<const PairKey> pair_key;  // the (now) cached key for the sender's node
+    // Its replay-cache entry: SHA-256(nonce || canonical binding)[0..16),
+    // live until the token could no longer be accepted.
+    ReplayCache::Key replay_key{};
+    TimePoint replay_until{};
 };
 
 struct MintOptions {
@@ -169,6 +173,11 @@ struct VerifyContext {
     const TrustBundle* bundle = nullptr;
     PairKeyCache* pair_keys = nullptr;   // MAC tokens; signed tokens add the sender to it
     ReplayCache* replay = nullptr;
+    // true: a verified token is recorded in `replay` here (its sender's node
+    // the owner). false: only checked against it (a token seen before is
+    // still `replay`); the caller records it with record_replay once it has
+    // admitted the connection, so tokens its policy refuses fill nothing.
+    bool record_replay = true;
     std::vector<std::string> accepted_trust_domains;  // empty: only pair_keys->self().trust_domain
     std::chrono::milliseconds max_skew{2000};
     std::chrono::milliseconds max_validity{10000};
@@ -183,6 +192,12 @@ struct VerifyContext {
 // replay. Error::code is a TokenError.
 Result<VerifiedToken> verify_token(std::span<const uint8_t> bytes, Role expected, const ConnBinding& observed,
                                    TimePoint now, VerifyContext& ctx);
+
+// Records a token verified with ctx.record_replay = false, for its sender's
+// node (whose quota of the cache it counts against). Check and insert are
+// one step: a copy of the token recorded meanwhile makes this `replay`.
+// Error::code is TokenError::replay or replay_cache_full.
+Status record_replay(ReplayCache& cache, const VerifiedToken& v, TimePoint now);
 
 // The final ACK's proof that the client holds the pair key: HMAC under it
 // over "signet-ack-v1", the full binding (both ISNs) and both tokens' nonces.

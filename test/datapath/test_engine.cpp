@@ -404,6 +404,15 @@ TEST_CASE("first contact both ways at once: no MAC token to a node that has not 
 
 namespace {
 
+// The handshake section of an engine's status.
+rapidjson::Document status_of(Node& n) {
+    rapidjson::Document d;
+    n.engine->status(d, d.GetAllocator());
+    return d;
+}
+
+uint64_t replay_entries(Node& n) { return status_of(n)["replay_cache"].GetUint64(); }
+
 // a SYN with a token of node-a's claiming `claim` (as a compromised node-a could make).
 std::vector<uint8_t> syn_claiming(Node& from, const identity::PodClaim& claim, const std::string& src, uint16_t sport,
                                   uint32_t isn, identity::TimePoint now) {
@@ -426,6 +435,227 @@ std::vector<uint8_t> syn_claiming(Node& from, const identity::PodClaim& claim, c
 }
 
 }  // namespace
+
+TEST_CASE("replay cache: tokens of connections the policy refuses fill nothing; replays are still refused") {
+    // The smallest budget: a replay cache of 74,898 entries, 9,362 per peer node.
+    handshake::HandshakeEngine::Context tweak;
+    tweak.memory_limit = handshake::kMinHandshakeMemory;
+    World w(tweak);
+    Node& A = w.node_a();
+    Node& B = w.node_b();
+    const auto& lim = B.engine->limits();
+    REQUIRE(lim.replay_entries == 74898);
+    REQUIRE(lim.replay_per_node == 9362);
+    Conn first{w, 30000, 1, 2};
+    first.run();  // the pair key: c's tokens are MAC tokens, not rate-limited
+    REQUIRE(first.ack_in.accepted);
+    CHECK(replay_entries(B) == 1);
+    // c's egress is open, so node-a makes it a valid token for every SYN;
+    // b's ingress refuses c. More SYNs than the whole cache holds, within
+    // the tokens' life (the clock stands still).
+    const uint32_t flood = static_cast<uint32_t>(lim.replay_entries) + 100;
+    uint32_t denied = 0;
+    for (uint32_t i = 0; i < flood; ++i) {
+        const uint16_t sport = static_cast<uint16_t>(1024 + i % 60000);
+        auto out = w.judge("c", kOut, segment("10.0.0.3", "10.0.1.1", sport, kPort, 1000 + i, 0, tcpf::syn));
+        REQUIRE(has_option(out.bytes));
+        if (!w.judge("b", kPre, out.bytes).accepted) ++denied;
+    }
+    CHECK(denied == flood);
+    CHECK(B.engine->counters().denied == flood);
+    CHECK(B.engine->counters().verified_mac == flood);
+    CHECK(refused(B, "replay_cache_full") == 0);
+    CHECK(replay_entries(B) == 1);  // only the admitted connection's token
+    // a still gets in.
+    Conn after{w, 30001, 3, 4};
+    after.run();
+    CHECK(after.syn_in.accepted);
+    CHECK(after.ack_in.accepted);
+    CHECK(refused(B, "replay_cache_full") == 0);
+    // Replays are refused as before: a's admitted SYN again, and its SYN-ACK
+    // again at node-a (after they were recorded).
+    CHECK_FALSE(w.judge("b", kPre, after.syn_out.bytes).accepted);
+    CHECK(refused(B, "replay") == 1);
+    CHECK_FALSE(w.judge("a", kPre, after.synack_out.bytes).accepted);
+    CHECK(refused(A, "replay") == 1);
+    // A refused token sent again is refused again (denied: it was never admitted).
+    auto c_syn = w.judge("c", kOut, segment("10.0.0.3", "10.0.1.1", 29999, kPort, 5, 0, tcpf::syn));
+    CHECK_FALSE(w.judge("b", kPre, c_syn.bytes).accepted);
+    CHECK_FALSE(w.judge("b", kPre, c_syn.bytes).accepted);
+    CHECK(B.engine->counters().denied == flood + 2);
+    CHECK(B.engine->drops().lost() == 0);
+}
+
+TEST_CASE("replay cache: one peer node holds at most its quota") {
+    handshake::HandshakeEngine::Context tweak;
+    tweak.memory_limit = handshake::kMinHandshakeMemory;
+    World w(tweak);
+    Node& B = w.node_b();
+    const size_t quota = B.engine->limits().replay_per_node;
+    Conn first{w, 1999, 1, 2};
+    first.run();  // the pair key: MAC tokens from now on (not rate-limited)
+    REQUIRE(first.ack_in.accepted);
+    // a's SYNs, admitted, each recorded for node-a, until node-a holds its quota.
+    for (uint32_t i = 0; i < quota + 9; ++i) {
+        auto out = w.judge("a", kOut, segment("10.0.0.1", "10.0.1.1", static_cast<uint16_t>(2000 + i), kPort, 7 + i, 0, tcpf::syn));
+        w.judge("b", has_option(out.bytes) ? kPre : kIn, out.bytes);
+    }
+    CHECK(replay_entries(B) == quota);
+    CHECK(refused(B, "replay_cache_full") == 10);
+    // Once the first tokens could no longer be accepted (5 s + 2 s skew) their entries go.
+    w.clock().advance(std::chrono::seconds(8));
+    Conn later{w, 1500, 9, 10};
+    later.run(2);
+    CHECK(later.syn_in.accepted);
+    CHECK(replay_entries(B) == 1);
+}
+
+TEST_CASE("first-contact limit per peer node: many addresses of one node share its budget") {
+    handshake::HandshakeEngine::Context tweak;
+    tweak.first_contact_burst = 2;  // per address
+    tweak.first_contact_rate = 0.001;
+    tweak.first_contact_node_burst = 3;  // per node, whatever its pods' addresses
+    tweak.first_contact_node_rate = 0.001;
+    World w(tweak);
+    Node& B = w.node_b();
+    // Until node-b answers, node-a signs every SYN (first contact).
+    Conn a1{w, 47000, 1, 2}, a2{w, 47001, 3, 4};
+    a1.run(2);
+    a2.run(2);
+    CHECK(a1.syn_in.accepted);
+    CHECK(a2.syn_in.accepted);
+    // c's address has its own 2, but node-a has 1 left: verified (and denied
+    // by b's policy), then refused before verification.
+    Conn c1{w, 47002, 5, 6}, c2{w, 47003, 7, 8};
+    c1.client = c2.client = "c";
+    c1.client_ip = c2.client_ip = "10.0.0.3";
+    c1.run(2);
+    CHECK(B.engine->counters().denied == 1);
+    c2.run(2);
+    CHECK_FALSE(c2.syn_in.accepted);
+    CHECK(refused(B, "rate_limited") == 1);
+    CHECK(B.engine->counters().verified_signed == 3);
+    // A forger naming node-a's certificate cannot use up node-a's budget:
+    // only tokens that verify are charged. (Here: one with a bad signature.)
+    w.clock().advance(std::chrono::seconds(3000));  // every bucket full again (0.001/s)
+    auto forge = [&](const std::string& pod, const std::string& ip, uint16_t sport) {
+        auto f = w.judge(pod, kOut, segment(ip, "10.0.1.1", sport, kPort, 9, 0, tcpf::syn)).bytes;
+        REQUIRE(has_option(f));
+        f[f.size() - 1] ^= 1;  // the signature's last byte
+        refix(f);
+        return f;
+    };
+    auto fa = forge("a", "10.0.0.1", 47004), fc = forge("c", "10.0.0.3", 47005);
+    for (int i = 0; i < 2; ++i) {  // each address's 2: 4 forgeries, more than node-a's 3
+        CHECK_FALSE(w.judge("b", kPre, fa).accepted);
+        CHECK_FALSE(w.judge("b", kPre, fc).accepted);
+    }
+    CHECK(refused(B, "bad_signature") == 4);
+    CHECK(refused(B, "rate_limited") == 1);
+    w.clock().advance(std::chrono::seconds(1000));  // one token per address again
+    Conn a3{w, 47006, 11, 12};
+    a3.run(2);  // verified: node-a's bucket is untouched by the forgeries
+    CHECK(a3.syn_in.accepted);
+    CHECK(B.engine->counters().verified_signed == 4);
+}
+
+TEST_CASE("a client opening 120,000 short connections in 30 s: completed handshakes make room, none refused") {
+    // b admits a on two ports: 120,000 distinct connections (ports 1024..61023 to each).
+    World w({}, [](cache::Snapshot& s) {
+        cache::NetworkPolicy p = s.policies.at({"x", "to-b"});
+        p.ingress[0].ports = std::vector<cache::PolicyPort>{{cache::Protocol::TCP, int32_t{kPort}, int32_t{kPort + 1}}};
+        s.put(p);
+    });
+    Node& A = w.node_a();
+    Node& B = w.node_b();
+    constexpr uint32_t kConns = 120000;
+    uint32_t ok = 0;
+    for (uint32_t i = 0; i < kConns; ++i) {
+        const uint16_t sport = static_cast<uint16_t>(1024 + i % 60000);
+        const uint16_t dport = static_cast<uint16_t>(kPort + i / 60000);
+        const uint32_t cisn = 1000 + i, sisn = 5000000 + i;
+        auto syn = w.judge("a", kOut, segment("10.0.0.1", "10.0.1.1", sport, dport, cisn, 0, tcpf::syn));
+        auto syn_in = w.judge("b", kPre, syn.bytes);
+        auto synack = w.judge("b", kOut, segment("10.0.1.1", "10.0.0.1", dport, sport, sisn, cisn + 1, tcpf::syn | tcpf::ack));
+        auto synack_in = w.judge("a", kPre, synack.bytes);
+        auto ack = w.judge("a", kOut, segment("10.0.0.1", "10.0.1.1", sport, dport, cisn + 1, sisn + 1, tcpf::ack));
+        auto ack_in = w.judge("b", kPre, ack.bytes);
+        if (syn.accepted && syn_in.accepted && synack_in.accepted && ack_in.accepted && has_option(ack.bytes)) ++ok;
+        if (i % 4 == 3) w.clock().advance(std::chrono::milliseconds(1));  // 4,000 a second: 30 s in all
+        if (i % 20000 == 0) {  // the sweep timer's work (every 5 s)
+            A.engine->expire();
+            B.engine->expire();
+        }
+    }
+    CHECK(ok == kConns);
+    CHECK(refused(A, "pending_full") == 0);
+    CHECK(A.engine->counters().proofs_sent == kConns);
+    CHECK(A.engine->counters().pending_evicted_done > 0);
+    CHECK(A.engine->counters().pending_evicted_live == 0);
+    CHECK(status_of(A)["pending"].GetUint64() <= 100000);
+    CHECK(A.engine->drops().lost() == 0);
+    CHECK(B.engine->drops().lost() == 0);
+}
+
+TEST_CASE("client handshakes in flight: room is made from completed ones first, then the oldest live one") {
+    handshake::HandshakeEngine::Context tweak;
+    tweak.memory_limit = handshake::kMinHandshakeMemory;
+    World w(tweak);
+    Node& A = w.node_a();
+    const size_t room = A.engine->limits().pending_entries;
+    REQUIRE(room < 100000);
+    Conn done{w, 48000, 1, 2};
+    done.run(5);  // completed on a's side: the proof sent
+    REQUIRE(has_option(done.ack_out.bytes));
+    w.clock().advance(std::chrono::milliseconds(1));
+    Conn live{w, 48001, 3, 4};
+    live.run(3);  // b answered; its SYN-ACK not at node-a yet: the oldest live handshake
+    w.clock().advance(std::chrono::milliseconds(1));
+    // Fill the rest of the node's budget with SYNs nobody answers.
+    REQUIRE(status_of(A)["pending"].GetUint64() == 2);
+    for (uint32_t i = 0; i < room - 2; ++i)
+        w.judge("a", kOut, segment("10.0.0.1", "10.0.1.1", static_cast<uint16_t>(10000 + i), kPort, 100 + i, 0, tcpf::syn));
+    const auto before = A.engine->counters();
+    CHECK(before.pending_evicted_done == 0);
+    // Two more: the completed entry goes first, then the oldest live one (its SYN-ACK is then unexpected).
+    CHECK(w.judge("a", kOut, segment("10.0.0.1", "10.0.1.1", 60000, kPort, 1, 0, tcpf::syn)).accepted);
+    CHECK(A.engine->counters().pending_evicted_done == 1);
+    CHECK(A.engine->counters().pending_evicted_live == before.pending_evicted_live);
+    CHECK(w.judge("a", kOut, segment("10.0.0.1", "10.0.1.1", 60001, kPort, 1, 0, tcpf::syn)).accepted);
+    CHECK(A.engine->counters().pending_evicted_live == before.pending_evicted_live + 1);
+    CHECK_FALSE(w.judge("a", kPre, live.synack_out.bytes).accepted);
+    CHECK(refused(A, "unexpected_token") == 1);
+    CHECK(refused(A, "pending_full") == 0);
+}
+
+TEST_CASE("the memory budget: parts from --handshake-memory, in status") {
+    handshake::HandshakeEngine::Context tweak;
+    tweak.memory_limit = size_t{64} << 20;
+    World w(tweak);
+    Node& B = w.node_b();
+    const auto l = handshake::HandshakeEngine::limits_for(tweak.memory_limit);
+    CHECK(l.memory == tweak.memory_limit);
+    CHECK(l.replay_entries * identity::ReplayCache::kEntryBytes <= l.memory / 2);
+    CHECK(l.pending_entries < 100000);
+    CHECK(l.pending_per_table == l.pending_entries);
+    CHECK(handshake::HandshakeEngine::limits_for(1).memory == handshake::kMinHandshakeMemory);
+    const auto d = handshake::HandshakeEngine::limits_for(handshake::kDefaultHandshakeMemory);
+    CHECK(d.replay_entries == size_t{1} << 20);
+    CHECK(d.replay_per_node == size_t{1} << 17);
+    CHECK(d.pending_per_table == 100000);
+    CHECK(d.address_buckets == 100000);
+    CHECK(d.pair_keys == 4096);
+    Conn c{w, 49000, 1, 2};
+    c.run();
+    auto st = status_of(B);
+    REQUIRE(st.HasMember("memory"));
+    const auto& m = st["memory"];
+    CHECK(m["limit_bytes"].GetUint64() == tweak.memory_limit);
+    CHECK(m["replay_cache_bytes"].GetUint64() == identity::ReplayCache::kEntryBytes);
+    CHECK(m["pair_keys_bytes"].GetUint64() > 0);
+    CHECK(m["used_bytes"].GetUint64() == B.engine->memory().used());
+    CHECK(m["limits"]["replay_cache"].GetUint64() == l.replay_entries);
+}
 
 TEST_CASE("a finished pod's address reused by a live pod: the live pod is the answer, never the dead one") {
     // zz-job ran on node-a with 10.0.0.1 and Succeeded; a has the address now.
