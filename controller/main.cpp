@@ -38,7 +38,11 @@ Flags:
                             kubernetes  the Kubernetes API: in-cluster config (service account),
                                         or --kubeconfig
   --kubeconfig FILE       kubeconfig for --source kubernetes (certificates, tokens, exec plugins)
-  --socket PATH           API socket (default: /run/signet/signetd.sock)
+  --socket PATH           API socket (default: /run/signet/signetd.sock), mode 0660; every
+                          caller is checked (SO_PEERCRED): root may do everything
+  --api-group NAME|GID    members of this group may also read the API (status, pods, explain,
+                          policies, flows: GET only); the socket gets this group. Default:
+                          none, root only (docs/api.md, "Who may call")
   --state-dir PATH        where the pod registry is kept across restarts (default: /var/lib/signet)
   --influxdb URL          export flow records and pod events to InfluxDB, e.g.
                             http://127.0.0.1:8086/?db=signet                      (1.x)
@@ -143,6 +147,8 @@ int main(int argc, char** argv) {
             if (!need(&source)) return usage_error("--source needs a value");
         } else if (arg == "--socket") {
             if (!need(&opts.socket_path)) return usage_error("--socket needs a value");
+        } else if (arg == "--api-group") {
+            if (!need(&opts.api_group) || opts.api_group.empty()) return usage_error("--api-group needs a group name or GID");
         } else if (arg == "--state-dir") {
             if (!need(&opts.state_dir)) return usage_error("--state-dir needs a value");
         } else if (arg == "--log-level") {

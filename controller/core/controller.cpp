@@ -127,6 +127,14 @@ Status Controller::start() {
     };
     services_ = std::make_unique<handshake::NodeServices>(std::move(sc));
     services_->start();
+    ipc::AccessPolicy access;
+    if (!opts_.api_group.empty()) {
+        auto gid = ipc::resolve_group(opts_.api_group);
+        if (!gid) return make_error(gid.error().code, "--api-group: " + gid.error().message);
+        access.read_group = *gid;
+        access.read_group_name = opts_.api_group;
+    }
+    server_.set_access(access);
     // Serve first: until the source has a complete snapshot, /readyz says 503
     // and ADD gets "try again later"; the tables already in the pods' netns
     // keep enforcing what they had, and established connections live on.
@@ -372,6 +380,15 @@ ipc::Response Controller::status_json() const {
     counters.AddMember("unregistrations", Value(static_cast<uint64_t>(unregistrations_)), a);
     counters.AddMember("sweptDeadNetns", Value(static_cast<uint64_t>(swept_)), a);
     d.AddMember("counters", counters, a);
+    Value api_v(rapidjson::kObjectType);
+    api_v.AddMember("socket", json::str(opts_.socket_path, a), a);
+    api_v.AddMember("readGroup", json::str(opts_.api_group, a), a);
+    auto refused = server_.refusals();
+    Value rf(rapidjson::kObjectType);
+    rf.AddMember("caller", Value(refused.caller), a);
+    rf.AddMember("readOnly", Value(refused.read_only), a);
+    api_v.AddMember("refused", rf, a);
+    d.AddMember("api", api_v, a);
     return json_response(200, d);
 }
 

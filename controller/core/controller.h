@@ -72,6 +72,9 @@ struct Options {
     bool services = true;
     std::string node_netns;
     nft::QueueBackend service_queue = nft::QueueBackend::none;
+    // --api-group NAME|GID: members may read the API (GET); only root may
+    // change anything (docs/api.md, "Who may call"). "" = root only.
+    std::string api_group;
 };
 
 class Controller {

@@ -90,6 +90,16 @@ std::string Controller::metrics_text() const {
         }
     }
 
+    // The API socket's access policy (docs/api.md, "Who may call").
+    {
+        auto r = server_.refusals();
+        w.family("signet_api_refused_total", "counter",
+                 "API requests refused by the caller check (SO_PEERCRED), by reason (caller: neither root nor "
+                 "--api-group; read_only: an --api-group member asking to change something)");
+        w.sample("signet_api_refused_total", L{{"reason", "caller"}}, static_cast<double>(r.caller));
+        w.sample("signet_api_refused_total", L{{"reason", "read_only"}}, static_cast<double>(r.read_only));
+    }
+
     // The datapath.
     auto es = enforcer_.stats();
     w.family("signet_nft_program_seconds", "histogram",
