@@ -92,6 +92,8 @@ Flags:
                             enforce     a pod peer must prove its identity: a tokenless
                                         connection from a pod address is judged by
                                         ipBlock rules only
+  --handshake-memory MIB  memory for the handshake's state (handshakes in flight, the
+                          replay cache, rate-limit buckets, pair keys; default 256)
   --services MODE         connections to Service frontends (ClusterIPs, NodePorts, externalIPs,
                           load-balancer IPs), which kube-proxy translates in the node's netns
                           (docs/policy.md, "Services"):
@@ -199,6 +201,10 @@ int main(int argc, char** argv) {
             auto m = handshake::parse_handshake_mode(v);
             if (!m) return usage_error("--handshake takes off, permissive or enforce, not '" + v + "'");
             opts.handshake = *m;
+        } else if (arg == "--handshake-memory") {
+            auto b = need(&v) ? handshake::parse_handshake_memory(v) : std::nullopt;
+            if (!b) return usage_error("--handshake-memory takes MiB, 16 to 65536");
+            opts.handshake_memory = *b;
         } else if (arg == "--authority") {
             std::string spec;
             if (need(&spec) && spec == credentials::kKubernetesCsr) {

@@ -99,6 +99,7 @@ Status Controller::start() {
         hc.policy = &policy_;
         hc.identity = identity_.get();
         hc.node_addresses = &node_addresses_;
+        hc.memory_limit = opts_.handshake_memory;
         hc.on_denied = [this](const std::string& key, const nft::LoggedPacket& p) { flows_->on_denied(key, {p}); };
         // Service frontends whose handshake happens at the node (docs/policy.md).
         hc.service_frontend = [this](const policy::Ip& ip, uint16_t port) {

@@ -64,6 +64,7 @@ struct Options {
     // kernel queues them (the probe's answer).
     HandshakeMode handshake = HandshakeMode::off;
     nft::QueueBackend handshake_queue = nft::QueueBackend::none;
+    size_t handshake_memory = handshake::kDefaultHandshakeMemory;  // --handshake-memory (bytes)
     // Services (docs/policy.md, "Services"): judge connections to Service
     // frontends after kube-proxy's translation, in the node's netns
     // (`node_netns`: a path; "" = signetd's own). Needs a queue backend

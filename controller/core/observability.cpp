@@ -184,6 +184,19 @@ std::string Controller::metrics_text() const {
         w.family("signet_handshake_refused_total", "counter", "Segments the handshake refused, by reason");
         for (const auto& [reason, n] : c.refused)
             w.sample("signet_handshake_refused_total", L{{"reason", reason}}, static_cast<double>(n));
+        w.family("signet_handshake_pending_evicted_total", "counter",
+                 "Handshakes in flight given up to make room, by state (done: completed, kept for a retransmission; "
+                 "live: the oldest still open)");
+        w.sample("signet_handshake_pending_evicted_total", L{{"state", "done"}}, static_cast<double>(c.pending_evicted_done));
+        w.sample("signet_handshake_pending_evicted_total", L{{"state", "live"}}, static_cast<double>(c.pending_evicted_live));
+        const auto m = handshake_->memory();
+        w.family("signet_handshake_memory_limit_bytes", "gauge", "The handshake state's memory budget (--handshake-memory)");
+        w.sample("signet_handshake_memory_limit_bytes", {}, static_cast<double>(m.limit));
+        w.family("signet_handshake_memory_bytes", "gauge", "The handshake state's estimated memory, by part");
+        w.sample("signet_handshake_memory_bytes", L{{"part", "replay_cache"}}, static_cast<double>(m.replay_cache));
+        w.sample("signet_handshake_memory_bytes", L{{"part", "pending"}}, static_cast<double>(m.pending));
+        w.sample("signet_handshake_memory_bytes", L{{"part", "buckets"}}, static_cast<double>(m.buckets));
+        w.sample("signet_handshake_memory_bytes", L{{"part", "pair_keys"}}, static_cast<double>(m.pair_keys));
     }
 
     // Flows.

@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <charconv>
 #include <netinet/in.h>
 
 #include <cstring>
@@ -176,6 +177,15 @@ std::optional<HandshakeMode> parse_handshake_mode(std::string_view s) {
     if (s == "permissive") return HandshakeMode::permissive;
     if (s == "enforce") return HandshakeMode::enforce;
     return std::nullopt;
+}
+
+std::optional<size_t> parse_handshake_memory(std::string_view mib) {
+    size_t n = 0;
+    auto [end, ec] = std::from_chars(mib.data(), mib.data() + mib.size(), n);
+    if (ec != std::errc() || end != mib.data() + mib.size() || n < (kMinHandshakeMemory >> 20) ||
+        n > (kMaxHandshakeMemory >> 20))
+        return std::nullopt;
+    return n << 20;
 }
 
 const char* to_string(HandshakeMode m) {

@@ -76,6 +76,9 @@ using nft::kCtMarkProofDue;
 // first-contact rate-limit buckets, the replay cache and the node-pair keys.
 inline constexpr size_t kDefaultHandshakeMemory = size_t{256} << 20;
 inline constexpr size_t kMinHandshakeMemory = size_t{16} << 20;
+inline constexpr size_t kMaxHandshakeMemory = size_t{64} << 30;
+// --handshake-memory MIB: a whole number of MiB, 16 to 65536; the bytes.
+std::optional<size_t> parse_handshake_memory(std::string_view mib);
 
 class HandshakeEngine {
 public:

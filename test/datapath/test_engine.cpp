@@ -639,6 +639,12 @@ TEST_CASE("the memory budget: parts from --handshake-memory, in status") {
     CHECK(l.pending_entries < 100000);
     CHECK(l.pending_per_table == l.pending_entries);
     CHECK(handshake::HandshakeEngine::limits_for(1).memory == handshake::kMinHandshakeMemory);
+    // --handshake-memory MIB
+    CHECK(handshake::parse_handshake_memory("64") == size_t{64} << 20);
+    CHECK(handshake::parse_handshake_memory("16") == handshake::kMinHandshakeMemory);
+    CHECK(handshake::parse_handshake_memory("65536") == handshake::kMaxHandshakeMemory);
+    for (const char* bad : {"15", "65537", "", "64M", "-1", " 64", "1e3", "99999999999999999999999"})
+        CHECK_MESSAGE(!handshake::parse_handshake_memory(bad), bad);
     const auto d = handshake::HandshakeEngine::limits_for(handshake::kDefaultHandshakeMemory);
     CHECK(d.replay_entries == size_t{1} << 20);
     CHECK(d.replay_per_node == size_t{1} << 17);

@@ -504,6 +504,54 @@ TEST_CASE("replay, expiry, clock skew, validity bound") {
     CHECK(small.insert(k1, now + 9s, now + 1s) == ReplayCache::Outcome::full);
 }
 
+TEST_CASE("replay recorded by the receiver once admitted: checked at verification, one step to insert") {
+    const TimePoint now = Clock::now();
+    Receiver r;
+    REQUIRE(r.keys.add(world().a.cert.get(), world().a.identity).ok());
+    r.ctx.record_replay = false;
+    const Bytes t = mac_token(now);
+    // Verified, not recorded: a receiver whose policy refuses the connection keeps nothing.
+    auto v1 = r.verify(t, Role::client, syn_binding(), now);
+    REQUIRE_MESSAGE(v1.ok(), v1.error().message);
+    CHECK(r.replay.size() == 0);
+    auto v2 = r.verify(t, Role::client, syn_binding(), now);  // again: nothing was admitted yet
+    REQUIRE(v2.ok());
+    // Admitted: recorded for the sender's node. The second copy, verified
+    // before the first was recorded, is refused when it is recorded in turn.
+    CHECK(record_replay(r.replay, *v1, now).ok());
+    CHECK(r.replay.held_by(v1->claims.node_name) == 1);
+    auto again = record_replay(r.replay, *v2, now);
+    REQUIRE_FALSE(again.ok());
+    CHECK(again.error().code == code(TokenError::replay));
+    // And a third copy is refused at verification already.
+    auto v3 = r.verify(t, Role::client, syn_binding(), now);
+    REQUIRE_FALSE(v3.ok());
+    CHECK(v3.error().code == code(TokenError::replay));
+    // The entry lives until the token could no longer be accepted.
+    // (issued_at is `now` in whole ms: 5 s validity + 2 s skew later, plus 1 ms.)
+    CHECK(v1->replay_until > now + 7s);
+    CHECK(v1->replay_until <= now + 7s + 1ms);
+}
+
+TEST_CASE("replay cache: a quota per owner (the sender's node)") {
+    const TimePoint now = Clock::now();
+    ReplayCache c(4, 2);
+    CHECK(c.insert(ReplayCache::Key{1}, now + 5s, now, "node-a") == ReplayCache::Outcome::fresh);
+    CHECK(c.insert(ReplayCache::Key{2}, now + 5s, now, "node-a") == ReplayCache::Outcome::fresh);
+    CHECK(c.insert(ReplayCache::Key{3}, now + 5s, now, "node-a") == ReplayCache::Outcome::owner_full);
+    CHECK(c.insert(ReplayCache::Key{1}, now + 5s, now, "node-b") == ReplayCache::Outcome::replay);  // whoever recorded it
+    CHECK(c.insert(ReplayCache::Key{4}, now + 5s, now, "node-b") == ReplayCache::Outcome::fresh);
+    CHECK(c.insert(ReplayCache::Key{5}, now + 9s, now, "node-b") == ReplayCache::Outcome::fresh);
+    CHECK(c.insert(ReplayCache::Key{6}, now + 9s, now, "node-c") == ReplayCache::Outcome::full);
+    CHECK(c.held_by("node-a") == 2);
+    CHECK(c.contains(ReplayCache::Key{2}, now));
+    // Past their time node-a's entries go, and its quota with them.
+    CHECK_FALSE(c.contains(ReplayCache::Key{2}, now + 5s));
+    CHECK(c.held_by("node-a") == 0);
+    CHECK(c.insert(ReplayCache::Key{3}, now + 10s, now + 5s, "node-a") == ReplayCache::Outcome::fresh);
+    CHECK(c.size() == 2);
+}
+
 TEST_CASE("trust domains, chains, certificates in signed tokens") {
     const TimePoint now = Clock::now();
     // node-x of another cluster whose CA this receiver also trusts.

@@ -69,7 +69,8 @@ def body(t: harness.Test, run: harness.Run):
 
     d = harness.Signetd(run, bins, node="hs-node")
     # One machine: the authority's folder itself (ca.key there needs --allow-ca-key).
-    d.extra_args = ["--authority", f"dir:{ca}", "--allow-ca-key", "--handshake", "enforce", "--metrics-address", "127.0.0.1:0"]
+    d.extra_args = ["--authority", f"dir:{ca}", "--allow-ca-key", "--handshake", "enforce", "--metrics-address", "127.0.0.1:0",
+                    "--handshake-memory", "64"]
     d.start()
     st = d.status()
     t.equal("status: handshake mode", st.get("handshake", {}).get("mode"), "enforce")
@@ -171,6 +172,12 @@ def body(t: harness.Test, run: harness.Run):
     for name in ("signet_handshake_segments_total", "signet_handshake_tokens_total", "signet_handshake_drops_total",
                  "signet_handshake_connections_total", "signet_handshake_proofs_total"):
         t.check(f"/metrics has {name}", f"# TYPE {name} counter" in metrics, metrics[:600])
+    t.check("/metrics: the handshake's memory budget (--handshake-memory 64)",
+            "signet_handshake_memory_limit_bytes 67108864" in metrics and
+            'signet_handshake_memory_bytes{part="replay_cache"}' in metrics, metrics[-3000:])
+    mem = d.status().get("handshake", {}).get("memory", {})
+    t.check("status: handshake.memory within its limit",
+            mem.get("limit_bytes") == 64 << 20 and 0 < mem.get("used_bytes", 0) <= mem["limit_bytes"], json.dumps(mem))
     t.check("/metrics: no handshake segment lost",
             'signet_handshake_drops_total{kind="lost",place="kernel_queue_full"} 0' in metrics, metrics[-3000:])
     if Path("/usr/bin/promtool").exists():
