@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <charconv>
 
 #include "signet/json.h"
@@ -227,6 +228,26 @@ Result<std::string> passthrough(const Config& config) {
     return json::to_string(out);
 }
 
+std::string pod_name_from_runtime(std::string_view name, std::string_view container_id) {
+    if (api::valid_dns1123_subdomain(name)) return std::string(name);
+    auto fold = [](std::string_view in) {
+        std::string out;
+        for (char c : in.substr(0, 253)) {
+            if (c >= 'A' && c <= 'Z') out += static_cast<char>(c - 'A' + 'a');
+            else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.') out += c;
+            else out += '-';
+        }
+        return out;
+    };
+    std::string n = fold(name);
+    if (api::valid_dns1123_subdomain(n)) return n;
+    // The container ID's start (12 hex digits in practice; a CNI container ID starts alphanumeric).
+    n = fold(container_id.substr(0, 12));
+    std::replace(n.begin(), n.end(), '.', '-');
+    while (!n.empty() && n.back() == '-') n.pop_back();
+    return n.empty() ? "pod" : n;
+}
+
 Result<api::PodRegistration> make_registration(const Env& env, const Config& config) {
     api::PodRegistration r;
     r.container_id = env.container_id;
@@ -238,12 +259,24 @@ Result<api::PodRegistration> make_registration(const Env& env, const Config& con
         return it == env.args.end() ? std::string() : it->second;
     };
     r.namespace_ = arg("K8S_POD_NAMESPACE");
+    const bool kubernetes = !r.namespace_.empty();  // kubelet's runtimes always pass the namespace
     if (r.namespace_.empty()) r.namespace_ = "default";
     r.name = arg("K8S_POD_NAME");
     // Without Kubernetes arguments (a plain runtime) the pod is named after its container.
     if (r.name.empty()) r.name = env.container_id.substr(0, 12);
+    // A plain runtime's container name (podman passes it as K8S_POD_NAME;
+    // podman allows "My_App") is made a Kubernetes name; kubelet's are kept
+    // as they are, and refused below if invalid.
+    if (!kubernetes) r.name = pod_name_from_runtime(r.name, env.container_id);
     r.uid = arg("K8S_POD_UID");
     r.infra_container_id = arg("K8S_POD_INFRA_CONTAINER_ID");
+    if (auto st = api::validate_pod_identity(r); !st) {
+        // Name the variable, as the spec asks of code 4.
+        std::string m = st.error().message;
+        std::string var = m.rfind("namespace:", 0) == 0 ? "K8S_POD_NAMESPACE" : m.rfind("name:", 0) == 0 ? "K8S_POD_NAME"
+                          : m.rfind("uid:", 0) == 0 ? "K8S_POD_UID" : "K8S_POD_INFRA_CONTAINER_ID";
+        return make_error(kInvalidEnv, "CNI_ARGS: invalid " + var, m);
+    }
 
     if (config.prev_result == nullptr) return r;
     const Value& prev = *config.prev_result;

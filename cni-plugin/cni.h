@@ -86,6 +86,15 @@ std::string error_json(std::string_view cni_version, int code, std::string_view 
 Result<std::string> passthrough(const Config& config);
 
 // The registration for ADD/CHECK, from the environment and prevResult.
+// Kubernetes' names (K8S_POD_NAMESPACE, K8S_POD_NAME) must be valid ones
+// (api::validate_pod_identity): kInvalidEnv otherwise.
 Result<api::PodRegistration> make_registration(const Env& env, const Config& config);
+
+// The pod name for a runtime that is not Kubernetes (no K8S_POD_NAMESPACE):
+// its container name when that is a DNS-1123 subdomain, else the name lower
+// cased with every character other than [a-z0-9.] made '-' ("My_App" ->
+// "my-app"), else the same of the container ID's first 12 characters (dots
+// made '-' too, trailing '-' dropped).
+std::string pod_name_from_runtime(std::string_view name, std::string_view container_id);
 
 }  // namespace signet::cni

@@ -59,6 +59,17 @@ std::string controller_message(const http::Response& r) {
     return r.body.substr(0, 512);
 }
 
+// The CNI code signetd chose for a refusal of a value from the runtime's
+// environment (a netns that is not a pod's, an invalid pod name: 4), else `fallback`.
+int controller_code(const http::Response& r, int fallback) {
+    if (r.status / 100 != 4) return fallback;
+    auto doc = json::parse(r.body);
+    if (!doc || !doc->IsObject()) return fallback;
+    const auto* c = json::find(*doc, api::kCniCodeField);
+    if (c == nullptr || !c->IsInt() || c->GetInt() < 1 || c->GetInt() > 99) return fallback;  // the spec's own codes
+    return c->GetInt();
+}
+
 std::string attachment_path(const cni::Env& env) {
     return "/v1/pods/" + http::percent_encode(env.container_id) + "/" + http::percent_encode(env.ifname);
 }
@@ -76,7 +87,8 @@ int cmd_add(const cni::Env& env, const cni::Config& cfg) {
     if (!resp) return fail(cfg.cni_version, transport_error(resp.error(), cni::kTryAgainLater));
     if (resp->status == 503) return fail(cfg.cni_version, cni::kTryAgainLater, "signetd is not ready", controller_message(*resp));
     if (resp->status / 100 != 2)
-        return fail(cfg.cni_version, cni::kControllerRefused, "signetd refused the pod registration", controller_message(*resp));
+        return fail(cfg.cni_version, controller_code(*resp, cni::kControllerRefused), "signetd refused the pod registration",
+                    controller_message(*resp));
     std::string text = std::move(*out);
     text += '\n';
     std::fwrite(text.data(), 1, text.size(), stdout);

@@ -1,5 +1,7 @@
 #include "signet/api.h"
 
+#include <cstdio>
+
 #include "signet/json.h"
 
 namespace signet::api {
@@ -16,7 +18,8 @@ std::string key(std::string_view container_id, std::string_view ifname) {
 
 bool valid_container_id(std::string_view id) {
     // CNI spec: must not be empty; alphanumerics plus underscore, dot and hyphen, starting alphanumeric.
-    if (id.empty() || id.size() > 1024) return false;
+    // At most 256 bytes: runtimes use 64 hex digits (containerd, CRI-O, podman), cnitool 28.
+    if (id.empty() || id.size() > 256) return false;
     auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
     if (!alnum(id[0])) return false;
     for (char c : id)
@@ -30,6 +33,73 @@ bool valid_ifname(std::string_view n) {
     for (unsigned char c : n)
         if (c == '/' || c == ':' || c <= ' ' || c == 0x7f) return false;
     return true;
+}
+
+namespace {
+bool lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+
+// Shows a user-supplied value in a message: quoted, bounded, control bytes escaped.
+std::string shown(std::string_view s) {
+    std::string out = "'";
+    for (size_t i = 0; i < s.size() && i < 80; ++i) {
+        unsigned char c = static_cast<unsigned char>(s[i]);
+        if (c < 0x20 || c == 0x7f || c == '\\') {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    if (s.size() > 80) out += "...";
+    return out + "'";
+}
+}  // namespace
+
+bool valid_dns1123_label(std::string_view s) {
+    if (s.empty() || s.size() > 63) return false;
+    if (!lower_alnum(s.front()) || !lower_alnum(s.back())) return false;
+    for (char c : s)
+        if (!lower_alnum(c) && c != '-') return false;
+    return true;
+}
+
+bool valid_dns1123_subdomain(std::string_view s) {
+    if (s.empty() || s.size() > 253) return false;
+    while (true) {
+        size_t dot = s.find('.');
+        if (!valid_dns1123_label(s.substr(0, dot))) return false;
+        if (dot == std::string_view::npos) return true;
+        s.remove_prefix(dot + 1);
+    }
+}
+
+std::string namespace_problem(std::string_view ns) {
+    if (valid_dns1123_label(ns)) return {};
+    if (ns.empty()) return "must not be empty";
+    if (ns.size() > 63) return shown(ns) + " is longer than 63 characters (a namespace is a DNS-1123 label)";
+    return shown(ns) + " is not a DNS-1123 label (lower case letters, digits and '-', starting and ending with a "
+                       "letter or digit), as Kubernetes requires of a namespace";
+}
+
+std::string pod_name_problem(std::string_view name) {
+    if (valid_dns1123_subdomain(name)) return {};
+    if (name.empty()) return "must not be empty";
+    if (name.size() > 253) return shown(name) + " is longer than 253 characters (a pod name is a DNS-1123 subdomain)";
+    return shown(name) + " is not a DNS-1123 subdomain (lower case letters, digits, '-' and '.', each dot-separated "
+                         "part starting and ending with a letter or digit), as Kubernetes requires of a pod name";
+}
+
+Status validate_pod_identity(const PodRegistration& r) {
+    if (auto p = namespace_problem(r.namespace_); !p.empty()) return make_error(400, "namespace: " + p);
+    if (auto p = pod_name_problem(r.name); !p.empty()) return make_error(400, "name: " + p);
+    if (r.uid.size() > 128) return make_error(400, "uid: longer than 128 characters");
+    for (char c : r.uid)
+        if (!lower_alnum(c) && !(c >= 'A' && c <= 'Z') && c != '-' && c != '.' && c != '_')
+            return make_error(400, "uid: " + shown(r.uid) + " has characters other than letters, digits, '-', '.' and '_'");
+    if (!r.infra_container_id.empty() && !valid_container_id(r.infra_container_id))
+        return make_error(400, "infraContainerID: " + shown(r.infra_container_id) + " is not a valid container ID");
+    return {};
 }
 
 static void put(Value& o, const char* k, std::string_view s, Alloc& a) {

@@ -27,6 +27,16 @@ ipc::Response json_response(int status, const rapidjson::Document& d) {
     return ipc::Response{status, json::to_string(d, true) + "\n", "application/json"};
 }
 
+// A registration refused for a value the CNI runtime put in the plugin's
+// environment (CNI_NETNS, CNI_ARGS): 400, and the CNI error code the plugin
+// returns for it (4: invalid environment variables; docs/cni-plugin.md).
+ipc::Response registration_error(const std::string& message) {
+    rapidjson::Document d(rapidjson::kObjectType);
+    d.AddMember("error", json::str(message, d.GetAllocator()), d.GetAllocator());
+    d.AddMember(rapidjson::StringRef(api::kCniCodeField), 4, d.GetAllocator());
+    return ipc::Response{400, json::to_string(d) + "\n", "application/json"};
+}
+
 // ?timeout= of POST /v1/sync (signet/duration.h: a unit is required).
 bool parse_timeout(const std::string& text, std::chrono::milliseconds* out) {
     auto d = parse_duration(text, std::chrono::milliseconds(1), std::chrono::hours(24));
@@ -136,6 +146,7 @@ Status Controller::start() {
         access.read_group_name = opts_.api_group;
     }
     server_.set_access(access);
+    if (!opts_.node_netns.empty()) opts_.host_netns.push_back({opts_.node_netns, "the node's network namespace (--node-netns)"});
     // Serve first: until the source has a complete snapshot, /readyz says 503
     // and ADD gets "try again later"; the tables already in the pods' netns
     // keep enforcing what they had, and established connections live on.
@@ -504,8 +515,13 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     if (!doc) return respond(ipc::json_error(400, doc.error().message));
     auto reg = api::registration_from_json(*doc);
     if (!reg) return respond(ipc::json_error(400, reg.error().message));
-    auto inode = pods::netns_inode(reg->netns);
-    if (!inode) return respond(ipc::json_error(400, inode.error().message));
+    if (auto st = api::validate_pod_identity(*reg); !st) return respond(registration_error(st.error().message));
+    auto inode = pods::pod_netns_inode(reg->netns, opts_.host_netns);
+    if (!inode) {
+        log::warn(kLog, "refused registration " + api::key(reg->container_id, reg->ifname) + " from pid " +
+                            std::to_string(req.peer.pid) + ": " + inode.error().message);
+        return respond(registration_error(inode.error().message));
+    }
 
     api::PodRecord rec;
     rec.reg = std::move(*reg);
@@ -536,7 +552,7 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     rapidjson::Document out;
     api::to_json(rec, out, out.GetAllocator());
     log::info(kLog, "registered " + key + " pod " + rec.reg.namespace_ + "/" + rec.reg.name + " netns " +
-                        rec.reg.netns + (rec.has_object ? "" : " (no Pod object: no labels, isolated until it appears)"));
+                        rec.reg.netns + " (by pid " + std::to_string(req.peer.pid) + ")" + (rec.has_object ? "" : " (no Pod object: no labels, isolated until it appears)"));
     ++registrations_;
     persist();
     respond(json_response(200, out));
@@ -548,6 +564,14 @@ void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond
     if (!from) return respond(ipc::json_error(400, "from: " + from.error().message));
     auto to = policy::parse_endpoint(ipc::query_param(req.query, "to"));
     if (!to) return respond(ipc::json_error(400, "to: " + to.error().message));
+    using Named = std::pair<const char*, const policy::Endpoint*>;
+    for (const auto& [what, e] : {Named{"from", &*from}, Named{"to", &*to}}) {
+        if (!e->is_pod()) continue;
+        if (auto p = api::namespace_problem(e->namespace_); !p.empty())
+            return respond(ipc::json_error(400, std::string(what) + ": namespace " + p));
+        if (auto p = api::pod_name_problem(e->name); !p.empty())
+            return respond(ipc::json_error(400, std::string(what) + ": pod name " + p));
+    }
     std::string proto_text = ipc::query_param(req.query, "protocol");
     auto proto = policy::parse_proto(proto_text.empty() ? "TCP" : proto_text);
     if (!proto) return respond(ipc::json_error(400, "protocol: expected TCP, UDP or SCTP"));
@@ -612,6 +636,9 @@ void Controller::explain_identity(const policy::Endpoint& from, const policy::En
 }
 
 void Controller::handle_policies(const ipc::Request& req, ipc::Responder& respond) {
+    if (auto p = api::namespace_problem(req.segments[2]); !p.empty())
+        return respond(ipc::json_error(400, "namespace " + p));
+    if (auto p = api::pod_name_problem(req.segments[3]); !p.empty()) return respond(ipc::json_error(400, "pod name " + p));
     rapidjson::Document d;
     cache::ObjectKey key{req.segments[2], req.segments[3]};
     if (auto st = enforcer_.describe_pod(key, registry_.all(), d, d.GetAllocator()); !st)

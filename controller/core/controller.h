@@ -76,6 +76,9 @@ struct Options {
     // --api-group NAME|GID: members may read the API (GET); only root may
     // change anything (docs/api.md, "Who may call"). "" = root only.
     std::string api_group;
+    // Network namespaces never registered as a pod's: signetd's own and PID
+    // 1's; node_netns is added at start (pods/registry.h).
+    std::vector<pods::HostNetns> host_netns = pods::default_host_netns();
 };
 
 class Controller {

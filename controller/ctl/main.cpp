@@ -1,4 +1,6 @@
 // signetctl: the operator's command line for signetd.
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -86,6 +88,25 @@ Result<rapidjson::Document> call(const Options& o, const char* method, const std
     }
     if (!doc) return make_error(1, "signetd sent a bad answer: " + doc.error().message);
     return doc;
+}
+
+// NAMESPACE/POD as Kubernetes names them (checked here, before signetd is
+// asked): "" when valid, else why not. `what` names the argument.
+std::string pod_ref_problem(const std::string& what, const std::string& ref) {
+    size_t slash = ref.find('/');
+    if (slash == std::string::npos) return what + ": expected NAMESPACE/POD, got '" + ref + "'";
+    if (auto p = api::namespace_problem(ref.substr(0, slash)); !p.empty()) return what + ": namespace " + p;
+    if (auto p = api::pod_name_problem(ref.substr(slash + 1)); !p.empty()) return what + ": pod name " + p;
+    return {};
+}
+
+// explain's endpoints: an IP address, or NAMESPACE/POD (an IPv4 CIDR is left to signetd).
+std::string endpoint_problem(const std::string& what, const std::string& ep) {
+    size_t slash = ep.find('/');
+    if (slash == std::string::npos || ep.find(':') != std::string::npos) return {};
+    unsigned char buf[4];
+    if (inet_pton(AF_INET, ep.substr(0, slash).c_str(), buf) == 1) return {};
+    return pod_ref_problem(what, ep);
 }
 
 std::string labels_text(const rapidjson::Value& pod) {
@@ -203,6 +224,8 @@ int cmd_pods(const Options& o) {
 int cmd_explain(const Options& o) {
     if (o.from.empty() || o.to.empty() || o.port.empty())
         return usage_error("explain needs --from, --to and --port (e.g. --port 80/TCP)");
+    for (auto p : {endpoint_problem("--from", o.from), endpoint_problem("--to", o.to)})
+        if (!p.empty()) return usage_error(p);
     std::string port = o.port, proto = "TCP";
     if (size_t slash = port.find('/'); slash != std::string::npos) {
         proto = port.substr(slash + 1);
@@ -223,6 +246,7 @@ int cmd_policies(const Options& o) {
     if (o.args.size() != 1 || o.args[0].find('/') == std::string::npos)
         return usage_error("policies needs one NAMESPACE/POD");
     const std::string& pod = o.args[0];
+    if (auto p = pod_ref_problem("policies", pod); !p.empty()) return usage_error(p);
     std::string ns = pod.substr(0, pod.find('/')), name = pod.substr(pod.find('/') + 1);
     auto doc = call(o, "GET", "/v1/policies/" + http::percent_encode(ns) + "/" + http::percent_encode(name));
     if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
@@ -321,6 +345,10 @@ int cmd_flows(const Options& o) {
     unsigned long limit = std::strtoul(o.limit.c_str(), &end, 10);
     if (o.limit.empty() || *end != '\0' || limit == 0 || limit > 10000) return usage_error("--limit takes 1..10000");
     std::string query = "limit=" + std::to_string(limit);
+    if (!o.ns.empty())
+        if (auto p = api::namespace_problem(o.ns); !p.empty()) return usage_error("--namespace: " + p);
+    if (!o.pod.empty())
+        if (auto p = pod_ref_problem("--pod", o.pod); !p.empty()) return usage_error(p);
     if (!o.ns.empty()) query += "&namespace=" + http::percent_encode(o.ns);
     if (!o.pod.empty()) query += "&pod=" + http::percent_encode(o.pod);
     if (!o.verdict.empty()) query += "&verdict=" + o.verdict;

@@ -1,7 +1,12 @@
 #include "registry.h"
 
+#include <fcntl.h>
+#include <linux/nsfs.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -25,6 +30,53 @@ Result<uint64_t> netns_inode(const std::string& path) {
         return make_error(EINVAL, "netns " + path + ": not a network namespace");
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) return make_error(errno, "netns " + path + ": " + std::strerror(errno));
+    return static_cast<uint64_t>(st.st_ino);
+}
+
+std::vector<HostNetns> default_host_netns() {
+    return {{"/proc/self/ns/net", "signetd's own network namespace (the node's)"},
+            {"/proc/1/ns/net", "PID 1's network namespace (the host's)"}};
+}
+
+Result<uint64_t> pod_netns_inode(const std::string& path, const std::vector<HostNetns>& host) {
+    auto bad = [&](const std::string& why) { return make_error(EINVAL, "netns " + path + ": " + why); };
+    if (path.empty()) return make_error(EINVAL, "netns: must not be empty");
+    if (path.size() > 4095) return make_error(EINVAL, "netns: path longer than 4095 bytes");
+    for (unsigned char c : path)
+        if (c < 0x20 || c == 0x7f) return make_error(EINVAL, "netns: path has control characters");
+    if (path[0] != '/') return bad("not an absolute path");
+    struct statfs sfs {};
+    if (::statfs(path.c_str(), &sfs) != 0) {
+        int e = errno;
+        return make_error(e, "netns " + path + ": " + (e == ENOENT ? "does not exist" : std::strerror(e)));
+    }
+    if (static_cast<unsigned long>(sfs.f_type) != NSFS_MAGIC) return bad("not a namespace (not on nsfs)");
+    int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return make_error(errno, "netns " + path + ": " + std::strerror(errno));
+    struct stat st {};
+    int type = -1;
+    bool ok = ::fstatfs(fd, &sfs) == 0 && static_cast<unsigned long>(sfs.f_type) == NSFS_MAGIC && ::fstat(fd, &st) == 0;
+    if (ok) {
+        type = ::ioctl(fd, NS_GET_NSTYPE);
+        if (type < 0 && errno == ENOTTY) {  // before Linux 4.11: the fd's link says "net:[INODE]"
+            char link[64] = {};
+            ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+            type = n > 4 && std::strncmp(link, "net:", 4) == 0 ? CLONE_NEWNET : 0;
+        }
+    }
+    ::close(fd);
+    if (!ok) return bad("not a namespace (not on nsfs)");
+    if (type != CLONE_NEWNET) {
+        const char* kind = type == CLONE_NEWNS ? "a mount" : type == CLONE_NEWUTS ? "a UTS" : type == CLONE_NEWIPC ? "an IPC"
+                           : type == CLONE_NEWUSER ? "a user" : type == CLONE_NEWPID ? "a PID" : type == CLONE_NEWCGROUP ? "a cgroup"
+                           : "another kind of";
+        return bad(std::string(kind) + " namespace, not a network namespace");
+    }
+    for (const auto& h : host) {
+        struct stat hs {};
+        if (::stat(h.path.c_str(), &hs) == 0 && hs.st_dev == st.st_dev && hs.st_ino == st.st_ino)
+            return bad("is " + h.what + " (" + h.path + "), not a pod's");
+    }
     return static_cast<uint64_t>(st.st_ino);
 }
 

@@ -21,6 +21,23 @@ bool netns_alive(const std::string& path, uint64_t inode);
 // Inode of the netns at `path`, or an error if it is not a network namespace.
 Result<uint64_t> netns_inode(const std::string& path);
 
+// A network namespace that is never a pod's: the node's own.
+struct HostNetns {
+    std::string path;  // e.g. /proc/self/ns/net
+    std::string what;  // for the message, e.g. "signetd's own"
+};
+// signetd's own netns and PID 1's (the host's, also when signetd runs in
+// another one); the node's (--node-netns) is added by the controller.
+std::vector<HostNetns> default_host_netns();
+
+// Checks that `path` names a pod's network namespace before it is registered:
+// an absolute path without control characters that exists, is on nsfs
+// (statfs NSFS_MAGIC), is a network namespace (ioctl NS_GET_NSTYPE ==
+// CLONE_NEWNET) and is none of `host` (same nsfs device and inode). Returns
+// its inode; the error says which rule failed. Opened O_NONBLOCK only after
+// statfs says nsfs, so a FIFO or device is never opened.
+Result<uint64_t> pod_netns_inode(const std::string& path, const std::vector<HostNetns>& host);
+
 class Registry {
 public:
     // `state_file` is where the registry is persisted (written atomically).

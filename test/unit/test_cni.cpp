@@ -209,3 +209,86 @@ TEST_CASE("a network configuration nested without bound is a decode error, not a
     REQUIRE_FALSE(r.ok());
     CHECK(r.error().code == cni::kDecodeFailure);
 }
+
+TEST_CASE("Kubernetes names: namespaces are DNS-1123 labels, pod names DNS-1123 subdomains") {
+    for (const char* ok : {"a", "default", "kube-system", "a1", "1a", "x-y-z", "0"})
+        CHECK_MESSAGE(api::valid_dns1123_label(ok), ok);
+    for (const char* bad : {"", "A", "Shop", "-a", "a-", "a_b", "a.b", "a b", "a/b", "ä", "a\nb"})
+        CHECK_FALSE_MESSAGE(api::valid_dns1123_label(bad), bad);
+    CHECK(api::valid_dns1123_label(std::string(63, 'a')));
+    CHECK_FALSE(api::valid_dns1123_label(std::string(64, 'a')));
+
+    for (const char* ok : {"web", "web-1", "a.b", "web.v1.example", "0.0", "x"})
+        CHECK_MESSAGE(api::valid_dns1123_subdomain(ok), ok);
+    for (const char* bad : {"", "Web", "web_1", ".a", "a.", "a..b", "-a.b", "a-.b", "a/b", "a b", "web\n"})
+        CHECK_FALSE_MESSAGE(api::valid_dns1123_subdomain(bad), bad);
+    std::string l63(63, 'a');
+    std::string s253 = l63 + "." + l63 + "." + l63 + "." + std::string(61, 'a');
+    REQUIRE(s253.size() == 253);
+    CHECK(api::valid_dns1123_subdomain(s253));
+    CHECK_FALSE(api::valid_dns1123_subdomain(s253 + "a"));
+    CHECK_FALSE(api::valid_dns1123_subdomain(std::string(64, 'a')));  // each part is a label
+
+    CHECK(api::namespace_problem("shop").empty());
+    CHECK(api::namespace_problem("Shop").find("DNS-1123 label") != std::string::npos);
+    CHECK(api::namespace_problem(std::string(64, 'a')).find("longer than 63") != std::string::npos);
+    CHECK(api::pod_name_problem(std::string(254, 'a')).find("longer than 253") != std::string::npos);
+    // Control bytes are shown escaped, never raw (they end up in logs).
+    CHECK(api::pod_name_problem("a\nb").find("\\x0a") != std::string::npos);
+
+    api::PodRegistration r;
+    r.namespace_ = "shop";
+    r.name = "cart-1";
+    r.uid = "0f6e5a24-5b1d-4a52-9d1f-6c2f2f0c9b7e";
+    CHECK(api::validate_pod_identity(r).ok());
+    r.uid = "u\x01";
+    CHECK(api::validate_pod_identity(r).error().message.rfind("uid:", 0) == 0);
+    r.uid.clear();
+    r.infra_container_id = "-bad";
+    CHECK(api::validate_pod_identity(r).error().message.rfind("infraContainerID:", 0) == 0);
+    r.infra_container_id.clear();
+    r.name = "Cart_1";
+    CHECK(api::validate_pod_identity(r).error().message.rfind("name:", 0) == 0);
+    r.namespace_ = "Shop";
+    CHECK(api::validate_pod_identity(r).error().message.rfind("namespace:", 0) == 0);
+
+    // Container IDs: the CNI charset, at most 256 bytes.
+    CHECK(api::valid_container_id(std::string(256, 'a')));
+    CHECK_FALSE(api::valid_container_id(std::string(257, 'a')));
+}
+
+TEST_CASE("registration: invalid Kubernetes names are an invalid environment (code 4); a plain runtime's name is made valid") {
+    auto cfg = cni::parse_config(kPrev040);
+    REQUIRE(cfg.ok());
+    cni::Env env;
+    env.command = cni::Command::add;
+    env.container_id = "0123456789abcdef0123";
+    env.netns = "/var/run/netns/p1";
+    env.ifname = "eth0";
+    auto with = [&](std::map<std::string, std::string> args) {
+        env.args = std::move(args);
+        return cni::make_registration(env, *cfg);
+    };
+    auto bad_ns = with({{"K8S_POD_NAMESPACE", "Shop"}, {"K8S_POD_NAME", "cart-1"}});
+    REQUIRE_FALSE(bad_ns.ok());
+    CHECK(bad_ns.error().code == cni::kInvalidEnv);
+    CHECK(bad_ns.error().message.find("K8S_POD_NAMESPACE") != std::string::npos);
+    CHECK(bad_ns.error().details.find("DNS-1123 label") != std::string::npos);
+    auto bad_name = with({{"K8S_POD_NAMESPACE", "shop"}, {"K8S_POD_NAME", "cart_1"}});
+    REQUIRE_FALSE(bad_name.ok());
+    CHECK(bad_name.error().code == cni::kInvalidEnv);
+    CHECK(bad_name.error().message.find("K8S_POD_NAME") != std::string::npos);
+    auto long_ns = with({{"K8S_POD_NAMESPACE", std::string(64, 'a')}, {"K8S_POD_NAME", "cart-1"}});
+    CHECK_FALSE(long_ns.ok());
+    auto long_name = with({{"K8S_POD_NAMESPACE", "shop"}, {"K8S_POD_NAME", std::string(254, 'a')}});
+    CHECK_FALSE(long_name.ok());
+    CHECK(with({{"K8S_POD_NAMESPACE", "shop"}, {"K8S_POD_NAME", "cart-1.v2"}}).ok());
+
+    // podman (K8S_POD_NAME only: the container name, which podman allows to be "My_App").
+    CHECK(with({{"K8S_POD_NAME", "My_App"}})->name == "my-app");
+    CHECK(with({{"K8S_POD_NAME", "web-1"}})->name == "web-1");
+    CHECK(with({{"K8S_POD_NAME", "a_"}})->name == "0123456789ab");  // "a-" is no name either
+    CHECK(cni::pod_name_from_runtime("", "ABCDEF_12345678") == "abcdef-12345");
+    CHECK(cni::pod_name_from_runtime("", "abc_________xyz") == "abc");
+    CHECK(cni::pod_name_from_runtime("x_", "a..b") == "a--b");
+}

@@ -29,8 +29,13 @@ struct Harness {
     boost::asio::io_context io;
     std::unique_ptr<core::Controller> ctl;
     nft::FakeBackend* backend = nullptr;  // owned by ctl
+    // The tests register their own process's netns (no root needed), which
+    // signetd refuses as the node's own: cleared unless a test wants them.
+    std::vector<pods::HostNetns> host_netns;
+    std::string node_netns;
 
-    Harness() {
+    explicit Harness(bool refuse_host_netns = false) {
+        if (refuse_host_netns) host_netns = pods::default_host_netns();
         REQUIRE(fs::make_dirs(dir.path + "/manifests").ok());
         write("pods.yaml", R"(apiVersion: v1
 kind: Pod
@@ -55,6 +60,8 @@ spec:
         o.state_dir = dir.path + "/state";
         auto src = std::make_unique<source::DirSource>(dir.path + "/manifests", [](const std::string&) {});
         o.node_addresses = [] { return std::vector<std::string>{"192.0.2.1"}; };
+        o.host_netns = host_netns;
+        o.node_netns = node_netns;
         auto fake = std::make_unique<nft::FakeBackend>();
         backend = fake.get();
         ctl = std::make_unique<core::Controller>(io, o, std::move(src), std::move(fake));
@@ -161,6 +168,77 @@ TEST_CASE("bad requests get clear errors") {
     CHECK(h.call("PUT", "/v1/status").status == 405);
     CHECK(h.call("POST", "/v1/sync?timeout=forever").status == 400);
     CHECK(h.call("POST", "/v1/gc", R"({"network":"net"})").status == 400);
+}
+
+TEST_CASE("a registration's netns must be a pod's: the node's own, other namespaces and other files are refused with CNI code 4") {
+    Harness h(true);
+    auto refused = [&](const std::string& netns, const std::string& why) {
+        std::string body = kReg;
+        body.replace(body.find("/proc/self/ns/net"), 17, netns);
+        auto r = h.call("POST", "/v1/pods", body);
+        CHECK_MESSAGE(r.status == 400, netns);
+        auto d = json::parse(r.body);
+        REQUIRE(d.ok());
+        CHECK_MESSAGE(std::string((*d)["error"].GetString()).find(why) != std::string::npos, r.body);
+        CHECK_MESSAGE((*d)["cniCode"].GetInt() == 4, r.body);
+    };
+    refused("/proc/self/ns/net", "signetd's own network namespace");
+    refused("/proc/thread-self/ns/net", "signetd's own network namespace");
+    refused("/proc/1/ns/net", "/proc/1/ns/net");  // PID 1's (root), or unreadable (not root): refused either way
+    refused("/proc/self/ns/uts", "not a network namespace");
+    refused("/etc/hostname", "not a namespace");
+    refused("/nonexistent/netns", "does not exist");
+    refused("relative/netns", "not an absolute path");
+    CHECK(h.call("GET", "/v1/pods/c0ffee/eth0").status == 404);
+    auto st = json::parse(h.call("GET", "/v1/status").body);
+    CHECK((*st)["counters"]["registrations"].GetUint64() == 0);
+}
+
+TEST_CASE("the node's netns (--node-netns) is refused as a pod's, whatever its path") {
+    Harness h;
+    h.ctl->stop();
+    h.ctl.reset();
+    h.node_netns = "/proc/thread-self/ns/net";  // the test's own netns under another name
+    h.start();
+    auto r = h.call("POST", "/v1/pods", kReg);
+    CHECK(r.status == 400);
+    CHECK(r.body.find("the node's network namespace (--node-netns)") != std::string::npos);
+    CHECK(r.body.find("\"cniCode\":4") != std::string::npos);
+}
+
+TEST_CASE("registration: namespace and pod names as Kubernetes has them, with clear errors and CNI code 4") {
+    Harness h;
+    auto with = [&](const std::string& field, const std::string& value) {
+        auto doc = json::parse(kReg);
+        REQUIRE(doc.ok());
+        doc->RemoveMember(field.c_str());
+        doc->AddMember(json::str(field, doc->GetAllocator()), json::str(value, doc->GetAllocator()), doc->GetAllocator());
+        return h.call("POST", "/v1/pods", json::to_string(*doc));
+    };
+    for (const std::string& ns : {std::string("Shop"), std::string("shop_1"), std::string("-shop"), std::string("a.b"),
+                                  std::string(64, 'a')}) {
+        auto r = with("namespace", ns);
+        CHECK_MESSAGE(r.status == 400, ns);
+        CHECK_MESSAGE(r.body.find("namespace: ") != std::string::npos, r.body);
+        CHECK(r.body.find("\"cniCode\":4") != std::string::npos);
+    }
+    for (const std::string& name : {std::string("Web"), std::string("web_1"), std::string("web."), std::string("a..b"),
+                                    std::string(254, 'a'), std::string("a/b")}) {
+        auto r = with("name", name);
+        CHECK_MESSAGE(r.status == 400, name);
+        CHECK_MESSAGE(r.body.find("name: ") != std::string::npos, r.body);
+    }
+    CHECK(with("uid", "u\n1").status == 400);
+    CHECK(with("infraContainerID", "-x").status == 400);
+    CHECK(with("namespace", std::string(63, 'a')).status == 200);
+    CHECK(with("name", "web-1.v2").status == 200);
+    // Names reaching the read endpoints are checked too.
+    CHECK(h.call("GET", "/v1/policies/Shop/web").status == 400);
+    CHECK(h.call("GET", "/v1/policies/shop/web_1").status == 400);
+    auto ex = h.call("GET", "/v1/explain?from=shop/Web&to=10.0.0.1&port=80");
+    CHECK(ex.status == 400);
+    CHECK(ex.body.find("from: pod name") != std::string::npos);
+    CHECK(h.call("GET", "/v1/explain?from=10.0.0.2&to=Shop/web&port=80").status == 400);
 }
 
 TEST_CASE("GC through the API") {

@@ -106,3 +106,35 @@ TEST_CASE("the real netns probe") {
     CHECK_FALSE(pods::netns_inode("/etc/hostname").ok());
     CHECK_FALSE(pods::netns_inode("/nonexistent/netns").ok());
 }
+
+TEST_CASE("a pod's netns: nsfs, a network namespace, not the node's own") {
+    using pods::pod_netns_inode;
+    const std::vector<pods::HostNetns> none;
+    auto self = pod_netns_inode("/proc/self/ns/net", none);
+    REQUIRE(self.ok());
+    CHECK(*self == *pods::netns_inode("/proc/self/ns/net"));
+    auto msg = [](const Result<uint64_t>& r) { return r.ok() ? std::string("(accepted)") : r.error().message; };
+    // The node's own: signetd's (and PID 1's) netns is never a pod's.
+    auto host = pod_netns_inode("/proc/self/ns/net", pods::default_host_netns());
+    REQUIRE_FALSE(host.ok());
+    CHECK(msg(host).find("signetd's own network namespace") != std::string::npos);
+    // The same netns under another name (the task's own link) is the same inode.
+    auto alias = pod_netns_inode("/proc/thread-self/ns/net", pods::default_host_netns());
+    CHECK_FALSE(alias.ok());
+    // --node-netns: compared by device and inode, whatever the path.
+    auto node = pod_netns_inode("/proc/self/ns/net", {{"/proc/thread-self/ns/net", "the node's network namespace"}});
+    CHECK(msg(node).find("the node's network namespace") != std::string::npos);
+    if (::access("/proc/1/ns/net", R_OK) == 0) {  // root: PID 1's is readable
+        auto init = pod_netns_inode("/proc/1/ns/net", pods::default_host_netns());
+        CHECK_FALSE(init.ok());
+    }
+    // Other namespaces and other files.
+    CHECK(msg(pod_netns_inode("/proc/self/ns/uts", none)).find("a UTS namespace, not a network namespace") != std::string::npos);
+    CHECK(msg(pod_netns_inode("/proc/self/ns/mnt", none)).find("a mount namespace") != std::string::npos);
+    CHECK(msg(pod_netns_inode("/etc/hostname", none)).find("not a namespace") != std::string::npos);
+    CHECK(msg(pod_netns_inode("/proc/self", none)).find("not a namespace") != std::string::npos);
+    CHECK(msg(pod_netns_inode("/nonexistent/netns", none)).find("does not exist") != std::string::npos);
+    CHECK(msg(pod_netns_inode("proc/self/ns/net", none)).find("not an absolute path") != std::string::npos);
+    CHECK(msg(pod_netns_inode("", none)).find("must not be empty") != std::string::npos);
+    CHECK(msg(pod_netns_inode("/run/netns/a\nb", none)).find("control characters") != std::string::npos);
+}

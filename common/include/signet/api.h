@@ -73,4 +73,26 @@ Result<GcRequest> gc_from_json(const rapidjson::Value& v);
 bool valid_container_id(std::string_view id);
 bool valid_ifname(std::string_view name);
 
+// Kubernetes' name rules (apimachinery's IsDNS1123Label/IsDNS1123Subdomain):
+// a label is 1..63 of [a-z0-9-], starting and ending alphanumeric; a
+// subdomain is 1..253 bytes of such labels joined by dots. Namespaces are
+// labels, pod names subdomains.
+bool valid_dns1123_label(std::string_view s);
+bool valid_dns1123_subdomain(std::string_view s);
+// Why a namespace / pod name is invalid ("" when valid), for error messages.
+std::string namespace_problem(std::string_view ns);
+std::string pod_name_problem(std::string_view name);
+
+// The identity fields of a registration as POST /v1/pods accepts them:
+// namespace a DNS-1123 label, name a DNS-1123 subdomain, uid (optional) at
+// most 128 bytes of [A-Za-z0-9._-], infraContainerID (optional) a container
+// ID. The error names the field. Separate from registration_from_json so that
+// a registry persisted by an older signetd still loads.
+Status validate_pod_identity(const PodRegistration& r);
+
+// Errors of POST /v1/pods about values that came from the CNI runtime's
+// environment carry the CNI error code the plugin should return, in this
+// member of the error object (docs/api.md).
+inline constexpr const char* kCniCodeField = "cniCode";
+
 }  // namespace signet::api
