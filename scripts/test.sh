@@ -146,7 +146,7 @@ fuzz_run() {
 handshake_sanitized() {
   local logs rc=0 t
   logs=$(mktemp -d)
-  for t in test_handshake test_handshake_attacks; do
+  for t in test_handshake test_handshake_attacks test_handshake_enforce; do
     if SIGNET_BUILD_DIR=$ROOT/build-fuzz ASAN_OPTIONS=detect_leaks=1:log_path=$logs/asan \
         UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:suppressions=$ROOT/test/ubsan.supp:log_path=$logs/ubsan \
         python3 "test/integration/$t.py" >"build-fuzz/$t.log" 2>&1; then

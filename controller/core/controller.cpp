@@ -100,7 +100,7 @@ Status Controller::start() {
         if (opts_.handshake_queue == nft::QueueBackend::none)
             return make_error(ENOTSUP, "--handshake needs NFQUEUE: the kernel offers neither the nft `queue` "
                                        "expression nor the xt NFQUEUE target");
-        enforcer_.set_handshake(opts_.handshake_queue);
+        enforcer_.set_handshake(opts_.handshake_queue, opts_.handshake == HandshakeMode::enforce);
         HandshakeEngine::Context hc;
         hc.node_name = opts_.node_name;
         hc.mode = opts_.handshake;

@@ -331,6 +331,7 @@ void Enforcer::write(Job& job) {
     }
     job.desired = std::move(*rs);
     job.desired->handshake = handshake_;
+    job.desired->handshake_enforce = handshake_enforce_;
     if (defer_services_ && job.desired->egress.isolated) {
         // Service frontends go on to the node's table (docs/policy.md).
         job.desired->defer_services = true;

@@ -77,8 +77,12 @@ public:
     const policy::Compiler& compiler() const { return compiler_; }
     void set_query(policy::Query* query) { query_ = query; }
     // The identity handshake's queue rules in every pod table written from now
-    // on (none: no queue rules). Set before reset().
-    void set_handshake(nft::QueueBackend backend) { handshake_ = backend; }
+    // on (none: no queue rules); `enforce`: the enforce mode's TCP rules too
+    // (nft::PodRuleset::handshake_enforce). Set before reset().
+    void set_handshake(nft::QueueBackend backend, bool enforce = false) {
+        handshake_ = backend;
+        handshake_enforce_ = enforce && backend != nft::QueueBackend::none;
+    }
     nft::QueueBackend handshake() const { return handshake_; }
     // Services (docs/policy.md): the node's netns, where kube-proxy translates
     // them and the node's table goes, and how its rules queue. Set before reset().
@@ -108,6 +112,7 @@ public:
 
 private:
     nft::QueueBackend handshake_ = nft::QueueBackend::none;
+    bool handshake_enforce_ = false;
     struct PodState {
         std::optional<nft::Netns> netns;
         std::optional<nft::PodRuleset> rules;  // what the table holds; empty when unknown

@@ -492,7 +492,13 @@ Decision HandshakeEngine::judge(const std::string& key, const handshake::QueuedP
     const bool out = q.hook == handshake::hook::output;
     const bool syn = p->has(handshake::tcp_flag::syn) && !p->has(handshake::tcp_flag::ack);
     const bool syn_ack = p->has(handshake::tcp_flag::syn) && p->has(handshake::tcp_flag::ack);
-    Decision d = syn       ? (out ? client_syn(at, *p) : server_syn(at, *p))
+    // The enforce rules queue a closing connection's segments with the
+    // packet mark set to kCtMarkClosing (incoming packets' marks are cleared
+    // when they enter the pod's netns: nothing else can have set it).
+    const bool closing = !out && q.hook == handshake::hook::input && !syn && !syn_ack &&
+                         (q.mark & kCtMarkMask) == kCtMarkClosing;
+    Decision d = closing   ? closing_segment(at, *p)
+                 : syn     ? (out ? client_syn(at, *p) : server_syn(at, *p))
                  : syn_ack ? (out ? server_syn_ack(at, *p) : client_syn_ack(at, *p))
                            // Queued by the proof rules: the client's segments while its
                            // final ACK's proof is due, the server's while it awaits it.
@@ -627,6 +633,7 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p, bool at_no
         ++counters_.deferred_to_node;
         Decision d;
         d.verdict = handshake::kAccept;
+        d.mark = kCtMarkDeferred;  // the pod's table lets the connection's segments pass (enforce mode)
         return d;
     }
     auto& pending = at_node ? at.via_node : at.client;
@@ -888,7 +895,12 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
     if (sp.proven) {
         if (!p.options.token) return accept;  // segments queued behind the proof
         // A proof again (the client answered a retransmitted SYN-ACK): never
-        // hand the option to the pod's stack.
+        // hand the option to the pod's stack. Only while the connection's
+        // socket exists: once it is closed, a copy of the final ACK would
+        // reach the listener, which takes it as a new connection when its
+        // SYN cookie checks out.
+        if (std::string why; !connection_socket_exists(at, p, why))
+            return refuse("closed_connection", at, p, "a proof again after the connection closed: " + why);
         auto again = handshake::strip_token(p);
         if (!again) return refuse("malformed_packet", at, p, again.error().message);
         accept.replacement = std::move(again->packet);
@@ -932,6 +944,43 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
     ++counters_.proofs_verified;
     accept.replacement = std::move(stripped->packet);
     return accept;
+}
+
+Decision HandshakeEngine::closing_segment(Attachment& at, const Packet& p) {
+    ++counters_.closing_checked;
+    if (std::string why; !connection_socket_exists(at, p, why))
+        return refuse("closed_connection", at, p, "a segment after the connection closed: " + why);
+    Decision d;
+    d.verdict = handshake::kAccept;
+    d.mark = kCtMarkClosing;
+    return d;
+}
+
+bool HandshakeEngine::connection_socket_exists(Attachment& at, const Packet& p, std::string& why) {
+    if (!at.queue) {
+        why = "no queue binding";
+        return false;
+    }
+    handshake::SocketTuple t;
+    t.family = p.family;
+    t.local = p.dst;
+    t.remote = p.src;
+    t.local_port = p.dport;
+    t.remote_port = p.sport;
+    auto state = at.queue->tcp_socket_state(t);
+    if (!state) {
+        why = "the socket lookup failed: " + state.error().message;
+        return false;
+    }
+    if (!*state) {
+        why = "no socket";
+        return false;
+    }
+    if (**state == handshake::kTcpStateListen) {
+        why = "only the listener";
+        return false;
+    }
+    return true;
 }
 
 // A refused new connection as the flow records take it: the connection's
@@ -1020,6 +1069,7 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     c.AddMember("proofs_verified", Value(counters_.proofs_verified), a);
     c.AddMember("held_for_proof", Value(counters_.held_for_proof), a);
     c.AddMember("proof_after_reset", Value(counters_.proof_after_reset), a);
+    c.AddMember("closing_checked", Value(counters_.closing_checked), a);
     c.AddMember("deferred_to_node", Value(counters_.deferred_to_node), a);
     c.AddMember("pending_evicted_done", Value(counters_.pending_evicted_done), a);
     c.AddMember("pending_evicted_live", Value(counters_.pending_evicted_live), a);

@@ -70,6 +70,8 @@ using nft::kCtMarkMask;
 using nft::kCtMarkAwaitProof;
 using nft::kCtMarkPending;
 using nft::kCtMarkProofDue;
+using nft::kCtMarkDeferred;
+using nft::kCtMarkClosing;
 
 // The node-wide budget of the handshake's state (docs/handshake.md, "Bounds";
 // signetd --handshake-memory): handshakes in flight both ways, the
@@ -161,6 +163,10 @@ public:
         uint64_t held_for_proof = 0;          // server: packets dropped while the final ACK's proof is awaited
         uint64_t proof_after_reset = 0;       // server: a proof behind the client's own RST (discarded)
         uint64_t deferred_to_node = 0;        // client SYNs to a Service frontend: the handshake at the node
+        // Enforce mode, server: segments of a closing authenticated connection
+        // checked against the pod's sockets (kCtMarkClosing), and how many of
+        // them found the connection's socket gone (refused: closed_connection).
+        uint64_t closing_checked = 0;
         // Handshakes in flight given up to make room for new ones: completed
         // ones (kept only for a retransmission), and live ones (the oldest;
         // a client's SYN-ACK then finds no entry: unexpected_token).
@@ -266,6 +272,11 @@ private:
                                     const identity::ConnBinding& b, std::optional<identity::VerifiedToken>& v,
                                     std::vector<uint8_t>& stripped);
     handshake::Decision server_ack(Attachment& at, const handshake::Packet& p);
+    // Enforce mode: the client's segment of a closing connection (kCtMarkClosing).
+    handshake::Decision closing_segment(Attachment& at, const handshake::Packet& p);
+    // Whether the local pod's socket of the segment's connection still
+    // exists (not only its listener); `why` says what was found otherwise.
+    bool connection_socket_exists(Attachment& at, const handshake::Packet& p, std::string& why);
 
     // Policy: ingress of the local pod (peer = source) or its egress (peer =
     // destination), on a pod identity or an address: the policy query's

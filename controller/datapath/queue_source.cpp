@@ -1,5 +1,6 @@
 #include "datapath/queue_source.h"
 
+#include <linux/netlink.h>
 #include <unistd.h>
 
 #include <optional>
@@ -32,6 +33,16 @@ public:
     bool running() const override { return reader_.running(); }
     void stop() override { reader_.stop(); }
     QueueStats stats() const override { return reader_.stats(); }
+    Result<std::optional<uint8_t>> tcp_socket_state(const SocketTuple& t) override {
+        if (!diag_) {  // opened on first use, inside the pod's netns (the socket stays bound to it)
+            auto s = ns_.open_socket(NETLINK_SOCK_DIAG);
+            if (!s) return s.error();
+            diag_ = std::make_unique<nft::NlSocket>(std::move(*s));
+        }
+        auto r = handshake::tcp_socket_state(*diag_, t);
+        if (!r && r.error().code != ENOENT) diag_.reset();  // reopen next time
+        return r;
+    }
     KernelQueueStats kernel_stats() const override {
         if (kstats_fd_ < 0 || !reader_.running()) return {};
         auto r = nfq_read_kernel_stats(kstats_fd_, queue_);
@@ -43,6 +54,7 @@ private:
     uint16_t queue_;
     QueueReader reader_;
     int kstats_fd_ = -1;
+    std::unique_ptr<nft::NlSocket> diag_;
 };
 
 class NfqSource final : public QueueSource {

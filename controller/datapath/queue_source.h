@@ -12,6 +12,7 @@
 #include <string>
 
 #include "datapath/nfqueue.h"
+#include "datapath/sock_diag.h"
 #include "signet/result.h"
 
 namespace boost::asio {
@@ -32,6 +33,9 @@ public:
     virtual QueueStats stats() const = 0;
     // The kernel's counters of the queue (zeros when they cannot be read).
     virtual KernelQueueStats kernel_stats() const = 0;
+    // The state of the TCP socket the pod's kernel would hand a segment of
+    // `t` to (sock_diag.h); nullopt: none. An error: unknown (fail closed).
+    virtual Result<std::optional<uint8_t>> tcp_socket_state(const SocketTuple& t) = 0;
 };
 
 class QueueSource {

@@ -293,6 +293,35 @@ public:
     RuleBuilder& queue(uint16_t num, QueueBackend backend) {
         return backend == QueueBackend::nft_queue ? queue_native(num) : queue_xt(num);
     }
+    // ct direction == dir (IP_CT_DIR_ORIGINAL / IP_CT_DIR_REPLY)
+    RuleBuilder& ct_direction(uint8_t dir) {
+        auto e = expr("ct");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_KEY, NFT_CT_DIRECTION);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_CT_DREG, kReg);
+        push(std::move(e));
+        return cmp(NFT_CMP_EQ, &dir, 1);
+    }
+    // TCP, and tcp flags & mask compared (op: NFT_CMP_EQ / NFT_CMP_NEQ) with value.
+    RuleBuilder& tcp_flags(uint8_t mask, uint32_t op, uint8_t value) {
+        meta(NFT_META_L4PROTO).cmp_u8(IPPROTO_TCP);
+        uint8_t zero = 0;
+        payload(NFT_PAYLOAD_TRANSPORT_HEADER, 13, 1).bitwise(&mask, &zero, 1);
+        return cmp(op, &value, 1);
+    }
+    // ct mark = (ct mark & ~kCtMarkMask) | value
+    RuleBuilder& ct_set_mark_bits(uint32_t value) {
+        uint32_t keep = ~kCtMarkMask;
+        return ct_load_mark().bitwise(&keep, &value, 4).ct_set_mark();
+    }
+    // meta mark = (meta mark & ~kCtMarkMask) | value
+    RuleBuilder& meta_set_mark_bits(uint32_t value) {
+        uint32_t keep = ~kCtMarkMask;
+        meta(NFT_META_MARK).bitwise(&keep, &value, 4);
+        auto e = expr("meta");
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_KEY, NFT_META_MARK);
+        nftnl_expr_set_u32(e.get(), NFTNL_EXPR_META_SREG, kReg);
+        return push(std::move(e));
+    }
     // meta mark & mask != 0 (the handshake's verdicts set these bits).
     RuleBuilder& meta_mark_any(uint32_t mask) {
         uint32_t zero = 0;
@@ -404,8 +433,12 @@ void add_addr_set(Batch& b, const char* table, const std::string& name, Family f
 // the connection's conntrack mark, leaving every other bit of the conntrack
 // mark alone (other users: Istio's TPROXY mark, kube-proxy, CNIs): one rule
 // per value, `ct mark = (ct mark & ~mask) | value`, in one register.
-void add_mark_copy_rules(Batch& b, const char* table, const std::string& chain) {
-    for (uint32_t value : {kCtMarkAuthenticated, kCtMarkByAddress, kCtMarkPending, kCtMarkProofDue, kCtMarkAwaitProof}) {
+// (kCtMarkDeferred only in a pod's table: the node never sets it.)
+void add_mark_copy_rules(Batch& b, const char* table, const std::string& chain, bool pod_table) {
+    std::vector<uint32_t> values = {kCtMarkAuthenticated, kCtMarkByAddress, kCtMarkPending, kCtMarkProofDue,
+                                    kCtMarkAwaitProof};
+    if (pod_table) values.push_back(kCtMarkDeferred);
+    for (uint32_t value : values) {
         RuleBuilder rb(table, chain);
         uint32_t mask = kCtMarkMask, keep = ~kCtMarkMask;
         rb.meta(NFT_META_MARK).bitwise(&mask, &value, 4);  // (mark & mask) ^ value == 0: the bits are `value`
@@ -481,6 +514,72 @@ Result<SetRef> find_set(const PodRuleset& rs, const std::map<std::string, uint32
     return SetRef{name, want, ids.at(name)};
 }
 
+// Enforce mode: no TCP segment passes on a connection the handshake did not
+// judge (after the queue rules; SYNs and SYN-ACKs were queued above and a
+// queue verdict leaves the chain). What conntrack cannot place (invalid), a
+// segment that would open a connection without a SYN (conntrack's mid-stream
+// pickup, a SYN-cookie ACK), and a connection with no handshake state are
+// dropped; an authenticated connection the local server closed or reset is
+// marked closing, and the client's further segments are checked against the
+// pod's sockets by the engine (a listener would take a bare ACK as a new
+// connection if its SYN cookie still checks out).
+constexpr uint8_t kCtDirOriginal = 0, kCtDirReply = 1;  // enum ip_conntrack_dir (not in the uapi headers)
+
+void add_enforce_rules(Batch& b, const PodRuleset& rs, Dir dir) {
+    const std::string table = kTableName, chain = dir_name(dir);
+    const std::string tag = "signet " + chain + " handshake-";
+    auto tcp = [&](RuleBuilder& rb) { rb.meta(NFT_META_L4PROTO).cmp_u8(IPPROTO_TCP); };
+    {
+        RuleBuilder rb(table, chain);
+        tcp(rb);
+        rb.ct_state_any(NF_CT_STATE_INVALID_BIT).counter().verdict(NF_DROP).comment(tag + "invalid");
+        add_rule(b, rb);
+    }
+    {
+        RuleBuilder rb(table, chain);
+        tcp(rb);
+        // A connection conntrack picked up mid-stream, unless a judged segment
+        // made it (the final ACK's proof after the entry was lost: it stays
+        // `new` until the server answers).
+        rb.ct_state_any(NF_CT_STATE_BIT(IP_CT_NEW)).ct_mark_is(kCtMarkMask, 0);
+        rb.counter().verdict(NF_DROP).comment(tag + "not-syn");
+        add_rule(b, rb);
+    }
+    constexpr uint8_t kFin = 0x01, kRst = 0x04;
+    {  // the local pod is the server (ingress: from the client; egress: its own FIN or RST)
+        RuleBuilder rb(table, chain);
+        if (dir == Dir::ingress)
+            rb.tcp_flags(kRst, NFT_CMP_NEQ, 0).ct_direction(kCtDirOriginal);
+        else
+            rb.tcp_flags(kFin | kRst, NFT_CMP_NEQ, 0).ct_direction(kCtDirReply);
+        rb.ct_mark_is(kCtMarkMask, kCtMarkAuthenticated).ct_set_mark_bits(kCtMarkClosing);
+        rb.verdict(NF_ACCEPT).comment(tag + "closing");
+        add_rule(b, rb);
+    }
+    if (dir == Dir::ingress) {
+        RuleBuilder rb(table, chain);
+        rb.tcp_flags(kRst, NFT_CMP_EQ, 0).ct_mark_is(kCtMarkMask, kCtMarkClosing);
+        rb.meta_set_mark_bits(kCtMarkClosing).queue(kHandshakeQueueNum, rs.handshake);
+        rb.comment(tag + "closed-check " + std::to_string(kHandshakeQueueNum));
+        add_rule(b, rb);
+    }
+    for (uint32_t judged : {kCtMarkAuthenticated, kCtMarkByAddress, kCtMarkDeferred, kCtMarkClosing}) {
+        RuleBuilder rb(table, chain);
+        tcp(rb);
+        rb.ct_mark_is(kCtMarkMask, judged).verdict(NF_ACCEPT).comment(tag + "judged");
+        add_rule(b, rb);
+    }
+    {  // an RST opens nothing: it ends a handshake in progress (a refused port answers a SYN with one)
+        RuleBuilder rb(table, chain);
+        rb.tcp_flags(kRst, NFT_CMP_NEQ, 0).verdict(NF_ACCEPT).comment(tag + "reset");
+        add_rule(b, rb);
+    }
+    RuleBuilder drop(table, chain);
+    tcp(drop);
+    drop.counter().verdict(NF_DROP).comment(tag + "required");
+    add_rule(b, drop);
+}
+
 Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string, uint32_t>& ids, Dir dir) {
     const Direction& d = dir == Dir::ingress ? rs.ingress : rs.egress;
     const std::string chain = dir_name(dir);
@@ -517,6 +616,7 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
             .queue(kHandshakeQueueNum, rs.handshake);
         proof.comment("signet handshake-proof " + std::to_string(kHandshakeQueueNum));
         add_rule(b, proof);
+        if (rs.handshake_enforce) add_enforce_rules(b, rs, dir);
     }
     {  // 1. replies to allowed connections
         RuleBuilder rb(table, chain);
@@ -699,7 +799,7 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
         for (Dir dir : {Dir::ingress, Dir::egress}) {
             std::string name = std::string(dir_name(dir)) + "_mark";
             add_filter_chain(b, name, dir == Dir::ingress ? NF_INET_LOCAL_IN : NF_INET_LOCAL_OUT, 10);
-            add_mark_copy_rules(b, kTableName, name);
+            add_mark_copy_rules(b, kTableName, name, true);
         }
     }
     b.finish();
@@ -784,7 +884,7 @@ Status build_node_full(Batch& b, const NodeRuleset& rs, bool destroy_supported) 
     }
     if (rs.handshake) {
         add_filter_chain(b, "service_mark", NF_INET_FORWARD, 10, table);
-        add_mark_copy_rules(b, table, "service_mark");
+        add_mark_copy_rules(b, table, "service_mark", false);
     }
     b.finish();
     return {};

@@ -17,6 +17,13 @@
 //      handshake bits (judged in handshake_in) accept; then TCP SYN and SYN-ACK
 //      (tcp flags & (fin|syn|rst) == syn) to NFQUEUE 3472, no bypass; then
 //      the segments of a connection whose proof is due / awaited (ct mark)
+//   0b. [handshake enforce] TCP only: ct state invalid drop; ct state new
+//      (not a SYN) drop; [ingress] an RST from the client of an authenticated
+//      connection marks it closing; [egress] a FIN or RST of the local
+//      server does; [ingress] the client's other segments of a closing
+//      connection to NFQUEUE 3472 (packet mark 0x700: checked against the
+//      pod's sockets); ct mark authenticated / by address / deferred /
+//      closing accept; RST accept (a handshake in progress); TCP drop
 //   1. ct state established,related accept      (replies to allowed connections)
 //   2. iifname/oifname "lo" accept               (the pod talking to itself)
 //   2b. icmpv6 type 133-136 accept               (router/neighbour discovery: not tracked
@@ -59,11 +66,18 @@ inline constexpr uint32_t kCtMarkByAddress = 0x00000200;      // no token: judge
 inline constexpr uint32_t kCtMarkPending = 0x00000300;        // client: token sent, the answer not yet judged
 inline constexpr uint32_t kCtMarkProofDue = 0x00000400;       // client: server verified, the final ACK carries the proof
 inline constexpr uint32_t kCtMarkAwaitProof = 0x00000500;     // server: client verified, waiting for the ACK's proof
+inline constexpr uint32_t kCtMarkDeferred = 0x00000600;       // client: a Service frontend, judged at the node
+// Server, enforce mode: an authenticated connection the local pod (the
+// server) closed or either side reset. Its listener may accept a bare ACK
+// as a new connection (SYN cookies), so the peer's segments from now on are
+// checked against the pod's sockets: they pass only while the connection's
+// own socket exists (the packet mark carries the same value to the queue).
+inline constexpr uint32_t kCtMarkClosing = 0x00000700;
 // Whether a mark says the peer pod proved its identity with a token (the
 // final ACK's proof may still be on its way: nothing passes before it).
 inline bool ct_mark_authenticated(uint32_t mark) {
     uint32_t m = mark & kCtMarkMask;
-    return m == kCtMarkAuthenticated || m == kCtMarkProofDue || m == kCtMarkAwaitProof;
+    return m == kCtMarkAuthenticated || m == kCtMarkProofDue || m == kCtMarkAwaitProof || m == kCtMarkClosing;
 }
 
 enum class Family : uint8_t { v4 = 4, v6 = 6 };
@@ -159,6 +173,12 @@ struct PodRuleset {
     // backend, after the loopback rule and before `ct state established`
     // (conntrack counts a SYN-ACK as established). The controller judges them.
     QueueBackend handshake = QueueBackend::none;
+    // Enforce mode (docs/handshake.md, "No TCP connection without the
+    // handshake"): after the queue rules, a TCP segment passes only on a
+    // connection the handshake judged (conntrack mark); `ct state invalid`,
+    // `ct state new` that is not a SYN, and every other TCP segment are
+    // dropped, so no TCP packet reaches the address rules.
+    bool handshake_enforce = false;
     // Services (docs/policy.md, "Services"): kube-proxy translates a Service
     // frontend to a backend pod in the node's netns, after this table saw the
     // packet. With `defer_services`, an isolated egress accepts new

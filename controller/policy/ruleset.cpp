@@ -9,7 +9,7 @@
 namespace signet::nft {
 
 bool PodRuleset::same_structure(const PodRuleset& other) const {
-    if (!(ingress == other.ingress) || !(egress == other.egress) || handshake != other.handshake ||
+    if (!(ingress == other.ingress) || !(egress == other.egress) || handshake != other.handshake || handshake_enforce != other.handshake_enforce ||
         defer_services != other.defer_services || node_ports != other.node_ports)
         return false;
     if (sets.size() != other.sets.size()) return false;

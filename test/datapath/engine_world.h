@@ -72,6 +72,7 @@ class RecordingQueues final : public handshake::QueueSource {
 public:
     class Binding final : public handshake::QueueBinding {
     public:
+        explicit Binding(RecordingQueues& q) : q_(q) {}
         Status start() override {
             running_ = true;
             return {};
@@ -80,14 +81,24 @@ public:
         void stop() override { running_ = false; }
         handshake::QueueStats stats() const override { return {}; }
         handshake::KernelQueueStats kernel_stats() const override { return {}; }
+        Result<std::optional<uint8_t>> tcp_socket_state(const handshake::SocketTuple& t) override {
+            ++q_.socket_lookups;
+            return q_.socket_state(t);
+        }
 
     private:
+        RecordingQueues& q_;
         bool running_ = false;
     };
+    // What the pods' socket lookups answer (default: the connection's own
+    // socket, established: TCP_ESTABLISHED is 1).
+    std::function<Result<std::optional<uint8_t>>(const handshake::SocketTuple&)> socket_state =
+        [](const handshake::SocketTuple&) { return Result<std::optional<uint8_t>>(std::optional<uint8_t>{1}); };
+    int socket_lookups = 0;
     Result<std::unique_ptr<handshake::QueueBinding>> open(const std::string& netns,
                                                           handshake::QueueReader::Handler handler) override {
         handlers[netns] = std::move(handler);
-        return std::unique_ptr<handshake::QueueBinding>(new Binding);
+        return std::unique_ptr<handshake::QueueBinding>(new Binding(*this));
     }
     std::map<std::string, handshake::QueueReader::Handler> handlers;
 };
@@ -242,7 +253,9 @@ public:
     TestClock& clock() { return clock_; }
 
     // Hands `bytes` to the queue of pod `pod` ("a", "b", "c") at `hook`.
-    Verdict judge(const std::string& pod, uint8_t hook, const std::vector<uint8_t>& bytes) {
+    // `mark`: the packet's mark as the queue reports it (the enforce rules
+    // queue a closing connection's segments with kCtMarkClosing).
+    Verdict judge(const std::string& pod, uint8_t hook, const std::vector<uint8_t>& bytes, uint32_t mark = 0) {
         Node& n = pod == "b" ? b_ : a_;
         auto it = n.queues.handlers.find("/fake/netns/" + pod);
         if (it == n.queues.handlers.end()) throw std::runtime_error("no queue bound for pod " + pod);
@@ -253,6 +266,7 @@ public:
         q.hook = hook;
         q.payload = bytes;
         q.cap_len = static_cast<uint32_t>(bytes.size());
+        q.mark = mark;
         handshake::Decision d = it->second(q);
         Verdict v;
         v.accepted = d.verdict == handshake::kAccept;

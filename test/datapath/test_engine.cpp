@@ -315,7 +315,7 @@ TEST_CASE("through a Service: the pod's SYN to the frontend is deferred; the nod
     Verdict pod_syn = w.judge("a", kOut, to_vip);
     CHECK(pod_syn.accepted);
     CHECK_FALSE(pod_syn.rewritten);
-    CHECK(pod_syn.mark == 0);
+    CHECK(pod_syn.mark == nft::kCtMarkDeferred);
     CHECK(A.engine->counters().deferred_to_node == 1);
     // In node-a's netns, after kube-proxy's DNAT to b (10.0.1.1:kPort): the client token.
     auto at_node = [&](const std::vector<uint8_t>& bytes, uint32_t mark = 0) {
