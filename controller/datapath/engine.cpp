@@ -410,6 +410,13 @@ bool HandshakeEngine::ensure_keys() {
         node_fp_.clear();
         knows_us_.clear();  // our new certificate is known to nobody yet
     }
+    // A trust bundle of other CAs (re-read from its file): pair keys made with
+    // peers it no longer vouches for go now, on the way out too (a client
+    // would otherwise keep sending MAC tokens under them until a token came in).
+    if (pair_keys_->sync_bundle(*ctx_.identity->bundle())) {
+        node_fp_.clear();
+        knows_us_.clear();
+    }
     return true;
 }
 

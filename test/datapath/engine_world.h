@@ -248,6 +248,8 @@ public:
         std::filesystem::remove_all(dir_, ec);
     }
 
+    // The folder of the authority (ca/) and the nodes' state.
+    const std::filesystem::path& dir() const { return dir_; }
     Node& node_a() { return a_; }
     Node& node_b() { return b_; }
     TestClock& clock() { return clock_; }

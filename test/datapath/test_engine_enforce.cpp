@@ -7,6 +7,8 @@
 // refused. The pods' socket lookups are the test's (engine_world.h).
 #include <doctest/doctest.h>
 
+#include <fstream>
+
 #include "engine_world.h"
 
 using namespace signet;
@@ -114,4 +116,27 @@ TEST_CASE("enforce: simultaneous open (a SYN crossing the pod's own SYN on the s
     CHECK(refused_of(B, "simultaneous_open") == 1);
     // An ordinary connection from another port is not affected.
     run_handshake(w, 43200, 7000, 8000);
+}
+
+TEST_CASE("a trust bundle of other CAs: the client drops its pair keys at once (a signed token, not a MAC one)") {
+    World w;
+    Node& A = w.node_a();
+    run_handshake(w, 43300, 100, 200);  // first contact: signed
+    run_handshake(w, 43301, 300, 400);  // MAC under the pair key
+    CHECK(A.engine->counters().tokens_added_mac == 1);
+    const auto signed_before = A.engine->counters().tokens_added_signed;
+    // The bundle file now names another CA (the cluster's was removed): node-a re-reads it.
+    identity::AuthorityOptions o;
+    o.trust_domain = "datapath.test";
+    auto other = identity::Authority::create(o);
+    REQUIRE(other.ok());
+    {
+        std::ofstream f(w.dir() / "ca" / "trust-bundle.pem", std::ios::trunc);
+        f << other->bundle_pem();
+    }
+    REQUIRE(A.identity->reload_bundle());
+    auto syn = w.judge("a", kOutE, segment("10.0.0.1", "10.0.1.1", 43302, kPort, 500, 0, tcpf::syn));
+    CHECK(syn.accepted);
+    CHECK(A.engine->counters().tokens_added_mac == 1);  // no MAC token under a key the bundle no longer vouches for
+    CHECK(A.engine->counters().tokens_added_signed == signed_before + 1);
 }
