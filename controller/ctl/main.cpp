@@ -29,7 +29,9 @@ Commands:
                       is applied to every local pod, and prints the applied version
   explain --from A --to B --port PORT[/PROTO]
                       whether a connection from A to B is allowed, and the policies and rules
-                      that decide it; A and B are NAMESPACE/POD or an IP address
+                      that decide it; A and B are NAMESPACE/POD or an IP address. Exit
+                      status: 0 allowed, 3 denied (to a Service: by any of its backends),
+                      1 error, 2 usage
   policies NS/POD     the policies in force for a pod, its rules (peers, ports), and the
                       packets each rule accepted and the default deny dropped
   flows [--namespace NS] [--pod NS/POD] [--verdict allowed|denied] [--limit N] [--follow]
@@ -221,6 +223,33 @@ int cmd_pods(const Options& o) {
     return 0;
 }
 
+// explain's exit status says the verdict, so that scripts can use it:
+// 0 allowed; 3 denied (to a Service frontend: by at least one of its
+// backends, since kube-proxy may pick any); 1 error, 2 usage.
+constexpr int kExitDenied = 3;
+constexpr int kExitUnknownVerdict = 1;
+
+int explain_status(const rapidjson::Document& d) {
+    const auto* allowed = json::find(d, "allowed");
+    if (allowed == nullptr || !allowed->IsBool()) return kExitUnknownVerdict;
+    bool ok = allowed->GetBool();
+    if (const auto* svcs = json::find(d, "services"); svcs != nullptr && svcs->IsArray() && !svcs->Empty()) {
+        ok = true;  // the frontend's own address verdict is not what the connection meets: its backends are
+        for (const auto& svc : svcs->GetArray()) {
+            const auto* backends = svc.IsObject() ? json::find(svc, "backends") : nullptr;
+            if (backends == nullptr || !backends->IsArray() || backends->Empty()) {
+                ok = false;  // no backend: the connection goes nowhere
+                continue;
+            }
+            for (const auto& b : backends->GetArray()) {
+                const auto* a = b.IsObject() ? json::find(b, "allowed") : nullptr;
+                if (a == nullptr || !a->IsBool() || !a->GetBool()) ok = false;
+            }
+        }
+    }
+    return ok ? 0 : kExitDenied;
+}
+
 int cmd_explain(const Options& o) {
     if (o.from.empty() || o.to.empty() || o.port.empty())
         return usage_error("explain needs --from, --to and --port (e.g. --port 80/TCP)");
@@ -234,12 +263,15 @@ int cmd_explain(const Options& o) {
     auto doc = call(o, "GET", "/v1/explain?from=" + http::percent_encode(o.from) + "&to=" + http::percent_encode(o.to) +
                                   "&port=" + http::percent_encode(port) + "&protocol=" + http::percent_encode(proto));
     if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
+    const int status = explain_status(*doc);
+    if (status == kExitUnknownVerdict)
+        std::fprintf(stderr, "signetctl: signetd's answer carries no verdict (\"allowed\")\n");
     if (o.output == "json") {
         doc->RemoveMember("text");
-        return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
+        return std::printf("%s\n", json::to_string(*doc, true).c_str()), status;
     }
     std::printf("%s", json::opt_string(*doc, "text").value_or("").c_str());
-    return 0;
+    return status;
 }
 
 int cmd_policies(const Options& o) {

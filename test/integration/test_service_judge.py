@@ -216,7 +216,8 @@ def body(t: harness.Test, run: harness.Run):
     t.check("flows: ok's connections to the ClusterIP are recorded as decided at the node for Service x/web",
             recs and all(r.get("policy") == f"service:{NS}/web" for r in recs), recs[:3])
     p = node_a.d.ctl("explain", "--from", f"{NS}/no", "--to", CLUSTER_IP, "--port", str(SVC_PORT), "-o", "json")
-    ex = json.loads(p.stdout) if p.returncode == 0 else {}
+    t.check("explain --to CLUSTERIP for x/no exits 3 (denied by the backends)", p.returncode == 3, p.stderr)
+    ex = json.loads(p.stdout) if p.returncode in (0, 3) else {}
     svcs = ex.get("services") or []
     t.check("explain --to CLUSTERIP: the Service and both backends, each denied for x/no",
             len(svcs) == 1 and len(svcs[0].get("backends", [])) == 2 and
