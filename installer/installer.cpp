@@ -286,6 +286,7 @@ Result<Report> install(const Options& opts) {
     else
         rep.lines.push_back(std::string(would) + "update " + path + ": " + edit->note);
     rep.changed = copy || edit->change != Change::none;
+    rep.config_change = edit->change;
     if (opts.dry_run) {
         if (edit->change != Change::none) rep.lines.push_back("new content of " + new_path + ":\n" + edit->text);
         return rep;

@@ -37,6 +37,9 @@ struct Report {
     std::vector<std::string> lines;  // what was done (or would be, with dry_run), for the log
     bool changed = false;
     std::string config;  // the config file acted on ("" if none)
+    // install: what happened (or would) to that config's text; changed is
+    // also true when only the plugin binary was copied.
+    Change config_change = Change::none;
 };
 
 // install: the plugin binary into bin_dir (temporary file + rename, mode

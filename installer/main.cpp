@@ -1,8 +1,11 @@
 // signet-install-cni: puts the signet CNI plugin on a node (binary and
 // conflist entry), or takes its entry out again. Run by the DaemonSet's init
-// container; also usable by hand.
+// container, and with --watch by its long-running install-cni-watch
+// container, which chains signet again whenever the config changes; also
+// usable by hand.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +16,7 @@
 #include "installer.h"
 #include "signet/args.h"
 #include "signet/duration.h"
+#include "watch.h"
 
 namespace {
 
@@ -24,6 +28,12 @@ install    copies the signet CNI plugin into the CNI binary folder and adds
            {"type": "signet", "socket": SOCKET} as the LAST plugin of the node's
            active CNI network config
 uninstall  removes that entry (and nothing else) from every config that has it
+
+install --watch  does the same, then keeps running: whenever the active config
+           changes (a network plugin that rewrites its conflist when it
+           restarts drops signet's entry: flannel, Calico, k3s, aws-node; or
+           another plugin drops in a file that sorts first), signet is chained
+           into the active config again
 
 The active config is found exactly as the container runtime (libcni:
 containerd, CRI-O, podman) finds it: the files in the config folder named
@@ -66,14 +76,40 @@ Flags:
                           network plugin to write a config (default: 0)
   --dry-run               print what would be done and the new file content;
                           write nothing
+  --watch                 install, then keep running until SIGTERM/SIGINT
+                          (see below)
+  --debounce DURATION     --watch: how long the folder must be quiet after a
+                          change before signet is chained again (default:
+                          500ms; at most 3s after the first change)
+  --uninstall-on-exit     --watch: remove signet's entry (as uninstall) when
+                          stopped by SIGTERM/SIGINT. Off by default: a restart
+                          or upgrade of the installer would otherwise leave a
+                          window in which new pods start without signet
   -h, --help              show this help
   --version               print the version
+
+Watch mode (install --watch): the config folder is watched with inotify
+(files written, created, renamed in or out, deleted; the folder itself
+removed or replaced), and looked at again every 60s anyway (a config that is
+a symlink to a file elsewhere changes without an event in the folder). After
+a change, once the folder has been quiet for the --debounce time, the same
+install as above runs: the active config is found again (so a new file that
+sorts first gets signet too), and a config that already has signet is not
+written, which is also why the installer's own writes do not start a loop.
+Each change is logged with the file and the events behind it. A config
+signet cannot be chained into (not valid, signet not last, an unsupported
+cniVersion, no config yet) is reported once and the watch goes on. A missing
+config folder is waited for (k3s creates it late), with a log line. SIGTERM
+or SIGINT ends it with status 0; signet's entry stays unless
+--uninstall-on-exit is given.
 
 The plugin binary is left in place by uninstall: runtimes may still call it to
 delete pods that were created with it (its DEL succeeds even without signetd).
 
-Exit status: 0 on success (also when nothing had to change), 1 on an error
-(printed on stderr; nothing was written), 2 on a usage error.
+Exit status: 0 on success (also when nothing had to change; --watch: when
+stopped by a signal), 1 on an error (printed on stderr; nothing was written;
+--watch: the watch cannot be set up, or --uninstall-on-exit failed), 2 on a
+usage error.
 )";
 
 int usage_error(const std::string& msg) {
@@ -104,6 +140,8 @@ int main(int argc, char** argv) {
     std::string command;
     bool plugin_set = false;
     long wait_s = 0;
+    bool watch = false, wait_set = false, watch_flag = false;
+    installer::WatchOptions wopts;
     signet::Args args(argc, argv);
     while (args.next()) {
         const std::string arg = args.arg();
@@ -130,6 +168,22 @@ int main(int argc, char** argv) {
         } else if (arg == "--wait") {
             if (!need(&v) || !parse_seconds(v, &wait_s))
                 return usage_error("--wait takes a duration such as 30s or 5m");
+            wait_set = true;
+        } else if (arg == "--watch") {
+            if (args.has_value()) return usage_error("--watch takes no value");
+            watch = true;
+        } else if (arg == "--debounce") {
+            const char* bad = "--debounce takes a duration such as 500ms or 1s (at most 60s)";
+            if (!need(&v)) return usage_error(bad);
+            auto d = signet::parse_duration(v, std::chrono::milliseconds(0), std::chrono::seconds(60));
+            if (!d) return usage_error(bad);
+            wopts.debounce = *d;
+            wopts.max_delay = std::max(wopts.max_delay, *d);
+            watch_flag = true;
+        } else if (arg == "--uninstall-on-exit") {
+            if (args.has_value()) return usage_error("--uninstall-on-exit takes no value");
+            wopts.uninstall_on_exit = true;
+            watch_flag = true;
         } else if (arg == "--dry-run") {
             if (args.has_value()) return usage_error("--dry-run takes no value");
             opts.dry_run = true;
@@ -143,6 +197,11 @@ int main(int argc, char** argv) {
     }
     if (command != "install" && command != "uninstall")
         return usage_error(command.empty() ? "say install or uninstall" : "unknown command '" + command + "'");
+    if (watch && command != "install") return usage_error("--watch goes with install");
+    if (watch_flag && !watch) return usage_error("--debounce and --uninstall-on-exit go with --watch");
+    if (watch && opts.dry_run) return usage_error("--watch writes: it cannot be combined with --dry-run");
+    if (watch && wait_set)
+        return usage_error("--wait is for a one-shot install; --watch waits for a config (and its folder) anyway");
 
     Result<installer::Report> rep = make_error(0, "");
     if (command == "install") {
@@ -153,6 +212,10 @@ int main(int argc, char** argv) {
             return 1;
         }
         opts.supported_versions = *versions;
+        if (watch) {
+            std::setvbuf(stdout, nullptr, _IOLBF, 0);
+            return installer::watch(opts, wopts, stdout, stderr);
+        }
         auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
         bool told = false;
         for (;;) {

@@ -3,6 +3,7 @@
 // conversion, nothing written on error) in temporary folders.
 #include <dirent.h>
 #include <doctest/doctest.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include "installer.h"
 #include "signet/fsutil.h"
 #include "signet/json.h"
+#include "watch.h"
 
 using namespace signet;
 using namespace signet::installer;
@@ -570,4 +572,91 @@ TEST_CASE("installer files: the plugin's VERSION answer") {
     put(p, "#!/bin/sh\necho nope\nexit 1\n", 0755);
     CHECK_FALSE(plugin_versions(p).ok());
     CHECK_FALSE(plugin_versions(t.path + "/missing").ok());
+}
+
+// --watch (issue #15): which folder events lead to a look, how they are
+// described in the log, and the debounce.
+TEST_CASE("installer watch: the events that matter") {
+    // The ways network plugins write their config: rename, in place, new, gone.
+    for (uint32_t m : {IN_MOVED_TO, IN_CLOSE_WRITE, IN_CREATE, IN_DELETE, IN_MOVED_FROM})
+        for (const char* n : {"10-flannel.conflist", "87-podman.conf", "x.json", ".hidden.conflist"})
+            CHECK_MESSAGE(event_matters(m, n), n << " " << m);
+    // Files the runtime does not read, our own temporary file, sub-folders,
+    // events not asked for.
+    CHECK_FALSE(event_matters(IN_MOVED_TO, "README"));
+    CHECK_FALSE(event_matters(IN_CLOSE_WRITE, ".10-flannel.conflist.signet.tmp1234"));
+    CHECK_FALSE(event_matters(IN_CREATE, "10-flannel.conflist.bak"));
+    CHECK_FALSE(event_matters(IN_CREATE | IN_ISDIR, "sub.conflist"));
+    CHECK_FALSE(event_matters(IN_MODIFY, "10-flannel.conflist"));
+    CHECK_FALSE(event_matters(IN_MOVED_TO, ""));
+    // The folder itself, and lost events: always.
+    for (uint32_t m : {IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT, IN_IGNORED, IN_Q_OVERFLOW}) {
+        CHECK(event_matters(m, ""));
+        CHECK(watch_lost(m) == (m != IN_Q_OVERFLOW));
+    }
+    CHECK_FALSE(watch_lost(IN_DELETE));
+    CHECK(describe_event(IN_MOVED_TO, "10-flannel.conflist") == "10-flannel.conflist replaced (moved in)");
+    CHECK(describe_event(IN_CLOSE_WRITE, "a.conf") == "a.conf written");
+    CHECK(describe_event(IN_DELETE, "a.conf") == "a.conf deleted");
+    CHECK(describe_event(IN_MOVED_FROM, "a.conf") == "a.conf moved away");
+    CHECK(describe_event(IN_CREATE, "a.conf") == "a.conf created");
+    CHECK(describe_event(IN_MOVE_SELF, "") == "the config folder was moved away");
+    CHECK(describe_event(IN_Q_OVERFLOW, "") == "inotify event queue overflowed");
+}
+
+TEST_CASE("installer watch: debounce and reasons") {
+    using namespace std::chrono_literals;
+    Debouncer d(200ms, 1000ms);
+    auto t0 = Debouncer::clock::time_point{} + 1h;
+    CHECK_FALSE(d.pending());
+    CHECK_FALSE(d.due(t0));
+    d.note(t0);
+    CHECK(d.pending());
+    CHECK(d.due_at() == t0 + 200ms);
+    CHECK_FALSE(d.due(t0 + 199ms));
+    CHECK(d.due(t0 + 200ms));
+    // Each event pushes it back, but never past max_delay after the first.
+    d.note(t0 + 150ms);
+    CHECK(d.due_at() == t0 + 350ms);
+    for (auto t = t0; t < t0 + 3s; t += 100ms) d.note(t);
+    CHECK(d.due_at() == t0 + 1000ms);
+    d.clear();
+    CHECK_FALSE(d.pending());
+    d.note(t0 + 5s);
+    CHECK(d.due_at() == t0 + 5s + 200ms);
+
+    Reasons r(2);
+    CHECK(r.empty());
+    r.add("a written");
+    r.add("a written");
+    r.add("b created");
+    CHECK(r.text() == "a written; b created");
+    r.add("c deleted");
+    r.add("d deleted");
+    CHECK(r.text() == "a written; b created and 2 more");
+    r.clear();
+    CHECK(r.empty());
+    CHECK(r.text().empty());
+}
+
+TEST_CASE("installer watch: the report tells a config edit from a binary copy") {
+    // --watch logs "chained signet into FILE" only when the config changed.
+    TempDir t;
+    Options o = file_opts(t);
+    t.sub("net.d");
+    t.sub("bin");
+    put(o.conf_dir + "/10-flannel.conflist", fixture("10-flannel.conflist"));
+    auto first = install(o);
+    REQUIRE(first.ok());
+    CHECK(first->changed);
+    CHECK(first->config_change == Change::inserted);
+    auto again = install(o);
+    REQUIRE(again.ok());
+    CHECK_FALSE(again->changed);
+    CHECK(again->config_change == Change::none);
+    REQUIRE(::unlink((o.bin_dir + "/signet").c_str()) == 0);
+    auto copied = install(o);
+    REQUIRE(copied.ok());
+    CHECK(copied->changed);
+    CHECK(copied->config_change == Change::none);
 }
