@@ -13,7 +13,10 @@ What it checks, for every manifests/*.yaml (not manifests/examples/):
     HostToContainer propagation), capabilities are "drop ALL" plus a justified
     few, $(VAR) references resolve, ConfigMap keys exist, the flags passed to
     signetd and signet-install-cni are flags those programs accept, and the
-    binaries it runs are where the Dockerfile puts them;
+    binaries it runs are where the Dockerfile puts them; signet-install-cni
+    runs once as an init container and keeps running as a container with
+    `install --watch` (issue #15: re-chains signet when the network plugin
+    rewrites its config), both with the installer's capabilities only;
   - RBAC: no wildcards; the node agent's read rules cover exactly the API
     paths the Kubernetes source requests (grepped from
     controller/source/kubernetes/, or a fixed list when that folder has none)
@@ -271,15 +274,23 @@ def check_daemonset(docs, files_text):
     containers = pod.get("containers") or []
     if not containers:
         problem(where, "no containers")
-    if not any("signet-install-cni" in " ".join(c.get("command") or []) for c in inits):
+    def installs(c):
+        return "signet-install-cni" in " ".join(c.get("command") or [])
+    if not any(installs(c) for c in inits):
         problem(where, "an init container running signet-install-cni is expected")
+    watchers = [c for c in containers if installs(c)]
+    if not any((c.get("args") or [])[:1] == ["install"] and "--watch" in (c.get("args") or []) for c in watchers):
+        problem(where, "a container running signet-install-cni install --watch is expected (it chains signet "
+                       "again when the network plugin rewrites its config)")
     names = [c.get("name") for c in inits + containers]
     if len(names) != len(set(names)):
         problem(where, f"container names repeat: {names}")
     for c in inits + containers:
-        is_init = c in inits
+        # The installer (init container and watcher) needs none of signetd's
+        # capabilities nor its probes.
+        is_installer = c in inits or installs(c)
         check_container(where, c, None, configmaps,
-                        INIT_ALLOWED_CAPS if is_init else set(ALLOWED_CAPS), is_init, host_pid)
+                        INIT_ALLOWED_CAPS if is_installer else set(ALLOWED_CAPS), is_installer, host_pid)
         for m in c.get("volumeMounts") or []:
             used.add(m.get("name"))
             if m.get("name") not in volumes:
