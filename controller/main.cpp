@@ -104,7 +104,10 @@ Flags:
   --node-netns PATH       the node's netns: where kube-proxy translates, and whose addresses
                           are the node's own (default: signetd's own; signetd runs in the
                           host's network namespace)
-  --log-level LEVEL       debug, info, warn or error (default: info)
+  --log-level LEVEL       debug, info, warn or error (default: info); changeable at run time:
+                          signetctl log-level LEVEL
+  --log-format FORMAT     text (default) or json: one JSON object per line
+                          {"time","level","component","msg"}
   --help                  show this help
   --version               print the version
 
@@ -157,6 +160,10 @@ int main(int argc, char** argv) {
             log::Level level;
             if (!need(&v) || !log::parse_level(v, &level)) return usage_error("--log-level takes debug, info, warn or error");
             log::set_level(level);
+        } else if (arg == "--log-format") {
+            log::Format format;
+            if (!need(&v) || !log::parse_format(v, &format)) return usage_error("--log-format takes text or json");
+            log::set_format(format);
         } else if (arg == "--kubeconfig") {
             if (!need(&kubeconfig)) return usage_error("--kubeconfig needs a value");
         } else if (arg == "--influxdb") {

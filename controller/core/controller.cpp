@@ -431,6 +431,34 @@ void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
         if (m != "GET") return respond(ipc::json_error(405, "use GET"));
         return handle_policies(req, respond);
     }
+    if (what == "log-level" && s.size() == 2) {
+        // The log level at run time: GET reads it; PUT {"level": "debug"} sets it (root: PUT changes things).
+        rapidjson::Document d(rapidjson::kObjectType);
+        if (m == "PUT") {
+            auto body = json::parse(req.body);
+            if (!body) return respond(ipc::json_error(400, body.error().message));
+            auto text = json::opt_string(*body, "level");
+            log::Level level;
+            if (!text || !log::parse_level(*text, &level))
+                return respond(ipc::json_error(400, "the body needs \"level\": debug, info, warn or error"));
+            const log::Level before = log::level();
+            // Said at the old level and at the new one: whichever is quieter still shows it.
+            const std::string said = std::string("log level ") + log::to_string(before) + " -> " +
+                                     log::to_string(level) + " (by pid " + std::to_string(req.peer.pid) + ")";
+            if (before <= log::Level::warn) {
+                log::warn(kLog, said);
+                log::set_level(level);
+            } else {
+                log::set_level(level);
+                log::write(std::max(level, log::Level::warn), kLog, said);
+            }
+            d.AddMember("previous", rapidjson::StringRef(log::to_string(before)), d.GetAllocator());
+        } else if (m != "GET") {
+            return respond(ipc::json_error(405, "use GET or PUT"));
+        }
+        d.AddMember("level", rapidjson::StringRef(log::to_string(log::level())), d.GetAllocator());
+        return respond(ipc::Response{200, json::to_string(d) + "\n", "application/json"});
+    }
     if (what == "gc" && s.size() == 2) {
         if (m != "POST") return respond(ipc::json_error(405, "use POST"));
         return handle_gc(req, respond);

@@ -13,6 +13,7 @@
 #include "signet/duration.h"
 #include "signet/http_client.h"
 #include "signet/json.h"
+#include "signet/log.h"
 #include "signet/args.h"
 #include "ctl/authority.h"
 
@@ -42,6 +43,7 @@ Commands:
   authority init DIR | authority issue DIR --node NAME --out DIR2
                       the cluster's identity authority (docs/handshake.md): create one, or
                       issue a node's key and certificate; 'signetctl authority --help'
+  log-level [LEVEL]   signetd's log level, or set it now (debug, info, warn, error; root)
   version             print signetctl's version
 
 Flags:
@@ -77,8 +79,9 @@ bool parse_duration_ms(const std::string& text, int* out) {
     return true;
 }
 
-Result<rapidjson::Document> call(const Options& o, const char* method, const std::string& target, int extra_ms = 0) {
-    auto resp = http::request(o.socket, method, target, {}, o.timeout_ms + extra_ms);
+Result<rapidjson::Document> call(const Options& o, const char* method, const std::string& target, int extra_ms = 0,
+                                 std::string_view body = {}) {
+    auto resp = http::request(o.socket, method, target, body, o.timeout_ms + extra_ms);
     if (!resp) return make_error(1, "cannot talk to signetd at " + o.socket + ": " + resp.error().message);
     auto doc = json::parse(resp->body);
     if (resp->status / 100 != 2) {
@@ -410,6 +413,28 @@ int cmd_flows(const Options& o) {
     }
 }
 
+// log-level [LEVEL]: prints signetd's log level, or sets it (root).
+int cmd_log_level(const Options& o) {
+    if (o.args.size() > 1) return usage_error("log-level takes at most one LEVEL (debug, info, warn, error)");
+    Result<rapidjson::Document> doc = make_error(1, "");
+    if (o.args.empty()) {
+        doc = call(o, "GET", "/v1/log-level");
+    } else {
+        log::Level level;
+        if (!log::parse_level(o.args[0], &level))
+            return usage_error("log-level: '" + o.args[0] + "' is not one of debug, info, warn, error");
+        doc = call(o, "PUT", "/v1/log-level", 0, std::string("{\"level\":\"") + log::to_string(level) + "\"}");
+    }
+    if (!doc) return std::fprintf(stderr, "signetctl: %s\n", doc.error().message.c_str()), 1;
+    if (o.output == "json") return std::printf("%s\n", json::to_string(*doc, true).c_str()), 0;
+    const std::string now = json::opt_string(*doc, "level").value_or("?");
+    if (auto before = json::opt_string(*doc, "previous"))
+        std::printf("log level %s (was %s)\n", now.c_str(), before->c_str());
+    else
+        std::printf("log level %s\n", now.c_str());
+    return 0;
+}
+
 int cmd_sync(const Options& o) {
     // signetd enforces the timeout; the socket call gets a little longer so its answer arrives.
     auto doc = call(o, "POST", "/v1/sync?timeout=" + std::to_string(o.timeout_ms) + "ms", 2000);
@@ -482,10 +507,12 @@ int main(int argc, char** argv) {
         }
     }
     if (command.empty()) return usage_error("no command given");
-    if (command != "policies" && !o.args.empty()) return usage_error("unexpected argument '" + o.args[0] + "'");
+    if (command != "policies" && command != "log-level" && !o.args.empty())
+        return usage_error("unexpected argument '" + o.args[0] + "'");
     if (command == "status") return cmd_status(o);
     if (command == "pods") return cmd_pods(o);
     if (command == "sync") return cmd_sync(o);
+    if (command == "log-level") return cmd_log_level(o);
     if (command == "explain") return cmd_explain(o);
     if (command == "policies") return cmd_policies(o);
     if (command == "flows") return cmd_flows(o);

@@ -182,7 +182,7 @@ def body(t, run):
            "--state-dir", str(d.state_dir), "--api-group", "no-such-group-signet", check=False, timeout=20)
     t.check("--api-group with an unknown group: signetd exits 1 naming it",
             p.returncode == 1 and "no such group: no-such-group-signet" in p.stdout + p.stderr, p)
-    d.extra_args = ["--metrics-address", "127.0.0.1:0", "--api-group", "nogroup"]
+    d.extra_args = ["--metrics-address", "127.0.0.1:0", "--api-group", "nogroup", "--log-format", "json"]
     d.start()
     st = os.lstat(sock)
     t.equal("--api-group nogroup: socket root:nogroup 0660", (st.st_uid, st.st_gid, oct(st.st_mode & 0o7777)),
@@ -208,6 +208,42 @@ def body(t, run):
     t.equal("status: api.refused.readOnly", s.get("api", {}).get("refused", {}).get("readOnly"), 5)
     t.equal("/metrics: signet_api_refused_total{reason=read_only}",
             metric(d, "signet_api_refused_total", {"reason": "read_only"}), 5.0)
+
+    # ---- the log: --log-format json, the level changed at run time --------
+    ctl = [bins["signetctl"], "--socket", sock]
+    p = sh(*ctl, "log-level", check=False)
+    start_level = p.stdout.strip().removeprefix("log level ")
+    t.check("signetctl log-level: the level signetd started with", p.returncode == 0 and start_level in
+            ("debug", "info", "warn", "error"), p)
+    r = call_as(NOBODY, NOBODY, sock, "PUT", "/v1/log-level", '{"level":"debug"}')
+    t.equal("group member: PUT /v1/log-level -> 403", r.get("status"), 403)
+    t.equal("group member: GET /v1/log-level -> 200", call_as(NOBODY, NOBODY, sock, "GET", "/v1/log-level").get("status"),
+            200)
+    p = sh(*ctl, "log-level", "loud", check=False)
+    t.check("signetctl log-level loud: usage error (2)", p.returncode == 2, p)
+    t.equal("PUT /v1/log-level with no level -> 400", api(sock, "PUT", "/v1/log-level", "{}").get("status"), 400)
+    p = sh(*ctl, "log-level", "error", check=False)
+    t.check("signetctl log-level error (root): set", p.returncode == 0 and
+            f"log level error (was {start_level})" in p.stdout, p)
+    mark = len(d.log_path().read_text(errors="replace").splitlines())
+    d.sync()
+    call_as(NOBODY, NOBODY, sock, "POST", "/v1/sync", "{}")  # refused: a warn line, not written at error
+    quiet = d.log_path().read_text(errors="replace").splitlines()[mark:]
+    t.check("at level error no warn or info line is written", not quiet, quiet[:3])
+    p = sh(*ctl, "log-level", start_level, check=False)
+    t.check(f"signetctl log-level {start_level}: back", p.returncode == 0 and "(was error)" in p.stdout, p)
+    lines = [l for l in d.log_path().read_text(errors="replace").splitlines() if l.strip()]
+    objs, bad = [], []
+    for l in lines:
+        try:
+            objs.append(json.loads(l))
+        except json.JSONDecodeError:
+            bad.append(l)
+    t.check(f"--log-format json: every log line is a JSON object ({len(lines)} lines)",
+            lines and not bad and all({"time", "level", "component", "msg"} <= set(o) for o in objs), bad[:3])
+    t.check("the log says who changed the level, both ways",
+            any(f"log level {start_level} -> error (by pid" in o.get("msg", "") for o in objs) and
+            any(f"log level error -> {start_level} (by pid" in o.get("msg", "") for o in objs), lines[-5:])
     d.stop()
 
     # ---- 3. netns that are not a pod's ------------------------------------
