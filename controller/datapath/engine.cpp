@@ -907,7 +907,7 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
         // reach the listener, which takes it as a new connection when its
         // SYN cookie checks out.
         if (std::string why; !connection_socket_exists(at, p, why))
-            return refuse("closed_connection", at, p, "a proof again after the connection closed: " + why);
+            return discard_closed(at, p, "a proof again after the connection closed: " + why);
         auto again = handshake::strip_token(p);
         if (!again) return refuse("malformed_packet", at, p, again.error().message);
         accept.replacement = std::move(again->packet);
@@ -956,11 +956,24 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
 Decision HandshakeEngine::closing_segment(Attachment& at, const Packet& p) {
     ++counters_.closing_checked;
     if (std::string why; !connection_socket_exists(at, p, why))
-        return refuse("closed_connection", at, p, "a segment after the connection closed: " + why);
+        return discard_closed(at, p, "a segment after the connection closed: " + why);
     Decision d;
     d.verdict = handshake::kAccept;
     d.mark = kCtMarkClosing;
     return d;
+}
+
+// A segment whose connection is gone: dropped and counted apart from the
+// refusals. A replayed handshake ACK (the SYN-cookie attack) and an honest
+// late segment (a client's ACK queued for this check while its own RST, which
+// is not queued, ended the connection) look the same here, and neither has a
+// connection left to reach: nothing is lost by the drop.
+Decision HandshakeEngine::discard_closed(const Attachment& at, const Packet& p, const std::string& why) {
+    ++counters_.closed_discarded;
+    log::debug(kLog, "dropped " + std::string(handshake::to_string(handshake::classify(p))) + " " +
+                         ip_text(p.family, p.src) + ":" + std::to_string(p.sport) + " -> " + ip_text(p.family, p.dst) +
+                         ":" + std::to_string(p.dport) + " of " + pod_str(at.pod) + ": " + why);
+    return Decision{handshake::kDrop, {}, {}, {}};
 }
 
 bool HandshakeEngine::connection_socket_exists(Attachment& at, const Packet& p, std::string& why) {
@@ -1052,7 +1065,7 @@ HandshakeEngine::Drops HandshakeEngine::drops_of(const handshake::QueueStats& qs
     }
     d.held_for_proof = counters_.held_for_proof;
     d.denied = counters_.denied;
-    d.discarded = counters_.proof_after_reset;
+    d.discarded = counters_.proof_after_reset + counters_.closed_discarded;
     return d;
 }
 
@@ -1077,6 +1090,7 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     c.AddMember("held_for_proof", Value(counters_.held_for_proof), a);
     c.AddMember("proof_after_reset", Value(counters_.proof_after_reset), a);
     c.AddMember("closing_checked", Value(counters_.closing_checked), a);
+    c.AddMember("closed_discarded", Value(counters_.closed_discarded), a);
     c.AddMember("deferred_to_node", Value(counters_.deferred_to_node), a);
     c.AddMember("pending_evicted_done", Value(counters_.pending_evicted_done), a);
     c.AddMember("pending_evicted_live", Value(counters_.pending_evicted_live), a);

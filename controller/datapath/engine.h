@@ -165,8 +165,9 @@ public:
         uint64_t deferred_to_node = 0;        // client SYNs to a Service frontend: the handshake at the node
         // Enforce mode, server: segments of a closing authenticated connection
         // checked against the pod's sockets (kCtMarkClosing), and how many of
-        // them found the connection's socket gone (refused: closed_connection).
-        uint64_t closing_checked = 0;
+        // them found the connection's socket gone and were dropped (with a
+        // repeated final-ACK proof after the close): closed_discarded.
+        uint64_t closing_checked = 0, closed_discarded = 0;
         // Handshakes in flight given up to make room for new ones: completed
         // ones (kept only for a retransmission), and live ones (the oldest;
         // a client's SYN-ACK then finds no entry: unexpected_token).
@@ -277,6 +278,7 @@ private:
     // Whether the local pod's socket of the segment's connection still
     // exists (not only its listener); `why` says what was found otherwise.
     bool connection_socket_exists(Attachment& at, const handshake::Packet& p, std::string& why);
+    handshake::Decision discard_closed(const Attachment& at, const handshake::Packet& p, const std::string& why);
 
     // Policy: ingress of the local pod (peer = source) or its egress (peer =
     // destination), on a pod identity or an address: the policy query's

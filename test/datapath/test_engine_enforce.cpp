@@ -72,13 +72,15 @@ TEST_CASE("enforce: a closing connection's segments pass only while its socket e
     CHECK_FALSE(w.judge("b", kInE, with_data, nft::kCtMarkClosing).accepted);
     state = std::nullopt;
     CHECK_FALSE(w.judge("b", kInE, ack, nft::kCtMarkClosing).accepted);
-    CHECK(refused_of(B, "closed_connection") == 3);
+    CHECK(B.engine->counters().closed_discarded == 3);
     // A lookup that fails is not a pass (fail closed).
     B.queues.socket_state = [](const handshake::SocketTuple&) {
         return Result<std::optional<uint8_t>>(make_error(EIO, "netlink broke"));
     };
     CHECK_FALSE(w.judge("b", kInE, ack, nft::kCtMarkClosing).accepted);
-    CHECK(refused_of(B, "closed_connection") == 4);
+    CHECK(B.engine->counters().closed_discarded == 4);
+    CHECK(B.engine->drops().discarded == 4);
+    CHECK(B.engine->counters().refused.empty());  // nothing lost, nothing refused: the connection was gone
     CHECK(B.engine->counters().closing_checked == 6);
     // Without the closing mark the same ACK is the server_ack path (proof already verified: passes).
     B.queues.socket_state = [](const handshake::SocketTuple&) {
@@ -98,7 +100,7 @@ TEST_CASE("enforce: the final ACK's proof replayed after the close is refused; w
         return Result<std::optional<uint8_t>>(std::optional<uint8_t>{handshake::kTcpStateListen});
     };
     CHECK_FALSE(w.judge("b", kPreE, proof_ack).accepted);
-    CHECK(refused_of(B, "closed_connection") == 1);
+    CHECK(B.engine->counters().closed_discarded == 1);
 }
 
 TEST_CASE("enforce: simultaneous open (a SYN crossing the pod's own SYN on the same ports) is refused") {
