@@ -175,7 +175,10 @@ size_t Collector::poll_once(bool& more) {
     int n = ::epoll_wait(epfd_, evs, 64, 0);
     if (n < 0) return 0;
     for (int i = 0; i < n; ++i) {
-        auto it = by_id_.find(evs[i].data.u64);
+        // epoll_event is packed on x86-64 (data at offset 4): copy the id
+        // out rather than bind a reference to a misaligned uint64_t.
+        const uint64_t id = evs[i].data.u64;
+        auto it = by_id_.find(id);
         if (it == by_id_.end()) continue;  // detached by a callback meanwhile
         total += drain(*it->second.first, *it->second.second, more);
     }

@@ -113,6 +113,16 @@ def body(t: harness.Test, run: harness.Run):
         detail = json.dumps(r)
         if label == "handshake":
             detail += " -- signetd drops: " + json.dumps(d.status().get("handshake", {}).get("drops"))
+        if r["failures"]:
+            # Drops outside signet: the kernel's own counters in both pods'
+            # netns (a full accept queue drops SYNs: ListenOverflows/ListenDrops).
+            for who in ("server", "client"):
+                ns = harness.sh("ip", "netns", "exec", pods[who]["netns"], "nstat", "-asz", check=False).stdout
+                keep = [ln for ln in ns.splitlines() if any(k in ln for k in (
+                    "ListenOverflows", "ListenDrops", "TCPBacklogDrop", "TCPReqQFullDrop", "TCPReqQFullDoCookies",
+                    "SyncookiesSent", "SyncookiesFailed", "TCPTimeouts", "TCPSynRetrans", "TCPAbortOnTimeout"))
+                        and not ln.split()[1:2] == ["0"]]
+                detail += f" -- {who} netns nstat: " + "; ".join(" ".join(ln.split()[:2]) for ln in keep)
         t.check(f"{label}: connections succeed ({r['failures']} of {n} failed: {r.get('timed_out')} timed out, "
                 f"{r.get('refused')} refused, {r.get('reset')} reset, {r.get('other_errors')} other)",
                 r["failures"] == 0, detail)
