@@ -100,7 +100,10 @@ Status Controller::start() {
         if (opts_.handshake_queue == nft::QueueBackend::none)
             return make_error(ENOTSUP, "--handshake needs NFQUEUE: the kernel offers neither the nft `queue` "
                                        "expression nor the xt NFQUEUE target");
-        enforcer_.set_handshake(opts_.handshake_queue, opts_.handshake == HandshakeMode::enforce);
+        enforcer_.set_handshake(opts_.handshake_queue,
+                                opts_.handshake == HandshakeMode::enforce && opts_.handshake_strict_tcp);
+        if (opts_.handshake_strict_tcp && opts_.handshake != HandshakeMode::enforce)
+            log::warn(kLog, "--handshake-strict-tcp has no effect without --handshake enforce");
         HandshakeEngine::Context hc;
         hc.node_name = opts_.node_name;
         hc.mode = opts_.handshake;

@@ -64,6 +64,10 @@ struct Options {
     // kernel queues them (the probe's answer).
     HandshakeMode handshake = HandshakeMode::off;
     nft::QueueBackend handshake_queue = nft::QueueBackend::none;
+    // Enforce mode's TCP rules (docs/handshake.md, "No TCP connection without
+    // the handshake"): off by default until the connects they lose under
+    // parallel load are explained (issue #13).
+    bool handshake_strict_tcp = false;
     size_t handshake_memory = handshake::kDefaultHandshakeMemory;  // --handshake-memory (bytes)
     // Services (docs/policy.md, "Services"): judge connections to Service
     // frontends after kube-proxy's translation, in the node's netns

@@ -164,7 +164,7 @@ def body(t: harness.Test, run: harness.Run):
         t.check("signetd accepts --handshake enforce", False, "signetd --help lists no --handshake flag")
         raise harness.Fatal("no handshake engine in signetd")
     tn = twonode.TwoNodes(t, run, bins, ipv6=False)
-    tn.start("enforce")
+    tn.start("enforce", extra=["--handshake-strict-tcp"])
     tn.add_policy("to-b", "b", ["a"])
     tn.add_pods([("a", NODE_A), ("b", NODE_B), ("c", NODE_B)])
     P = tn.pods
