@@ -228,8 +228,17 @@ std::string Controller::metrics_text() const {
     w.sample("signet_flow_dropped_total", L{{"what", "window_keys"}}, static_cast<double>(fs.dropped_window));
     w.sample("signet_flow_dropped_total", L{{"what", "series"}}, static_cast<double>(fs.dropped_totals));
     w.sample("signet_flow_dropped_total", L{{"what", "pod_events"}}, static_cast<double>(fs.dropped_pod_events));
-    if (const auto* col = flows_->collector())
-        w.sample("signet_flow_dropped_total", L{{"what", "kernel_overruns"}}, static_cast<double>(col->stats().overruns));
+    if (const auto* col = flows_->collector()) {
+        const auto cs = col->stats();
+        w.sample("signet_flow_dropped_total", L{{"what", "kernel_overruns"}}, static_cast<double>(cs.overruns));
+        // Kernel data lost before signetd read it (status: flows.lost).
+        w.family("signet_flow_events_lost_total", "counter",
+                 "Kernel events lost before signetd read them (socket buffer full, datagram truncated), by source");
+        w.sample("signet_flow_events_lost_total", L{{"source", "conntrack"}}, static_cast<double>(cs.lost_ct_events));
+        w.sample("signet_flow_events_lost_total", L{{"source", "nflog"}}, static_cast<double>(cs.lost_denied_packets));
+        w.sample("signet_flow_events_lost_total", L{{"source", "truncated"}}, static_cast<double>(cs.truncated));
+        w.sample("signet_flow_events_lost_total", L{{"source", "enobufs"}}, static_cast<double>(cs.overruns));
+    }
 
     // The InfluxDB exporter.
     if (influx_) {

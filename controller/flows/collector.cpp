@@ -1,6 +1,9 @@
 #include "collector.h"
 
+#include <linux/netlink.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,87 +16,191 @@ namespace signet::flows {
 
 namespace {
 constexpr const char* kLog = "flows";
+// One recvmmsg reads up to kBatch datagrams (a conntrack event is one
+// datagram of a few hundred bytes; an NFLOG datagram holds one or more
+// packets of at most 128 copied bytes each); at most kMaxBatches per socket
+// and poll, then the next socket (and a poll again at once).
+constexpr size_t kBatch = 64, kDatagram = 16384, kMaxBatches = 16;
+}  // namespace
+
+Collector::Collector(boost::asio::io_context& io, OnConntrack on_ct, OnDenied on_denied,
+                     std::chrono::milliseconds coalesce)
+    : io_(io),
+      on_ct_(std::move(on_ct)),
+      on_denied_(std::move(on_denied)),
+      coalesce_(coalesce),
+      tick_(io),
+      buf_(kBatch * kDatagram) {
+    epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ < 0) log::warn(kLog, std::string("epoll_create1: ") + std::strerror(errno));
 }
 
-Collector::Collector(boost::asio::io_context& io, OnConntrack on_ct, OnDenied on_denied)
-    : io_(io), on_ct_(std::move(on_ct)), on_denied_(std::move(on_denied)), buf_(1 << 16) {}
-
-Collector::~Collector() { stop(); }
+Collector::~Collector() {
+    *alive_ = false;
+    stop();
+    if (epfd_ >= 0) ::close(epfd_);
+}
 
 void Collector::stop() {
-    for (auto& [k, sub] : subs_) {
+    tick_.cancel();
+    if (idle_wait_) {
         boost::system::error_code ec;
-        if (sub->ct) sub->ct->fd.close(ec);
-        if (sub->log) sub->log->fd.close(ec);
+        idle_wait_->close(ec);
+        idle_wait_.reset();
     }
-    subs_.clear();
+    busy_ = false;
+    while (!subs_.empty()) detach(subs_.begin()->first);
 }
 
 Status Collector::attach(const std::string& key, const std::string& netns_path) {
     if (subs_.count(key)) return {};
+    if (epfd_ < 0) return make_error(EBADF, "no epoll set for the flow sockets");
     auto ns = nft::Netns::open(netns_path);
     if (!ns) return ns.error();
-    if (auto st = nft::ct_enable_accounting(*ns); !st)
-        log::warn(kLog, "no byte counts for " + key + ": " + st.error().message);
-    auto ct = nft::ct_subscribe(*ns);
+    bool timestamps = true;
+    if (auto st = nft::ct_enable_accounting(*ns, true); !st) {
+        timestamps = false;
+        log::warn(kLog, "no byte counts or conntrack times for " + key + ": " + st.error().message);
+    }
+    auto ct = nft::ct_subscribe(*ns);  // NEW and DESTROY
     if (!ct) return ct.error();
     auto lg = nft::nflog_bind(*ns);
     if (!lg) return lg.error();
+    {
+        // The NFLOG socket too: an overflow costs the packets that do not
+        // fit, counted exactly (socket_drops), and nothing else.
+        int one = 1;
+        (void)::setsockopt(lg->fd(), SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof one);
+    }
     auto sub = std::make_shared<Sub>();
     sub->key = key;
-    auto make = [&](nft::NlSocket s, bool is_log) -> Result<std::unique_ptr<Reader>> {
-        int fd = ::dup(s.fd());  // the descriptor owns the copy; the socket stays open as long as either does
-        if (fd < 0) {
+    sub->timestamps = timestamps;
+    sub->ct.reset(new Reader{std::move(*ct), false, next_id_++});
+    sub->log.reset(new Reader{std::move(*lg), true, next_id_++});
+    for (Reader* r : {sub->ct.get(), sub->log.get()}) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;  // level-triggered: what a poll leaves is reported again
+        ev.data.u64 = r->id;
+        if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, r->sock.fd(), &ev) != 0) {
             int err = errno;
-            return make_error(err, std::string("dup: ") + std::strerror(err));
+            if (r == sub->log.get()) (void)::epoll_ctl(epfd_, EPOLL_CTL_DEL, sub->ct->sock.fd(), nullptr);
+            return make_error(err, std::string("epoll_ctl: ") + std::strerror(err));
         }
-        return std::unique_ptr<Reader>(new Reader{std::move(s), boost::asio::posix::stream_descriptor(io_, fd), is_log});
-    };
-    auto ctr = make(std::move(*ct), false);
-    if (!ctr) return ctr.error();
-    auto lgr = make(std::move(*lg), true);
-    if (!lgr) return lgr.error();
-    sub->ns.emplace(std::move(*ns));
-    sub->ct = std::move(*ctr);
-    sub->log = std::move(*lgr);
+    }
+    by_id_[sub->ct->id] = {sub.get(), sub->ct.get()};
+    by_id_[sub->log->id] = {sub.get(), sub->log.get()};
     subs_[key] = sub;
-    arm(sub, sub->ct.get());
-    arm(sub, sub->log.get());
+    if (!busy_ && !idle_wait_) wait_idle();
     return {};
 }
 
 void Collector::detach(const std::string& key) {
     auto it = subs_.find(key);
     if (it == subs_.end()) return;
-    boost::system::error_code ec;
-    it->second->ct->fd.close(ec);
-    it->second->log->fd.close(ec);
-    subs_.erase(it);
+    Sub& sub = *it->second;
+    add_drops(sub, stats_);  // what the kernel dropped stays counted
+    for (Reader* r : {sub.ct.get(), sub.log.get()}) {
+        if (r == nullptr) continue;
+        (void)::epoll_ctl(epfd_, EPOLL_CTL_DEL, r->sock.fd(), nullptr);
+        by_id_.erase(r->id);
+    }
+    subs_.erase(it);  // closes the sockets
 }
 
-Result<nft::CtEntry> Collector::lookup(const std::string& key, const nft::CtTuple& orig) {
-    auto it = subs_.find(key);
-    if (it == subs_.end() || !it->second->ns) return make_error(ENOENT, "not attached: " + key);
-    return nft::ct_get(*it->second->ns, orig);
+void Collector::add_drops(const Sub& sub, Stats& into) const {
+    if (sub.ct)
+        if (auto n = nft::socket_drops(sub.ct->sock.fd())) into.lost_ct_events += *n;
+    if (sub.log)
+        if (auto n = nft::socket_drops(sub.log->sock.fd())) into.lost_denied_packets += *n;
 }
 
-void Collector::arm(const std::shared_ptr<Sub>& sub, Reader* r) {
-    std::weak_ptr<Sub> weak = sub;
-    r->fd.async_wait(boost::asio::posix::stream_descriptor::wait_read, [this, weak, r](boost::system::error_code ec) {
-        if (ec) return;  // closed (detach/stop)
-        auto s = weak.lock();
-        if (!s) return;
-        drain(*s, *r);
-        if (r->fd.is_open()) arm(s, r);
+Collector::Stats Collector::stats() const {
+    Stats s = stats_;
+    for (const auto& [k, sub] : subs_) add_drops(*sub, s);
+    return s;
+}
+
+// Idle: the epoll set waits on the loop; the first readable socket wakes it.
+void Collector::wait_idle() {
+    busy_ = false;
+    int fd = ::dup(epfd_);  // the loop's descriptor owns the copy
+    if (fd < 0) {
+        log::warn(kLog, std::string("dup: ") + std::strerror(errno));
+        schedule_poll(coalesce_);  // no idle wait: poll on the timer alone
+        return;
+    }
+    idle_wait_.emplace(io_, fd);
+    idle_wait_->async_wait(boost::asio::posix::stream_descriptor::wait_read,
+                           [this, alive = alive_](boost::system::error_code ec) {
+                               if (ec || !*alive) return;
+                               on_ready();
+                           });
+}
+
+// Busy: out of the loop's epoll (a socket filling up no longer wakes anyone),
+// read now, then every period while there is something to read.
+void Collector::on_ready() {
+    if (idle_wait_) {
+        int fd = idle_wait_->release();  // deregisters from the loop's epoll
+        ::close(fd);
+        idle_wait_.reset();
+    }
+    ++stats_.wakeups;
+    busy_ = true;
+    bool more = false;
+    poll_once(more);
+    schedule_poll(more ? std::chrono::milliseconds(0) : coalesce_);
+}
+
+void Collector::schedule_poll(std::chrono::milliseconds after) {
+    busy_ = true;
+    tick_.expires_after(after);
+    tick_.async_wait([this, alive = alive_](boost::system::error_code ec) {
+        if (ec || !*alive) return;
+        bool more = false;
+        size_t n = poll_once(more);
+        if (n == 0 && !subs_.empty())
+            wait_idle();  // quiet for a whole period: back to waking at the first event
+        else if (n == 0)
+            busy_ = false;  // nothing attached: attach() starts the idle wait
+        else
+            schedule_poll(more ? std::chrono::milliseconds(0) : coalesce_);
     });
 }
 
-void Collector::drain(Sub& sub, Reader& r) {
+size_t Collector::poll_once(bool& more) {
+    ++stats_.polls;
+    size_t total = 0;
+    epoll_event evs[64];
+    int n = ::epoll_wait(epfd_, evs, 64, 0);
+    if (n < 0) return 0;
+    for (int i = 0; i < n; ++i) {
+        // epoll_event is packed on x86-64 (data at offset 4): copy the id
+        // out rather than bind a reference to a misaligned uint64_t.
+        const uint64_t id = evs[i].data.u64;
+        auto it = by_id_.find(id);
+        if (it == by_id_.end()) continue;  // detached by a callback meanwhile
+        total += drain(*it->second.first, *it->second.second, more);
+    }
+    if (n == 64) more = true;
+    return total;
+}
+
+size_t Collector::drain(Sub& sub, Reader& r, bool& more) {
     std::vector<nft::CtEvent> events;
     std::vector<nft::LoggedPacket> packets;
-    // Bounded: at most 64 datagrams per wake-up, then back to the loop.
-    for (int i = 0; i < 64; ++i) {
-        ssize_t n = ::recv(r.fd.native_handle(), buf_.data(), buf_.size(), MSG_DONTWAIT);
+    mmsghdr msgs[kBatch];
+    iovec iov[kBatch];
+    size_t total = 0;
+    size_t b = 0;
+    for (; b < kMaxBatches; ++b) {
+        for (size_t i = 0; i < kBatch; ++i) {
+            iov[i] = iovec{buf_.data() + i * kDatagram, kDatagram};
+            msgs[i] = mmsghdr{};
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = ::recvmmsg(r.sock.fd(), msgs, kBatch, MSG_DONTWAIT, nullptr);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) break;
             if (errno == EINTR) continue;
@@ -107,16 +214,30 @@ void Collector::drain(Sub& sub, Reader& r) {
             break;
         }
         if (n == 0) break;
-        std::span<const uint8_t> bytes(buf_.data(), static_cast<size_t>(n));
-        if (r.is_log)
-            nft::nflog_parse_buffer(bytes, packets);
-        else
-            nft::ct_parse_events(bytes, events);
+        ++stats_.batches;
+        total += static_cast<size_t>(n);
+        for (int i = 0; i < n; ++i) {
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                ++stats_.truncated;
+                continue;
+            }
+            std::span<const uint8_t> bytes(buf_.data() + static_cast<size_t>(i) * kDatagram, msgs[i].msg_len);
+            if (r.is_log)
+                nft::nflog_parse_buffer(bytes, packets);
+            else
+                nft::ct_parse_events(bytes, events);
+        }
+        if (static_cast<size_t>(n) < kBatch) break;  // drained: no need for a call that says EAGAIN
     }
+    if (b == kMaxBatches) more = true;
+    stats_.reads += total;
     stats_.ct_events += events.size();
     stats_.denied_packets += packets.size();
-    if (!events.empty()) on_ct_(sub.key, events);
-    if (!packets.empty()) on_denied_(sub.key, packets);
+    // The callbacks may detach (this sub included): nothing of it is used after.
+    std::string key = sub.key;
+    if (!events.empty()) on_ct_(key, events);
+    if (!packets.empty()) on_denied_(key, packets);
+    return total;
 }
 
 }  // namespace signet::flows

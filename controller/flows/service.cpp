@@ -31,6 +31,22 @@ std::string hostport(const std::string& addr, uint16_t port, nft::Family f) {
     return f == nft::Family::v6 ? "[" + addr + "]:" + std::to_string(port) : addr + ":" + std::to_string(port);
 }
 
+// An address as text. IPv4 by hand: inet_ntop formats it with printf, and
+// this runs for every conntrack event (it was the event path's largest cost).
+std::string addr_text(const policy::Ip& ip) {
+    if (ip.family != nft::Family::v4) return policy::to_string(ip);
+    char buf[16];
+    char* p = buf;
+    for (int i = 0; i < 4; ++i) {
+        unsigned v = ip.addr.bytes[static_cast<size_t>(i)];
+        if (v >= 100) *p++ = static_cast<char>('0' + v / 100);
+        if (v >= 10) *p++ = static_cast<char>('0' + v / 10 % 10);
+        *p++ = static_cast<char>('0' + v % 10);
+        if (i < 3) *p++ = '.';
+    }
+    return std::string(buf, p);
+}
+
 flows::PodEvent pod_event(flows::PodEvent::Kind kind, const api::PodRecord& rec) {
     flows::PodEvent e;
     e.kind = kind;
@@ -169,14 +185,17 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
     for (const auto& text : rec->reg.ips)
         if (auto ip = policy::parse_ip(text)) own.push_back(*ip);
     int64_t now = now_ns();
+    const bool timestamps = collector_ && collector_->timestamps(key);
     for (const auto& ev : events) {
+        if (ev.kind == nft::CtEvent::Update) continue;  // a state change (not subscribed): nothing to record
         const nft::CtTuple& o = ev.entry.orig;
         policy::Ip src{o.family, o.src}, dst{o.family, o.dst};
         bool from_pod = std::find(own.begin(), own.end(), src) != own.end();
         bool to_pod = std::find(own.begin(), own.end(), dst) != own.end();
         if (from_pod == to_pod) continue;  // loopback or not the pod's own traffic
         bool ingress = to_pod;
-        std::string peer_ip = policy::to_string(ingress ? src : dst);
+        std::string src_text = addr_text(src), dst_text = addr_text(dst);
+        const std::string& peer_ip = ingress ? src_text : dst_text;
         PeerInfo peer = peer_of(peer_ip);
         flows::Record r;
         r.time_ns = now;
@@ -193,42 +212,34 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
             r.peer_node = it != pods.end() ? it->second.node_name : ctx_.node_name;
         };
         authenticated(ev.entry);
-        r.src = hostport(policy::to_string(src), o.sport, o.family);
-        r.dst = hostport(policy::to_string(dst), o.dport, o.family);
+        r.src = hostport(src_text, o.sport, o.family);
+        r.dst = hostport(dst_text, o.dport, o.family);
         r.sport = o.sport;
         uint64_t id = (static_cast<uint64_t>(ev.entry.id) << 16) ^ o.sport;
-        nft::CtEntry entry = ev.entry;
+        const nft::CtEntry& e = ev.entry;
         if (ev.kind == nft::CtEvent::New) {
             r.event = flows::Record::open;
             r.counts.connections = 1;
-            if (open_since_.size() >= kMaxOpen) open_since_.clear();
-            open_since_[id] = now;
-        } else if (ev.kind == nft::CtEvent::Update) {
-            // A TCP connection is over at TIME_WAIT (or CLOSE after a reset);
-            // conntrack keeps the entry two more minutes. Report it now, with
-            // its counters read from the entry.
-            constexpr uint8_t kTimeWait = 7, kClose = 8;
-            if (o.proto != nft::kTcp || (entry.tcp_state != kTimeWait && entry.tcp_state != kClose)) continue;
-            if (closed_.count(id)) continue;
-            if (collector_)
-                if (auto got = collector_->lookup(key, o); got) entry = *got;
-            if (closed_.size() >= kMaxOpen) closed_.clear();
-            closed_[id] = now;
-            r.event = flows::Record::close;
+            // Without conntrack timestamps the duration comes from here (bounded).
+            if (!timestamps) {
+                if (open_since_.size() >= kMaxOpen) open_since_.clear();
+                open_since_[id] = now;
+            }
         } else {
-            if (closed_.erase(id)) continue;  // reported at TIME_WAIT already
+            // DESTROY: the end of the entry, with its final counters (accounting) and,
+            // with timestamps, its start and stop: no request to the kernel.
+            // For TCP that is after the closing state's conntrack timeout
+            // (TIME_WAIT: 120 s; CLOSE after a reset: 10 s): docs/flows.md.
             r.event = flows::Record::close;
-        }
-        if (r.event == flows::Record::close) {
             r.counts.connections = 1;
-            const auto& e = entry;
-            authenticated(e);
             // The initiator's direction is "orig": for an egress flow that is the pod.
             r.counts.packets_out = ingress ? e.reply_packets : e.orig_packets;
             r.counts.bytes_out = ingress ? e.reply_bytes : e.orig_bytes;
             r.counts.packets_in = ingress ? e.orig_packets : e.reply_packets;
             r.counts.bytes_in = ingress ? e.orig_bytes : e.reply_bytes;
-            if (auto it = open_since_.find(id); it != open_since_.end()) {
+            if (e.start_ns != 0 && e.stop_ns >= e.start_ns) {
+                r.duration_ns = static_cast<int64_t>(e.stop_ns - e.start_ns);
+            } else if (auto it = open_since_.find(id); it != open_since_.end()) {
                 r.duration_ns = now - it->second;
                 open_since_.erase(it);
             }
@@ -424,9 +435,25 @@ void FlowService::status(Value& out, rapidjson::Document::AllocatorType& a) cons
     dropped.AddMember("totals", Value(s.dropped_totals), a);
     dropped.AddMember("podEvents", Value(s.dropped_pod_events), a);
     if (collector_) {
-        dropped.AddMember("kernelOverruns", Value(collector_->stats().overruns), a);
-        out.AddMember("conntrackEvents", Value(collector_->stats().ct_events), a);
-        out.AddMember("deniedPackets", Value(collector_->stats().denied_packets), a);
+        const auto cs = collector_->stats();
+        dropped.AddMember("kernelOverruns", Value(cs.overruns), a);
+        out.AddMember("conntrackEvents", Value(cs.ct_events), a);
+        out.AddMember("deniedPackets", Value(cs.denied_packets), a);
+        // Kernel data lost before signetd could read it: conntrack events
+        // (open or close records) and logged denied packets the sockets had
+        // no room for, datagrams too large for the read buffer, ENOBUFS
+        // reports. All 0 when nothing was lost.
+        Value lost(rapidjson::kObjectType);
+        lost.AddMember("conntrackEvents", Value(cs.lost_ct_events), a);
+        lost.AddMember("deniedPackets", Value(cs.lost_denied_packets), a);
+        lost.AddMember("truncated", Value(cs.truncated), a);
+        lost.AddMember("overruns", Value(cs.overruns), a);
+        lost.AddMember("total", Value(cs.lost_ct_events + cs.lost_denied_packets + cs.truncated + cs.overruns), a);
+        out.AddMember("lost", lost, a);
+        Value reads(rapidjson::kObjectType);
+        reads.AddMember("datagrams", Value(cs.reads), a);
+        reads.AddMember("batches", Value(cs.batches), a);
+        out.AddMember("reads", reads, a);
     }
     out.AddMember("dropped", dropped, a);
     out.AddMember("exports", Value(exports_), a);

@@ -89,11 +89,9 @@ private:
     // Peer index (ip -> pod), rebuilt lazily after a source change.
     std::unordered_map<std::string, cache::ObjectKey> ip_index_;
     bool index_dirty_ = true;
-    // Start times of open connections by conntrack id (bounded), for durations.
+    // Start times of open connections by conntrack id (bounded), for durations
+    // when conntrack timestamps are off (they are turned on at attach).
     std::unordered_map<uint64_t, int64_t> open_since_;
-    // TCP connections already reported closed (at TIME_WAIT/CLOSE), whose
-    // DESTROY comes up to two minutes later: not to be reported twice.
-    std::unordered_map<uint64_t, int64_t> closed_;
     Exporter exporter_;
     std::chrono::milliseconds export_interval_{10000};
     boost::asio::steady_timer export_timer_;

@@ -5,6 +5,7 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <netinet/in.h>
+#include <linux/sock_diag.h>
 #include <sys/socket.h>
 #include <endian.h>
 #include <fcntl.h>
@@ -12,6 +13,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <utility>
 
 namespace signet::nft {
 
@@ -158,6 +161,12 @@ std::optional<CtEntry> parse_entry(const nlmsghdr* nlh, size_t len, bool allow_d
             });
             break;
         }
+        case CTA_TIMESTAMP:
+            for_each_nested(a, [&](const nlattr* t) {
+                if (mnl_attr_get_type(t) == CTA_TIMESTAMP_START) get_be64(t, e.start_ns);
+                if (mnl_attr_get_type(t) == CTA_TIMESTAMP_STOP) get_be64(t, e.stop_ns);
+            });
+            break;
         case CTA_PROTOINFO:
             for_each_nested(a, [&](const nlattr* p) {
                 if (mnl_attr_get_type(p) != CTA_PROTOINFO_TCP) return;
@@ -187,38 +196,60 @@ size_t ct_parse_events(std::span<const uint8_t> bytes, std::vector<CtEvent>& out
     });
 }
 
-Result<NlSocket> ct_subscribe(const Netns& ns) {
+Result<NlSocket> ct_subscribe(const Netns& ns, const CtSubscribeOptions& opts) {
     auto sock = ns.open_socket(NETLINK_NETFILTER);
     if (!sock) return sock.error();
-    for (unsigned group : {unsigned(NFNLGRP_CONNTRACK_NEW), unsigned(NFNLGRP_CONNTRACK_UPDATE),
-                           unsigned(NFNLGRP_CONNTRACK_DESTROY)}) {
+    const std::pair<unsigned, unsigned> groups[] = {{kCtGroupNew, NFNLGRP_CONNTRACK_NEW},
+                                                    {kCtGroupUpdate, NFNLGRP_CONNTRACK_UPDATE},
+                                                    {kCtGroupDestroy, NFNLGRP_CONNTRACK_DESTROY}};
+    for (auto [bit, group] : groups) {
+        if ((opts.groups & bit) == 0) continue;
         if (::setsockopt(sock->fd(), SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof group) != 0) {
             int err = errno;
             return make_error(err, "subscribing to conntrack events in netns " + ns.path() + ": " + std::strerror(err));
         }
     }
     // Event bursts (a scan, a flood of short connections) must not overflow
-    // the default buffer at once; what still overflows is counted.
-    int size = 1 << 20;
-    (void)::setsockopt(sock->fd(), SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
+    // the buffer at once; what still overflows is counted (socket_drops).
+    int size = opts.receive_buffer;
+    if (size > 0) (void)::setsockopt(sock->fd(), SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
+    if (opts.no_enobufs) {
+        int one = 1;
+        (void)::setsockopt(sock->fd(), SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof one);
+    }
     return std::move(*sock);
 }
 
-Status ct_enable_accounting(const Netns& ns) {
+Result<uint64_t> socket_drops(int fd) {
+    uint32_t mem[SK_MEMINFO_VARS] = {};
+    socklen_t len = sizeof mem;
+    if (::getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mem, &len) != 0) {
+        int err = errno;
+        return make_error(err, std::string("SO_MEMINFO: ") + std::strerror(err));
+    }
+    if (len < (SK_MEMINFO_DROPS + 1) * sizeof(uint32_t)) return make_error(EINVAL, "SO_MEMINFO: short answer");
+    return static_cast<uint64_t>(mem[SK_MEMINFO_DROPS]);
+}
+
+Status ct_enable_accounting(const Netns& ns, bool timestamps) {
     Status result;
     Status run = ns.run_inside([&] {
         // /proc/sys/net shows the netns of the thread that opens it.
-        int fd = ::open("/proc/sys/net/netfilter/nf_conntrack_acct", O_WRONLY | O_CLOEXEC);
-        if (fd < 0) {
+        auto set = [&](const char* name) {
+            std::string path = std::string("/proc/sys/net/netfilter/") + name;
+            int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+            if (fd < 0) {
+                int err = errno;
+                result = make_error(err, std::string(name) + ": " + std::strerror(err));
+                return false;
+            }
+            bool ok = ::write(fd, "1\n", 2) == 2;
             int err = errno;
-            result = make_error(err, std::string("nf_conntrack_acct: ") + std::strerror(err));
-            return;
-        }
-        if (::write(fd, "1\n", 2) != 2) {
-            int err = errno;
-            result = make_error(err, std::string("nf_conntrack_acct: ") + std::strerror(err));
-        }
-        ::close(fd);
+            ::close(fd);
+            if (!ok) result = make_error(err, std::string(name) + ": " + std::strerror(err));
+            return ok;
+        };
+        if (set("nf_conntrack_acct") && timestamps) set("nf_conntrack_timestamp");
     });
     if (!run) return run;
     if (!result) return make_error(result.error().code, result.error().message + " in netns " + ns.path());
@@ -235,7 +266,7 @@ namespace {
 
 // An IPCTNL_MSG_CT_GET request in `req`: a dump of both families, or one entry by tuple.
 // A conntrack request: the header, the nfgenmsg and one tuple (well under
-// 512 bytes); small, since a flow record's close costs one (CT_GET).
+// 512 bytes).
 constexpr size_t kRequestSize = 512;
 
 std::span<const uint8_t> ct_get_request(std::vector<uint8_t>& req, uint32_t seq, const CtTuple* orig, uint16_t zone) {

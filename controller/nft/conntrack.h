@@ -37,11 +37,14 @@ struct CtEntry {
     uint8_t tcp_state = 0;   // TCP_CONNTRACK_* (0 when not TCP or absent)
     // Accounting (net.netfilter.nf_conntrack_acct=1), 0 when absent.
     uint64_t orig_packets = 0, orig_bytes = 0, reply_packets = 0, reply_bytes = 0;
+    // Timestamps (net.netfilter.nf_conntrack_timestamp=1; DESTROY events), unix ns, 0 when absent.
+    uint64_t start_ns = 0, stop_ns = 0;
     bool operator==(const CtEntry&) const = default;
 };
 
 // A conntrack event as the kernel multicasts it (NFNLGRP_CONNTRACK_NEW /
-// _DESTROY): a new connection, or the end of one with its final counters.
+// _DESTROY): a new connection, or the end of one with its final counters
+// (with accounting on) and its start and stop times (with timestamps on).
 struct CtEvent {
     // Update: a state change (TCP: to FIN_WAIT, TIME_WAIT, CLOSE, ...); no counters.
     enum Kind : uint8_t { New, Update, Destroy } kind = New;
@@ -72,13 +75,34 @@ size_t ct_parse_events(std::span<const uint8_t> bytes, std::vector<CtEvent>& out
 // One entry by its original-direction tuple (with its counters). ENOENT when gone.
 Result<CtEntry> ct_get(Netns& ns, const CtTuple& orig, uint16_t zone = 0);
 
-// A socket subscribed to the netns's conntrack NEW, UPDATE and DESTROY events
-// (non-blocking; read it when its fd is readable). ENOBUFS on recv means
-// events were lost (counted by the caller).
-Result<NlSocket> ct_subscribe(const Netns& ns);
+// The conntrack event groups a subscription takes (NFNLGRP_CONNTRACK_*).
+// Every group subscribed costs the kernel one message per event of that kind
+// in the packet path: UPDATE is several per TCP connection (SYN_RECV,
+// ESTABLISHED, FIN_WAIT, TIME_WAIT, ...), NEW and DESTROY one each.
+enum CtGroup : unsigned { kCtGroupNew = 1, kCtGroupUpdate = 2, kCtGroupDestroy = 4 };
+
+struct CtSubscribeOptions {
+    unsigned groups = kCtGroupNew | kCtGroupDestroy;
+    int receive_buffer = 4 << 20;  // SO_RCVBUFFORCE (bytes)
+    // NETLINK_NO_ENOBUFS: an overflow drops the messages that do not fit and
+    // nothing else; the socket keeps its state and the loss is counted exactly
+    // by the kernel (socket_drops()). Without it recv() fails once with
+    // ENOBUFS per overflow, which says that something was lost, not how much.
+    bool no_enobufs = true;
+};
+
+// A socket subscribed to the netns's conntrack events (non-blocking; read it
+// when its fd is readable).
+Result<NlSocket> ct_subscribe(const Netns& ns, const CtSubscribeOptions& opts = {});
+
+// Messages the kernel dropped at this socket because its receive buffer was
+// full (SO_MEMINFO, SK_MEMINFO_DROPS): events lost. Any socket.
+Result<uint64_t> socket_drops(int fd);
 
 // Turns on conntrack accounting (packets/bytes per direction) in the netns:
-// net.netfilter.nf_conntrack_acct=1. Connections opened before keep none.
-Status ct_enable_accounting(const Netns& ns);
+// net.netfilter.nf_conntrack_acct=1, and, with `timestamps`, the start and
+// stop times of entries (nf_conntrack_timestamp=1, carried by DESTROY events).
+// Connections opened before keep none.
+Status ct_enable_accounting(const Netns& ns, bool timestamps = false);
 
 }  // namespace signet::nft

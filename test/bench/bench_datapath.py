@@ -13,7 +13,10 @@ namespace/name match Pod objects.
 Prints: (a) registration time of the 100 pods, (b) a full resync after a
 signetd restart, (c) the incremental cost of one Pod object appearing
 elsewhere (20 times), (d) signetd's memory, and iperf3 TCP throughput
-between two pods with signet enforcing vs. two pods on a plain bridge.
+between two pods with signet enforcing vs. two pods on a plain bridge, and
+(bench_flows.py) connection setup: plain vs. signetd --no-flows vs. the
+default with flows recorded (added p50, sequential and parallel rate ratios,
+flow records lost).
 
 A benchmark: it prints figures and asserts no timings. It exits non-zero only
 when something is broken (a sync fails, a pod is not programmed, ...).
@@ -31,6 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
+sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 
 NAMESPACES, PODS, POLICIES, LOCAL, INCREMENTAL = 50, 5000, 1000, 100, 20
@@ -445,6 +449,17 @@ def body(t: harness.Test, run: harness.Run):
     per_round = [a / b for a, b in zip(rates["signet"], rates["plain"])]
     log(f"    ratio signet/plain: {ratio:.3f} of the means; per round median {statistics.median(per_round):.3f} "
         f"(min {min(per_round):.3f}, max {max(per_round):.3f}); target >= 0.97")
+    log("")
+
+    # ---- connection setup: what nftables and flow recording add (issue #14) ----
+    # A signetd of its own (this one is stopped first: one signetd per node),
+    # restarted between --no-flows and the default; bench_flows.py prints the
+    # rows "nftables only (--no-flows)" and "default (flows recorded)".
+    d.stop()
+    import bench_flows  # noqa: E402
+    bench_flows.compare(t, run, bins, rounds=int(os.environ.get("BENCH_FLOWS_ROUNDS", "3")),
+                        n_serial=int(os.environ.get("BENCH_FLOWS_CONNECTIONS", "2000")),
+                        n_parallel=int(os.environ.get("BENCH_FLOWS_PARALLEL_CONNECTIONS", "4000")))
     log("")
 
 

@@ -198,6 +198,13 @@ def body(t: harness.Test, run: harness.Run):
         pi = hit[0].get("peer_identity") or {}
         t.equal(f"{phase}: node-b flow a -> b peer_identity", {k: pi.get(k) for k in want_b}, want_b)
     want_a = {"node": NODE_B, "namespace": NS, "pod": "b"}
+    # The client side learns the server's proven identity at the SYN-ACK, after
+    # conntrack reported the connection open: its close record carries it, and
+    # is made when conntrack ends the entry (after TIME_WAIT): end a's entries
+    # now (docs/flows.md).
+    for fam in ("ipv4", "ipv6"):
+        harness.sh("ip", "netns", "exec", tn.pods["a"].netns, "conntrack", "-D", "-f", fam, "-p", "tcp", "--dport",
+                   str(PORT), check=False)
     hit, recs = poll_flows(tn, NODE_A, lambda r: r.get("direction") == "egress" and r.get("pod") == f"{NS}/a"
                            and (r.get("peer") or {}).get("pod") == f"{NS}/b" and r.get("authenticated") is True)
     t.check(f"{phase}: node-a's flows record a -> b (egress) as authenticated", hit,

@@ -4,6 +4,14 @@
 #include "../../controller/core/controller.h"
 #include "export/flow_points.h"
 #include "../../controller/flows/flow_table.h"
+#include "../../controller/nft/conntrack.h"
+
+#include <arpa/inet.h>
+#include <endian.h>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <netinet/in.h>
 
 using namespace signet;
 using namespace signet::flows;
@@ -24,7 +32,83 @@ Record rec(Record::Event ev, const std::string& pod, const std::string& peer, Ve
     return r;
 }
 
+// A ctnetlink event as the kernel multicasts it: NEW (NLM_F_CREATE), or
+// DELETE with the entry's counters (accounting) and times (timestamps).
+std::vector<uint8_t> ct_event(bool destroy, uint32_t id) {
+    std::vector<uint8_t> buf(2048);
+    nlmsghdr* nlh = mnl_nlmsg_put_header(buf.data());
+    nlh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | (destroy ? IPCTNL_MSG_CT_DELETE : IPCTNL_MSG_CT_NEW);
+    nlh->nlmsg_flags = destroy ? 0 : (NLM_F_CREATE | NLM_F_EXCL);
+    auto* nfg = static_cast<nfgenmsg*>(mnl_nlmsg_put_extra_header(nlh, sizeof(nfgenmsg)));
+    nfg->nfgen_family = AF_INET;
+    nfg->version = NFNETLINK_V0;
+    auto tuple = [&](uint16_t type, const char* src, const char* dst, uint16_t sp, uint16_t dp) {
+        nlattr* t = mnl_attr_nest_start(nlh, type);
+        nlattr* ip = mnl_attr_nest_start(nlh, CTA_TUPLE_IP);
+        in_addr a{};
+        inet_pton(AF_INET, src, &a);
+        mnl_attr_put(nlh, CTA_IP_V4_SRC, 4, &a);
+        inet_pton(AF_INET, dst, &a);
+        mnl_attr_put(nlh, CTA_IP_V4_DST, 4, &a);
+        mnl_attr_nest_end(nlh, ip);
+        nlattr* p = mnl_attr_nest_start(nlh, CTA_TUPLE_PROTO);
+        mnl_attr_put_u8(nlh, CTA_PROTO_NUM, IPPROTO_TCP);
+        mnl_attr_put_u16(nlh, CTA_PROTO_SRC_PORT, htons(sp));
+        mnl_attr_put_u16(nlh, CTA_PROTO_DST_PORT, htons(dp));
+        mnl_attr_nest_end(nlh, p);
+        mnl_attr_nest_end(nlh, t);
+    };
+    tuple(CTA_TUPLE_ORIG, "10.0.0.9", "10.0.0.2", 40000, 80);
+    tuple(CTA_TUPLE_REPLY, "10.0.0.2", "10.0.0.9", 80, 40000);
+    mnl_attr_put_u32(nlh, CTA_ID, htonl(id));
+    mnl_attr_put_u32(nlh, CTA_MARK, htonl(0x42));
+    if (destroy) {
+        auto counters = [&](uint16_t type, uint64_t packets, uint64_t bytes) {
+            nlattr* c = mnl_attr_nest_start(nlh, type);
+            mnl_attr_put_u64(nlh, CTA_COUNTERS_PACKETS, htobe64(packets));
+            mnl_attr_put_u64(nlh, CTA_COUNTERS_BYTES, htobe64(bytes));
+            mnl_attr_nest_end(nlh, c);
+        };
+        counters(CTA_COUNTERS_ORIG, 7, 5300);
+        counters(CTA_COUNTERS_REPLY, 6, 5200);
+        nlattr* ts = mnl_attr_nest_start(nlh, CTA_TIMESTAMP);
+        mnl_attr_put_u64(nlh, CTA_TIMESTAMP_START, htobe64(1'000'000'000ULL));
+        mnl_attr_put_u64(nlh, CTA_TIMESTAMP_STOP, htobe64(3'500'000'000ULL));
+        mnl_attr_nest_end(nlh, ts);
+    }
+    buf.resize(nlh->nlmsg_len);
+    return buf;
+}
+
 }  // namespace
+
+TEST_CASE("conntrack events: NEW, and DESTROY with its counters and start/stop times (no request needed)") {
+    std::vector<uint8_t> both = ct_event(false, 77);
+    std::vector<uint8_t> d = ct_event(true, 77);
+    both.insert(both.end(), d.begin(), d.end());
+    std::vector<nft::CtEvent> out;
+    CHECK(nft::ct_parse_events(both, out) == 2);
+    REQUIRE(out.size() == 2);
+    CHECK(out[0].kind == nft::CtEvent::New);
+    CHECK(out[0].entry.id == 77);
+    CHECK(out[0].entry.orig.sport == 40000);
+    CHECK(out[0].entry.orig.dport == 80);
+    CHECK(out[0].entry.orig_bytes == 0);
+    CHECK(out[0].entry.start_ns == 0);
+    CHECK(out[1].kind == nft::CtEvent::Destroy);
+    CHECK(out[1].entry.id == 77);
+    CHECK(out[1].entry.mark == 0x42);
+    CHECK(out[1].entry.orig_packets == 7);
+    CHECK(out[1].entry.orig_bytes == 5300);
+    CHECK(out[1].entry.reply_packets == 6);
+    CHECK(out[1].entry.reply_bytes == 5200);
+    CHECK(out[1].entry.start_ns == 1'000'000'000ULL);
+    CHECK(out[1].entry.stop_ns == 3'500'000'000ULL);
+    // A truncated DESTROY (the read buffer cut it) is skipped, never half-read.
+    std::vector<nft::CtEvent> cut;
+    nft::ct_parse_events(std::span<const uint8_t>(d.data(), d.size() - 8), cut);
+    CHECK(cut.empty());
+}
 
 TEST_CASE("flows: an open and its close count one connection; bytes come with the close") {
     FlowTable t;
