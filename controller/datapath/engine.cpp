@@ -502,8 +502,11 @@ Decision HandshakeEngine::judge(const std::string& key, const handshake::QueuedP
     // The enforce rules queue a closing connection's segments with the
     // packet mark set to kCtMarkClosing (incoming packets' marks are cleared
     // when they enter the pod's netns: nothing else can have set it).
-    const bool closing = !out && q.hook == handshake::hook::input && !syn && !syn_ack &&
-                         (q.mark & kCtMarkMask) == kCtMarkClosing;
+    const bool closing = !out && q.hook == handshake::hook::input && (q.mark & kCtMarkMask) == kCtMarkClosing;
+    // Every SYN and SYN-ACK without FIN or RST was queued by the SYN rule: a
+    // SYN here carries FIN or RST too (conntrack calls it invalid).
+    if (closing && p->has(handshake::tcp_flag::syn))
+        return refuse("malformed_packet", at, *p, "a SYN with FIN or RST");
     Decision d = closing   ? closing_segment(at, *p)
                  : syn     ? (out ? client_syn(at, *p) : server_syn(at, *p))
                  : syn_ack ? (out ? server_syn_ack(at, *p) : client_syn_ack(at, *p))

@@ -529,55 +529,56 @@ void add_enforce_rules(Batch& b, const PodRuleset& rs, Dir dir) {
     const std::string table = kTableName, chain = dir_name(dir);
     const std::string tag = "signet " + chain + " handshake-";
     auto tcp = [&](RuleBuilder& rb) { rb.meta(NFT_META_L4PROTO).cmp_u8(IPPROTO_TCP); };
-    {
+    constexpr uint8_t kFin = 0x01, kRst = 0x04;
+    if (dir == Dir::egress) {
+        // The pod's own segments are its stack's business (a TIME_WAIT
+        // socket's challenge ACK to a reused port must get out, or the
+        // client's connect() times out): only the local server's FIN or RST
+        // marks an authenticated connection closing.
         RuleBuilder rb(table, chain);
-        tcp(rb);
-        rb.ct_state_any(NF_CT_STATE_INVALID_BIT).counter().verdict(NF_DROP).comment(tag + "invalid");
+        rb.tcp_flags(kFin | kRst, NFT_CMP_NEQ, 0).ct_direction(kCtDirReply);
+        rb.ct_mark_is(kCtMarkMask, kCtMarkAuthenticated).ct_set_mark_bits(kCtMarkClosing);
+        rb.verdict(NF_ACCEPT).comment(tag + "closing");
         add_rule(b, rb);
+        return;
     }
     {
-        RuleBuilder rb(table, chain);
-        tcp(rb);
         // A connection conntrack picked up mid-stream, unless a judged segment
         // made it (the final ACK's proof after the entry was lost: it stays
         // `new` until the server answers).
+        RuleBuilder rb(table, chain);
+        tcp(rb);
         rb.ct_state_any(NF_CT_STATE_BIT(IP_CT_NEW)).ct_mark_is(kCtMarkMask, 0);
         rb.counter().verdict(NF_DROP).comment(tag + "not-syn");
         add_rule(b, rb);
     }
-    constexpr uint8_t kFin = 0x01, kRst = 0x04;
-    {  // the local pod is the server (ingress: from the client; egress: its own FIN or RST)
+    {  // the client resets an authenticated connection: closing
         RuleBuilder rb(table, chain);
-        if (dir == Dir::ingress)
-            rb.tcp_flags(kRst, NFT_CMP_NEQ, 0).ct_direction(kCtDirOriginal);
-        else
-            rb.tcp_flags(kFin | kRst, NFT_CMP_NEQ, 0).ct_direction(kCtDirReply);
+        rb.tcp_flags(kRst, NFT_CMP_NEQ, 0).ct_direction(kCtDirOriginal);
         rb.ct_mark_is(kCtMarkMask, kCtMarkAuthenticated).ct_set_mark_bits(kCtMarkClosing);
         rb.verdict(NF_ACCEPT).comment(tag + "closing");
         add_rule(b, rb);
     }
-    if (dir == Dir::ingress) {
-        RuleBuilder rb(table, chain);
-        rb.tcp_flags(kRst, NFT_CMP_EQ, 0).ct_mark_is(kCtMarkMask, kCtMarkClosing);
-        rb.meta_set_mark_bits(kCtMarkClosing).queue(kHandshakeQueueNum, rs.handshake);
-        rb.comment(tag + "closed-check " + std::to_string(kHandshakeQueueNum));
-        add_rule(b, rb);
-    }
-    for (uint32_t judged : {kCtMarkAuthenticated, kCtMarkByAddress, kCtMarkDeferred, kCtMarkClosing}) {
+    for (uint32_t judged : {kCtMarkAuthenticated, kCtMarkByAddress, kCtMarkDeferred}) {
         RuleBuilder rb(table, chain);
         tcp(rb);
+        rb.ct_state_any(NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED));
         rb.ct_mark_is(kCtMarkMask, judged).verdict(NF_ACCEPT).comment(tag + "judged");
         add_rule(b, rb);
     }
-    {  // an RST opens nothing: it ends a handshake in progress (a refused port answers a SYN with one)
+    {  // an RST opens nothing
         RuleBuilder rb(table, chain);
         rb.tcp_flags(kRst, NFT_CMP_NEQ, 0).verdict(NF_ACCEPT).comment(tag + "reset");
         add_rule(b, rb);
     }
-    RuleBuilder drop(table, chain);
-    tcp(drop);
-    drop.counter().verdict(NF_DROP).comment(tag + "required");
-    add_rule(b, drop);
+    // Everything else (a closing connection's segments, conntrack's invalid
+    // ones, a connection the handshake did not judge): passes only to a
+    // socket of its own, never to a listener (one lookup in the engine).
+    RuleBuilder rb(table, chain);
+    tcp(rb);
+    rb.meta_set_mark_bits(kCtMarkClosing).queue(kHandshakeQueueNum, rs.handshake);
+    rb.comment(tag + "closed-check " + std::to_string(kHandshakeQueueNum));
+    add_rule(b, rb);
 }
 
 Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string, uint32_t>& ids, Dir dir) {
