@@ -92,10 +92,11 @@ Flags:
                             enforce     a pod peer must prove its identity: a tokenless
                                         connection from a pod address is judged by
                                         ipBlock rules only
-  --handshake-strict-tcp  enforce mode: admit no TCP segment of a connection the handshake did
-                          not judge (SYN-cookie ACKs, replays after the close, odd flags;
-                          docs/handshake.md). Experimental, off by default: under parallel
-                          load it loses about 1 connect in 20,000 (cause not yet found)
+  --no-handshake-strict-tcp
+                          enforce mode admits no TCP segment of a connection the handshake
+                          did not judge (SYN-cookie ACKs, replays after the close, odd flags:
+                          docs/handshake.md). This turns those rules off, leaving only the
+                          queue's checks (an escape hatch; --handshake-strict-tcp is the default)
   --handshake-memory MIB  memory for the handshake's state (handshakes in flight, the
                           replay cache, rate-limit buckets, pair keys; default 256)
   --services MODE         connections to Service frontends (ClusterIPs, NodePorts, externalIPs,
@@ -214,6 +215,9 @@ int main(int argc, char** argv) {
             opts.handshake = *m;
         } else if (arg == "--handshake-strict-tcp") {
             opts.handshake_strict_tcp = true;
+        } else if (arg == "--no-handshake-strict-tcp") {
+            opts.handshake_strict_tcp = false;
+            opts.handshake_strict_tcp_set = true;
         } else if (arg == "--handshake-memory") {
             auto b = need(&v) ? handshake::parse_handshake_memory(v) : std::nullopt;
             if (!b) return usage_error("--handshake-memory takes MiB, 16 to 65536");

@@ -102,8 +102,11 @@ Status Controller::start() {
                                        "expression nor the xt NFQUEUE target");
         enforcer_.set_handshake(opts_.handshake_queue,
                                 opts_.handshake == HandshakeMode::enforce && opts_.handshake_strict_tcp);
-        if (opts_.handshake_strict_tcp && opts_.handshake != HandshakeMode::enforce)
-            log::warn(kLog, "--handshake-strict-tcp has no effect without --handshake enforce");
+        if (opts_.handshake_strict_tcp_set && opts_.handshake != HandshakeMode::enforce)
+            log::warn(kLog, "--no-handshake-strict-tcp has no effect without --handshake enforce");
+        else if (opts_.handshake == HandshakeMode::enforce && !opts_.handshake_strict_tcp)
+            log::warn(kLog, "--no-handshake-strict-tcp: enforce mode admits TCP segments the handshake never "
+                            "judged (SYN-cookie ACKs, replays after the close); docs/handshake.md");
         HandshakeEngine::Context hc;
         hc.node_name = opts_.node_name;
         hc.mode = opts_.handshake;

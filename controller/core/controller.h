@@ -65,9 +65,10 @@ struct Options {
     HandshakeMode handshake = HandshakeMode::off;
     nft::QueueBackend handshake_queue = nft::QueueBackend::none;
     // Enforce mode's TCP rules (docs/handshake.md, "No TCP connection without
-    // the handshake"): off by default until the connects they lose under
-    // parallel load are explained (issue #13).
-    bool handshake_strict_tcp = false;
+    // the handshake"): on by default; --no-handshake-strict-tcp turns them off
+    // (`handshake_strict_tcp_set` records that it was said).
+    bool handshake_strict_tcp = true;
+    bool handshake_strict_tcp_set = false;
     size_t handshake_memory = handshake::kDefaultHandshakeMemory;  // --handshake-memory (bytes)
     // Services (docs/policy.md, "Services"): judge connections to Service
     // frontends after kube-proxy's translation, in the node's netns

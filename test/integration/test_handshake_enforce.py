@@ -164,7 +164,7 @@ def body(t: harness.Test, run: harness.Run):
         t.check("signetd accepts --handshake enforce", False, "signetd --help lists no --handshake flag")
         raise harness.Fatal("no handshake engine in signetd")
     tn = twonode.TwoNodes(t, run, bins, ipv6=False)
-    tn.start("enforce", extra=["--handshake-strict-tcp"])
+    tn.start("enforce")  # the strict TCP rules are enforce mode's default
     tn.add_policy("to-b", "b", ["a"])
     tn.add_pods([("a", NODE_A), ("b", NODE_B), ("c", NODE_B)])
     P = tn.pods
@@ -346,6 +346,21 @@ def body(t: harness.Test, run: harness.Run):
     t.check("the closing-check counter moved (status handshake.counters.closing_checked)",
             twonode.handshake_of(tn.status(NODE_B)).get("counters", {}).get("closing_checked", 0) > 0,
             json.dumps(twonode.handshake_of(tn.status(NODE_B)).get("counters", {})))
+    t.check("the strict rules are enforce mode's default (b's ingress has handshake-not-syn)",
+            "handshake-not-syn" in p.stdout, p.stdout[-800:])
+
+    # The escape hatch: --no-handshake-strict-tcp takes them out of the tables.
+    tn.start("enforce", extra=["--no-handshake-strict-tcp"])
+    deadline, listed = time.monotonic() + 15, ""
+    while time.monotonic() < deadline:
+        q = harness.sh("ip", "netns", "exec", P["b"].netns, "nft", "list", "chain", "inet", "signet", "ingress",
+                       check=False)
+        listed = q.stdout
+        if q.returncode == 0 and "handshake-" in listed and "handshake-not-syn" not in listed:
+            break
+        time.sleep(0.2)
+    t.check("signetd --no-handshake-strict-tcp: b's table keeps the queue rules without the strict ones",
+            "handshake-" in listed and "handshake-not-syn" not in listed, listed[-800:])
 
 
 if __name__ == "__main__":
