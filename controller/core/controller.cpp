@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <ctime>
 #include <optional>
+#include <set>
 
 #include "signet/duration.h"
 #include "signet/fsutil.h"
@@ -62,6 +63,10 @@ Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<sourc
                                    if (!services_) return std::nullopt;
                                    const auto* svc = services_->frontend(ip, proto, port);
                                    return svc ? std::optional<cache::ObjectKey>(*svc) : std::nullopt;
+                               },
+                               [this](const std::string& ns) -> const char* {
+                                   if (!handshake_) return nullptr;
+                                   return to_string(handshake_->mode_of_namespace(ns).mode);
                                }},
           opts_.collect_flows)),
       server_(io, [this](const ipc::Request& r, ipc::Responder resp) { handle(r, std::move(resp)); }),
@@ -100,8 +105,12 @@ Status Controller::start() {
         if (opts_.handshake_queue == nft::QueueBackend::none)
             return make_error(ENOTSUP, "--handshake needs NFQUEUE: the kernel offers neither the nft `queue` "
                                        "expression nor the xt NFQUEUE target");
-        enforcer_.set_handshake(opts_.handshake_queue,
-                                opts_.handshake == HandshakeMode::enforce && opts_.handshake_strict_tcp);
+        // Per pod: its namespace's mode (signet.dev/handshake), else the node's.
+        enforcer_.set_handshake(opts_.handshake_queue, [this](const std::string& key, const api::PodRecord&) {
+            HandshakeMode m = handshake_ ? handshake_->table_mode(key) : opts_.handshake;
+            return Enforcer::PodHandshake{m != HandshakeMode::off,
+                                          m == HandshakeMode::enforce && opts_.handshake_strict_tcp};
+        });
         if (opts_.handshake_strict_tcp_set && opts_.handshake != HandshakeMode::enforce)
             log::warn(kLog, "--no-handshake-strict-tcp has no effect without --handshake enforce");
         else if (opts_.handshake == HandshakeMode::enforce && !opts_.handshake_strict_tcp)
@@ -196,12 +205,20 @@ void Controller::on_source_change() {
     ++source_version_;
     cache::Delta delta = source_->take_delta();  // taken every time, so it never grows unbounded
     flows_->source_changed();
-    if (handshake_) handshake_->source_changed();
+    // Pods whose namespace's handshake mode changed (signet.dev/handshake):
+    // a queue turned on is bound now, before the tables are rewritten; one
+    // turned off goes after (commit_modes, below).
+    std::set<cache::ObjectKey> mode_changed;
+    if (handshake_) {
+        handshake_->source_changed();
+        mode_changed = handshake_->refresh_modes();
+    }
     services_->pods_changed();
     if (enforcing_) {
         auto t0 = std::chrono::steady_clock::now();
         uint64_t changes = enforcer_.program_latency().count();
         enforcer_.source_changed(source_->snapshot(), delta, registry_.all());
+        if (!mode_changed.empty()) enforcer_.reprogram(mode_changed, registry_.all());
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         char buf[160];
         if (enforcer_.program_latency().count() == changes)
@@ -230,6 +247,7 @@ void Controller::on_source_change() {
         log::info(kLog, "enforcing: " + std::to_string(registry_.size()) + " registered pod(s), source version " +
                             std::to_string(source_version_));
     }
+    if (handshake_) handshake_->commit_modes();
     apply_all();
 }
 
@@ -626,45 +644,115 @@ void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond
     respond(json_response(200, d));
 }
 
-// With the handshake on, TCP between pods is judged on the initiator's proven
-// identity; say so, and what the same connection would get without a token
-// (a spoofed address, or a node without signet).
+// With the handshake on, TCP between pods is judged on the peer's proven
+// identity; say so, in which mode (each namespace's: signet.dev/handshake, or
+// the node's default), and what the same connection gets without a token (a
+// spoofed address, or a node without signet). Where one side runs the
+// handshake off and the other enforces, the enforcing side sees no token and
+// judges a plain address: the verdict ("allowed") is that one.
 void Controller::explain_identity(const policy::Endpoint& from, const policy::Endpoint& to, uint16_t port,
                                   rapidjson::Document& d, std::string& text) {
     auto& a = d.GetAllocator();
     rapidjson::Value id(rapidjson::kObjectType);
-    HandshakeMode mode = handshake_->mode();
-    id.AddMember("mode", rapidjson::Value(to_string(mode), a), a);
+    auto describe = [&](const policy::Endpoint& e, handshake::NamespaceMode& m) {
+        m = handshake_->mode_of_namespace(e.namespace_);
+        return std::string(to_string(m.mode)) +
+               (m.from_label ? std::string(" (namespace ") + e.namespace_ + "'s label " + handshake::kHandshakeModeLabel + ")"
+                             : std::string(" (the node's default)"));
+    };
     if (!from.is_pod() || !to.is_pod()) {
+        HandshakeMode mode = handshake_->mode();
+        id.AddMember("mode", rapidjson::Value(to_string(mode), a), a);
         id.AddMember("judged_on", "address", a);
         text += std::string("  identity (handshake ") + to_string(mode) +
                 "): an endpoint is not a pod, so this flow is judged by address\n";
         d.AddMember("identity", id, a);
         return;
     }
-    id.AddMember("judged_on", "proven identity", a);
-    text += std::string("  identity (handshake ") + to_string(mode) + "): judged on " + from.to_string() +
-            "'s proven identity (a token from its node, checked against the cluster view), not on its address\n";
-    std::string ip = from.ip;
-    if (ip.empty()) {
+    handshake::NamespaceMode cm, sm;
+    std::string client_text = describe(from, cm), server_text = describe(to, sm);
+    id.AddMember("mode", rapidjson::Value(to_string(sm.mode), a), a);  // the server's: it judges the SYN
+    id.AddMember("client_mode", rapidjson::Value(to_string(cm.mode), a), a);
+    id.AddMember("server_mode", rapidjson::Value(to_string(sm.mode), a), a);
+    for (const auto* m : {&cm, &sm})
+        if (!m->problem.empty()) text += "  warning: " + m->problem + "\n";
+    auto ip_of = [&](const policy::Endpoint& e) {
+        std::string ip = e.ip;
+        if (!ip.empty()) return ip;
         const auto& pods = source_->snapshot().pods;
-        auto it = pods.find(cache::ObjectKey{from.namespace_, from.name});
+        auto it = pods.find(cache::ObjectKey{e.namespace_, e.name});
         if (it != pods.end() && !it->second.pod_ips.empty()) ip = it->second.pod_ips.front();
         for (const auto& [k, rec] : registry_.all())
-            if (ip.empty() && rec.reg.namespace_ == from.namespace_ && rec.reg.name == from.name && !rec.reg.ips.empty())
+            if (ip.empty() && rec.reg.namespace_ == e.namespace_ && rec.reg.name == e.name && !rec.reg.ips.empty())
                 ip = rec.reg.ips.front().substr(0, rec.reg.ips.front().find('/'));
+        return ip;
+    };
+    const bool client_on = cm.mode != HandshakeMode::off, server_on = sm.mode != HandshakeMode::off;
+    text += "  identity: client " + from.to_string() + " handshake " + client_text + ", server " + to.to_string() +
+            " handshake " + server_text + "\n";
+    if (!client_on && !server_on) {
+        id.AddMember("judged_on", "address", a);
+        text += "    neither side runs the handshake: judged on the pods at the addresses\n";
+        d.AddMember("identity", id, a);
+        return;
     }
-    if (!ip.empty()) {
-        policy::Endpoint bare = mode == HandshakeMode::enforce ? policy::Endpoint::address(ip)
-                                                               : policy::Endpoint::pod_at(from.namespace_, from.name, ip);
-        if (auto t = policy_.explain(bare, to, nft::kTcp, port); t) {
-            bool ok = t->allowed;
-            id.AddMember("without_token_allowed", ok, a);
-            text += "    without a token from " + ip + ": " + (ok ? "ALLOWED" : "DENIED") +
-                    (mode == HandshakeMode::enforce ? " (enforce: a pod address counts as a plain address, only "
-                                                      "ipBlock rules can admit it)\n"
-                                                    : " (permissive: judged on address rules)\n");
+    bool effective = d.HasMember("allowed") && d["allowed"].IsBool() && d["allowed"].GetBool();
+    if (client_on && server_on) {
+        id.AddMember("judged_on", "proven identity", a);
+        text += "    judged on " + from.to_string() +
+                "'s proven identity (a token from its node, checked against the cluster view), not on its address\n";
+    } else if (!client_on) {
+        // The server sees a tokenless SYN from the client's address.
+        id.AddMember("judged_on", rapidjson::StringRef(sm.mode == HandshakeMode::enforce ? "address" : "pod at the address"), a);
+        text += std::string("    the client sends no token: ") +
+                (sm.mode == HandshakeMode::enforce ? "the server (enforce) judges a plain address: only ipBlock rules "
+                                                     "can admit it\n"
+                                                   : "the server (permissive) judges the pod at the address\n");
+        if (sm.mode == HandshakeMode::enforce) {
+            std::string ip = ip_of(from);
+            auto t = ip.empty() ? Result<policy::Explanation>(make_error(ENOENT, "no address"))
+                                : policy_.explain(policy::Endpoint::address(ip), to, nft::kTcp, port);
+            bool in = t && t->allowed;
+            effective = effective && in;
+            text += std::string("    ingress of ") + to.to_string() + " from the plain address " +
+                    (ip.empty() ? std::string("(unknown)") : ip) + ": " + (in ? "ALLOWED" : "DENIED") + "\n";
         }
+    } else {
+        // The client's SYN-ACK comes back without a token.
+        id.AddMember("judged_on", rapidjson::StringRef(cm.mode == HandshakeMode::enforce ? "address" : "pod at the address"), a);
+        text += std::string("    the server sends no token: ") +
+                (cm.mode == HandshakeMode::enforce ? "the client (enforce) judges its egress on a plain address: "
+                                                     "only ipBlock rules can admit it\n"
+                                                   : "the client (permissive) judges the pod at the address\n");
+        if (cm.mode == HandshakeMode::enforce) {
+            std::string ip = ip_of(to);
+            auto t = ip.empty() ? Result<policy::Explanation>(make_error(ENOENT, "no address"))
+                                : policy_.explain(from, policy::Endpoint::address(ip), nft::kTcp, port);
+            bool out = t && t->allowed;
+            effective = effective && out;
+            text += std::string("    egress of ") + from.to_string() + " to the plain address " +
+                    (ip.empty() ? std::string("(unknown)") : ip) + ": " + (out ? "ALLOWED" : "DENIED") + "\n";
+        }
+    }
+    if (client_on && server_on) {
+        std::string ip = ip_of(from);
+        if (!ip.empty()) {
+            policy::Endpoint bare = sm.mode == HandshakeMode::enforce
+                                        ? policy::Endpoint::address(ip)
+                                        : policy::Endpoint::pod_at(from.namespace_, from.name, ip);
+            if (auto t = policy_.explain(bare, to, nft::kTcp, port); t) {
+                bool ok = t->allowed;
+                id.AddMember("without_token_allowed", ok, a);
+                text += "    without a token from " + ip + ": " + (ok ? "ALLOWED" : "DENIED") +
+                        (sm.mode == HandshakeMode::enforce
+                             ? " (enforce: a pod address counts as a plain address, only ipBlock rules can admit it)\n"
+                             : " (permissive: judged on address rules)\n");
+            }
+        }
+    }
+    if (d.HasMember("allowed") && d["allowed"].IsBool() && d["allowed"].GetBool() != effective) {
+        d["allowed"].SetBool(effective);
+        text += std::string("  verdict with the handshake: ") + (effective ? "ALLOWED" : "DENIED") + "\n";
     }
     d.AddMember("identity", id, a);
 }

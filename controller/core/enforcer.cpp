@@ -308,6 +308,8 @@ Enforcer::Job Enforcer::prepare(const std::string& key, const api::PodRecord& re
     job.rec = &rec;
     job.st = &pods_[key];
     job.fresh = fresh;
+    if (handshake_ != nft::QueueBackend::none)
+        job.hs = handshake_of_ ? handshake_of_(key, rec) : PodHandshake{true, handshake_enforce_};
     if (!job.st->netns) {
         auto ns = backend_->open(rec.reg.netns);
         if (!ns) {
@@ -330,8 +332,8 @@ void Enforcer::write(Job& job) {
         return;
     }
     job.desired = std::move(*rs);
-    job.desired->handshake = handshake_;
-    job.desired->handshake_enforce = handshake_enforce_;
+    job.desired->handshake = job.hs.on ? handshake_ : nft::QueueBackend::none;
+    job.desired->handshake_enforce = job.hs.on && job.hs.strict;
     if (defer_services_ && job.desired->egress.isolated) {
         // Service frontends go on to the node's table (docs/policy.md).
         job.desired->defer_services = true;
@@ -407,7 +409,7 @@ Status Enforcer::finish(Job& job) {
     // Judged at the node: an isolated egress that defers, and with the
     // identity handshake every pod (the client side of its Service
     // connections' handshake happens there).
-    if (st.rules && (st.rules->defer_services || (defer_services_ && handshake_ != nft::QueueBackend::none)))
+    if (st.rules && (st.rules->defer_services || (defer_services_ && st.rules->handshake != nft::QueueBackend::none)))
         st.ips = rec.reg.ips;
     return {};
 }

@@ -82,6 +82,27 @@ public:
     void set_handshake(nft::QueueBackend backend, bool enforce = false) {
         handshake_ = backend;
         handshake_enforce_ = enforce && backend != nft::QueueBackend::none;
+        handshake_of_ = nullptr;
+    }
+    // Per pod (its namespace's mode, signet.dev/handshake): whether its
+    // table gets the queue rules, and the enforce mode's TCP rules. Asked on
+    // the loop thread for each table written.
+    struct PodHandshake {
+        bool on = false;
+        bool strict = false;
+    };
+    using HandshakeOf = std::function<PodHandshake(const std::string& key, const api::PodRecord& rec)>;
+    void set_handshake(nft::QueueBackend backend, HandshakeOf of) {
+        handshake_ = backend;
+        handshake_enforce_ = false;
+        handshake_of_ = std::move(of);
+    }
+    // Rewrites these pods' tables (what they hold changed outside the
+    // policy: their handshake mode).
+    void reprogram(const std::set<cache::ObjectKey>& pods, const Records& records) {
+        policy::Affected a;
+        a.pods = pods;
+        program(a, records);
     }
     nft::QueueBackend handshake() const { return handshake_; }
     // Services (docs/policy.md): the node's netns, where kube-proxy translates
@@ -113,6 +134,7 @@ public:
 private:
     nft::QueueBackend handshake_ = nft::QueueBackend::none;
     bool handshake_enforce_ = false;
+    HandshakeOf handshake_of_;
     struct PodState {
         std::optional<nft::Netns> netns;
         std::optional<nft::PodRuleset> rules;  // what the table holds; empty when unknown
@@ -130,6 +152,7 @@ private:
         const api::PodRecord* rec = nullptr;
         PodState* st = nullptr;
         bool fresh = false;
+        PodHandshake hs;  // the handshake's rules in its table
         std::optional<nft::PodRuleset> desired;
         std::optional<Error> error;
         enum Outcome { Unchanged, SetUpdate, FullWrite } outcome = Unchanged;

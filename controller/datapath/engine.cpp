@@ -188,6 +188,23 @@ std::optional<size_t> parse_handshake_memory(std::string_view mib) {
     return n << 20;
 }
 
+NamespaceMode namespace_mode(const cache::Snapshot& snapshot, const std::string& ns, HandshakeMode node_default) {
+    NamespaceMode m;
+    m.mode = node_default;
+    auto it = snapshot.namespaces.find(ns);
+    if (it == snapshot.namespaces.end()) return m;
+    auto label = it->second.labels.find(kHandshakeModeLabel);
+    if (label == it->second.labels.end()) return m;
+    if (auto parsed = parse_handshake_mode(label->second)) {
+        m.mode = *parsed;
+        m.from_label = true;
+    } else {
+        m.problem = std::string(kHandshakeModeLabel) + "=" + label->second +
+                    " is not off, permissive or enforce: the node's default applies";
+    }
+    return m;
+}
+
 const char* to_string(HandshakeMode m) {
     switch (m) {
         case HandshakeMode::permissive: return "permissive";
@@ -203,7 +220,11 @@ struct HandshakeEngine::Attachment {
     cache::ObjectKey pod;
     std::string netns;
     std::vector<std::string> addrs;  // addr_key of each of the pod's addresses
-    std::unique_ptr<handshake::QueueBinding> queue;  // null: the netns could not be opened
+    std::unique_ptr<handshake::QueueBinding> queue;  // null: the netns could not be opened, or mode off
+    // The mode its segments are judged in, and the one its table is to hold
+    // (they differ only while a mode change turning the handshake off waits
+    // for the table's rewrite: commit_modes()).
+    HandshakeMode mode = HandshakeMode::off, target = HandshakeMode::off;
     std::string error;
     PendingTable<ClientPending> client;
     PendingTable<ServerPending> server;
@@ -257,12 +278,17 @@ void HandshakeEngine::stop() {
 
 void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& rec) {
     if (stopped_ || ctx_.mode == HandshakeMode::off) return;
+    const HandshakeMode mode = mode_of_namespace(rec.reg.namespace_).mode;
     auto& slot = attachments_[key];
-    if (slot && slot->queue && slot->queue->running() && slot->netns == rec.reg.netns) {
+    if (slot && slot->netns == rec.reg.netns && (mode == HandshakeMode::off || (slot->queue && slot->queue->running()))) {
         slot->addrs.clear();  // a repeated ADD: the same netns, maybe new addresses
         for (const auto& ip : rec.reg.ips)
             if (auto k = addr_key_of(ip)) slot->addrs.push_back(*k);
         peers_dirty_ = attachments_dirty_ = true;
+        if (mode != slot->target) {
+            slot->target = mode;
+            if (mode != HandshakeMode::off) slot->mode = mode;  // (queue running: checked above)
+        }
         return;
     }
     if (slot) retire(*slot);
@@ -271,10 +297,18 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
     at.key = key;
     at.pod = {rec.reg.namespace_, rec.reg.name};
     at.netns = rec.reg.netns;
+    at.mode = at.target = mode;
     for (const auto& ip : rec.reg.ips)
         if (auto k = addr_key_of(ip)) at.addrs.push_back(*k);
     peers_dirty_ = attachments_dirty_ = true;
-    auto q = ctx_.queues->open(rec.reg.netns, [this, key](const handshake::QueuedPacket& p) { return judge(key, p); });
+    // Mode off (its namespace's label): no queue; the attachment stays, so
+    // the node knows the pod's Service connections are not its to token.
+    if (mode != HandshakeMode::off) bind(at);
+}
+
+void HandshakeEngine::bind(Attachment& at) {
+    const std::string key = at.key;
+    auto q = ctx_.queues->open(at.netns, [this, key](const handshake::QueuedPacket& p) { return judge(key, p); });
     if (!q) {
         at.error = q.error().message;
         log::warn(kLog, "no handshake for " + pod_str(at.pod) + ": " + at.error +
@@ -288,7 +322,55 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
                             " (its new TCP connections are dropped: fail closed; retried)");
         return;
     }
+    at.error.clear();
     log::debug(kLog, "reading the handshake queue of " + pod_str(at.pod));
+}
+
+NamespaceMode HandshakeEngine::mode_of_namespace(const std::string& ns) const {
+    return namespace_mode(ctx_.source->snapshot(), ns, ctx_.mode);
+}
+
+HandshakeMode HandshakeEngine::table_mode(const std::string& key) const {
+    auto it = attachments_.find(key);
+    return it == attachments_.end() ? ctx_.mode : it->second->target;
+}
+
+std::set<cache::ObjectKey> HandshakeEngine::refresh_modes() {
+    std::set<cache::ObjectKey> changed;
+    if (stopped_) return changed;
+    for (auto& [k, at] : attachments_) {
+        NamespaceMode m = mode_of_namespace(at->pod.namespace_);
+        if (m.mode == at->target) continue;
+        log::info(kLog, "handshake mode of " + pod_str(at->pod) + ": " + to_string(at->target) + " -> " +
+                            to_string(m.mode) + (m.from_label ? std::string(" (label ") + kHandshakeModeLabel + ")"
+                                                              : std::string(" (the node's default)")));
+        if (!m.problem.empty()) log::warn(kLog, "namespace " + at->pod.namespace_ + ": " + m.problem);
+        at->target = m.mode;
+        if (m.mode != HandshakeMode::off) {
+            if (!at->queue || !at->queue->running()) {
+                if (at->queue) retire(*at);
+                at->queue.reset();
+                bind(*at);
+            }
+            at->mode = m.mode;
+        }
+        changed.insert(at->pod);
+    }
+    return changed;
+}
+
+void HandshakeEngine::commit_modes() {
+    for (auto& [k, at] : attachments_) {
+        if (at->target != HandshakeMode::off || at->mode == HandshakeMode::off) continue;
+        at->mode = HandshakeMode::off;
+        retire(*at);
+        at->queue.reset();
+        const auto all = std::chrono::steady_clock::time_point::max();  // its handshakes in flight go
+        at->client.expire(all);
+        at->server.expire(all);
+        at->via_node.expire(all);
+        at->error.clear();
+    }
 }
 
 // Keeps the counters of an attachment's queue before it goes, and stops it.
@@ -541,6 +623,8 @@ std::optional<Decision> HandshakeEngine::judge_at_node(const handshake::QueuedPa
         ++counters_.refused["not_a_local_pod"];
         return Decision{};
     }
+    // Its namespace runs the handshake off: the Service judge's own verdict.
+    if (at->mode == HandshakeMode::off) return std::nullopt;
     constexpr uint32_t kMasqueradeMark = 0x4000;  // kube-proxy's --iptables-masquerade-bit 14 (both modes)
     Decision d;
     // A segment that is neither SYN nor SYN-ACK of a connection with no
@@ -845,10 +929,10 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
 Decision HandshakeEngine::judge_tokenless(const Attachment& at, const Packet& p, bool ingress, const Peer* pod_peer,
                                           const policy::Ip& peer_ip, uint16_t port) {
     std::optional<cache::ObjectKey> as_pod;
-    if (pod_peer && ctx_.mode == HandshakeMode::permissive) as_pod = pod_peer->pod;
+    if (pod_peer && at.mode == HandshakeMode::permissive) as_pod = pod_peer->pod;
     if (!allowed(at, ingress, as_pod, peer_ip, port)) {
         report_denied(at, p, ingress);
-        if (pod_peer && ctx_.mode == HandshakeMode::enforce)
+        if (pod_peer && at.mode == HandshakeMode::enforce)
             return refuse("no_token", at, p,
                           std::string("a tokenless ") + (ingress ? "SYN" : "SYN-ACK") + " from pod " +
                               pod_str(pod_peer->pod) + "'s address");
@@ -1076,6 +1160,24 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     using rapidjson::Value;
     out.SetObject();
     out.AddMember("mode", Value(to_string(ctx_.mode), a), a);
+    // Per namespace (signet.dev/handshake): the labelled namespaces, and the
+    // local pods in each mode.
+    Value labelled(rapidjson::kObjectType);
+    for (const auto& [name, ns] : ctx_.source->snapshot().namespaces) {
+        if (ns.labels.count(kHandshakeModeLabel) == 0) continue;
+        NamespaceMode m = namespace_mode(ctx_.source->snapshot(), name, ctx_.mode);
+        Value e(rapidjson::kObjectType);
+        e.AddMember("mode", Value(to_string(m.mode), a), a);
+        if (!m.problem.empty()) e.AddMember("problem", Value(m.problem.c_str(), a), a);
+        labelled.AddMember(Value(name.c_str(), a), e, a);
+    }
+    out.AddMember("namespaces", labelled, a);
+    uint64_t by_mode[3] = {0, 0, 0};
+    for (const auto& [k, at] : attachments_) ++by_mode[static_cast<int>(at->mode)];
+    Value pods(rapidjson::kObjectType);
+    for (auto m : {HandshakeMode::off, HandshakeMode::permissive, HandshakeMode::enforce})
+        pods.AddMember(Value(to_string(m), a), Value(by_mode[static_cast<int>(m)]), a);
+    out.AddMember("pods_by_mode", pods, a);
     Value c(rapidjson::kObjectType);
     c.AddMember("segments", Value(counters_.segments), a);
     c.AddMember("tokens_added", Value(counters_.tokens_added_mac + counters_.tokens_added_signed), a);

@@ -37,6 +37,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -62,6 +63,18 @@ namespace signet::handshake {
 enum class HandshakeMode : uint8_t { off, permissive, enforce };
 std::optional<HandshakeMode> parse_handshake_mode(std::string_view s);
 const char* to_string(HandshakeMode m);
+
+// The Namespace label that sets the handshake mode of the namespace's pods
+// over the node's default (--handshake): off, permissive or enforce. It takes
+// effect on nodes that run the handshake (a node started with --handshake off
+// runs no engine, and ignores it).
+inline constexpr const char* kHandshakeModeLabel = "signet.dev/handshake";
+struct NamespaceMode {
+    HandshakeMode mode = HandshakeMode::off;
+    bool from_label = false;  // the namespace's label said it (else the node's default)
+    std::string problem;      // the label's value is not a mode: the default applies, and this says why
+};
+NamespaceMode namespace_mode(const cache::Snapshot& snapshot, const std::string& ns, HandshakeMode node_default);
 
 // Conntrack mark bits the engine sets in a pod's netns: nft::kCtMark*.
 using nft::kCtMarkAuthenticated;
@@ -138,7 +151,20 @@ public:
     void expire();
 
     void status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
+    // The node's default mode (--handshake).
     HandshakeMode mode() const { return ctx_.mode; }
+    // The mode of a namespace's pods: its signet.dev/handshake label, else the node's default.
+    NamespaceMode mode_of_namespace(const std::string& ns) const;
+    // The mode a local attachment's table must hold (its namespace's; the
+    // node's default for an attachment the engine does not know).
+    HandshakeMode table_mode(const std::string& key) const;
+    // After a change of the source: each attachment's mode from its
+    // namespace again. An attachment whose handshake turns on has its queue
+    // bound at once (before its table gets the queue rules); one whose
+    // handshake turns off keeps it, judged in its old mode, until
+    // commit_modes() (after its table lost them). The pods whose mode changed.
+    std::set<cache::ObjectKey> refresh_modes();
+    void commit_modes();
 
     // One queued segment of attachment `key`: what the queue source's handler
     // calls (tests call it too, through their own QueueSource).
@@ -262,6 +288,8 @@ private:
         bool reset = false;                          // the client's RST came first
     };
 
+    // Opens and starts the attachment's queue (its error kept when it cannot).
+    void bind(Attachment& at);
     handshake::Decision client_syn(Attachment& at, const handshake::Packet& p, bool at_node = false);
     handshake::Decision server_syn(Attachment& at, const handshake::Packet& p);
     handshake::Decision server_syn_ack(Attachment& at, const handshake::Packet& p);

@@ -158,6 +158,7 @@ void to_json(const Record& r, Value& out, rapidjson::Document::AllocatorType& a)
     out.AddMember("policy", json::str(r.decision.policy, a), a);
     out.AddMember("rule", Value(r.decision.rule), a);
     out.AddMember("authenticated", Value(r.decision.authenticated), a);
+    if (r.handshake != nullptr) out.AddMember("handshake", Value(rapidjson::StringRef(r.handshake)), a);
     if (r.decision.authenticated && k.peer_kind == PeerKind::pod) {
         Value id(rapidjson::kObjectType);
         id.AddMember("node", json::str(r.peer_node, a), a);

@@ -69,6 +69,10 @@ struct Record {
     Counts counts;             // close: the connection's totals; denied: the packet
     int64_t duration_ns = 0;   // close: how long it was open (0 when its start was not seen)
     std::string peer_node;     // authenticated: the node that vouched for the peer pod
+    // The identity handshake's mode for the local pod (its namespace's
+    // signet.dev/handshake, else the node's): "off", "permissive", "enforce";
+    // null on a node that runs no handshake.
+    const char* handshake = nullptr;
 };
 
 struct PodEvent {

@@ -212,6 +212,7 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
             r.peer_node = it != pods.end() ? it->second.node_name : ctx_.node_name;
         };
         authenticated(ev.entry);
+        if (ctx_.handshake_mode) r.handshake = ctx_.handshake_mode(rec->reg.namespace_);
         r.src = hostport(src_text, o.sport, o.family);
         r.dst = hostport(dst_text, o.dport, o.family);
         r.sport = o.sport;
@@ -264,6 +265,7 @@ void FlowService::on_denied(const std::string& key, const std::vector<nft::Logge
         r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress, flows::Verdict::denied, peer.kind,
                                peer.namespace_, peer.name, peer_ip, t.proto, t.dport};
         r.decision = decide(r.key, policy::Ip{t.family, ingress ? t.src : t.dst});
+        if (ctx_.handshake_mode) r.handshake = ctx_.handshake_mode(rec->reg.namespace_);
         r.src = hostport(src, t.sport, t.family);
         r.dst = hostport(dst, t.dport, t.family);
         r.sport = t.sport;

@@ -38,6 +38,9 @@ public:
         // judges after kube-proxy's translation: a pod's connection to one is
         // decided there, on the backend (docs/policy.md, "Services").
         std::function<std::optional<cache::ObjectKey>(const policy::Ip&, uint8_t, uint16_t)> service_frontend;
+        // The identity handshake's mode for a namespace's pods (a static
+        // string; null: the node runs no handshake). Unset: none.
+        std::function<const char*(const std::string& ns)> handshake_mode;
     };
     // Called with each export interval's aggregates and pod events.
     using Exporter = std::function<void(const std::vector<flows::Aggregate>&, const std::vector<flows::PodEvent>&)>;

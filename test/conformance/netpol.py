@@ -521,7 +521,8 @@ def _peer_matches(st: State, pol_ns: str, p: dict, who: str | None, who_ip: str)
     return True
 
 
-def _ports_match(ports, dst_pod: str, port_: int, proto: str) -> bool:
+def _ports_match(ports, dst_pod: str | None, port_: int, proto: str) -> bool:
+    """dst_pod None: the destination is a plain address, where a named port names nothing."""
     if not ports:
         return True
     for pp in ports:
@@ -533,7 +534,7 @@ def _ports_match(ports, dst_pod: str, port_: int, proto: str) -> bool:
         if isinstance(v, int):
             if v <= port_ <= pp.get("endPort", v):
                 return True
-        else:  # named: resolved on the destination pod's container ports
+        elif dst_pod is not None:  # named: resolved on the destination pod's container ports
             for cp in container_ports():
                 if cp["name"] == v and cp["protocol"] == proto and cp["containerPort"] == port_:
                     return True
@@ -590,6 +591,44 @@ def evaluate_table(st: State, port_: int, proto: str, family: int = 4) -> Reacha
         for t in ALL_PODS:
             r.expect(f, t, evaluate(st, f, t, port_, proto, family))
     return r
+
+
+# The Namespace label that sets the identity handshake's mode of a namespace's pods
+# (docs/handshake.md, "Modes").
+HANDSHAKE_MODE_LABEL = "signet.dev/handshake"
+
+
+def tokenless_side(modes: dict, default: str, src: str, dst: str, proto: str) -> str | None:
+    """With per-namespace handshake modes: which side of a TCP connection between pods
+    judges its peer as a plain address (no pod identity), or None. A namespace whose
+    handshake is off sends and checks no token; a side in enforce mode then sees a
+    tokenless segment from a pod's address, which proves nothing: "dst" (its ingress
+    judges the client's address) or "src" (its egress judges the server's address).
+    Permissive judges a tokenless peer as the pod at its address: as without the
+    handshake. Same-pod connections (loopback) take no handshake."""
+    if proto != "TCP" or src == dst or NODE in (src, dst):
+        return None
+    ms, md = modes.get(src.split("/")[0], default), modes.get(dst.split("/")[0], default)
+    if ms == "off" and md == "enforce":
+        return "dst"
+    if md == "off" and ms == "enforce":
+        return "src"
+    return None
+
+
+def evaluate_with_modes(st: State, src: str, dst: str, port_: int, proto: str, family: int,
+                        modes: dict, default: str) -> bool:
+    """evaluate(), where the side tokenless_side() names judges its peer by address only."""
+    side = tokenless_side(modes, default, src, dst, proto)
+    if side is None:
+        return evaluate(st, src, dst, port_, proto, family)
+    dst_ip, src_ip = ip_of(st, dst, family), ip_of(st, src, family)
+    egress_peer = None if side == "src" else dst
+    ingress_peer = None if side == "dst" else src
+    # An egress judged on a plain address resolves no named port (no pod to name it).
+    if not _direction_allows(st, src, "Egress", egress_peer, dst_ip, egress_peer, port_, proto):
+        return False
+    return _direction_allows(st, dst, "Ingress", ingress_peer, src_ip, dst, port_, proto)
 
 
 def uses_ipblock(st: State) -> bool:
@@ -763,7 +802,7 @@ class Cluster:
     def __init__(self, test: harness.Test, run: harness.Run, *, probe_timeout: float = 1.0,
                  ipv6: bool = False, log=harness.log, source: str = "dir", handshake: str = "off",
                  via_service: str | None = None, node_netns_flag: bool = True, with_signet: bool = True,
-                 nodes: int = 1, warm_up: bool = True):
+                 nodes: int = 1, warm_up: bool = True, ns_modes: dict | None = None):
         self.source = source
         self.warm_up = warm_up  # --nodes 2 with the handshake: first contact between the nodes, one at a time
         # nodes=2: the pods over twonode.py's two node netns (joined by a wire, one signetd each,
@@ -786,6 +825,9 @@ class Cluster:
         self.cluster_ips = cluster_ips() if via_service else {}
         self._backends: dict = {}
         self.handshake = handshake  # signetd --handshake (with an authority of the run's own)
+        # ns -> handshake mode of its pods (the Namespace label signet.dev/handshake; others: the
+        # node's default, --handshake)
+        self.ns_modes: dict = dict(ns_modes or {})
         self.apiserver_url: str | None = None
         self.test = test
         self.run = run
@@ -820,7 +862,12 @@ class Cluster:
 
     def write_ns(self, ns: str, labels: dict) -> None:
         self.state.ns_labels[ns] = dict(labels)
-        self._write(f"ns-{ns}.yaml", to_yaml(namespace_obj(ns, labels)))
+        # --namespace-modes: the handshake mode label rides along on every write (no case
+        # selects on it; the reference evaluator never sees it).
+        written = dict(labels)
+        if ns in self.ns_modes:
+            written[HANDSHAKE_MODE_LABEL] = self.ns_modes[ns]
+        self._write(f"ns-{ns}.yaml", to_yaml(namespace_obj(ns, written)))
 
     def write_pod(self, podstr: str, labels: dict) -> None:
         self.state.pod_labels[podstr] = dict(labels)

@@ -71,6 +71,12 @@ def parse_args(argv):
     ap.add_argument("--handshake", choices=["off", "permissive", "enforce"], default="off",
                     help="signetd's identity handshake mode (with an authority made for the run): TCP between "
                          "the pods is then judged on proven identities")
+    ap.add_argument("--namespace-modes", default="", metavar="NS=MODE,...",
+                    help="with --handshake: label namespaces with signet.dev/handshake (e.g. x=enforce,z=off; "
+                         "the others keep the node's default). Where an enforcing side meets a namespace "
+                         "without the handshake it judges a plain address: those TCP cells are expected from "
+                         "the reference evaluator with that side's peer as an address. Ends with "
+                         "namespace-mode-switch: one label change turns a namespace's handshake on and off")
     ap.add_argument("--debug-nft", action="store_true",
                     help="on a failure also print the nft ruleset of the pods involved "
                          "(and with --via-service kube-proxy's rules in the node netns)")
@@ -91,6 +97,15 @@ def parse_args(argv):
                     help="with --nodes 2 and the handshake: leave out the one-at-a-time first connections "
                          "between the nodes before the cases (shows signetd's first-contact pair-key race)")
     args = ap.parse_args(argv)
+    args.ns_modes = {}
+    for item in filter(None, args.namespace_modes.split(",")):
+        ns, _, mode = item.partition("=")
+        if ns not in netpol.NAMESPACES or mode not in ("off", "permissive", "enforce"):
+            ap.error(f"--namespace-modes: {item!r} is not NS=off|permissive|enforce with NS one of "
+                     f"{', '.join(netpol.NAMESPACES)}")
+        args.ns_modes[ns] = mode
+    if args.ns_modes and (args.handshake == "off" or args.via_service or args.nodes != 1):
+        ap.error("--namespace-modes needs --handshake permissive|enforce, one node and no --via-service")
     if args.via_service and args.ipv6:
         ap.error("--via-service is IPv4 only (the Services are single-stack IPv4)")
     if args.nodes == 2 and args.source != "dir":
@@ -260,6 +275,14 @@ def check_step(cl, args, step, i, nsteps, res: CaseResult) -> bool:
             for c in step.checks:
                 o = {(f, t): obs[(f, t, c.port, c.proto, fam)] for f in ALL_PODS for t in ALL_PODS}
                 want = evaluate_table(cl.state, c.port, c.proto, fam) if oracle else c.reach
+                if args.ns_modes:
+                    # Pairs where an enforcing side meets a namespace without the handshake.
+                    want = want.copy()
+                    for f in ALL_PODS:
+                        for t in ALL_PODS:
+                            if netpol.tokenless_side(args.ns_modes, args.handshake, f, t, c.proto):
+                                want.expect(f, t, netpol.evaluate_with_modes(
+                                    cl.state, f, t, c.port, c.proto, fam, args.ns_modes, args.handshake))
                 cmp_ = Comparison(c.port, c.proto, want.expected, o)
                 if cmp_.wrong():
                     bad.append((f"{c.proto}/{c.port}{sfx}" + (" (table by the reference evaluator)" if oracle else ""),
@@ -400,7 +423,7 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
                         handshake=args.handshake, via_service=args.via_service,
                         node_netns_flag=node_netns_flag and not args.emulate_datapath,
                         with_signet=not (args.via_service and args.emulate_datapath), nodes=args.nodes,
-                        warm_up=not args.no_first_contact)
+                        warm_up=not args.no_first_contact, ns_modes=args.ns_modes)
     cl.setup()
     setup_secs = time.monotonic() - t0
     if args.emulate_datapath:
@@ -442,16 +465,111 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
             log(f"handshake{' on ' + d.node if args.nodes == 2 else ''}: "
                 + json.dumps({"counters": c, "refused": hs.get("refused"),
                               "queue": {k: v for k, v in hs.get("queue", {}).items() if k != "errors"}}))
+            # With namespaces that run no handshake next to enforcing ones, the only refusal
+            # is the tokenless SYN an enforcing server gets from them (no_token).
+            refused = {k: v for k, v in (hs.get("refused") or {}).items()
+                       if not (args.ns_modes and k == "no_token")}
             ok = (hs.get("mode") == args.handshake and c.get("verified", 0) > 0
                   and c.get("accepted_authenticated", 0) > 0 and c.get("proofs_verified", 0) > 0
-                  and not hs.get("refused"))
+                  and not refused)
             if not ok:
                 r.ok = False
                 r.notes.append(f"{'on ' + d.node + ': ' if args.nodes == 2 else ''}expected verified tokens and "
-                               "final-ACK proofs, connections admitted on proven identity, no refusal")
+                               "final-ACK proofs, connections admitted on proven identity, no refusal"
+                               + (" but no_token" if args.ns_modes else ""))
+            if args.ns_modes:
+                want = {m: 3 * sum(1 for ns in netpol.NAMESPACES if args.ns_modes.get(ns, args.handshake) == m)
+                        for m in ("off", "permissive", "enforce")}
+                got = hs.get("pods_by_mode")
+                log(f"handshake pods by mode: {got} (expected {want}); labelled namespaces: "
+                    f"{json.dumps(hs.get('namespaces'))}")
+                if got != want:
+                    r.ok = False
+                    r.notes.append(f"status handshake.pods_by_mode {got}, expected {want}")
         log(f"{'PASS' if r.ok else 'FAIL'} handshake-was-used")
         results.append(r)
+    if args.ns_modes:
+        results.append(namespace_mode_switch(cl, args))
     cl.teardown(best_effort=False)
+
+
+def namespace_mode_switch(cl, args) -> CaseResult:
+    """One label change turns a namespace's handshake on and off, as a policy change
+    takes effect: x/a admits TCP/80 only from namespace z's pods (a namespaceSelector).
+    The namespace probed from, `z`, goes through off, permissive and back to its mode in
+    the run; x/a enforces. With z off its SYN carries no token and x/a refuses it
+    (no_token: a pod address proves nothing there); with z permissive it is admitted on
+    z's proven identity. Each step also checks the pods' tables (queue rules or none),
+    the flow records' and explain's mode, and the explain verdict."""
+    r = CaseResult("namespace-mode-switch")
+    ts = time.monotonic()
+    src_ns, client, server = "z", "z/a", "x/a"
+    modes = dict(args.ns_modes)
+    pol = netpol.netpol("allow-z", "x", netpol.sel({"pod": "a"}),
+                        ingress=[netpol.ingress_rule([netpol.peer(nss={"ns": "z"})])])
+
+    def flow_records(pod: str) -> list:
+        p = cl.d.ctl("flows", "--pod", pod, "--limit", "10000", "-o", "json")
+        try:
+            return json.loads(p.stdout).get("flows", [])
+        except (json.JSONDecodeError, AttributeError):
+            return []
+
+    def step(mode: str) -> None:
+        modes[src_ns] = mode
+        cl.ns_modes[src_ns] = mode
+        cl.write_ns(src_ns, cl.state.ns_labels[src_ns])
+        ok, detail = cl.sync()
+        if not ok:
+            r.ok = False
+            r.notes.append(f"{src_ns}={mode}: sync failed: {detail}")
+            return
+        server_mode = modes.get("x", args.handshake)
+        expect = netpol.evaluate_with_modes(cl.state, client, server, 80, "TCP", 4, modes, args.handshake)
+        before = flow_records(client)
+        last_seq = max((f.get("seq", 0) for f in before), default=0)
+        obs = cl.probe([(client, server, 80, "TCP", 4)])[(client, server, 80, "TCP", 4)]
+        table = cl.nft_ruleset(client)
+        queued = "queue" in table and "handshake" in table
+        ex = cl.d.ctl("explain", "--from", client, "--to", server, "--port", "80", "-o", "json")
+        try:
+            e = json.loads(ex.stdout)
+        except json.JSONDecodeError:
+            e = {}
+        ident = e.get("identity") or {}
+        recs = []
+        for _ in range(20):  # the conntrack event is read asynchronously
+            recs = [f for f in flow_records(client) if f.get("seq", 0) > last_seq and f.get("pod") == client]
+            if recs:
+                break
+            time.sleep(0.1)
+        modes_seen = {f.get("handshake") for f in recs}
+        checks = [
+            (f"{client} -> {server} TCP/80 {'allowed' if expect else 'denied'}", obs.ok == expect,
+             obs.detail or "allowed"),
+            (f"{client}'s table {'has' if mode != 'off' else 'has no'} handshake queue rules",
+             queued == (mode != "off"), "queue rules present" if queued else "none"),
+            (f"explain: client_mode {mode}, server_mode {server_mode}, verdict {expect}",
+             ident.get("client_mode") == mode and ident.get("server_mode") == server_mode
+             and e.get("allowed") == expect and ex.returncode == (0 if expect else 3),
+             f"rc {ex.returncode} {json.dumps(ident)} allowed={e.get('allowed')}"),
+            (f"{client}'s latest flow records say handshake {mode}", recs and modes_seen == {mode},
+             f"{modes_seen}"),
+        ]
+        for what, ok, detail in checks:
+            log(f"  {src_ns}={mode}: {'ok  ' if ok else 'FAIL'} {what}" + ("" if ok else f": {detail}"))
+            if not ok:
+                r.ok = False
+                r.notes.append(f"{src_ns}={mode}: {what}: {detail}")
+
+    cl.write_policy(pol)
+    for mode in ("off", "permissive", args.ns_modes.get(src_ns, args.handshake)):
+        step(mode)
+    cl.delete_policy("x", "allow-z")
+    cl.sync()
+    r.secs = time.monotonic() - ts
+    log(f"{'PASS' if r.ok else 'FAIL'} namespace-mode-switch ({r.secs:.2f}s)")
+    return r
 
 
 def summarize(results: list[CaseResult], total: float) -> None:

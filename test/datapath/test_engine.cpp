@@ -699,3 +699,57 @@ TEST_CASE("a finished pod's address reused by a live pod: the live pod is the an
         CHECK(B.engine->counters().denied == 0);
     }
 }
+
+TEST_CASE("per-namespace modes: the label signet.dev/handshake over the node's default") {
+    auto label = [](const std::string& value) {
+        return [value](cache::Snapshot& s) {
+            s.put(cache::Namespace{"x", {{"kubernetes.io/metadata.name", "x"}, {handshake::kHandshakeModeLabel, value}}});
+        };
+    };
+    handshake::HandshakeEngine::Context permissive;
+    permissive.mode = handshake::HandshakeMode::permissive;
+    const auto tokenless = segment("10.0.0.1", "10.0.1.1", 52000, kPort, 1, 0, tcpf::syn);
+    {
+        // No label: the node's default (permissive) judges a tokenless SYN as the pod at the address.
+        World w(permissive);
+        CHECK(w.node_b().engine->mode_of_namespace("x").mode == handshake::HandshakeMode::permissive);
+        CHECK_FALSE(w.node_b().engine->mode_of_namespace("x").from_label);
+        CHECK(w.judge("b", kIn, tokenless).accepted);
+    }
+    {
+        // enforce by label on a permissive node: the same SYN proves nothing.
+        World w(permissive, label("enforce"));
+        Node& B = w.node_b();
+        auto m = B.engine->mode_of_namespace("x");
+        CHECK(m.mode == handshake::HandshakeMode::enforce);
+        CHECK(m.from_label);
+        CHECK(B.engine->table_mode("c-b/eth0") == handshake::HandshakeMode::enforce);
+        CHECK_FALSE(w.judge("b", kIn, tokenless).accepted);
+        CHECK(refused(B, "no_token") == 1);
+        // And the handshake still runs between the pods.
+        Conn c{w, 52001, 5, 6};
+        c.run();
+        CHECK(c.syn_in.accepted);
+        CHECK(c.ack_in.accepted);
+    }
+    {
+        // off by label: no queue is bound for the namespace's pods, and status counts them.
+        World w(permissive, label("off"));
+        Node& B = w.node_b();
+        CHECK(B.engine->table_mode("c-b/eth0") == handshake::HandshakeMode::off);
+        CHECK(B.queues.handlers.count("/fake/netns/b") == 0);
+        rapidjson::Document d;
+        rapidjson::Value st;
+        B.engine->status(st, d.GetAllocator());
+        CHECK(st["pods_by_mode"]["off"].GetUint64() == 1);
+        CHECK(st["namespaces"]["x"]["mode"] == "off");
+    }
+    {
+        // A value that is not a mode: the default applies, and the problem is said.
+        World w(permissive, label("strict"));
+        auto m = w.node_b().engine->mode_of_namespace("x");
+        CHECK(m.mode == handshake::HandshakeMode::permissive);
+        CHECK_FALSE(m.from_label);
+        CHECK(m.problem.find("not off, permissive or enforce") != std::string::npos);
+    }
+}
