@@ -38,7 +38,7 @@ UnprotectedTracker::Change UnprotectedTracker::update(const std::map<cache::Obje
         if (is_registered(pod, r == by_name.end() ? kNone : r->second)) continue;
         auto old = pods_.find(key);
         UnprotectedPod u;
-        if (old != pods_.end() && old->second.uid == pod.uid) u = std::move(old->second);  // still the same pod
+        if (old != pods_.end() && old->second.uid == pod.uid) u = old->second;  // still the same pod
         else u.since_ms = now_ms;
         u.namespace_ = pod.namespace_;
         u.name = pod.name;

@@ -113,6 +113,7 @@ TEST_CASE("unprotected: the grace period, then reported once; registered, other-
     // Later updates keep it, and do not report it again.
     c = t.update(src, reg, "node-1", t0 + 60000);
     CHECK(c.reported.empty());
+    CHECK(c.resolved.empty());
     CHECK(t.unprotected() == 1);
     CHECK(t.tracked().at({"shop", "lost"}).since_ms == t0);
 
