@@ -323,7 +323,8 @@ void Controller::check_unprotected() {
                                      log::warn(kLog, "cannot create the Event on unprotected pod " + who + ": " +
                                                          p.event_error +
                                                          (st.error().code == EACCES
-                                                              ? " (RBAC: signetd's ClusterRole needs create on events)"
+                                                              ? " (RBAC: signetd's ClusterRole needs create on "
+                                                                "events; or the namespace is being deleted)"
                                                               : ""));
                                      return;
                                  }
