@@ -26,8 +26,10 @@ std::string unprotected_event_name(const std::string& pod, const std::string& ui
     std::string tag;
     for (char c : uid) {
         if (tag.size() == 8) break;
-        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) tag += c;
-        else if (c >= 'A' && c <= 'Z') tag += static_cast<char>(c - 'A' + 'a');
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))
+            tag += c;
+        else if (c >= 'A' && c <= 'Z')
+            tag += static_cast<char>(c - 'A' + 'a');
     }
     std::string suffix = ".signet-unprotected" + (tag.empty() ? std::string() : "-" + tag);
     std::string base = pod.substr(0, 253 - suffix.size());
@@ -56,7 +58,8 @@ std::string unprotected_event(const UnprotectedPod& pod, const std::string& node
     std::string msg = "signet enforces no NetworkPolicy for this pod: it is Running on node " + node +
                       " but never came through the CNI chain (started before signet, or while signet's entry was "
                       "missing from the CNI config), so its network namespace has no signet table (unregistered "
-                      "since " + rfc3339_seconds(pod.since_ms / 1000) +
+                      "since " +
+                      rfc3339_seconds(pod.since_ms / 1000) +
                       "). Delete the pod (its controller recreates it through the chain) to bring it under "
                       "enforcement; see signet's docs/troubleshooting.md, \"Unprotected pods\".";
     d.AddMember("message", json::str(msg, a), a);
@@ -111,7 +114,9 @@ Result<std::optional<std::string>> taint_removal_patch(const rapidjson::Value& n
 ClusterWriter::ClusterWriter(boost::asio::io_context& io, std::unique_ptr<kube::Api> api, Report report)
     : io_(io), api_(std::move(api)), report_(std::move(report)) {}
 
-ClusterWriter::~ClusterWriter() { stop(); }
+ClusterWriter::~ClusterWriter() {
+    stop();
+}
 
 void ClusterWriter::start() {
     std::lock_guard lk(mu_);

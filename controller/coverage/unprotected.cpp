@@ -38,8 +38,10 @@ UnprotectedTracker::Change UnprotectedTracker::update(const std::map<cache::Obje
         if (is_registered(pod, r == by_name.end() ? kNone : r->second)) continue;
         auto old = pods_.find(key);
         UnprotectedPod u;
-        if (old != pods_.end() && old->second.uid == pod.uid) u = old->second;  // still the same pod
-        else u.since_ms = now_ms;
+        if (old != pods_.end() && old->second.uid == pod.uid)
+            u = old->second;  // still the same pod
+        else
+            u.since_ms = now_ms;
         u.namespace_ = pod.namespace_;
         u.name = pod.name;
         u.uid = pod.uid;
@@ -59,7 +61,8 @@ UnprotectedTracker::Change UnprotectedTracker::update(const std::map<cache::Obje
 }
 
 size_t UnprotectedTracker::unprotected() const {
-    return static_cast<size_t>(std::count_if(pods_.begin(), pods_.end(), [](const auto& p) { return p.second.reported; }));
+    return static_cast<size_t>(
+        std::count_if(pods_.begin(), pods_.end(), [](const auto& p) { return p.second.reported; }));
 }
 
 std::optional<int64_t> UnprotectedTracker::next_deadline() const {

@@ -66,7 +66,8 @@ testing::Exchange answer(const std::string& method, long status, const std::stri
 TEST_CASE("unprotected: only Running, non-hostNetwork pods placed on this node must be registered") {
     CHECK(coverage::must_be_registered(pod("a", "web"), "node-1"));
     CHECK_FALSE(coverage::must_be_registered(pod("a", "web", "node-2"), "node-1"));
-    CHECK_FALSE(coverage::must_be_registered(pod("a", "web", ""), "node-1"));  // not scheduled (or a manifest without nodeName)
+    CHECK_FALSE(
+        coverage::must_be_registered(pod("a", "web", ""), "node-1"));  // not scheduled (or a manifest without nodeName)
     CHECK_FALSE(coverage::must_be_registered(pod("a", "web", "node-1", "Pending"), "node-1"));
     CHECK_FALSE(coverage::must_be_registered(pod("a", "web", "node-1", "Succeeded"), "node-1"));
     CHECK_FALSE(coverage::must_be_registered(pod("a", "web", "node-1", ""), "node-1"));  // a manifest without status
@@ -126,7 +127,8 @@ TEST_CASE("unprotected: the grace period, then reported once; registered, other-
     CHECK(t.unprotected() == 0);
 }
 
-TEST_CASE("unprotected: a pod leaving the node, stopping or deleted is resolved; a new pod of the same name starts over") {
+TEST_CASE(
+    "unprotected: a pod leaving the node, stopping or deleted is resolved; a new pod of the same name starts over") {
     UnprotectedTracker t(std::chrono::milliseconds(0));
     const int64_t t0 = 5000;
     auto c = t.update(pods({pod("a", "x"), pod("a", "y"), pod("a", "z")}), {}, "node-1", t0);
@@ -227,18 +229,17 @@ TEST_CASE("cluster writer: taint removal reads again after a failed test, events
     auto server = testing::FakeServer::make();
     const std::string tainted =
         R"({"kind":"Node","metadata":{"name":"node-1"},"spec":{"taints":[{"key":"node.signet.dev/agent-not-ready","effect":"NoSchedule"},{"key":"other","effect":"NoSchedule"}]}})";
-    const std::string clean = R"({"kind":"Node","metadata":{"name":"node-1"},"spec":{"taints":[{"key":"other","effect":"NoSchedule"}]}})";
+    const std::string clean =
+        R"({"kind":"Node","metadata":{"name":"node-1"},"spec":{"taints":[{"key":"other","effect":"NoSchedule"}]}})";
     server->script("/api/v1/nodes/node-1",
                    {answer("GET", 200, tainted),
                     answer("PATCH", 422, R"({"kind":"Status","code":422,"reason":"Invalid","message":"test failed"})"),
-                    answer("GET", 200, tainted),
-                    answer("PATCH", 200, clean),
-                    answer("GET", 200, clean)});
-    server->script("/api/v1/namespaces/shop/events",
-                   {answer("POST", 201, "{}"),
-                    answer("POST", 409, R"({"kind":"Status","code":409,"reason":"AlreadyExists"})"),
-                    answer("POST", 403, R"({"kind":"Status","code":403,"reason":"Forbidden","message":"no"})"),
-                    answer("POST", 500, "{}")});
+                    answer("GET", 200, tainted), answer("PATCH", 200, clean), answer("GET", 200, clean)});
+    server->script(
+        "/api/v1/namespaces/shop/events",
+        {answer("POST", 201, "{}"), answer("POST", 409, R"({"kind":"Status","code":409,"reason":"AlreadyExists"})"),
+         answer("POST", 403, R"({"kind":"Status","code":403,"reason":"Forbidden","message":"no"})"),
+         answer("POST", 500, "{}")});
     boost::asio::io_context io;
     auto work = boost::asio::make_work_guard(io);  // run_for waits for the writer's callbacks
     std::vector<std::string> reports;
@@ -251,8 +252,16 @@ TEST_CASE("cluster writer: taint removal reads again after a failed test, events
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while ((!removed || events.size() < 4) && std::chrono::steady_clock::now() < until)
         io.run_for(std::chrono::milliseconds(20));
-    INFO("requests: " << [&] { std::string a; for (auto& r : server->requests()) a += r + "\n"; return a; }());
-    INFO("reports: " << [&] { std::string a; for (auto& r : reports) a += r + "\n"; return a; }());
+    INFO("requests: " << [&] {
+        std::string a;
+        for (auto& r : server->requests()) a += r + "\n";
+        return a;
+    }());
+    INFO("reports: " << [&] {
+        std::string a;
+        for (auto& r : reports) a += r + "\n";
+        return a;
+    }());
     REQUIRE(removed);
     CHECK(*removed);
     REQUIRE(events.size() == 4);
