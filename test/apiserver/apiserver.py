@@ -84,7 +84,10 @@ test/integration/test_unprotected.py, nothing above changed):
   a patched ``metadata.resourceVersion`` that is not the stored one is
   ``409 Conflict`` (the precondition kube-apiserver applies); any other
   content type (strategic merge patch included) is ``415``. Each PATCH is in
-  the request log with its ``contentType`` and ``body``.
+  the request log with its ``contentType`` and ``body``. In-process, fault
+  ``before_patch`` (a list of callables ``f(store, resource, ns, name)``;
+  each PATCH first pops and runs one) makes a concurrent change land between
+  a client's read and its patch.
 """
 
 from __future__ import annotations
@@ -190,6 +193,7 @@ class Store:
             "malformed": {},          # resource -> count of malformed events to inject in watches
             "drop_partial": False,    # /_control/drop writes half an event before closing
             "list_status": {},        # resource -> HTTP status forced on lists (e.g. 500)
+            "before_patch": [],       # callables f(store, resource, ns, name): one runs before each PATCH
         }
         self.requests: list[dict] = []
         self.drop_generation = 0
@@ -819,6 +823,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(400, status_body(400, "BadRequest", f"the patch is not JSON: {e}"))
         notfound = status_body(404, "NotFound", f'{resource} "{name}" not found',
                                {"name": name, "group": group, "kind": resource})
+        with self.store.cond:
+            hook = self.store.faults["before_patch"].pop(0) if self.store.faults["before_patch"] else None
+        if hook is not None:
+            hook(self.store, resource, ns, name)  # another client's change, just before this patch
 
         def mutate(old):
             if ctype == "application/json-patch+json":

@@ -13,9 +13,11 @@ against the test API server (test/apiserver), pods registered through the real
   (the restarted signetd's POST is 409, "reported before"); a pod registered
   later, and a pod deleted, leave the report;
 * the startup taint: with --remove-startup-taint, node.signet.dev/agent-not-ready
-  goes from this node's Node once signetd enforces, by a guarded JSON patch,
-  and the Node's other taint and the other Node's taint stay; without the flag
-  no Node is patched.
+  goes from this node's Node once signetd enforces, by a guarded JSON patch;
+  a taint another client adds between signetd's read and its patch fails the
+  patch's test, signetd reads again, and that taint stays, as do the Node's
+  other taint and the other Nodes' taints; without the flag no Node is
+  patched.
 
 Needs root (pod netns for the CNI ADDs). Exit 0 pass, 1 fail, 77 skip.
 """
@@ -105,6 +107,16 @@ def body(t, run):
               pod("starting", phase="Pending"), pod("chained", phase="Pending")):
         uid[o["metadata"]["name"]] = store.apply(o)["metadata"]["uid"]
 
+    # Another client adds a taint to this Node between signetd's read and its patch: the patch's
+    # test fails (422), signetd reads again, and that taint survives.
+    maintenance = {"key": "example.com/maintenance", "effect": "NoSchedule"}
+
+    def concurrent_edit(st, resource, ns, name):
+        def add(n):
+            n["spec"]["taints"] = n["spec"]["taints"] + [maintenance]
+            return n
+        st.update(resource, ns, name, add, None)
+    store.set_faults(before_patch=[concurrent_edit])
     d = Signetd(run, bins, node=NODE, source_args=["--source", "kubernetes", "--kubeconfig", str(kc)])
     d.extra_args = ["--unprotected-grace", f"{GRACE:g}s", "--metrics-address", "127.0.0.1:0", "--no-flows",
                     "--remove-startup-taint"]
@@ -204,15 +216,17 @@ def body(t, run):
 
     # ---- the startup taint ----------------------------------------------------------
     taints = {n: (store.get("nodes", "", n)["spec"].get("taints") or []) for n in (NODE, OTHER, PLAIN)}
-    t.equal("--remove-startup-taint: this node keeps only its other taint", taints[NODE],
-            [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}])
+    t.equal("--remove-startup-taint: this node keeps its other taint and the one added concurrently", taints[NODE],
+            [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}, maintenance])
     t.equal("the other nodes' taints untouched", (taints[OTHER], taints[PLAIN]),
             ([{"key": TAINT, "effect": "NoSchedule"}], [{"key": TAINT, "effect": "NoSchedule"}]))
     patches = [r for r in store.requests_for() if r["method"] == "PATCH"]
-    t.check("one PATCH, of this node only, a JSON patch that tests the taints it read",
-            len(patches) == 1 and patches[0]["path"] == f"/api/v1/nodes/{NODE}"
-            and patches[0]["contentType"] == "application/json-patch+json" and '"op":"test"' in patches[0]["body"],
-            patches)
+    t.check("two PATCHes (the first failed its test after the concurrent edit), of this node only, JSON "
+            "patches that test the taints read",
+            len(patches) == 2 and all(p["path"] == f"/api/v1/nodes/{NODE}" and '"op":"test"' in p["body"]
+                                      and p["contentType"] == "application/json-patch+json" for p in patches)
+            and "example.com/maintenance" not in patches[0]["body"]
+            and "example.com/maintenance" in patches[1]["body"], patches)
     ts = d.status()["startupTaint"]
     t.check("status.startupTaint: removed (the restarted signetd found it gone: absent)",
             ts["key"] == TAINT and ts["state"] == "absent", ts)
@@ -226,7 +240,7 @@ def body(t, run):
     time.sleep(0.5)
     t.equal("without --remove-startup-taint: the Node keeps its startup taint",
             store.get("nodes", "", PLAIN)["spec"].get("taints"), [{"key": TAINT, "effect": "NoSchedule"}])
-    t.equal("without the flag: no PATCH at all", len([r for r in store.requests_for() if r["method"] == "PATCH"]), 1)
+    t.equal("without the flag: no PATCH at all", len([r for r in store.requests_for() if r["method"] == "PATCH"]), 2)
     t.equal("status.startupTaint: off", plain.status()["startupTaint"]["state"], "off")
     plain.stop()
 
