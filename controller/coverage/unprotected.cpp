@@ -11,9 +11,7 @@ bool must_be_registered(const cache::Pod& pod, const std::string& node) {
 bool is_registered(const cache::Pod& pod, const std::map<std::string, api::PodRecord>& registered) {
     for (const auto& [k, rec] : registered) {
         const std::string& ns = rec.reg.namespace_.empty() ? std::string(cache::kDefaultNamespace) : rec.reg.namespace_;
-        if (ns == pod.namespace_ && rec.reg.name == pod.name &&
-            (rec.reg.uid.empty() || pod.uid.empty() || rec.reg.uid == pod.uid))
-            return true;
+        if (ns == pod.namespace_ && rec.reg.name == pod.name) return true;
     }
     return false;
 }

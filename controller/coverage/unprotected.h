@@ -29,9 +29,11 @@ namespace signet::coverage {
 // a folder that mirrors a cluster does; others are never checked.
 bool must_be_registered(const cache::Pod& pod, const std::string& node);
 
-// Whether one of `registered` is `pod`'s: same namespace and name, and the
-// same UID when both have one (a pod recreated under the same name is
-// another pod).
+// Whether one of `registered` is `pod`'s: same namespace and name. Not the
+// UID: a static pod's sandbox is registered with the kubelet's UID for it,
+// which is not its mirror Pod's metadata.uid; and a registration left by an
+// earlier pod of the same name goes with its netns (the sweep, every 5 s),
+// well within the grace period.
 bool is_registered(const cache::Pod& pod, const std::map<std::string, api::PodRecord>& registered);
 
 struct UnprotectedPod {
