@@ -213,8 +213,10 @@ int main(int argc, char** argv) {
         } else if (arg == "--remove-startup-taint") {
             remove_startup_taint = true;
         } else if (arg == "--startup-taint-key") {
-            if (!need(&startup_taint_key) || startup_taint_key.empty() || startup_taint_key.size() > 316)
-                return usage_error("--startup-taint-key needs a taint key");
+            if (!need(&startup_taint_key)) return usage_error("--startup-taint-key needs a taint key");
+            // Taint keys are written as label keys ([prefix/]name).
+            if (auto why = cache::check_label_key(startup_taint_key); !why.empty())
+                return usage_error("--startup-taint-key: '" + startup_taint_key + "': " + why);
         } else if (arg == "--services") {
             if (!need(&v)) return usage_error("--services needs a value (judge or off)");
             if (v == "judge") opts.services = true;
@@ -306,6 +308,8 @@ int main(int argc, char** argv) {
     if (opts.graph && opts.metrics_address.empty()) return usage_error("--graph needs --metrics-address");
     if (remove_startup_taint && source != "kubernetes")
         return usage_error("--remove-startup-taint needs --source kubernetes (the taint is on the Node object)");
+    if (remove_startup_taint && !cache::is_dns1123_subdomain(opts.node_name))
+        return usage_error("--remove-startup-taint: '" + opts.node_name + "' is not a Kubernetes node name");
     if (remove_startup_taint) opts.startup_taint = startup_taint_key;
     if (opts.handshake != handshake::HandshakeMode::off && opts.authority_dir.empty())
         return usage_error(std::string("--handshake ") + handshake::to_string(opts.handshake) +
