@@ -54,6 +54,18 @@ Flags:
   --graph                 also serve the live graph of who talks to whom at /graph
                           on the metrics address (off by default)
   --no-flows              do not record flows (no conntrack events or deny log read)
+  --unprotected-grace D   a Running pod placed on this node (spec.nodeName) that has not come
+                          through the CNI chain for this long is reported as unprotected:
+                          signetctl status, signet_unprotected_pods, and with --source
+                          kubernetes one Warning Event (SignetUnprotected) on the Pod
+                          (default 30s; docs/troubleshooting.md, "Unprotected pods")
+  --remove-startup-taint  remove the NoSchedule taint node.signet.dev/agent-not-ready from this
+                          node's Node once signetd enforces (source read, every pod's table
+                          in force); operators add it at registration (kubelet
+                          --register-with-taints), so that pods wait for signet. Other taints
+                          are kept. Needs --source kubernetes. Off by default (docs/install.md)
+  --startup-taint-key KEY the taint --remove-startup-taint removes (default
+                          node.signet.dev/agent-not-ready)
   --authority dir:DIR     this node's identity: DIR holds the cluster authority
                           (signetctl authority init: the node's key is made here and
                           its certificate issued and renewed) or credentials issued
@@ -138,6 +150,8 @@ int main(int argc, char** argv) {
     credentials::CsrClientOptions csr_opts;
     signer::CsrSignerOptions signer_opts;
     bool csr_signer = false, csr_kubeconfig_set = false, allow_ca_key = false;
+    bool remove_startup_taint = false;
+    std::string startup_taint_key = signet::coverage::kStartupTaint;
     if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') opts.node_name = n;
 
     signet::Args args(argc, argv);
@@ -192,6 +206,18 @@ int main(int argc, char** argv) {
             opts.graph = true;
         } else if (arg == "--no-flows") {
             opts.collect_flows = false;
+        } else if (arg == "--unprotected-grace") {
+            if (!need(&v)) return usage_error("--unprotected-grace needs a duration");
+            auto d = parse_duration(v, std::chrono::milliseconds(0), std::chrono::hours(24));
+            if (!d) return usage_error("--unprotected-grace: " + d.error().message);
+            opts.unprotected_grace = *d;
+        } else if (arg == "--remove-startup-taint") {
+            remove_startup_taint = true;
+        } else if (arg == "--startup-taint-key") {
+            if (!need(&startup_taint_key)) return usage_error("--startup-taint-key needs a taint key");
+            // Taint keys are written as label keys ([prefix/]name).
+            if (auto why = cache::check_label_key(startup_taint_key); !why.empty())
+                return usage_error("--startup-taint-key: '" + startup_taint_key + "': " + why);
         } else if (arg == "--services") {
             if (!need(&v)) return usage_error("--services needs a value (judge or off)");
             if (v == "judge") opts.services = true;
@@ -284,6 +310,11 @@ int main(int argc, char** argv) {
     }
     if (opts.state_dir.empty()) return usage_error("--state-dir must not be empty");
     if (opts.graph && opts.metrics_address.empty()) return usage_error("--graph needs --metrics-address");
+    if (remove_startup_taint && source != "kubernetes")
+        return usage_error("--remove-startup-taint needs --source kubernetes (the taint is on the Node object)");
+    if (remove_startup_taint && !cache::is_dns1123_subdomain(opts.node_name))
+        return usage_error("--remove-startup-taint: '" + opts.node_name + "' is not a Kubernetes node name");
+    if (remove_startup_taint) opts.startup_taint = startup_taint_key;
     if (opts.handshake != handshake::HandshakeMode::off && opts.authority_dir.empty())
         return usage_error(std::string("--handshake ") + handshake::to_string(opts.handshake) +
                            " needs this node's identity: pass --authority");
@@ -296,11 +327,13 @@ int main(int argc, char** argv) {
         source::KubernetesOptions ko;
         ko.kubeconfig = kubeconfig;
         ko.node_name = opts.node_name;
-        auto k = source::make_kubernetes_source(ko, report);
+        auto k = source::KubernetesSource::create(ko, report);
         if (!k) {
             log::error("signetd", "--source kubernetes: " + k.error().message);
             return 1;
         }
+        // Events on unprotected pods and the startup taint: clients of the source's server and credentials.
+        opts.cluster_api = [ks = k->get()] { return ks->new_client(); };
         src = std::move(*k);
     } else {
         src = std::make_unique<source::DirSource>(source.substr(4), report);

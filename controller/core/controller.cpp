@@ -38,6 +38,11 @@ ipc::Response registration_error(const std::string& message) {
     return ipc::Response{400, json::to_string(d) + "\n", "application/json"};
 }
 
+int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
 // ?timeout= of POST /v1/sync (signet/duration.h: a unit is required).
 bool parse_timeout(const std::string& text, std::chrono::milliseconds* out) {
     auto d = parse_duration(text, std::chrono::milliseconds(1), std::chrono::hours(24));
@@ -71,7 +76,9 @@ Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<sourc
           opts_.collect_flows)),
       server_(io, [this](const ipc::Request& r, ipc::Responder resp) { handle(r, std::move(resp)); }),
       sweep_timer_(io),
-      retry_timer_(io) {
+      retry_timer_(io),
+      unprotected_(opts_.unprotected_grace),
+      unprotected_timer_(io) {
     enforcer_.set_query(&policy_);
 }
 
@@ -167,6 +174,17 @@ Status Controller::start() {
     // keep enforcing what they had, and established connections live on.
     if (auto st = server_.listen(opts_.socket_path); !st) return st;
     if (auto st = start_outputs(); !st) return st;
+    if (opts_.cluster_api) {
+        cluster_ = std::make_unique<coverage::ClusterWriter>(io_, opts_.cluster_api(),
+                                                             [](const std::string& m) { log::warn(kLog, m); });
+        cluster_->start();
+    }
+    if (!opts_.startup_taint.empty()) {
+        if (!cluster_) return make_error(EINVAL, "removing the startup taint needs the Kubernetes API (--source kubernetes)");
+        taint_ = TaintState::waiting;
+        log::info(kLog, "startup taint " + opts_.startup_taint + ": removed from node " + opts_.node_name +
+                            " once signetd enforces");
+    }
     if (auto st = source_->start(io_, [this] { on_source_change(); }); !st) return st;
     schedule_sweep();
     schedule_retry();
@@ -188,6 +206,8 @@ void Controller::stop() {
     source_->stop();
     sweep_timer_.cancel();
     retry_timer_.cancel();
+    unprotected_timer_.cancel();
+    if (cluster_) cluster_->stop();
     for (auto& [id, w] : waiters_) {
         w.timer->cancel();
         w.respond(ipc::json_error(503, "signetd is shutting down"));
@@ -274,6 +294,121 @@ void Controller::apply_all() {
     }
     if (changed) persist();
     notify_waiters();
+    check_unprotected();
+    maybe_remove_startup_taint();
+}
+
+void Controller::check_unprotected() {
+    if (stopped_ || !source_->ready()) return;  // an incomplete snapshot would report pods it has not read yet
+    const int64_t now = unix_ms();
+    auto change = unprotected_.update(source_->snapshot().pods, registry_.all(), opts_.node_name, now);
+    using Event = coverage::UnprotectedPod::Event;
+    auto& tracked = unprotected_.tracked_mut();
+    for (const auto& key : change.reported) {
+        const auto& u = tracked.at(key);
+        std::string ips;
+        for (const auto& ip : u.ips) ips += (ips.empty() ? "" : ",") + ip;
+        log::warn(kLog, "unprotected pod " + key.namespace_ + "/" + key.name + " (" + (ips.empty() ? "no IP" : ips) +
+                            "): Running on this node for " + std::to_string((now - u.since_ms) / 1000) +
+                            " s without a registration through the CNI chain: its netns has no signet table, "
+                            "nothing is enforced for it; delete the pod to have it recreated through the chain");
+    }
+    for (const auto& u : change.resolved)
+        log::info(kLog, "pod " + u.namespace_ + "/" + u.name + " is no longer unprotected (registered, gone or not Running)");
+    std::optional<int64_t> wake = unprotected_.next_deadline();
+    for (auto& [key, u] : tracked) {
+        if (!u.reported || u.event != Event::pending || !cluster_) continue;
+        if (u.event_retry_ms > now) {
+            wake = std::min(wake.value_or(u.event_retry_ms), u.event_retry_ms);
+            continue;
+        }
+        u.event = Event::sending;
+        std::string uid = u.uid;
+        cluster_->post_event(key.namespace_, coverage::unprotected_event(u, opts_.node_name, now / 1000),
+                             [this, key = key, uid](Status st) {
+                                 if (st) ++unprotected_events_;
+                                 auto it = unprotected_.tracked_mut().find(key);
+                                 if (it == unprotected_.tracked_mut().end() || it->second.uid != uid) return;
+                                 auto& p = it->second;
+                                 const std::string who = key.namespace_ + "/" + key.name;
+                                 if (st) {
+                                     p.event = Event::sent;
+                                     p.event_error.clear();
+                                     log::info(kLog, std::string("Event ") + coverage::kUnprotectedReason +
+                                                         " created on pod " + who);
+                                     return;
+                                 }
+                                 p.event_error = st.error().message;
+                                 if (st.error().code == EACCES || st.error().code == EINVAL) {
+                                     p.event = Event::failed;
+                                     log::warn(kLog, "cannot create the Event on unprotected pod " + who + ": " +
+                                                         p.event_error +
+                                                         (st.error().code == EACCES
+                                                              ? " (RBAC: signetd's ClusterRole needs create on "
+                                                                "events; or the namespace is being deleted)"
+                                                              : ""));
+                                     return;
+                                 }
+                                 p.event = Event::pending;
+                                 p.event_retry_ms = unix_ms() + 30000;
+                                 log::warn(kLog, "cannot create the Event on unprotected pod " + who + ": " +
+                                                     p.event_error + "; trying again in 30 s");
+                                 check_unprotected();  // arms the timer for the retry
+                             });
+    }
+    if (wake) {
+        unprotected_timer_.expires_after(std::chrono::milliseconds(std::max<int64_t>(*wake - now, 0) + 10));
+        unprotected_timer_.async_wait([this](boost::system::error_code ec) {
+            if (ec || stopped_) return;
+            check_unprotected();
+        });
+    }
+}
+
+void Controller::unprotected_status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const {
+    using Event = coverage::UnprotectedPod::Event;
+    out.SetObject();
+    out.AddMember("checked", source_->ready(), a);
+    out.AddMember("graceSeconds", static_cast<double>(unprotected_.grace().count()) / 1000.0, a);
+    out.AddMember("count", static_cast<uint64_t>(unprotected_.unprotected()), a);
+    out.AddMember("pending", static_cast<uint64_t>(unprotected_.pending()), a);
+    out.AddMember("events", cluster_ != nullptr, a);
+    out.AddMember("eventsCreated", static_cast<uint64_t>(unprotected_events_), a);
+    Value list(rapidjson::kArrayType);
+    for (const auto& [key, u] : unprotected_.tracked()) {
+        if (!u.reported) continue;
+        Value p(rapidjson::kObjectType);
+        p.AddMember("namespace", json::str(u.namespace_, a), a);
+        p.AddMember("name", json::str(u.name, a), a);
+        p.AddMember("uid", json::str(u.uid, a), a);
+        Value ips(rapidjson::kArrayType);
+        for (const auto& ip : u.ips) ips.PushBack(json::str(ip, a), a);
+        p.AddMember("ips", ips, a);
+        p.AddMember("since", static_cast<int64_t>(u.since_ms / 1000), a);
+        p.AddMember("sinceTime", json::str(coverage::rfc3339_seconds(u.since_ms / 1000), a), a);
+        const char* ev = !cluster_ ? "off"
+                         : u.event == Event::sent ? "sent"
+                         : u.event == Event::failed ? "failed"
+                         : u.event == Event::sending ? "sending"
+                                                     : "pending";
+        p.AddMember("event", rapidjson::StringRef(ev), a);
+        if (!u.event_error.empty()) p.AddMember("eventError", json::str(u.event_error, a), a);
+        list.PushBack(p, a);
+    }
+    out.AddMember("pods", list, a);
+}
+
+void Controller::maybe_remove_startup_taint() {
+    if (taint_ != TaintState::waiting || !cluster_ || stopped_ || !ready_ || applied_version() < source_version_) return;
+    taint_ = TaintState::removing;
+    log::info(kLog, "enforcing: removing the startup taint " + opts_.startup_taint + " from node " + opts_.node_name);
+    cluster_->remove_taint(opts_.node_name, opts_.startup_taint, [this](bool removed) {
+        taint_ = removed ? TaintState::removed : TaintState::absent;
+        log::info(kLog, removed ? "removed the startup taint " + opts_.startup_taint + " from node " + opts_.node_name +
+                                      ": pods may be scheduled here"
+                                : "node " + opts_.node_name + " has no startup taint " + opts_.startup_taint +
+                                      ": nothing to remove");
+    });
 }
 
 void Controller::persist() {
@@ -416,6 +551,15 @@ ipc::Response Controller::status_json() const {
     counters.AddMember("unregistrations", Value(static_cast<uint64_t>(unregistrations_)), a);
     counters.AddMember("sweptDeadNetns", Value(static_cast<uint64_t>(swept_)), a);
     d.AddMember("counters", counters, a);
+    Value unprotected;
+    unprotected_status(unprotected, a);
+    d.AddMember("unprotected", unprotected, a);
+    Value taint(rapidjson::kObjectType);
+    static const char* const kTaintStates[] = {"off", "waiting", "removing", "removed", "absent"};
+    taint.AddMember("key", json::str(opts_.startup_taint, a), a);
+    taint.AddMember("state", rapidjson::StringRef(kTaintStates[static_cast<int>(taint_)]), a);
+    taint.AddMember("attempts", Value(static_cast<uint64_t>(cluster_ ? cluster_->attempts() : 0)), a);
+    d.AddMember("startupTaint", taint, a);
     Value api_v(rapidjson::kObjectType);
     api_v.AddMember("socket", json::str(opts_.socket_path, a), a);
     api_v.AddMember("readGroup", json::str(opts_.api_group, a), a);
@@ -442,6 +586,12 @@ void Controller::handle(const ipc::Request& req, ipc::Responder respond) {
     if (what == "status" && s.size() == 2) {
         if (m != "GET") return respond(ipc::json_error(405, "use GET"));
         return respond(status_json());
+    }
+    if (what == "unprotected" && s.size() == 2) {
+        if (m != "GET") return respond(ipc::json_error(405, "use GET"));
+        rapidjson::Document d;
+        unprotected_status(d, d.GetAllocator());
+        return respond(json_response(200, d));
     }
     if (what == "sync" && s.size() == 2) {
         if (m != "POST") return respond(ipc::json_error(405, "use POST"));
@@ -609,6 +759,7 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     persist();
     respond(json_response(200, out));
     notify_waiters();
+    check_unprotected();
 }
 
 void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond) {

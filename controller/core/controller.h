@@ -28,6 +28,8 @@
 #include "export/influx.h"
 #include "metrics/http_listener.h"
 #include "../pods/registry.h"
+#include "coverage/cluster_writer.h"
+#include "coverage/unprotected.h"
 #include "../source/source.h"
 #include "signet/result.h"
 
@@ -84,6 +86,16 @@ struct Options {
     // Network namespaces never registered as a pod's: signetd's own and PID
     // 1's; node_netns is added at start (pods/registry.h).
     std::vector<pods::HostNetns> host_netns = pods::default_host_netns();
+    // Unprotected pods (coverage/unprotected.h): a Running pod placed on this
+    // node counts once it has gone this long without a registration
+    // (--unprotected-grace).
+    std::chrono::milliseconds unprotected_grace{30000};
+    // The Kubernetes API signetd writes to (Events on unprotected pods, the
+    // startup taint): a client per call, null = none (--source dir).
+    std::function<std::unique_ptr<kube::Api>()> cluster_api;
+    // --remove-startup-taint: the taint key removed from this node's Node once
+    // signetd enforces ("" = off; needs cluster_api).
+    std::string startup_taint;
 };
 
 class Controller {
@@ -127,6 +139,12 @@ private:
     void sweep();
     void refresh_node_addresses();
     void schedule_sweep();
+    // Unprotected pods: compared after every change of the source or the
+    // registry, and when the earliest grace period ends; Events sent.
+    void check_unprotected();
+    void unprotected_status(rapidjson::Value& out, rapidjson::Document::AllocatorType& a) const;
+    // The startup taint: removed once ready and every pod applied.
+    void maybe_remove_startup_taint();
 
     ipc::Response status_json() const;
     void handle_register(const ipc::Request& req, ipc::Responder& respond);
@@ -165,6 +183,11 @@ private:
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
     boost::asio::steady_timer retry_timer_;
+    coverage::UnprotectedTracker unprotected_;
+    boost::asio::steady_timer unprotected_timer_;
+    std::unique_ptr<coverage::ClusterWriter> cluster_;  // null: no API to write to
+    uint64_t unprotected_events_ = 0;                     // Events created (or found made before)
+    enum class TaintState { off, waiting, removing, removed, absent } taint_ = TaintState::off;
     bool ready_ = false;
     bool stopped_ = false;
     uint64_t source_version_ = 0;

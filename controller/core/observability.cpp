@@ -63,6 +63,11 @@ std::string Controller::metrics_text() const {
     w.sample("signet_ready", {}, ready_ ? 1 : 0);
     w.family("signet_pod_attachments", "gauge", "Registered pod attachments on this node");
     w.sample("signet_pod_attachments", {}, static_cast<double>(registry_.size()));
+    // Unprotected pods (issue #15; docs/troubleshooting.md, "Unprotected pods").
+    w.family("signet_unprotected_pods", "gauge",
+             "Running pods on this node that never came through the CNI chain (no table: nothing enforced), "
+             "past the grace period (--unprotected-grace)");
+    w.sample("signet_unprotected_pods", {}, static_cast<double>(unprotected_.unprotected()));
     w.family("signet_source_version", "gauge", "Changes of the source's object set since signetd started");
     w.sample("signet_source_version", {}, static_cast<double>(source_version_));
     w.family("signet_applied_version", "gauge", "The source version in force in every local pod's table");

@@ -170,6 +170,43 @@ int cmd_status(const Options& o) {
             for (const auto& e : f->GetArray())
                 if (e.IsString()) std::printf("failing:         %s\n", e.GetString());
     }
+    if (const auto* u = json::find(d, "unprotected"); u != nullptr && u->IsObject()) {
+        // Pods on this node that never came through the CNI chain (docs/troubleshooting.md, "Unprotected pods").
+        const auto* checked = json::find(*u, "checked");
+        const auto* grace = json::find(*u, "graceSeconds");
+        char g[32];
+        std::snprintf(g, sizeof g, "%g", grace != nullptr && grace->IsNumber() ? grace->GetDouble() : 0.0);
+        if (checked != nullptr && checked->IsBool() && !checked->GetBool())
+            std::printf("unprotected:     not checked yet (the source has no complete snapshot)\n");
+        else if (num(*u, "count") == 0)
+            std::printf("unprotected:     none (grace %ss, %llu within it)\n", g, num(*u, "pending"));
+        else
+            std::printf("unprotected:     %llu pod(s) Running here that never came through the CNI chain: nothing is "
+                        "enforced for them; delete them to have them recreated through it (grace %ss, %llu within it)\n",
+                        num(*u, "count"), g, num(*u, "pending"));
+        const int64_t now = static_cast<int64_t>(std::time(nullptr));
+        if (const auto* pods = json::find(*u, "pods"); pods != nullptr && pods->IsArray())
+            for (const auto& p : pods->GetArray()) {
+                std::string ips;
+                if (const auto* a = json::find(p, "ips"); a != nullptr && a->IsArray())
+                    for (const auto& ip : a->GetArray())
+                        if (ip.IsString()) ips += (ips.empty() ? "" : ",") + std::string(ip.GetString());
+                const auto* since = json::find(p, "since");
+                int64_t ago = since != nullptr && since->IsInt64() ? now - since->GetInt64() : 0;
+                std::string event = json::opt_string(p, "event").value_or("?");
+                std::string err = json::opt_string(p, "eventError").value_or("");
+                std::printf("  %s/%s  %s  since %s (%llds ago)  event: %s%s\n",
+                            json::opt_string(p, "namespace").value_or("?").c_str(),
+                            json::opt_string(p, "name").value_or("?").c_str(), ips.empty() ? "<no IP>" : ips.c_str(),
+                            json::opt_string(p, "sinceTime").value_or("?").c_str(), static_cast<long long>(ago),
+                            event.c_str(), err.empty() ? "" : (" (" + err + ")").c_str());
+            }
+    }
+    if (const auto* t = json::find(d, "startupTaint"); t != nullptr && t->IsObject()) {
+        std::string state = json::opt_string(*t, "state").value_or("off");
+        if (state != "off")
+            std::printf("startup taint:   %s %s\n", json::opt_string(*t, "key").value_or("?").c_str(), state.c_str());
+    }
     if (const auto* hs = json::find(d, "handshake"); hs != nullptr && hs->IsObject()) {
         const auto* c = json::find(*hs, "counters");
         const auto* q = json::find(*hs, "queue");

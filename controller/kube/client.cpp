@@ -60,6 +60,7 @@ Result<Response> KubeClient::call(const Request& in) {
         if (!cred_err) return make_error(cred_err.error().code, "credentials: " + cred_err.error().message);
         req.method = in.method == "GET" ? std::string() : in.method;
         req.body = in.body;
+        req.content_type = in.content_type;
         req.total_timeout = in.timeout;
         req.stall_timeout = in.stall;
         Response out;

@@ -30,9 +30,12 @@ struct Response {
 };
 
 struct Request {
-    std::string method = "GET";  // GET, POST, PUT
+    std::string method = "GET";  // GET, POST, PUT, PATCH
     std::string path;            // from the server root ("/api/v1/nodes/x?limit=1")
-    std::string body;            // sent as application/json when not empty
+    std::string body;            // sent with content_type when not empty
+    // A PATCH names its kind here: application/json-patch+json,
+    // application/merge-patch+json or application/strategic-merge-patch+json.
+    std::string content_type = "application/json";
     std::chrono::seconds timeout{30};  // the whole request
     std::chrono::seconds stall{0};     // abort when no byte arrives in this long (0 = never)
     size_t max_body = 16u << 20;

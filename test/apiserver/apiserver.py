@@ -69,6 +69,25 @@ test/integration/test_csr_signer.py, nothing above changed):
   ``system:serviceaccounts:NS``; ``system:node:*``: ``system:nodes``; all:
   ``system:authenticated``); client certificates: CN = user, O = groups.
   ``--user TOKEN=USERNAME[@GROUP,...]`` adds one such mapping.
+
+Events and PATCH (signetd's writes about its node, issue #15; added for
+test/integration/test_unprotected.py, nothing above changed):
+
+* ``POST /api/v1/namespaces/NS/events`` creates a core/v1 Event (``201``;
+  ``409 AlreadyExists`` for a name taken; ``422 Invalid`` when
+  ``involvedObject.namespace`` is not NS, as kube-apiserver validates it);
+  events are listed and watched like the other resources, and
+  ``GET /_control/objects?resource=events`` returns them;
+* ``PATCH`` of any object above by name, with ``Content-Type``
+  ``application/json-patch+json`` (RFC 6902: add, remove, replace, test; a
+  failed ``test`` is ``422``) or ``application/merge-patch+json`` (RFC 7386);
+  a patched ``metadata.resourceVersion`` that is not the stored one is
+  ``409 Conflict`` (the precondition kube-apiserver applies); any other
+  content type (strategic merge patch included) is ``415``. Each PATCH is in
+  the request log with its ``contentType`` and ``body``. In-process, fault
+  ``before_patch`` (a list of callables ``f(store, resource, ns, name)``;
+  each PATCH first pops and runs one) makes a concurrent change land between
+  a client's read and its patch.
 """
 
 from __future__ import annotations
@@ -104,6 +123,8 @@ RESOURCES = {
     "certificatesigningrequests": ("certificates.k8s.io", "v1", "CertificateSigningRequest", False),
     "secrets": ("", "v1", "Secret", True),
     "configmaps": ("", "v1", "ConfigMap", True),
+    # What signetd writes: Events on unprotected pods (POST), the Node's startup taint (PATCH).
+    "events": ("", "v1", "Event", True),
 }
 KIND_TO_RESOURCE = {v[2]: k for k, v in RESOURCES.items()}
 DEFAULT_USER = "system:serviceaccount:kube-system:signet"
@@ -172,6 +193,7 @@ class Store:
             "malformed": {},          # resource -> count of malformed events to inject in watches
             "drop_partial": False,    # /_control/drop writes half an event before closing
             "list_status": {},        # resource -> HTTP status forced on lists (e.g. 500)
+            "before_patch": [],       # callables f(store, resource, ns, name): one runs before each PATCH
         }
         self.requests: list[dict] = []
         self.drop_generation = 0
@@ -485,6 +507,95 @@ def bookmark_object(resource: str, rv: int) -> dict:
 
 
 # --------------------------------------------------------------------------
+# PATCH: JSON patch (RFC 6902) and JSON merge patch (RFC 7386)
+
+class PatchError(Exception):
+    """code 422 (a failed test, a path that does not exist) or 400 (a malformed patch)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _pointer(path: str) -> list:
+    if path == "":
+        return []
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise PatchError(400, f"invalid JSON pointer {path!r}")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _walk(doc, parts: list):
+    """The container holding the last part of `parts`, and that part (an int for lists)."""
+    cur = doc
+    for p in parts[:-1]:
+        if isinstance(cur, dict) and p in cur:
+            cur = cur[p]
+        elif isinstance(cur, list) and p.isdigit() and int(p) < len(cur):
+            cur = cur[int(p)]
+        else:
+            raise PatchError(422, f"path /{'/'.join(parts)} does not exist")
+    last = parts[-1]
+    if isinstance(cur, list):
+        if last == "-":
+            return cur, len(cur)
+        if not last.isdigit():
+            raise PatchError(422, f"invalid index {last!r}")
+        return cur, int(last)
+    if not isinstance(cur, dict):
+        raise PatchError(422, f"path /{'/'.join(parts)} does not exist")
+    return cur, last
+
+
+def json_patch(doc: dict, ops) -> dict:
+    if not isinstance(ops, list):
+        raise PatchError(400, "a JSON patch is a list of operations")
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        if not isinstance(op, dict) or "op" not in op or "path" not in op:
+            raise PatchError(400, f"malformed operation {op!r}")
+        parts = _pointer(op["path"])
+        if not parts:
+            raise PatchError(422, "operations on the whole object are not supported")
+        c, k = _walk(doc, parts)
+        kind = op["op"]
+        exists = (k in c) if isinstance(c, dict) else (k < len(c))
+        if kind == "test":
+            if not exists or c[k] != op.get("value"):
+                raise PatchError(422, f"testing value {op['path']} failed: test failed")
+        elif kind == "remove":
+            if not exists:
+                raise PatchError(422, f"unable to remove nonexistent key: {op['path']}")
+            del c[k]
+        elif kind == "replace":
+            if not exists:
+                raise PatchError(422, f"replace operation does not apply: doc is missing key: {op['path']}")
+            c[k] = copy.deepcopy(op.get("value"))
+        elif kind == "add":
+            if isinstance(c, list):
+                if k > len(c):
+                    raise PatchError(422, f"index out of range in {op['path']}")
+                c.insert(k, copy.deepcopy(op.get("value")))
+            else:
+                c[k] = copy.deepcopy(op.get("value"))
+        else:
+            raise PatchError(422, f"unsupported operation {kind!r} (test server)")
+    return doc
+
+
+def merge_patch(doc, patch):
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(doc) if isinstance(doc, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+# --------------------------------------------------------------------------
 # HTTP
 
 class Handler(BaseHTTPRequestHandler):
@@ -557,6 +668,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_PUT(self):
         self._dispatch("PUT")
 
+    def do_PATCH(self):
+        self._dispatch("PATCH")
+
     def _dispatch(self, method: str) -> None:
         url = urllib.parse.urlsplit(self.path)
         q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
@@ -571,10 +685,16 @@ class Handler(BaseHTTPRequestHandler):
                     resource = r
             watch = q.get("watch") in ("true", "1")
             cert = getattr(self.connection, "getpeercert", lambda: None)()
-            self.store.log_request({"method": method, "path": url.path, "query": q, "resource": resource,
-                                    "watch": watch, "time": time.time(),
-                                    "authorization": self.headers.get("Authorization", ""),
-                                    "clientCert": bool(cert), "userAgent": self.headers.get("User-Agent", "")})
+            entry = {"method": method, "path": url.path, "query": q, "resource": resource,
+                     "watch": watch, "time": time.time(),
+                     "authorization": self.headers.get("Authorization", ""),
+                     "clientCert": bool(cert), "userAgent": self.headers.get("User-Agent", "")}
+            if method == "PATCH":
+                n = int(self.headers.get("Content-Length") or 0)
+                self._body_bytes = self.rfile.read(n) if n else b""
+                entry["contentType"] = self.headers.get("Content-Type", "")
+                entry["body"] = self._body_bytes.decode(errors="replace")
+            self.store.log_request(entry)
             delay = self.store.faults["delay"]
             if delay:
                 time.sleep(delay)
@@ -636,6 +756,10 @@ class Handler(BaseHTTPRequestHandler):
         info = getattr(self, "user_info", None) or user_info(user)
         if method == "POST" and not rest and resource == "certificatesigningrequests":
             return self._csr_create(info) or True
+        if method == "POST" and not rest and resource == "events" and ns:
+            return self._event_create(ns) or True
+        if method == "PATCH" and len(rest) == 1:
+            return self._patch(resource, ns, rest[0], group) or True
         if not rest or len(rest) > 2:
             return False
         name, sub = rest[0], (rest[1] if len(rest) == 2 else "")
@@ -659,6 +783,77 @@ class Handler(BaseHTTPRequestHandler):
                 self._json(200, obj)
             return True
         return False
+
+    def _event_create(self, ns: str) -> None:
+        body = self._read_body()
+        if body is None:
+            return self._json(400, status_body(400, "BadRequest", "the body is not a JSON object"))
+        md = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        name = md.get("name") or ""
+        io = body.get("involvedObject") if isinstance(body.get("involvedObject"), dict) else {}
+        if md.get("namespace", ns) != ns:
+            return self._json(400, status_body(400, "BadRequest", "the namespace of the provided object does not "
+                                               "match the namespace sent on the request"))
+        if io.get("namespace", ns) != ns:
+            return self._json(422, status_body(422, "Invalid", f'Event "{name}" is invalid: involvedObject.namespace: '
+                                               "Invalid value: does not match event.namespace",
+                                               {"name": name, "kind": "Event"}))
+        if not name and not md.get("generateName"):
+            return self._json(422, status_body(422, "Invalid", "Event is invalid: metadata.name: Required value",
+                                               {"kind": "Event"}))
+        body = dict(body, metadata=dict(md, namespace=ns))
+        try:
+            obj = self.store.create("events", body)
+        except KeyError:
+            return self._json(409, status_body(409, "AlreadyExists", f'events "{name}" already exists',
+                                               {"name": name, "kind": "events"}))
+        self._json(201, obj)
+
+    def _patch(self, resource: str, ns: str, name: str, group: str) -> None:
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        raw = getattr(self, "_body_bytes", b"")
+        if ctype not in ("application/json-patch+json", "application/merge-patch+json"):
+            return self._json(415, status_body(415, "UnsupportedMediaType",
+                                               f"the body of the request was in an unknown format - accepted media "
+                                               f"types include: application/json-patch+json, "
+                                               f"application/merge-patch+json (test server; got {ctype!r})"))
+        try:
+            patch = json.loads(raw or b"null")
+        except ValueError as e:
+            return self._json(400, status_body(400, "BadRequest", f"the patch is not JSON: {e}"))
+        notfound = status_body(404, "NotFound", f'{resource} "{name}" not found',
+                               {"name": name, "group": group, "kind": resource})
+        with self.store.cond:
+            hook = self.store.faults["before_patch"].pop(0) if self.store.faults["before_patch"] else None
+        if hook is not None:
+            hook(self.store, resource, ns, name)  # another client's change, just before this patch
+
+        def mutate(old):
+            if ctype == "application/json-patch+json":
+                new = json_patch(old, patch)
+            else:
+                if not isinstance(patch, dict):
+                    raise PatchError(400, "a merge patch is a JSON object")
+                new = merge_patch(old, patch)
+            md = new.get("metadata") if isinstance(new.get("metadata"), dict) else None
+            if md is None or md.get("name") != name or md.get("uid") != old["metadata"]["uid"]:
+                raise PatchError(422, "metadata.name and metadata.uid may not change")
+            if md.get("resourceVersion") != old["metadata"]["resourceVersion"]:
+                raise ValueError("conflict")
+            return new
+        try:
+            obj = self.store.update(resource, ns, name, mutate, None)
+        except KeyError:
+            return self._json(404, notfound)
+        except PatchError as e:
+            reason = "Invalid" if e.code == 422 else "BadRequest"
+            return self._json(e.code, status_body(e.code, reason, str(e)))
+        except ValueError:
+            return self._json(409, status_body(
+                409, "Conflict", f'Operation cannot be fulfilled on {resource} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+                {"name": name, "kind": resource}))
+        self._json(200, obj)
 
     def _read_body(self):
         n = int(self.headers.get("Content-Length") or 0)
@@ -880,6 +1075,13 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(404, {"error": "not following a manifest folder"})
             follower.scan()
             return self._json(200, {"rv": st.rv, "errors": follower.errors})
+        if op == "objects":
+            # Every stored object of one resource (e.g. the Events signetd created).
+            r = q.get("resource", "")
+            if r not in RESOURCES:
+                return self._json(404, {"error": f"unknown resource {r!r}"})
+            with st.cond:
+                return self._json(200, {"items": copy.deepcopy(st.current(r)), "rv": st.rv})
         if op == "state":
             with st.cond:
                 return self._json(200, {"rv": st.rv, "compacted": st.compacted,

@@ -53,6 +53,11 @@ FALLBACK_READS = {("", "namespaces"), ("", "pods"), ("", "nodes"), ("", "service
                   ("networking.k8s.io", "networkpolicies")}
 # The node certificate (certificates.k8s.io CSR API, signer signet.dev/node).
 NODE_CSR_RULE = ("certificates.k8s.io", "certificatesigningrequests", frozenset({"create", "get", "watch"}))
+# The node agent's only writes besides its CSR (issue #15), each with the file
+# that makes the request (checked to name the path): one Event per
+# unprotected pod, and the startup taint's removal from its own Node.
+NODE_WRITES = {("", "events"): ({"create", "patch"}, "controller/coverage/cluster_writer.cpp", '/events"'),
+               ("", "nodes"): ({"patch"}, "controller/coverage/cluster_writer.cpp", '"/api/v1/nodes/"')}
 # Capabilities the node agent may hold, with the reason (see 30-daemonset.yaml).
 ALLOWED_CAPS = {
     "NET_ADMIN": "nftables, conntrack and NFQUEUE netlink in pod netns",
@@ -413,11 +418,24 @@ def check_rbac(docs):
         for v in ("list", "watch"):
             if v not in verbs:
                 problem("rbac", f"node agent lacks {v} on {key[0] or 'core'}/{key[1]}, which the source requests")
+    for key, (verbs, source, needle) in NODE_WRITES.items():
+        try:
+            requested = needle in open(os.path.join(ROOT, source)).read()
+        except OSError:
+            requested = False
+        if not requested:
+            problem("rbac", f"{source} does not request {key[1]} ({needle}): the write rule is not needed")
+        if not verbs <= granted.get(key, set()):
+            problem("rbac", f"node agent lacks {sorted(verbs)} on {key[0] or 'core'}/{key[1]}, which {source} requests")
     for key, verbs in sorted(granted.items()):
         if key == csr:
             if verbs != set(NODE_CSR_RULE[2]):
                 problem("rbac", f"node agent CSR verbs {sorted(verbs)} must be exactly {sorted(NODE_CSR_RULE[2])}")
             continue
+        if key in NODE_WRITES:
+            verbs = verbs - NODE_WRITES[key][0]
+            if not verbs:
+                continue
         if key not in wanted:
             problem("rbac", f"node agent may read {key[0] or 'core'}/{key[1]}, which the code does not request")
             continue

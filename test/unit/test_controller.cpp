@@ -33,6 +33,7 @@ struct Harness {
     // signetd refuses as the node's own: cleared unless a test wants them.
     std::vector<pods::HostNetns> host_netns;
     std::string node_netns;
+    std::chrono::milliseconds unprotected_grace{30000};
 
     explicit Harness(bool refuse_host_netns = false) {
         if (refuse_host_netns) host_netns = pods::default_host_netns();
@@ -62,6 +63,7 @@ spec:
         o.node_addresses = [] { return std::vector<std::string>{"192.0.2.1"}; };
         o.host_netns = host_netns;
         o.node_netns = node_netns;
+        o.unprotected_grace = unprotected_grace;
         auto fake = std::make_unique<nft::FakeBackend>();
         backend = fake.get();
         ctl = std::make_unique<core::Controller>(io, o, std::move(src), std::move(fake));
@@ -285,4 +287,62 @@ TEST_CASE("JSON nested without bound is refused before it is parsed, never crash
     auto r = h.call("POST", "/v1/pods", std::string(100000, '{') + "\"a\":1" + std::string(100000, '}'));
     CHECK(r.status == 400);
     CHECK(h.call("GET", "/readyz").status == 200);  // still serving
+}
+
+TEST_CASE("unprotected pods with a manifest folder: only Pods that name this node and say Running; no Event, no API") {
+    Harness h;
+    h.ctl->stop();
+    h.ctl.reset();
+    h.unprotected_grace = std::chrono::milliseconds(0);
+    h.write("more.yaml", R"(apiVersion: v1
+kind: Pod
+metadata: {name: lost, namespace: shop}
+spec: {nodeName: node-1, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.9.0.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: elsewhere, namespace: shop}
+spec: {nodeName: node-2, containers: [{name: c, image: x}]}
+status: {phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: host, namespace: shop}
+spec: {nodeName: node-1, hostNetwork: true, containers: [{name: c, image: x}]}
+status: {phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: chained, namespace: shop}
+spec: {nodeName: node-1, containers: [{name: c, image: x}]}
+status: {phase: Running}
+)");
+    h.start();
+    REQUIRE(h.call("POST", "/v1/sync?timeout=5s").status == 200);
+    // "web" (pods.yaml) has neither nodeName nor phase: never checked.
+    REQUIRE(h.call("POST", "/v1/pods", R"({"containerID":"c1","ifname":"eth0","netns":"/proc/self/ns/net",
+      "network":"net","namespace":"shop","name":"chained"})").status == 200);
+    auto u = json::parse(h.call("GET", "/v1/unprotected").body);
+    REQUIRE(u.ok());
+    CHECK((*u)["checked"].GetBool());
+    CHECK((*u)["count"].GetUint64() == 1);
+    CHECK_FALSE((*u)["events"].GetBool());
+    REQUIRE((*u)["pods"].Size() == 1);
+    const auto& p = (*u)["pods"][0];
+    CHECK(std::string(p["name"].GetString()) == "lost");
+    CHECK(std::string(p["ips"][0].GetString()) == "10.9.0.7");
+    CHECK(std::string(p["event"].GetString()) == "off");
+    auto st = json::parse(h.call("GET", "/v1/status").body);
+    CHECK((*st)["unprotected"]["count"].GetUint64() == 1);
+    CHECK(std::string((*st)["startupTaint"]["state"].GetString()) == "off");
+    CHECK(h.ctl->metrics_text().find("\nsignet_unprotected_pods 1\n") != std::string::npos);
+    CHECK(h.call("POST", "/v1/unprotected").status == 405);
+
+    // Registered later: gone from the report.
+    REQUIRE(h.call("POST", "/v1/pods", R"({"containerID":"c2","ifname":"eth0","netns":"/proc/self/ns/net",
+      "network":"net","namespace":"shop","name":"lost"})").status == 200);
+    auto after = json::parse(h.call("GET", "/v1/unprotected").body);
+    CHECK((*after)["count"].GetUint64() == 0);
+    CHECK(h.ctl->metrics_text().find("\nsignet_unprotected_pods 0\n") != std::string::npos);
 }

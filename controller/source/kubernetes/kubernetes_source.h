@@ -70,6 +70,10 @@ public:
     // The resourceVersion applied for one resource (loop thread).
     std::string applied_version(k8s::Resource r) const { return applied_rv_[static_cast<int>(r)]; }
 
+    // Another client of the source's server and credentials, for requests
+    // of the caller's own (signetd's writes: Events, the startup taint).
+    std::unique_ptr<kube::Api> new_client() const { return make_api_(); }
+
     // Builds the API clients: one per reflector and one for refresh().
     using ApiFactory = std::function<std::unique_ptr<kube::Api>()>;
     // For tests: the source over `make_api`'s clients (recorded answers)
