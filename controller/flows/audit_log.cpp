@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cerrno>
 #include <cstring>
 
@@ -183,8 +184,16 @@ void AuditLog::write(const Record& r) {
 
 bool AuditLog::flush() {
     while (!pending_.empty()) {
-        ssize_t n = mode_ == Mode::send ? ::send(fd_, pending_.data(), pending_.size(), MSG_DONTWAIT | MSG_NOSIGNAL)
-                                        : write_nosignal(fd_, pending_.data(), pending_.size());
+        // Whole lines, at most PIPE_BUF bytes a write (a longer line alone):
+        // a pipe takes such a write whole or not at all, so a line is never
+        // split around another writer's (stderr often shares stdout's pipe).
+        size_t chunk = pending_.size();
+        if (chunk > PIPE_BUF) {
+            size_t cut = pending_.rfind('\n', PIPE_BUF - 1);
+            chunk = cut != std::string::npos ? cut + 1 : pending_.find('\n') + 1;
+        }
+        ssize_t n = mode_ == Mode::send ? ::send(fd_, pending_.data(), chunk, MSG_DONTWAIT | MSG_NOSIGNAL)
+                                        : write_nosignal(fd_, pending_.data(), chunk);
         if (n > 0) {
             pending_.erase(0, static_cast<size_t>(n));
             continue;

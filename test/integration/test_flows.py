@@ -24,7 +24,8 @@ def body(t: harness.Test, run: harness.Run):
     d = harness.Signetd(run, bins, node="flows-node")
     # Denied connections as JSON lines on stdout (the harness sends stdout and
     # stderr to signetd's log file: the audit lines are the ones that are JSON).
-    d.extra_args = ["--audit-log", "stdout"]
+    # Flow series by pod name too (--metrics-pod-labels).
+    d.extra_args = ["--audit-log", "stdout", "--metrics-address", "127.0.0.1:0", "--metrics-pod-labels"]
     d.start()
     mdir = d.manifest_dir
     objs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}]
@@ -155,6 +156,13 @@ def body(t: harness.Test, run: harness.Run):
         t.equal("audit log: remote", (a["remote"]["kind"], a["remote"]["namespace"], a["remote"]["address"]),
                 ("pod", "shop", pods["db"]["ip"]))
         t.equal("audit log: TCP/8080", (a["protocol"], a["port"]), ("TCP", 8080))
+
+    # /metrics with --metrics-pod-labels: the pod's name besides its workload.
+    port = d.status()["outputs"]["metricsPort"]
+    text = harness.sh("curl", "-sf", f"http://127.0.0.1:{port}/metrics", check=False).stdout
+    want = ('signet_flow_connections_total{local_namespace="shop",local_workload_kind="Pod",local_workload="api",'
+            'local_pod="api",direction="ingress",verdict="denied",policy="default-deny"}')
+    t.check("/metrics --metrics-pod-labels: local_pod besides the workload", want in text, text[-2000:])
 
     # Filters.
     only_denied = flows("--verdict", "denied")

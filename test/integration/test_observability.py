@@ -320,6 +320,11 @@ def body(t: harness.Test, run: harness.Run):
     stops = poll("stop event", lambda: influx.query(
         "SELECT * FROM signet_pod_event WHERE event='stop' AND pod='db'"))
     t.check("InfluxDB: db's stop event", bool(stops), str(stops))
+    # Its workload (the pod itself) had no other pod on the node: its series went with it.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    t.check("/metrics: db's series gone with its last pod", 'local_workload="db"' not in text, text[-2000:])
+    t.check("/metrics: api's series stay", 'local_workload="api"' in text, text[-2000:])
 
 
 if __name__ == "__main__":
