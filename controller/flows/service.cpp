@@ -126,9 +126,16 @@ void FlowService::pod_stopped(const std::string& key, const api::PodRecord& rec)
     const cache::Workload w = workload_of(rec.reg.namespace_, rec.reg.name);
     workloads_.erase(cache::ObjectKey{rec.reg.namespace_, rec.reg.name});
     bool workload_local = false;
-    for (const auto& [k, r] : ctx_.registry->all())
-        if (r.reg.namespace_ == rec.reg.namespace_ && !workload_local) workload_local = workload_of(r.reg.namespace_, r.reg.name) == w;
+    for (const auto& [k, r] : ctx_.registry->all()) {
+        if (r.reg.namespace_ != rec.reg.namespace_) continue;
+        if (workload_of(r.reg.namespace_, r.reg.name) == w) {
+            workload_local = true;
+            break;
+        }
+    }
     if (!workload_local) table_.forget_workload(rec.reg.namespace_, w.kind, w.name);
+    // Series made before its Pod object was seen named the pod itself.
+    table_.forget_workload(rec.reg.namespace_, "Pod", rec.reg.name);
 }
 
 const cache::Workload& FlowService::workload_of(const std::string& ns, const std::string& name) {
