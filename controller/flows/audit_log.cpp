@@ -115,7 +115,7 @@ Result<std::unique_ptr<AuditLog>> AuditLog::open(boost::asio::io_context& io, Au
 }
 
 AuditLog::AuditLog(boost::asio::io_context& io, AuditLogOptions opts, std::string node, int fd, Mode mode)
-    : io_(io), opts_(std::move(opts)), node_(std::move(node)), fd_(fd), mode_(mode), timer_(io) {
+    : opts_(std::move(opts)), node_(std::move(node)), fd_(fd), mode_(mode), timer_(io) {
     tokens_ = std::max(1.0, opts_.rate);
     last_refill_ = std::chrono::steady_clock::now();
 }

@@ -69,7 +69,6 @@ private:
     bool flush();
     void schedule_flush();
 
-    boost::asio::io_context& io_;
     AuditLogOptions opts_;
     std::string node_;
     int fd_ = -1;
