@@ -4,6 +4,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -53,6 +54,9 @@ Flags:
                           127.0.0.1:9464 or :9464 (all interfaces); off by default
   --graph                 also serve the live graph of who talks to whom at /graph
                           on the metrics address (off by default)
+  --metrics-pod-labels    label the flow series by pod name (local_pod) as well as by
+                          workload (local_workload_kind, local_workload); off by default,
+                          so that a rollout makes no new series (docs/metrics.md)
   --no-flows              do not record flows (no conntrack events or deny log read)
   --unprotected-grace D   a Running pod placed on this node (spec.nodeName) that has not come
                           through the CNI chain for this long is reported as unprotected:
@@ -66,6 +70,12 @@ Flags:
                           are kept. Needs --source kubernetes. Off by default (docs/install.md)
   --startup-taint-key KEY the taint --remove-startup-taint removes (default
                           node.signet.dev/agent-not-ready)
+  --audit-log stdout|FILE write each denied connection as one JSON object per line to
+                          stdout or FILE (appended), with the deciding policy
+                          (docs/flows.md, "Audit log"); off by default. Never blocks:
+                          what a slow reader cannot take is dropped and counted
+  --audit-log-rate N      at most N audit lines a second (default 1000; the rest are
+                          dropped and counted)
   --authority dir:DIR     this node's identity: DIR holds the cluster authority
                           (signetctl authority init: the node's key is made here and
                           its certificate issued and renewed) or credentials issued
@@ -152,6 +162,7 @@ int main(int argc, char** argv) {
     bool csr_signer = false, csr_kubeconfig_set = false, allow_ca_key = false;
     bool remove_startup_taint = false;
     std::string startup_taint_key = signet::coverage::kStartupTaint;
+    std::optional<double> audit_rate;
     if (const char* n = std::getenv("NODE_NAME"); n != nullptr && *n != '\0') opts.node_name = n;
 
     signet::Args args(argc, argv);
@@ -218,6 +229,20 @@ int main(int argc, char** argv) {
             // Taint keys are written as label keys ([prefix/]name).
             if (auto why = cache::check_label_key(startup_taint_key); !why.empty())
                 return usage_error("--startup-taint-key: '" + startup_taint_key + "': " + why);
+        } else if (arg == "--metrics-pod-labels") {
+            opts.metrics_pod_labels = true;
+        } else if (arg == "--audit-log") {
+            if (!need(&v) || v.empty()) return usage_error("--audit-log needs stdout or a file path");
+            if (!opts.audit_log) opts.audit_log.emplace();
+            opts.audit_log->target = v;
+        } else if (arg == "--audit-log-rate") {
+            if (!need(&v)) return usage_error("--audit-log-rate needs a number of lines a second");
+            char* end = nullptr;
+            errno = 0;
+            long n = std::strtol(v.c_str(), &end, 10);
+            if (errno != 0 || end == v.c_str() || *end != '\0' || n < 1 || n > 1000000)
+                return usage_error("--audit-log-rate takes a number of lines a second, 1 to 1000000");
+            audit_rate = static_cast<double>(n);
         } else if (arg == "--services") {
             if (!need(&v)) return usage_error("--services needs a value (judge or off)");
             if (v == "judge") opts.services = true;
@@ -315,6 +340,11 @@ int main(int argc, char** argv) {
     if (remove_startup_taint && !cache::is_dns1123_subdomain(opts.node_name))
         return usage_error("--remove-startup-taint: '" + opts.node_name + "' is not a Kubernetes node name");
     if (remove_startup_taint) opts.startup_taint = startup_taint_key;
+    if (audit_rate && !opts.audit_log) return usage_error("--audit-log-rate goes with --audit-log");
+    if (opts.audit_log) {
+        if (!opts.collect_flows) return usage_error("--audit-log needs flow records: drop --no-flows");
+        if (audit_rate) opts.audit_log->rate = *audit_rate;
+    }
     if (opts.handshake != handshake::HandshakeMode::off && opts.authority_dir.empty())
         return usage_error(std::string("--handshake ") + handshake::to_string(opts.handshake) +
                            " needs this node's identity: pass --authority");

@@ -254,6 +254,21 @@ std::vector<PolicyType> effective_policy_types(const std::vector<PolicyType>& ex
 // ---------------------------------------------------------------------------
 // Objects and snapshots
 
+Workload workload_of(const Pod& pod) {
+    if (pod.owner_kind.empty() || pod.owner_name.empty()) return {"Pod", pod.name};
+    if (pod.owner_kind == "ReplicaSet") {
+        // Deployment D's ReplicaSets are named D-<pod-template-hash>, the hash
+        // also being the pod's pod-template-hash label.
+        auto h = pod.labels.find("pod-template-hash");
+        if (h != pod.labels.end() && !h->second.empty() && pod.owner_name.size() > h->second.size() + 1) {
+            const size_t cut = pod.owner_name.size() - h->second.size();
+            if (pod.owner_name.compare(cut, std::string::npos, h->second) == 0 && pod.owner_name[cut - 1] == '-')
+                return {"Deployment", pod.owner_name.substr(0, cut - 1)};
+        }
+    }
+    return {pod.owner_kind, pod.owner_name};
+}
+
 std::string_view kind_of(const Object& obj) {
     switch (obj.index()) {
         case 0:

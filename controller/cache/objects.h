@@ -84,8 +84,21 @@ struct Pod {
     std::vector<api::ContainerPort> container_ports;  // spec.containers[*].ports[*] (not initContainers)
     std::vector<std::string> pod_ips;                 // status.podIPs[*].ip, else status.podIP
     std::string phase;                                // status.phase, may be empty
+    // metadata.ownerReferences: the managing controller's (controller: true)
+    // kind and name; empty for a pod no controller owns.
+    std::string owner_kind, owner_name;
     bool operator==(const Pod&) const = default;
 };
+
+// The workload a pod belongs to, as metrics label it (docs/metrics.md): its
+// controller, with a ReplicaSet named <deployment>-<pod-template-hash> (the
+// pod's label) taken as that Deployment, as is common practice; a pod no
+// controller owns is its own workload (kind "Pod").
+struct Workload {
+    std::string kind, name;
+    bool operator==(const Workload&) const = default;
+};
+Workload workload_of(const Pod& pod);
 
 // A pod whose containers have all ended for good (phase Succeeded or Failed,
 // e.g. a finished Job's): it is no peer of anything, and the address it still

@@ -712,6 +712,7 @@ void Controller::handle_pod(const std::string& method, const std::string& key, i
 }
 
 void Controller::handle_register(const ipc::Request& req, ipc::Responder& respond) {
+    const auto received = std::chrono::steady_clock::now();
     if (!ready_) return respond(ipc::json_error(503, "signetd is not ready: the source has no complete snapshot yet"));
     auto doc = json::parse(req.body);
     if (!doc) return respond(ipc::json_error(400, doc.error().message));
@@ -750,6 +751,7 @@ void Controller::handle_register(const ipc::Request& req, ipc::Responder& respon
     }
     rec.applied_version = source_version_;
     registry_.put(rec);
+    cni_add_latency_.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - received).count());
     if (!previous || previous->reg.netns != rec.reg.netns) flows_->pod_started(key, rec, false);
     rapidjson::Document out;
     api::to_json(rec, out, out.GetAllocator());

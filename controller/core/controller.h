@@ -58,6 +58,10 @@ struct Options {
     // The read-only metrics listener ("" = off) and whether it serves the graph page.
     std::string metrics_address;
     bool graph = false;
+    // Flow series by pod name as well as by workload (--metrics-pod-labels; off: a rollout makes no new series).
+    bool metrics_pod_labels = false;
+    // Denied connections as JSON lines (--audit-log stdout|FILE; none when unset).
+    std::optional<flows::AuditLogOptions> audit_log;
     // --authority dir:DIR: this node's identity credentials ("" = none).
     std::string authority_dir;
     // --authority kubernetes-csr: how the CSR is made and where the API is.
@@ -195,6 +199,8 @@ private:
     uint64_t next_waiter_ = 0;
     int64_t started_at_ = 0;
     uint64_t registrations_ = 0, unregistrations_ = 0, swept_ = 0;
+    // A CNI ADD: from its registration request read to the pod's table in force.
+    Histogram cni_add_latency_;
 };
 
 }  // namespace signet::core

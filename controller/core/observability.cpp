@@ -5,6 +5,7 @@
 #include "controller.h"
 #include "export/flow_points.h"
 #include "metrics/exposition.h"
+#include "metrics/process.h"
 #include "signet/json.h"
 #include "signet/log.h"
 
@@ -17,6 +18,14 @@ constexpr const char* kLog = "controller";
 }  // namespace
 
 Status Controller::start_outputs() {
+    flows_->set_pod_series(opts_.metrics_pod_labels);
+    if (opts_.audit_log) {
+        auto audit = flows::AuditLog::open(io_, *opts_.audit_log, opts_.node_name);
+        if (!audit) return audit.error();
+        log::info(kLog, "denied connections as JSON lines to " + opts_.audit_log->target + " (at most " +
+                            std::to_string(static_cast<uint64_t>(opts_.audit_log->rate)) + " a second)");
+        flows_->set_audit_log(std::move(*audit));
+    }
     if (opts_.influx) {
         influx_ = std::make_unique<exporter::InfluxExporter>(*opts_.influx);
         influx_->start();
@@ -58,7 +67,8 @@ std::string Controller::metrics_text() const {
     metrics::Writer w;
     using L = std::vector<metrics::Label>;
     w.family("signet_build_info", "gauge", "signetd's version (always 1)");
-    w.sample("signet_build_info", L{{"version", SIGNET_VERSION}, {"node", opts_.node_name}}, 1);
+    // node_name, not node: the ServiceMonitor sets node as a target label.
+    w.sample("signet_build_info", L{{"version", SIGNET_VERSION}, {"node_name", opts_.node_name}}, 1);
     w.family("signet_ready", "gauge", "1 when signetd enforces a complete snapshot of its source");
     w.sample("signet_ready", {}, ready_ ? 1 : 0);
     w.family("signet_pod_attachments", "gauge", "Registered pod attachments on this node");
@@ -92,6 +102,18 @@ std::string Controller::metrics_text() const {
                 if (lag != nullptr && lag->IsNumber())
                     w.sample("signet_source_seconds_since_event", L{{"resource", it->name.GetString()}}, lag->GetDouble());
             }
+            w.family("signet_source_watch_restarts_total", "counter",
+                     "Watches of the source restarted, by resource and reason (timeout: the server ended it at its "
+                     "timeoutSeconds, normal; expired: 410 Gone, relisted; error: the connection failed, resumed "
+                     "after a back-off)");
+            for (auto it = res->MemberBegin(); it != res->MemberEnd(); ++it)
+                for (const auto& [field, reason] : {std::pair{"timeouts", "timeout"}, std::pair{"expired", "expired"},
+                                                    std::pair{"reconnects", "error"}}) {
+                    const auto* n = json::find(it->value, field);
+                    if (n != nullptr && n->IsNumber())
+                        w.sample("signet_source_watch_restarts_total",
+                                 L{{"resource", it->name.GetString()}, {"reason", reason}}, n->GetDouble());
+                }
         }
     }
 
@@ -104,6 +126,12 @@ std::string Controller::metrics_text() const {
         w.sample("signet_api_refused_total", L{{"reason", "caller"}}, static_cast<double>(r.caller));
         w.sample("signet_api_refused_total", L{{"reason", "read_only"}}, static_cast<double>(r.read_only));
     }
+
+    // CNI ADD: the plugin waits for this before the pod's sandbox goes on.
+    w.family("signet_cni_add_seconds", "histogram",
+             "CNI ADD: from the plugin's registration request read by signetd to the pod's table in force "
+             "(successful ADDs)");
+    w.histogram("signet_cni_add_seconds", {}, cni_add_latency_);
 
     // The datapath.
     auto es = enforcer_.stats();
@@ -166,7 +194,8 @@ std::string Controller::metrics_text() const {
         w.family("signet_handshake_proofs_total", "counter", "Final-ACK proofs sent and verified");
         w.sample("signet_handshake_proofs_total", L{{"op", "sent"}}, static_cast<double>(c.proofs_sent));
         w.sample("signet_handshake_proofs_total", L{{"op", "verified"}}, static_cast<double>(c.proofs_verified));
-        const auto d = handshake_->drops();
+        const auto qv = handshake_->queue_view();
+        const auto& d = qv.drops;
         w.family("signet_handshake_drops_total", "counter",
                  "Handshake segments signet dropped, by kind (lost: legitimate segments signet failed to pass, "
                  "0 under a sane load; refused: bad tokens; denied: policy; discarded: behind the client's RST) "
@@ -194,6 +223,37 @@ std::string Controller::metrics_text() const {
                  "live: the oldest still open)");
         w.sample("signet_handshake_pending_evicted_total", L{{"state", "done"}}, static_cast<double>(c.pending_evicted_done));
         w.sample("signet_handshake_pending_evicted_total", L{{"state", "live"}}, static_cast<double>(c.pending_evicted_live));
+        w.family("signet_handshake_deferred_to_node_total", "counter",
+                 "Client SYNs to a Service frontend whose handshake is left to the node's table (after kube-proxy's "
+                 "translation)");
+        w.sample("signet_handshake_deferred_to_node_total", {}, static_cast<double>(c.deferred_to_node));
+        w.family("signet_handshake_closing_checked_total", "counter",
+                 "Enforce mode: segments of closing authenticated connections checked against the pod's sockets "
+                 "(those whose socket was gone are in signet_handshake_drops_total{kind=\"discarded\"})");
+        w.sample("signet_handshake_closing_checked_total", {}, static_cast<double>(c.closing_checked));
+        w.family("signet_handshake_queue_packets_total", "counter",
+                 "Packets the handshake's kernel queues gave signetd, by verdict (accepted includes rewritten)");
+        w.sample("signet_handshake_queue_packets_total", L{{"verdict", "accepted"}}, static_cast<double>(qv.queue.accepted));
+        w.sample("signet_handshake_queue_packets_total", L{{"verdict", "dropped"}}, static_cast<double>(qv.queue.dropped));
+        w.family("signet_handshake_queue_rewritten_total", "counter",
+                 "Accepted queue packets sent on with a rewrite (a token added or stripped)");
+        w.sample("signet_handshake_queue_rewritten_total", {}, static_cast<double>(qv.queue.rewritten));
+        w.family("signet_handshake_queue_overruns_total", "counter",
+                 "ENOBUFS reports on the queue sockets (each stands for segments in "
+                 "signet_handshake_drops_total{place=\"kernel_socket_full\"})");
+        w.sample("signet_handshake_queue_overruns_total", {}, static_cast<double>(d.socket_overruns));
+        w.family("signet_handshake_queue_waiting", "gauge", "Packets waiting in the kernel queues for a verdict now");
+        w.sample("signet_handshake_queue_waiting", {}, static_cast<double>(qv.kernel.waiting));
+        w.family("signet_handshake_queue_readers", "gauge", "Kernel queues bound (one per pod netns with the handshake)");
+        w.sample("signet_handshake_queue_readers", {}, static_cast<double>(qv.readers));
+        w.family("signet_handshake_queue_max_batch", "gauge", "Most queue packets judged in one wake-up since start");
+        w.sample("signet_handshake_queue_max_batch", {}, static_cast<double>(qv.queue.max_batch));
+        const auto e = handshake_->entries();
+        w.family("signet_handshake_state_entries", "gauge", "The handshake state's entries now, by part");
+        w.sample("signet_handshake_state_entries", L{{"part", "pending"}}, static_cast<double>(e.pending));
+        w.sample("signet_handshake_state_entries", L{{"part", "replay_cache"}}, static_cast<double>(e.replay_cache));
+        w.sample("signet_handshake_state_entries", L{{"part", "buckets"}}, static_cast<double>(e.buckets));
+        w.sample("signet_handshake_state_entries", L{{"part", "pair_keys"}}, static_cast<double>(e.pair_keys));
         const auto m = handshake_->memory();
         w.family("signet_handshake_memory_limit_bytes", "gauge", "The handshake state's memory budget (--handshake-memory)");
         w.sample("signet_handshake_memory_limit_bytes", {}, static_cast<double>(m.limit));
@@ -204,22 +264,30 @@ std::string Controller::metrics_text() const {
         w.sample("signet_handshake_memory_bytes", L{{"part", "pair_keys"}}, static_cast<double>(m.pair_keys));
     }
 
-    // Flows.
+    // Flows. Labels that kube-prometheus does not set itself (namespace and
+    // pod would become exported_namespace, exported_pod): the local pod's
+    // namespace and workload, and its name only with --metrics-pod-labels.
     const auto& totals = flows_->table().totals();
+    auto flow_labels = [](const flows::FlowTable::TotalKey& k) {
+        L l{{"local_namespace", k.local_namespace},
+            {"local_workload_kind", k.local_workload_kind},
+            {"local_workload", k.local_workload}};
+        if (!k.local_pod.empty()) l.push_back({"local_pod", k.local_pod});
+        l.push_back({"direction", k.ingress ? "ingress" : "egress"});
+        l.push_back({"verdict", std::string(flows::to_string(k.verdict))});
+        l.push_back({"policy", k.policy});
+        return l;
+    };
     w.family("signet_flow_connections_total", "counter",
-             "Connections of local pods (allowed: opened; denied: attempts logged, rate-limited), by pod, "
-             "direction, verdict and deciding policy");
+             "Connections of local pods (allowed: opened; denied: attempts logged, rate-limited), by workload "
+             "(and pod with --metrics-pod-labels), direction, verdict and deciding policy");
     for (const auto& [k, c] : totals)
-        w.sample("signet_flow_connections_total",
-                 L{{"namespace", k.local_namespace}, {"pod", k.local_pod}, {"direction", k.ingress ? "ingress" : "egress"},
-                   {"verdict", std::string(flows::to_string(k.verdict))}, {"policy", k.policy}},
-                 static_cast<double>(c.connections));
+        w.sample("signet_flow_connections_total", flow_labels(k), static_cast<double>(c.connections));
     w.family("signet_flow_bytes_total", "counter",
-             "Bytes of closed connections of local pods, by pod, direction, verdict, policy and way (out of / into the pod)");
+             "Bytes of closed connections of local pods, by workload, direction, verdict, policy and way (out of / "
+             "into the pod)");
     for (const auto& [k, c] : totals) {
-        L base{{"namespace", k.local_namespace}, {"pod", k.local_pod}, {"direction", k.ingress ? "ingress" : "egress"},
-               {"verdict", std::string(flows::to_string(k.verdict))}, {"policy", k.policy}};
-        L out = base, in = base;
+        L out = flow_labels(k), in = out;
         out.push_back({"way", "out"});
         in.push_back({"way", "in"});
         w.sample("signet_flow_bytes_total", out, static_cast<double>(c.bytes_out));
@@ -245,6 +313,23 @@ std::string Controller::metrics_text() const {
         w.sample("signet_flow_events_lost_total", L{{"source", "enobufs"}}, static_cast<double>(cs.overruns));
     }
 
+    // The audit log of denied connections (--audit-log).
+    if (const auto* audit = flows_->audit_log()) {
+        const auto& as = audit->stats();
+        w.family("signet_audit_log_lines_total", "counter", "Denied connections written to the audit log (--audit-log)");
+        w.sample("signet_audit_log_lines_total", {}, static_cast<double>(as.written));
+        w.family("signet_audit_log_dropped_total", "counter",
+                 "Denied connections not written to the audit log, by reason (rate_limited: above --audit-log-rate; "
+                 "buffer_full: the reader is behind; error: the write failed)");
+        w.sample("signet_audit_log_dropped_total", L{{"reason", "rate_limited"}}, static_cast<double>(as.rate_limited));
+        w.sample("signet_audit_log_dropped_total", L{{"reason", "buffer_full"}}, static_cast<double>(as.buffer_full));
+        w.sample("signet_audit_log_dropped_total", L{{"reason", "error"}}, static_cast<double>(as.errors));
+        w.family("signet_audit_log_duplicates_total", "counter",
+                 "Retransmissions of a denied attempt already written (same pod, addresses, ports, protocol within "
+                 "30 s)");
+        w.sample("signet_audit_log_duplicates_total", {}, static_cast<double>(as.duplicates));
+    }
+
     // The InfluxDB exporter.
     if (influx_) {
         auto s = influx_->stats();
@@ -262,6 +347,8 @@ std::string Controller::metrics_text() const {
         w.family("signet_influxdb_last_success_timestamp_seconds", "gauge", "Unix time of the last accepted write");
         w.sample("signet_influxdb_last_success_timestamp_seconds", {}, static_cast<double>(s.last_success_unix));
     }
+    // The standard process collector's set, from /proc/self.
+    metrics::write_process_metrics(w, metrics::read_process_stats());
     std::string text = w.take();
     return text;
 }

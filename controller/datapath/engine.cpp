@@ -1287,4 +1287,20 @@ HandshakeEngine::Memory HandshakeEngine::memory() const {
     return m;
 }
 
+HandshakeEngine::Entries HandshakeEngine::entries() const {
+    Entries e;
+    e.pending = pending_total_;
+    e.replay_cache = replay_.size();
+    e.buckets = addr_buckets_.size() + node_buckets_.size();
+    e.pair_keys = pair_keys_ ? pair_keys_->size() : 0;
+    return e;
+}
+
+HandshakeEngine::QueueView HandshakeEngine::queue_view() const {
+    QueueView v;
+    v.readers = queue_totals(v.queue, v.kernel);
+    v.drops = drops_of(v.queue, v.kernel);
+    return v;
+}
+
 }  // namespace signet::handshake

@@ -256,6 +256,20 @@ public:
         size_t used() const { return replay_cache + pending + buckets + pair_keys; }
     };
     Memory memory() const;
+    // The state's entries now, by part.
+    struct Entries {
+        size_t pending = 0, replay_cache = 0, buckets = 0, pair_keys = 0;
+    };
+    Entries entries() const;
+    // The kernel queues' counters summed over the node's pods, read once,
+    // with the drops they make (for /metrics).
+    struct QueueView {
+        handshake::QueueStats queue;
+        handshake::KernelQueueStats kernel;
+        uint64_t readers = 0;
+        Drops drops;
+    };
+    QueueView queue_view() const;
 
 private:
     struct Attachment;

@@ -68,7 +68,13 @@ void FlowTable::add(Record r) {
     if (r.event == Record::close) agg.counts.connections = 0;
     merge(interval_, agg, limits_.interval_keys, stats_.dropped_interval);
     merge(window_, agg, limits_.window_keys, stats_.dropped_window);
-    TotalKey tk{r.key.local_namespace, r.key.local_pod, r.key.ingress, r.key.verdict, r.decision.policy};
+    TotalKey tk{r.key.local_namespace,
+                r.local_workload.empty() ? std::string("Pod") : r.local_workload_kind,
+                r.local_workload.empty() ? r.key.local_pod : r.local_workload,
+                pod_series_ ? r.key.local_pod : std::string(),
+                r.key.ingress,
+                r.key.verdict,
+                r.decision.policy};
     auto t = totals_.find(tk);
     if (t == totals_.end()) {
         if (totals_.size() >= limits_.total_keys)
@@ -132,8 +138,17 @@ std::vector<Aggregate> FlowTable::window(int64_t now_ns) {
 }
 
 void FlowTable::forget_pod(const std::string& ns, const std::string& name) {
+    if (name.empty()) return;
     for (auto it = totals_.begin(); it != totals_.end();)
         it = it->first.local_namespace == ns && it->first.local_pod == name ? totals_.erase(it) : std::next(it);
+}
+
+void FlowTable::forget_workload(const std::string& ns, const std::string& kind, const std::string& name) {
+    for (auto it = totals_.begin(); it != totals_.end();)
+        it = it->first.local_namespace == ns && it->first.local_workload_kind == kind &&
+                     it->first.local_workload == name
+                 ? totals_.erase(it)
+                 : std::next(it);
 }
 
 void to_json(const Record& r, Value& out, rapidjson::Document::AllocatorType& a) {

@@ -73,6 +73,9 @@ struct Record {
     // signet.dev/handshake, else the node's): "off", "permissive", "enforce";
     // null on a node that runs no handshake.
     const char* handshake = nullptr;
+    // The local pod's workload (cache::workload_of; "" = unknown: the pod itself),
+    // what the Prometheus totals are labelled by.
+    std::string local_workload_kind, local_workload;
 };
 
 struct PodEvent {
@@ -125,17 +128,25 @@ public:
     // The graph window's aggregates (older ones pruned first).
     std::vector<Aggregate> window(int64_t now_ns);
 
-    // Cumulative totals for Prometheus, by (local pod, direction, verdict, policy).
+    // Cumulative totals for Prometheus, by (local workload, direction,
+    // verdict, policy), and by the local pod's name too with
+    // set_pod_series(true) (signetd --metrics-pod-labels): without it a
+    // rollout does not make new series.
     struct TotalKey {
-        std::string local_namespace, local_pod;
+        std::string local_namespace, local_workload_kind, local_workload;
+        std::string local_pod;  // "" unless pod series are on
         bool ingress = false;
         Verdict verdict = Verdict::allowed;
         std::string policy;
         auto operator<=>(const TotalKey&) const = default;
     };
+    void set_pod_series(bool on) { pod_series_ = on; }
+    bool pod_series() const { return pod_series_; }
     const std::map<TotalKey, Counts>& totals() const { return totals_; }
-    // A pod gone: its series go too.
+    // A pod gone from the node: its own series go (pod series on).
     void forget_pod(const std::string& ns, const std::string& name);
+    // The last local pod of a workload gone: the workload's series go.
+    void forget_workload(const std::string& ns, const std::string& kind, const std::string& name);
 
     struct Stats {
         uint64_t records = 0, denied_records = 0;
@@ -155,6 +166,7 @@ private:
     std::deque<Record> ring_;
     std::map<AggKey, Aggregate> interval_, window_;
     std::map<TotalKey, Counts> totals_;
+    bool pod_series_ = false;
     std::vector<PodEvent> pod_events_;
     Stats stats_;
 };

@@ -120,7 +120,32 @@ void FlowService::pod_stopped(const std::string& key, const api::PodRecord& rec)
     bool still_local = false;
     for (const auto& [k, r] : ctx_.registry->all())
         still_local = still_local || (r.reg.namespace_ == rec.reg.namespace_ && r.reg.name == rec.reg.name);
-    if (!still_local) table_.forget_pod(rec.reg.namespace_, rec.reg.name);
+    if (still_local) return;
+    table_.forget_pod(rec.reg.namespace_, rec.reg.name);
+    // The workload's series stay while another of its pods is on the node (a rollout).
+    const cache::Workload w = workload_of(rec.reg.namespace_, rec.reg.name);
+    workloads_.erase(cache::ObjectKey{rec.reg.namespace_, rec.reg.name});
+    bool workload_local = false;
+    for (const auto& [k, r] : ctx_.registry->all()) {
+        if (r.reg.namespace_ != rec.reg.namespace_) continue;
+        if (workload_of(r.reg.namespace_, r.reg.name) == w) {
+            workload_local = true;
+            break;
+        }
+    }
+    if (!workload_local) table_.forget_workload(rec.reg.namespace_, w.kind, w.name);
+    // Series made before its Pod object was seen named the pod itself.
+    table_.forget_workload(rec.reg.namespace_, "Pod", rec.reg.name);
+}
+
+const cache::Workload& FlowService::workload_of(const std::string& ns, const std::string& name) {
+    cache::ObjectKey key{ns, name};
+    if (auto it = workloads_.find(key); it != workloads_.end()) return it->second;
+    const auto& pods = ctx_.source->snapshot().pods;
+    if (auto p = pods.find(key); p != pods.end()) return workloads_.emplace(key, cache::workload_of(p->second)).first->second;
+    // No Pod object (yet): the pod itself, not remembered (the object may come).
+    unknown_workload_ = cache::Workload{"Pod", name};
+    return unknown_workload_;
 }
 
 void FlowService::source_changed() { index_dirty_ = true; }
@@ -202,6 +227,9 @@ void FlowService::on_conntrack(const std::string& key, const std::vector<nft::Ct
         r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress, flows::Verdict::allowed, peer.kind,
                                peer.namespace_, peer.name, peer_ip, o.proto, o.dport};
         r.decision = decide(r.key, ingress ? src : dst);
+        const cache::Workload& w = workload_of(rec->reg.namespace_, rec->reg.name);
+        r.local_workload_kind = w.kind;
+        r.local_workload = w.name;
         // The identity handshake marks the connections whose peer proved its
         // identity (datapath/engine.h); the mark is read per event.
         auto authenticated = [&](const nft::CtEntry& e) {
@@ -266,12 +294,16 @@ void FlowService::on_denied(const std::string& key, const std::vector<nft::Logge
                                peer.namespace_, peer.name, peer_ip, t.proto, t.dport};
         r.decision = decide(r.key, policy::Ip{t.family, ingress ? t.src : t.dst});
         if (ctx_.handshake_mode) r.handshake = ctx_.handshake_mode(rec->reg.namespace_);
+        const cache::Workload& w = workload_of(rec->reg.namespace_, rec->reg.name);
+        r.local_workload_kind = w.kind;
+        r.local_workload = w.name;
         r.src = hostport(src, t.sport, t.family);
         r.dst = hostport(dst, t.dport, t.family);
         r.sport = t.sport;
         r.counts.connections = 1;
         (ingress ? r.counts.packets_in : r.counts.packets_out) = 1;
         (ingress ? r.counts.bytes_in : r.counts.bytes_out) = p.length;
+        if (audit_) audit_->write(r);
         table_.add(std::move(r));
     }
 }

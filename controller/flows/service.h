@@ -17,6 +17,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../flows/audit_log.h"
 #include "../flows/collector.h"
 #include "../flows/flow_table.h"
 #include "../ipc/server.h"
@@ -70,6 +71,11 @@ public:
         return {table_.take_interval(), table_.take_pod_events()};
     }
     const flows::Collector* collector() const { return collector_.get(); }
+    // Denied connections as JSON lines (signetd --audit-log): every denied record goes to it.
+    void set_audit_log(std::unique_ptr<flows::AuditLog> log) { audit_ = std::move(log); }
+    const flows::AuditLog* audit_log() const { return audit_.get(); }
+    // Prometheus series by pod name as well as by workload (signetd --metrics-pod-labels).
+    void set_pod_series(bool on) { table_.set_pod_series(on); }
 
     // Fed by the collector; public for tests.
     void on_conntrack(const std::string& key, const std::vector<nft::CtEvent>& events);
@@ -81,6 +87,8 @@ private:
         std::string namespace_, name;
     };
     PeerInfo peer_of(const std::string& ip);
+    // The workload of a local pod (cache::workload_of), kept while it is local.
+    const cache::Workload& workload_of(const std::string& ns, const std::string& name);
     flows::Decision decide(const flows::FlowKey& key, const policy::Ip& peer_ip);
     void schedule_export();
 
@@ -95,6 +103,9 @@ private:
     // Start times of open connections by conntrack id (bounded), for durations
     // when conntrack timestamps are off (they are turned on at attach).
     std::unordered_map<uint64_t, int64_t> open_since_;
+    std::map<cache::ObjectKey, cache::Workload> workloads_;
+    cache::Workload unknown_workload_;
+    std::unique_ptr<flows::AuditLog> audit_;
     Exporter exporter_;
     std::chrono::milliseconds export_interval_{10000};
     boost::asio::steady_timer export_timer_;

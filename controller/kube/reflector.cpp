@@ -349,7 +349,13 @@ void Reflector::run() {
         switch (watch(rv, &progressed, &error)) {
             case WatchEnd::Stopped: break;
             case WatchEnd::Relist: need_list = true; break;
-            case WatchEnd::Normal: backoff.reset(); break;
+            case WatchEnd::Normal:
+                backoff.reset();
+                {
+                    std::lock_guard lk(mu_);
+                    ++stats_.timeouts;
+                }
+                break;
             case WatchEnd::Expired:
                 // client-go relists at once on "too old resource version".
                 {

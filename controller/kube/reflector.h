@@ -66,6 +66,7 @@ public:
         int last_http_status = 0;
         std::string watch_rv;
         uint64_t lists = 0, relists = 0, reconnects = 0, expired = 0;
+        uint64_t timeouts = 0;  // watches the server ended at their timeoutSeconds (a new one follows at once)
         uint64_t added = 0, modified = 0, deleted = 0, bookmarks = 0, error_events = 0, malformed = 0;
         std::chrono::steady_clock::time_point last_event{};  // event, bookmark or completed list
         std::chrono::milliseconds backoff{0};

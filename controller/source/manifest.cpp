@@ -6,6 +6,8 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include "signet/json.h"
+
 #include <array>
 #include <cerrno>
 #include <charconv>
@@ -958,6 +960,22 @@ Result<cache::Pod> decode_pod(const Value& obj) {
     pod.name = std::move(md->name);
     pod.uid = std::move(md->uid);
     pod.labels = std::move(md->labels);
+    // The managing controller (for workload-level metric labels only): read
+    // leniently, a malformed entry is ignored rather than the pod refused.
+    if (const Value* meta = json::find(obj, "metadata"); meta != nullptr && meta->IsObject())
+        if (const Value* refs = json::find(*meta, "ownerReferences"); refs != nullptr && refs->IsArray())
+            for (const Value& ref : refs->GetArray()) {
+                if (!ref.IsObject()) continue;
+                const Value* controller = json::find(ref, "controller");
+                const Value* kind = json::find(ref, "kind");
+                const Value* name = json::find(ref, "name");
+                if (controller == nullptr || !controller->IsBool() || !controller->GetBool() || kind == nullptr ||
+                    !kind->IsString() || name == nullptr || !name->IsString())
+                    continue;
+                pod.owner_kind.assign(kind->GetString(), kind->GetStringLength());
+                pod.owner_name.assign(name->GetString(), name->GetStringLength());
+                break;
+            }
 
     auto spec = object_field(obj, "spec", "");
     if (!spec) return spec.error();

@@ -21,7 +21,12 @@ PAYLOAD = 5000
 def body(t: harness.Test, run: harness.Run):
     harness.require_root_and_tools("ip", "nft")
     bins = harness.require_signet_binaries(t)
-    d = harness.Signetd(run, bins, node="flows-node").start()
+    d = harness.Signetd(run, bins, node="flows-node")
+    # Denied connections as JSON lines on stdout (the harness sends stdout and
+    # stderr to signetd's log file: the audit lines are the ones that are JSON).
+    # Flow series by pod name too (--metrics-pod-labels).
+    d.extra_args = ["--audit-log", "stdout", "--metrics-address", "127.0.0.1:0", "--metrics-pod-labels"]
+    d.start()
     mdir = d.manifest_dir
     objs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}]
     for app in ("web", "api", "db"):
@@ -126,6 +131,38 @@ def body(t: harness.Test, run: harness.Run):
         t.equal("denied: default deny", x["policy"], "default-deny")
         t.equal("denied: TCP/8080", (x["proto"], x["port"]), (6, 8080))
     t.equal("no allowed record from db", find(recs, pod="shop/api", peer__pod="shop/db", verdict="allowed"), [])
+
+    # The audit log on stdout: one line per denied attempt, however many
+    # SYNs it sent (db's connect waited 1.5 s: its SYN was sent again).
+    audit = []
+    for line in d.log_path().read_text(errors="replace").splitlines():
+        if line.startswith('{"time":'):
+            try:
+                audit.append(json.loads(line))
+            except ValueError:
+                t.check(f"audit log: a line that is not JSON: {line[:200]!r}", False)
+    from_db = [r for r in audit if r.get("remote", {}).get("pod") == "db"]
+    t.note(f"audit log: {len(audit)} line(s); denied records of db's attempt: {len(denied_in)}")
+    t.check("audit log on stdout: exactly one line for db's denied connect", len(from_db) == 1, json.dumps(audit)[:2000])
+    if from_db and denied_in:
+        a, x = from_db[0], denied_in[0]
+        t.equal("audit log: the flow record's policy and rule", (a["policy"], a["rule"]), (x["policy"], x["rule"]))
+        t.equal("audit log: the flow record's addresses", (a["src"], a["dst"]), (x["src"], x["dst"]))
+        t.equal("audit log: local pod", (a["local"]["namespace"], a["local"]["pod"]), ("shop", "api"))
+        t.equal("audit log: a bare pod is its own workload", (a["local"]["workloadKind"], a["local"]["workload"]),
+                ("Pod", "api"))
+        t.equal("audit log: node, direction, verdict", (a["node"], a["direction"], a["verdict"]),
+                ("flows-node", "ingress", "denied"))
+        t.equal("audit log: remote", (a["remote"]["kind"], a["remote"]["namespace"], a["remote"]["address"]),
+                ("pod", "shop", pods["db"]["ip"]))
+        t.equal("audit log: TCP/8080", (a["protocol"], a["port"]), ("TCP", 8080))
+
+    # /metrics with --metrics-pod-labels: the pod's name besides its workload.
+    port = d.status()["outputs"]["metricsPort"]
+    text = harness.sh("curl", "-sf", f"http://127.0.0.1:{port}/metrics", check=False).stdout
+    want = ('signet_flow_connections_total{local_namespace="shop",local_workload_kind="Pod",local_workload="api",'
+            'local_pod="api",direction="ingress",verdict="denied",policy="default-deny"}')
+    t.check("/metrics --metrics-pod-labels: local_pod besides the workload", want in text, text[-2000:])
 
     # Filters.
     only_denied = flows("--verdict", "denied")

@@ -175,8 +175,29 @@ def body(t: harness.Test, run: harness.Run):
     port = d.status().get("outputs", {}).get("metricsPort")
     metrics = harness.sh("curl", "-sf", f"http://127.0.0.1:{port}/metrics", check=False).stdout
     for name in ("signet_handshake_segments_total", "signet_handshake_tokens_total", "signet_handshake_drops_total",
-                 "signet_handshake_connections_total", "signet_handshake_proofs_total"):
+                 "signet_handshake_connections_total", "signet_handshake_proofs_total",
+                 "signet_handshake_deferred_to_node_total", "signet_handshake_closing_checked_total",
+                 "signet_handshake_queue_packets_total", "signet_handshake_queue_rewritten_total",
+                 "signet_handshake_queue_overruns_total"):
         t.check(f"/metrics has {name}", f"# TYPE {name} counter" in metrics, metrics[:600])
+    for name in ("signet_handshake_queue_waiting", "signet_handshake_queue_readers", "signet_handshake_queue_max_batch",
+                 "signet_handshake_state_entries"):
+        t.check(f"/metrics has {name}", f"# TYPE {name} gauge" in metrics, metrics[:600])
+    # The status-only counters of before issue #15, now series: they agree with status.
+    hs_status = d.status().get("handshake", {})
+    q = hs_status.get("queue", {})
+    def value(series):
+        for line in metrics.splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[1])
+        return None
+    acc = value('signet_handshake_queue_packets_total{verdict="accepted"}')
+    t.check("/metrics: queue packets accepted (tokens went through the queues)", acc is not None and acc > 0 and
+            acc <= q.get("accepted", 0), (acc, q.get("accepted")))
+    rw = value("signet_handshake_queue_rewritten_total")
+    t.check("/metrics: queue packets rewritten (tokens added and stripped)", rw is not None and rw > 0, rw)
+    t.check("/metrics: one queue reader per pod netns", (value("signet_handshake_queue_readers") or 0) >= 2,
+            value("signet_handshake_queue_readers"))
     t.check("/metrics: the handshake's memory budget (--handshake-memory 64)",
             "signet_handshake_memory_limit_bytes 67108864" in metrics and
             'signet_handshake_memory_bytes{part="replay_cache"}' in metrics, metrics[-3000:])

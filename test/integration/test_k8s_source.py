@@ -395,6 +395,74 @@ def case_drop_resume(tmp):
         e.close()
 
 
+def case_signetd_metrics(tmp):
+    """The real signetd on --source kubernetes: /metrics counts its watch
+    restarts per resource and reason (issue #15); a dropped watch is an error."""
+    signetd = BUILD / "controller" / "signetd"
+    if os.geteuid() != 0 or not signetd.exists():
+        log("SKIP signetd_metrics: needs root and a built signetd")
+        return
+    import urllib.request
+    e = Env(tmp)
+    proc = None
+    try:
+        sock = tmp / "signetd.sock"
+        logf = open(tmp / "signetd.log", "wb")
+        proc = subprocess.Popen([str(signetd), "--node-name", "kind-worker", "--source", "kubernetes",
+                                 "--kubeconfig", e.kubeconfig(), "--socket", str(sock), "--state-dir", str(tmp / "state"),
+                                 "--metrics-address", "127.0.0.1:0", "--no-flows", "--services", "off"],
+                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        logf.close()
+
+        def status():
+            p = subprocess.run(["curl", "-sf", "--unix-socket", str(sock), "http://signetd/v1/status"],
+                               capture_output=True, text=True)
+            try:
+                return json.loads(p.stdout) if p.returncode == 0 else None
+            except ValueError:
+                return None
+
+        st = wait_until(lambda: (s := status()) and s.get("ready") and s, 20)
+        signetd_log = (tmp / "signetd.log").read_text(errors="replace")[-2000:]
+        if not check("signetd on the test API server: ready", bool(st), signetd_log):
+            return
+        port = st["outputs"]["metricsPort"]
+
+        def metrics():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        text = metrics()
+        for res in ("namespaces", "pods", "networkpolicies", "nodes", "services"):
+            for reason in ("timeout", "expired", "error"):
+                want = f'signet_source_watch_restarts_total{{resource="{res}",reason="{reason}"}} '
+                check(f"/metrics: watch restarts of {res} ({reason})", want in text, text[-1500:])
+        def pods_errors():
+            for line in metrics().splitlines():
+                if line.startswith('signet_source_watch_restarts_total{resource="pods",reason="error"} '):
+                    return float(line.split()[1])
+            return -1.0
+
+        before = pods_errors()
+        time.sleep(0.5)  # the watches are up
+        e.store.drop_watches()
+
+        def errors():
+            return pods_errors() > before
+
+        check("/metrics: a dropped pods watch counts as an error restart", wait_until(errors, 10),
+              (tmp / "signetd.log").read_text(errors="replace")[-2000:])
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        e.close()
+
+
 def case_forbidden(tmp):
     e = Env(tmp, forbidden=["pods"])
     try:
@@ -624,7 +692,7 @@ def case_manifests(tmp):
         e.close()
 
 
-CASES = [case_list_watch, case_gone, case_drop_resume, case_forbidden, case_forbidden_services, case_tls, case_exec, case_token_rotation,
+CASES = [case_list_watch, case_gone, case_drop_resume, case_signetd_metrics, case_forbidden, case_forbidden_services, case_tls, case_exec, case_token_rotation,
          case_manifests, case_scale]
 
 

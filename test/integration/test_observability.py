@@ -7,6 +7,9 @@
   gets everything signetd buffered once it is back;
 * /metrics on signetd's metrics address passes `promtool check metrics`
   and carries the flows' counters by policy;
+* with --audit-log FILE, db's denied connect to api (its SYN retransmitted)
+  is exactly one JSON line naming node, direction, both pods, protocol,
+  port and the deciding default deny; every line is valid JSON;
 * the graph page (/graph) in real headless Chromium draws the pods of the
   run and the allowed (green) and denied (red) edges between them; a
   screenshot is kept in <build>/test-artifacts/graph-e2e.png.
@@ -17,6 +20,7 @@ promtool, chromium. Root. Exit 77 (loud) only when a tool is absent."""
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -121,14 +125,22 @@ def body(t: harness.Test, run: harness.Run):
     influx.query("CREATE DATABASE signet")
 
     d = harness.Signetd(run, bins, node="obs-node")
+    audit_path = Path(run.mkdtemp("audit")) / "denied.jsonl"
     d.extra_args = ["--influxdb", f"http://127.0.0.1:{influx.http_port}/?db=signet&flush=200ms",
-                    "--flow-export-interval", "500ms", "--metrics-address", "127.0.0.1:0", "--graph"]
+                    "--flow-export-interval", "500ms", "--metrics-address", "127.0.0.1:0", "--graph",
+                    "--audit-log", str(audit_path)]
     d.start()
     mdir = d.manifest_dir
     objs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}]
     for app in ("web", "api", "db"):
-        objs.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {"name": app, "namespace": "shop", "labels": {"app": app}},
+        md = {"name": app, "namespace": "shop", "labels": {"app": app}}
+        if app == "api":
+            # A Deployment's pod: its ReplicaSet is named <deployment>-<pod-template-hash>.
+            md["labels"]["pod-template-hash"] = "5d8c7b9f4"
+            md["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-5d8c7b9f4",
+                                      "uid": "0b5e3f4c-0000-4000-8000-000000000001", "controller": True,
+                                      "blockOwnerDeletion": True}]
+        objs.append({"apiVersion": "v1", "kind": "Pod", "metadata": md,
                      "spec": {"containers": [{"name": "c", "image": "x"}]}})
     objs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                  "metadata": {"name": "api-from-web", "namespace": "shop"},
@@ -216,14 +228,62 @@ def body(t: harness.Test, run: harness.Run):
     p = subprocess.run(["/usr/bin/promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     t.check("promtool check metrics: no problems", p.returncode == 0 and not p.stdout.strip() and not p.stderr.strip(),
             p.stdout + p.stderr)
-    want = ('signet_flow_connections_total{namespace="shop",pod="api",direction="ingress",verdict="denied",'
-            'policy="default-deny"}')
-    t.check("/metrics: api's denied connections by policy", want in text, text[-3000:])
-    want = ('signet_flow_connections_total{namespace="shop",pod="api",direction="ingress",verdict="allowed",'
-            'policy="shop/api-from-web"} 7')
+    # Workload labels, none that kube-prometheus sets itself (namespace, pod, node).
+    api = 'local_namespace="shop",local_workload_kind="Deployment",local_workload="api",direction="ingress"'
+    want = f'signet_flow_connections_total{{{api},verdict="denied",policy="default-deny"}}'
+    t.check("/metrics: api's denied connections by policy, labelled by its Deployment", want in text, text[-3000:])
+    want = f'signet_flow_connections_total{{{api},verdict="allowed",policy="shop/api-from-web"}} 7'
     t.check("/metrics: api's 7 allowed connections by policy", want in text, text[-3000:])
+    want = ('signet_flow_connections_total{local_namespace="shop",local_workload_kind="Pod",local_workload="web",'
+            'direction="egress",verdict="allowed",policy="none"}')
+    t.check("/metrics: a pod no controller owns is its own workload", want in text, text[-3000:])
+    samples = [l for l in text.splitlines() if l and not l.startswith("#")]
+    clashing = [l for l in samples if "{" in l and
+                {"namespace", "pod", "node"} & set(re.findall(r'[{,]([a-zA-Z_]\w*)="', l.split("}", 1)[0]))]
+    t.equal("/metrics: no namespace, pod or node label (kube-prometheus' target labels)", clashing, [])
+    t.check("/metrics: no pod names without --metrics-pod-labels", "local_pod=" not in text)
     t.check("/metrics: the programming latency histogram", "signet_nft_program_seconds_count" in text)
     t.check("/metrics: the exporter's buffer", "signet_influxdb_buffered_points" in text)
+    # New series (issue #15): CNI ADD latency, process_*, the audit log's counters.
+    adds = [l for l in samples if l.startswith("signet_cni_add_seconds_count ")]
+    t.check("/metrics: the CNI ADD latency histogram counts the 3 ADDs",
+            adds and float(adds[0].split()[1]) >= 3, str(adds))
+    t.check("/metrics: the CNI ADD latency histogram has its buckets",
+            'signet_cni_add_seconds_bucket{le="+Inf"}' in text)
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
+                 "process_open_fds", "process_max_fds", "process_start_time_seconds"):
+        got = [l for l in samples if l.startswith(name + " ")]
+        t.check(f"/metrics: {name}", got and float(got[0].split()[1]) > 0, str(got))
+    t.check("/metrics: audit log lines written", any(l.startswith("signet_audit_log_lines_total ") and
+                                                     float(l.split()[1]) >= 1 for l in samples))
+    t.check("/metrics: audit log drops by reason", 'signet_audit_log_dropped_total{reason="buffer_full"} 0' in text)
+
+    # ---- The audit log: one line for db's denied connect, valid JSON throughout.
+    lines = audit_path.read_text().splitlines() if audit_path.exists() else []
+    parsed = []
+    for l in lines:
+        try:
+            parsed.append(json.loads(l))
+        except ValueError:
+            t.check(f"audit log: a line that is not JSON: {l[:200]!r}", False)
+    t.note(f"audit log: {len(lines)} line(s)")
+    from_db = [r for r in parsed if r.get("remote", {}).get("pod") == "db"]
+    t.check("audit log: exactly one line for db's denied connect (its SYN retransmission folded)",
+            len(from_db) == 1, "\n".join(lines)[:3000])
+    if from_db:
+        r = from_db[0]
+        t.equal("audit log: node", r.get("node"), "obs-node")
+        t.equal("audit log: direction", r.get("direction"), "ingress")
+        t.equal("audit log: verdict", r.get("verdict"), "denied")
+        t.equal("audit log: deciding policy", (r.get("policy"), r.get("rule")), ("default-deny", -1))
+        t.equal("audit log: local pod and workload", r.get("local"),
+                {"namespace": "shop", "pod": "api", "workloadKind": "Deployment", "workload": "api"})
+        t.equal("audit log: remote pod", (r["remote"].get("kind"), r["remote"].get("namespace"),
+                                          r["remote"].get("address")), ("pod", "shop", pods["db"]["ip"]))
+        t.equal("audit log: protocol and port", (r.get("protocol"), r.get("port")), ("TCP", 8080))
+        t.equal("audit log: destination", r.get("dst"), f'{pods["api"]["ip"]}:8080')
+        t.check("audit log: time is RFC 3339 UTC", str(r.get("time", "")).endswith("Z") and "T" in r.get("time", ""))
+    t.check("audit log: only denied connections", all(r.get("verdict") == "denied" for r in parsed))
 
     # ---- The graph page in headless Chromium.
     g = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/graph", timeout=5).read())
@@ -260,6 +320,11 @@ def body(t: harness.Test, run: harness.Run):
     stops = poll("stop event", lambda: influx.query(
         "SELECT * FROM signet_pod_event WHERE event='stop' AND pod='db'"))
     t.check("InfluxDB: db's stop event", bool(stops), str(stops))
+    # Its workload (the pod itself) had no other pod on the node: its series went with it.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    t.check("/metrics: db's series gone with its last pod", 'local_workload="db"' not in text, text[-2000:])
+    t.check("/metrics: api's series stay", 'local_workload="api"' in text, text[-2000:])
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ std::string fixture_metrics(uint64_t scrape) {
 
     w.family("signet_policy_denials_total", "counter",
              "Denied connections, by the namespace of the isolated pod and the deciding policy.");
-    w.sample("signet_policy_denials_total", {{"namespace", "y"}, {"policy", "default-deny"}}, 17);
+    w.sample("signet_policy_denials_total", {{"local_namespace", "y"}, {"policy", "default-deny"}}, 17);
 
     w.family("signet_handshakes_total", "counter", "Identity handshakes, by result.");
     for (const char* r : {"authenticated", "rejected", "timeout", "error"})

@@ -346,3 +346,65 @@ status: {phase: Running}
     CHECK((*after)["count"].GetUint64() == 0);
     CHECK(h.ctl->metrics_text().find("\nsignet_unprotected_pods 0\n") != std::string::npos);
 }
+
+TEST_CASE("/metrics: flow series by workload, kept across a rollout, gone with the workload's last pod") {
+    Harness h;
+    h.write("deploy.yaml", R"(apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: api-5d8c7b9f4-aaaaa
+    namespace: shop
+    labels: {app: api, pod-template-hash: 5d8c7b9f4}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: api-5d8c7b9f4, uid: r1, controller: true}]
+  spec: {containers: [{name: c, image: x}]}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: api-6f7d8c9b5-bbbbb
+    namespace: shop
+    labels: {app: api, pod-template-hash: 6f7d8c9b5}
+    ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: api-6f7d8c9b5, uid: r2, controller: true}]
+  spec: {containers: [{name: c, image: x}]}
+)");
+    REQUIRE(h.call("POST", "/v1/sync").status == 200);
+    auto reg = [&](const std::string& cid, const std::string& name, const std::string& ip) {
+        return h.call("POST", "/v1/pods",
+                      R"({"containerID":")" + cid + R"(","ifname":"eth0","netns":"/proc/self/ns/net","network":"net",
+                      "namespace":"shop","name":")" + name + R"(","uid":"u-)" + cid + R"(","ips":[")" + ip + R"(/24"]})");
+    };
+    auto denied = [&](const std::string& cid, uint8_t last) {
+        nft::LoggedPacket p;
+        p.prefix = "signet ingress";
+        p.tuple.family = nft::Family::v4;
+        p.tuple.src.bytes = {192, 0, 2, 77};
+        p.tuple.dst.bytes = {10, 9, 0, last};
+        p.tuple.proto = 6;
+        p.tuple.sport = 40000;
+        p.tuple.dport = 8080;
+        p.length = 60;
+        h.ctl->flows().on_denied(api::key(cid, "eth0"), {p});
+    };
+    const std::string series =
+        R"(signet_flow_connections_total{local_namespace="shop",local_workload_kind="Deployment",local_workload="api",)"
+        R"(direction="ingress",verdict="denied",policy="none"} )";
+    REQUIRE(reg("old", "api-5d8c7b9f4-aaaaa", "10.9.0.2").status == 200);
+    denied("old", 2);
+    REQUIRE(reg("new", "api-6f7d8c9b5-bbbbb", "10.9.0.3").status == 200);  // the rollout's new pod
+    denied("new", 3);
+    std::string text = h.ctl->metrics_text();
+    CHECK(text.find(series + "2") != std::string::npos);
+    CHECK(text.find("local_pod=") == std::string::npos);
+    CHECK(text.find("signet_cni_add_seconds_count 2") != std::string::npos);
+    CHECK(text.find("process_open_fds ") != std::string::npos);
+    // The old pod goes: the workload's counter goes on.
+    REQUIRE(h.call("DELETE", "/v1/pods/old/eth0").status == 200);
+    text = h.ctl->metrics_text();
+    CHECK(text.find(series + "2") != std::string::npos);
+    // The last one goes: so do its series.
+    REQUIRE(h.call("DELETE", "/v1/pods/new/eth0").status == 200);
+    text = h.ctl->metrics_text();
+    CHECK(text.find("local_workload=\"api\"") == std::string::npos);
+}

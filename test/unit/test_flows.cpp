@@ -3,6 +3,7 @@
 
 #include "../../controller/core/controller.h"
 #include "export/flow_points.h"
+#include "../../controller/flows/audit_log.h"
 #include "../../controller/flows/flow_table.h"
 #include "../../controller/nft/conntrack.h"
 
@@ -12,6 +13,17 @@
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "signet/json.h"
 
 using namespace signet;
 using namespace signet::flows;
@@ -222,4 +234,186 @@ TEST_CASE("flows: InfluxDB points carry the documented tags and fields") {
     CHECK(tag(pts[1], "event") == "stop");
     CHECK(exporter::encode(pts[1]) ==
           "signet_pod_event,event=stop,namespace=shop,node=node-1,pod=web uid=\"\",ips=\"10.0.0.3,fd00::3\",labels=\"a=1,b=2\" 7");
+}
+
+TEST_CASE("flows: Prometheus totals by workload (a rollout keeps the series), by pod only when asked") {
+    auto of = [](const std::string& pod, const std::string& kind, const std::string& workload) {
+        Record r = rec(Record::open, pod, "web", Verdict::allowed, "shop/allow", 1);
+        r.local_workload_kind = kind;
+        r.local_workload = workload;
+        return r;
+    };
+    FlowTable t;
+    t.add(of("api-7d9f-abcde", "Deployment", "api"));
+    t.add(of("api-7d9f-fghij", "Deployment", "api"));  // the rollout's new pod
+    t.add(of("solo", "", ""));                         // workload unknown: the pod itself
+    REQUIRE(t.totals().size() == 2);
+    const auto& [k, c] = *t.totals().begin();
+    CHECK(k.local_workload_kind == "Deployment");
+    CHECK(k.local_workload == "api");
+    CHECK(k.local_pod.empty());
+    CHECK(c.connections == 2);
+    CHECK(std::next(t.totals().begin())->first.local_workload_kind == "Pod");
+    CHECK(std::next(t.totals().begin())->first.local_workload == "solo");
+    t.forget_pod("shop", "api-7d9f-abcde");  // pod names are not in the keys: nothing goes
+    CHECK(t.totals().size() == 2);
+    t.forget_workload("shop", "Deployment", "api");
+    CHECK(t.totals().size() == 1);
+
+    FlowTable p;
+    p.set_pod_series(true);
+    p.add(of("api-7d9f-abcde", "Deployment", "api"));
+    p.add(of("api-7d9f-fghij", "Deployment", "api"));
+    REQUIRE(p.totals().size() == 2);
+    CHECK(p.totals().begin()->first.local_pod == "api-7d9f-abcde");
+    CHECK(p.totals().begin()->first.local_workload == "api");
+    p.forget_pod("shop", "api-7d9f-abcde");
+    REQUIRE(p.totals().size() == 1);
+    CHECK(p.totals().begin()->first.local_pod == "api-7d9f-fghij");
+}
+
+TEST_CASE("workloads: the pod's controller, a Deployment's ReplicaSet by its pod-template-hash, else the pod") {
+    cache::Pod pod;
+    pod.namespace_ = "shop";
+    pod.name = "api-5d8c7b9f4-x2x7k";
+    CHECK(cache::workload_of(pod) == cache::Workload{"Pod", "api-5d8c7b9f4-x2x7k"});
+    pod.owner_kind = "ReplicaSet";
+    pod.owner_name = "api-5d8c7b9f4";
+    CHECK(cache::workload_of(pod) == cache::Workload{"ReplicaSet", "api-5d8c7b9f4"});  // no hash label: as it is
+    pod.labels["pod-template-hash"] = "5d8c7b9f4";
+    CHECK(cache::workload_of(pod) == cache::Workload{"Deployment", "api"});
+    pod.labels["pod-template-hash"] = "other";
+    CHECK(cache::workload_of(pod) == cache::Workload{"ReplicaSet", "api-5d8c7b9f4"});
+    pod.owner_name = "5d8c7b9f4";  // nothing before the hash
+    pod.labels["pod-template-hash"] = "5d8c7b9f4";
+    CHECK(cache::workload_of(pod) == cache::Workload{"ReplicaSet", "5d8c7b9f4"});
+    pod.owner_kind = "StatefulSet";
+    pod.owner_name = "db";
+    CHECK(cache::workload_of(pod) == cache::Workload{"StatefulSet", "db"});
+}
+
+namespace {
+
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char tmpl[] = "/tmp/signet-audit-XXXXXX";
+        path = ::mkdtemp(tmpl);
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+std::string slurp(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+Record denied_rec(const std::string& src, int64_t t) {
+    Record r = rec(Record::denied, "api", "db", Verdict::denied, "default-deny", t);
+    r.src = src;
+    r.local_workload_kind = "Deployment";
+    r.local_workload = "api";
+    return r;
+}
+
+}  // namespace
+
+TEST_CASE("audit log: one JSON line per denied attempt, retransmissions folded, other events ignored") {
+    TempDir dir;
+    boost::asio::io_context io;
+    AuditLogOptions o;
+    o.target = dir.path + "/audit.jsonl";
+    auto log = AuditLog::open(io, o, "node-1");
+    REQUIRE(log);
+    const int64_t t0 = 1'765'150'000'000'000'000;
+    (*log)->write(denied_rec("10.0.0.9:40000", t0));
+    (*log)->write(denied_rec("10.0.0.9:40000", t0 + 1'000'000'000));  // its SYN retransmitted
+    (*log)->write(denied_rec("10.0.0.9:40001", t0 + 2'000'000'000));  // a new attempt
+    (*log)->write(rec(Record::open, "api", "web", Verdict::allowed, "shop/allow", t0));
+    (*log)->write(denied_rec("10.0.0.9:40000", t0 + 40'000'000'000));  // the same port after the window: new
+    CHECK((*log)->stats().written == 3);
+    CHECK((*log)->stats().duplicates == 1);
+    std::string text = slurp(o.target);
+    std::vector<std::string> lines;
+    for (size_t pos = 0, end; (end = text.find('\n', pos)) != std::string::npos; pos = end + 1)
+        lines.push_back(text.substr(pos, end - pos));
+    REQUIRE(lines.size() == 3);
+    auto doc = json::parse(lines[0]);
+    REQUIRE(doc);
+    CHECK(lines[0] == AuditLog::line(denied_rec("10.0.0.9:40000", t0), "node-1"));
+    CHECK(std::string((*doc)["node"].GetString()) == "node-1");
+    CHECK(std::string((*doc)["direction"].GetString()) == "ingress");
+    CHECK(std::string((*doc)["verdict"].GetString()) == "denied");
+    CHECK(std::string((*doc)["policy"].GetString()) == "default-deny");
+    CHECK(std::string((*doc)["local"]["namespace"].GetString()) == "shop");
+    CHECK(std::string((*doc)["local"]["pod"].GetString()) == "api");
+    CHECK(std::string((*doc)["local"]["workload"].GetString()) == "api");
+    CHECK(std::string((*doc)["remote"]["kind"].GetString()) == "pod");
+    CHECK(std::string((*doc)["remote"]["pod"].GetString()) == "db");
+    CHECK(std::string((*doc)["remote"]["address"].GetString()) == "10.0.0.9");
+    CHECK(std::string((*doc)["protocol"].GetString()) == "TCP");
+    CHECK((*doc)["port"].GetInt() == 80);
+    CHECK(std::string((*doc)["time"].GetString()).substr(0, 4) == "2025");
+}
+
+TEST_CASE("audit log: bounded, never blocking: a full pipe and the rate limit drop and count lines") {
+    TempDir dir;
+    const std::string fifo = dir.path + "/fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    boost::asio::io_context io;
+    AuditLogOptions o;
+    o.target = fifo;
+    CHECK_FALSE(AuditLog::open(io, o, "n"));  // no reader yet: refused, not waited for
+    int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    REQUIRE(reader >= 0);
+    o.rate = 1e9;
+    o.buffer_bytes = 8192;
+    auto log = AuditLog::open(io, o, "n");
+    REQUIRE(log);
+    const int64_t t0 = 1'765'150'000'000'000'000;
+    auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 5000; ++i) (*log)->write(denied_rec("10.0.0.9:" + std::to_string(10000 + i), t0 + i));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    const auto& s = (*log)->stats();
+    CHECK(s.buffer_full > 0);  // the pipe (64 KiB) and the buffer (8 KiB) filled: the rest dropped
+    CHECK(s.written + s.buffer_full == 5000);
+    CHECK((*log)->buffered() <= 8192);
+    // The reader catches up: what was buffered follows, whole lines only.
+    std::string got;
+    char buf[65536];
+    for (int round = 0; round < 50; ++round) {
+        ssize_t n;
+        while ((n = ::read(reader, buf, sizeof buf)) > 0) got.append(buf, static_cast<size_t>(n));
+        io.run_for(std::chrono::milliseconds(120));
+        if ((*log)->buffered() == 0) {
+            while ((n = ::read(reader, buf, sizeof buf)) > 0) got.append(buf, static_cast<size_t>(n));
+            break;
+        }
+    }
+    CHECK((*log)->buffered() == 0);
+    size_t lines = 0;
+    for (size_t pos = 0, end; (end = got.find('\n', pos)) != std::string::npos; pos = end + 1) {
+        ++lines;
+        CHECK(json::parse(got.substr(pos, end - pos)));
+    }
+    CHECK(lines == s.written);
+    CHECK(!got.empty());
+    CHECK(got.back() == '\n');
+    ::close(reader);
+    // The reader gone: a write error, counted, and signetd lives on (no SIGPIPE).
+    (*log)->write(denied_rec("10.0.0.8:1", t0));
+    CHECK(s.errors == 1);
+
+    // The rate limit: a burst of one second's worth, then dropped.
+    AuditLogOptions r;
+    r.target = dir.path + "/rate.jsonl";
+    r.rate = 10;
+    auto limited = AuditLog::open(io, r, "n");
+    REQUIRE(limited);
+    for (int i = 0; i < 50; ++i) (*limited)->write(denied_rec("10.0.0.9:" + std::to_string(20000 + i), t0 + i));
+    CHECK((*limited)->stats().written >= 10);
+    CHECK((*limited)->stats().written <= 11);
+    CHECK((*limited)->stats().rate_limited == 50 - (*limited)->stats().written);
 }

@@ -341,6 +341,20 @@ TEST_CASE("parse: namespace defaults to 'default'; podIP fallback; hostNetwork")
     CHECK(std::get<NetworkPolicy>(objs.at(0)).namespace_ == "default");
 }
 
+TEST_CASE("parse: the pod's controller from ownerReferences (malformed entries ignored, never an error)") {
+    auto pod = pod_ok(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: api-5d8c7b9f4-x2x7k\n  labels: {pod-template-hash: 5d8c7b9f4}\n"
+        "  ownerReferences:\n  - {apiVersion: v1, kind: Node, name: n1}\n  - 42\n"
+        "  - {apiVersion: apps/v1, kind: ReplicaSet, name: 7, controller: true}\n"
+        "  - {apiVersion: apps/v1, kind: ReplicaSet, name: api-5d8c7b9f4, controller: true, uid: u}\n");
+    CHECK(pod.owner_kind == "ReplicaSet");
+    CHECK(pod.owner_name == "api-5d8c7b9f4");
+    CHECK(workload_of(pod) == Workload{"Deployment", "api"});
+    auto bare = pod_ok("apiVersion: v1\nkind: Pod\nmetadata: {name: solo, ownerReferences: oops}\n");
+    CHECK(bare.owner_kind.empty());
+    CHECK(workload_of(bare) == Workload{"Pod", "solo"});
+}
+
 TEST_CASE("parse: empty documents and files") {
     CHECK(parse_ok("").empty());
     CHECK(parse_ok("\n\n").empty());

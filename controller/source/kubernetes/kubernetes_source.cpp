@@ -573,6 +573,7 @@ void KubernetesSource::status(rapidjson::Value& out, rapidjson::Document::Alloca
             o.AddMember("relists", s.relists, a);
             o.AddMember("expired", s.expired, a);
             o.AddMember("reconnects", s.reconnects, a);
+            o.AddMember("timeouts", s.timeouts, a);
             rapidjson::Value ev(rapidjson::kObjectType);
             ev.AddMember("added", s.added, a);
             ev.AddMember("modified", s.modified, a);
