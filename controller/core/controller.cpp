@@ -255,7 +255,7 @@ void Controller::on_source_change() {
         // First complete snapshot: program every recovered pod (replacing the
         // tables a previous signetd left, without touching established connections).
         if (handshake_)  // bound before the tables with queue rules are written
-            for (const auto& [k, rec] : registry_.all()) handshake_->pod_started(k, rec);
+            for (const auto& [k, rec] : registry_.all()) handshake_->pod_started(k, rec, true);
         // The pods' first tables defer Service frontends already (after a
         // restart, as the tables before it did).
         check_services();

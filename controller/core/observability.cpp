@@ -231,6 +231,11 @@ std::string Controller::metrics_text() const {
                  "Enforce mode: segments of closing authenticated connections checked against the pod's sockets "
                  "(those whose socket was gone are in signet_handshake_drops_total{kind=\"discarded\"})");
         w.sample("signet_handshake_closing_checked_total", {}, static_cast<double>(c.closing_checked));
+        w.family("signet_handshake_recovered_total", "counter",
+                 "Connections caught between SYN and proof by a restart of signetd, completed in the new one's first "
+                 "seconds, by the local pod's side (docs/handshake.md, \"Across a restart\")");
+        w.sample("signet_handshake_recovered_total", L{{"side", "server"}}, static_cast<double>(c.recovered_server));
+        w.sample("signet_handshake_recovered_total", L{{"side", "client"}}, static_cast<double>(c.recovered_client));
         w.family("signet_handshake_queue_packets_total", "counter",
                  "Packets the handshake's kernel queues gave signetd, by verdict (accepted includes rewritten)");
         w.sample("signet_handshake_queue_packets_total", L{{"verdict", "accepted"}}, static_cast<double>(qv.queue.accepted));

@@ -22,6 +22,10 @@ constexpr const char* kLog = "handshake";
 // it); a server's while its SYN-ACK may be (tokens are valid for 5 s).
 constexpr auto kClientPendingTtl = std::chrono::seconds(30);
 constexpr auto kServerPendingTtl = std::chrono::seconds(10);
+// After signetd (re)starts: how long connections caught between their SYN
+// and the final ACK's proof by the restart are recovered (docs/handshake.md,
+// "Across a restart"). Covers the kernel's SYN-ACK retransmissions (1, 3, 7 s).
+constexpr auto kRecoveryWindow = std::chrono::seconds(10);
 // Bounds: per attachment, handshakes in flight (each way); per node,
 // rate-limit buckets. The memory budget may make them smaller (limits_for).
 constexpr size_t kMaxPending = 100000;
@@ -225,6 +229,9 @@ struct HandshakeEngine::Attachment {
     // (they differ only while a mode change turning the handshake off waits
     // for the table's rewrite: commit_modes()).
     HandshakeMode mode = HandshakeMode::off, target = HandshakeMode::off;
+    // Registered before this signetd started (recovered from --state-dir):
+    // handshakes of the previous process may be in flight (recovering()).
+    bool inherited = false;
     std::string error;
     PendingTable<ClientPending> client;
     PendingTable<ServerPending> server;
@@ -257,6 +264,7 @@ HandshakeEngine::HandshakeEngine(boost::asio::io_context& io, Context ctx)
       addr_buckets_(ctx_.first_contact_rate, ctx_.first_contact_burst, limits_.address_buckets),
       node_buckets_(ctx_.first_contact_node_rate, ctx_.first_contact_node_burst, limits_.node_buckets),
       sweep_timer_(io) {
+    started_ = ctx_.clock.steady();
     if (ctx_.queues == nullptr) {
         own_queues_ = handshake::make_nfqueue_source(io_);
         ctx_.queues = own_queues_.get();
@@ -276,7 +284,7 @@ void HandshakeEngine::stop() {
     attachments_dirty_ = true;
 }
 
-void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& rec) {
+void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& rec, bool inherited) {
     if (stopped_ || ctx_.mode == HandshakeMode::off) return;
     const HandshakeMode mode = mode_of_namespace(rec.reg.namespace_).mode;
     auto& slot = attachments_[key];
@@ -298,6 +306,7 @@ void HandshakeEngine::pod_started(const std::string& key, const api::PodRecord& 
     at.pod = {rec.reg.namespace_, rec.reg.name};
     at.netns = rec.reg.netns;
     at.mode = at.target = mode;
+    at.inherited = inherited;
     for (const auto& ip : rec.reg.ips)
         if (auto k = addr_key_of(ip)) at.addrs.push_back(*k);
     peers_dirty_ = attachments_dirty_ = true;
@@ -325,6 +334,8 @@ void HandshakeEngine::bind(Attachment& at) {
     at.error.clear();
     log::debug(kLog, "reading the handshake queue of " + pod_str(at.pod));
 }
+
+bool HandshakeEngine::recovering() const { return ctx_.clock.steady() - started_ < kRecoveryWindow; }
 
 NamespaceMode HandshakeEngine::mode_of_namespace(const std::string& ns) const {
     return namespace_mode(ctx_.source->snapshot(), ns, ctx_.mode);
@@ -512,7 +523,10 @@ bool HandshakeEngine::make_room(PendingTable<V>& table, bool client) {
     while (table.size() >= limits_.pending_per_table || pending_total_ >= limits_.pending_entries) {
         switch (table.evict_one(open_before)) {
             case PendingTable<V>::Evicted::done: ++counters_.pending_evicted_done; break;
-            case PendingTable<V>::Evicted::open: ++counters_.pending_evicted_live; break;
+            case PendingTable<V>::Evicted::open:
+                ++counters_.pending_evicted_live;
+                if (!client) server_evicted_live_ = true;  // no recovery on missing entries from now on
+                break;
             case PendingTable<V>::Evicted::none: return false;  // the node's budget is held by other pods' tables
         }
     }
@@ -594,7 +608,7 @@ Decision HandshakeEngine::judge(const std::string& key, const handshake::QueuedP
                  : syn_ack ? (out ? server_syn_ack(at, *p) : client_syn_ack(at, *p))
                            // Queued by the proof rules: the client's segments while its
                            // final ACK's proof is due, the server's while it awaits it.
-                           : (out ? client_ack(at, *p) : server_ack(at, *p));
+                           : (out ? client_ack(at, *p) : server_ack(at, *p, q.hook));
     // The verdict's mark replaces the packet's: keep every bit but signet's
     // (other users of the packet mark in the pod: a service mesh's TPROXY).
     if (d.mark) d.mark = (q.mark & ~kCtMarkMask) | *d.mark;
@@ -874,6 +888,22 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
     ClientPending* found = pending.find(ck);
     if (found && found->isn != b.client_isn) found = nullptr;
     const policy::Ip src_ip = ip_of(p.family, p.src);
+    if (!found && p.options.token && at.inherited && recovering()) {
+        // A connection the previous signetd sent our token on, caught by the
+        // restart before the final ACK's proof: the server retransmits its
+        // SYN-ACK with a fresh token. Verified and judged as a first one;
+        // the proof then goes with a zero client nonce (the one our token
+        // carried died with the previous process), which the server accepts.
+        bool fresh = false;
+        if (!pending.contains(ck) && !make_room(pending, true))
+            return refuse("pending_full", at, p, "too many handshakes in flight on this node, none completed to give up");
+        ClientPending& pend = pending.touch(ck, ctx_.clock.steady(), &fresh);
+        pend = ClientPending{};
+        pend.isn = b.client_isn;
+        pend.attempts = 1;
+        pend.recovered = true;
+        found = &pend;
+    }
     if (!found) {
         // Not a connection we sent a token on (judged by address at the SYN),
         // or one from before a restart: a token here was not asked for.
@@ -903,7 +933,8 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
         // with another ACK).
         ClientPending& pend = *found;
         // The server verified our token (signed: it has our certificate now).
-        knows_us_.insert(v->claims.node_name);
+        if (!pend.recovered) knows_us_.insert(v->claims.node_name);
+        if (pend.recovered && !pend.verified) ++counters_.recovered_client;
         if (!pend.verified) ++counters_.accepted_authenticated;
         pend.verified = true;
         pend.binding = b;
@@ -977,9 +1008,46 @@ Decision HandshakeEngine::client_ack(Attachment& at, const Packet& p, bool at_no
 // The client's segments while the local pod (the server) awaits the final
 // ACK's proof: nothing passes before it, so the server's kernel stays in
 // SYN-RECV and retransmits its SYN-ACK if the proof was lost.
-Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
+Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p, uint8_t hook) {
     const std::string ck = conn_key(binding_of_later(p, true));
     ServerPending* found = at.server.find(ck);
+    if (!found && at.inherited && recovering() && !server_evicted_live_ && hook != handshake::hook::input &&
+        p.options.token) {
+        // A segment with the option (the final ACK's proof), queued before
+        // conntrack: whether its connection awaits a proof is not known
+        // here. Stripped and passed unmarked: conntrack and the pod's table
+        // decide next (a connection awaiting the proof queues it again, at
+        // input, below; one that does not exist is dropped as not a SYN).
+        auto stripped = handshake::strip_token(p);
+        if (!stripped) return refuse("malformed_packet", at, p, stripped.error().message);
+        Decision d;
+        d.verdict = handshake::kAccept;
+        d.replacement = std::move(stripped->packet);
+        return d;
+    }
+    if (!found && at.inherited && recovering() && !server_evicted_live_ && hook == handshake::hook::input) {
+        // A connection the previous signetd admitted on the client's
+        // verified token (only it sets the "awaiting proof" mark this
+        // segment was queued on), caught by the restart before the final
+        // ACK's proof: the nonces the proof is checked against died with that
+        // process. Admitted on that verdict, re-judged on today's policy as
+        // the pod at the client's address; the proof, if this segment
+        // carries it, never reaches the pod (docs/handshake.md, "Across a restart").
+        const Peer* peer = peer_at(p.family, p.src);
+        std::optional<cache::ObjectKey> as_pod;
+        if (peer && !peer->host_network) as_pod = peer->pod;
+        if (!as_pod) return refuse("no_proof", at, p, "after a restart: the client's address is no pod's");
+        if (!allowed(at, true, as_pod, ip_of(p.family, p.src), p.dport)) {
+            ++counters_.denied;
+            report_denied(at, p, true);
+            return Decision{};
+        }
+        Decision d;
+        d.verdict = handshake::kAccept;
+        d.mark = kCtMarkAuthenticated;
+        ++counters_.recovered_server;
+        return d;
+    }
     if (!found || !found->pair_key)
         return refuse("no_proof", at, p, "no handshake in flight for this connection (signetd restarted?)");
     ServerPending& sp = *found;
@@ -1026,7 +1094,13 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p) {
     b.server_isn = p.ack - 1;
     const bool ok = stripped->token.size() == 16;  // bound to both ISNs by the binding, not to this segment
     bool match = false;
-    for (const auto& cn : sp.client_nonces) {
+    // The client nonces of the SYNs verified, and zero: a client whose
+    // signetd restarted before its proof lost its own (client_syn_ack's
+    // recovery; the server's fresh nonce still binds the proof to this
+    // SYN-ACK, the pair key to the client's node).
+    std::vector<identity::Nonce> client_nonces = sp.client_nonces;
+    client_nonces.push_back(identity::Nonce{});
+    for (const auto& cn : client_nonces) {
         for (const auto& sn : sp.server_nonces) {
             auto want = identity::ack_proof(*sp.pair_key, b, cn, sn);
             match = match || (ok && CRYPTO_memcmp(want.data(), stripped->token.data(), want.size()) == 0);
@@ -1199,6 +1273,8 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     c.AddMember("deferred_to_node", Value(counters_.deferred_to_node), a);
     c.AddMember("pending_evicted_done", Value(counters_.pending_evicted_done), a);
     c.AddMember("pending_evicted_live", Value(counters_.pending_evicted_live), a);
+    c.AddMember("recovered_server", Value(counters_.recovered_server), a);
+    c.AddMember("recovered_client", Value(counters_.recovered_client), a);
     out.AddMember("counters", c, a);
     Value r(rapidjson::kObjectType);
     for (const auto& [reason, n] : counters_.refused) r.AddMember(Value(reason.c_str(), a), Value(n), a);

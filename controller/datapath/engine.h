@@ -142,7 +142,10 @@ public:
     HandshakeEngine(const HandshakeEngine&) = delete;
     HandshakeEngine& operator=(const HandshakeEngine&) = delete;
 
-    void pod_started(const std::string& key, const api::PodRecord& rec);
+    // `inherited`: registered before this signetd started (recovered from
+    // its state): the previous process's handshakes in flight are recovered
+    // for it (docs/handshake.md, "Across a restart").
+    void pod_started(const std::string& key, const api::PodRecord& rec, bool inherited = false);
     void pod_stopped(const std::string& key);
     void source_changed();
     void stop();
@@ -198,6 +201,11 @@ public:
         // ones (kept only for a retransmission), and live ones (the oldest;
         // a client's SYN-ACK then finds no entry: unexpected_token).
         uint64_t pending_evicted_done = 0, pending_evicted_live = 0;
+        // Connections caught between SYN and proof by a restart of signetd,
+        // completed in the first seconds after it (docs/handshake.md, "Across
+        // a restart"): as server (admitted on the previous process's verdict)
+        // and as client (the server's retransmitted SYN-ACK verified afresh).
+        uint64_t recovered_server = 0, recovered_client = 0;
         std::map<std::string, uint64_t> refused;  // token / packet refusals by reason
     };
     const Counters& counters() const { return counters_; }
@@ -284,6 +292,7 @@ private:
         uint32_t isn = 0;              // the client's ISN (a new one: a new connection on the same ports)
         bool was_signed = false;
         uint32_t attempts = 0;
+        bool recovered = false;          // made after a restart from the server's SYN-ACK (client nonce zero)
         identity::Nonce client_nonce{};  // of the latest token sent
         // After the server's token verified: the final ACK's proof.
         bool verified = false;
@@ -304,6 +313,15 @@ private:
 
     // Opens and starts the attachment's queue (its error kept when it cannot).
     void bind(Attachment& at);
+    // The first seconds after the engine started: handshakes the previous
+    // signetd left between SYN and proof are recovered (kRecoveryWindow).
+    bool recovering() const;
+    std::chrono::steady_clock::time_point started_{};
+    // A live server handshake of this process was given up for room: a
+    // missing entry may then be its, not the previous process's (no
+    // recovery without the proof). Within the recovery window no entry of
+    // this process can have expired (kServerPendingTtl is as long).
+    bool server_evicted_live_ = false;
     handshake::Decision client_syn(Attachment& at, const handshake::Packet& p, bool at_node = false);
     handshake::Decision server_syn(Attachment& at, const handshake::Packet& p);
     handshake::Decision server_syn_ack(Attachment& at, const handshake::Packet& p);
@@ -314,7 +332,7 @@ private:
     handshake::Decision verify_peer(Attachment& at, const handshake::Packet& p, identity::Role role,
                                     const identity::ConnBinding& b, std::optional<identity::VerifiedToken>& v,
                                     std::vector<uint8_t>& stripped);
-    handshake::Decision server_ack(Attachment& at, const handshake::Packet& p);
+    handshake::Decision server_ack(Attachment& at, const handshake::Packet& p, uint8_t hook);
     // Enforce mode: the client's segment of a closing connection (kCtMarkClosing).
     handshake::Decision closing_segment(Attachment& at, const handshake::Packet& p);
     // Whether the local pod's socket of the segment's connection still

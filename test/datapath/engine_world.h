@@ -189,6 +189,7 @@ struct Node {
     RecordingQueues queues;
     std::unique_ptr<handshake::HandshakeEngine> engine;
     std::vector<std::string> node_addresses;
+    core::Records records;  // its registered pods
 };
 
 // What an engine decided, with the segment as it leaves the queue.
@@ -253,6 +254,13 @@ public:
     Node& node_a() { return a_; }
     Node& node_b() { return b_; }
     TestClock& clock() { return clock_; }
+    // signetd restarted on node `n` (SIGKILL and start, or SIGTERM): a new
+    // engine over the same node, pods and cluster view, with nothing of the
+    // old one's memory; the pods' queues bound to it.
+    void restart_engine(Node& n) {
+        n.engine.reset();
+        make_engine(n, true);
+    }
 
     // Hands `bytes` to the queue of pod `pod` ("a", "b", "c") at `hook`.
     // `mark`: the packet's mark as the queue reports it (the enforce rules
@@ -325,6 +333,16 @@ private:
         n.policy = std::make_unique<policy::Query>(n.enforcer->compiler());
         n.enforcer->set_query(n.policy.get());
         n.enforcer->reset(snap_, records, n.node_addresses);
+        n.records = records;
+        tweak_ = tweak;
+        make_engine(n, false);
+    }
+
+    // `restarted`: the pods were registered before this engine (a restart).
+    void make_engine(Node& n, bool restarted) {
+        const handshake::HandshakeEngine::Context& tweak = tweak_;
+        const std::string& name = n.name;
+        const core::Records& records = n.records;
         handshake::HandshakeEngine::Context ctx = tweak;
         ctx.node_name = name;
         ctx.mode = tweak.mode == handshake::HandshakeMode::off ? handshake::HandshakeMode::enforce : tweak.mode;
@@ -336,9 +354,10 @@ private:
         ctx.node_addresses = &n.node_addresses;
         ctx.queues = &n.queues;
         n.engine = std::make_unique<handshake::HandshakeEngine>(io_, ctx);
-        for (const auto& [k, rec] : records) n.engine->pod_started(k, rec);
+        for (const auto& [k, rec] : records) n.engine->pod_started(k, rec, restarted);
     }
 
+    handshake::HandshakeEngine::Context tweak_;
     boost::asio::io_context io_;  // never run: the engines' timers only
     TestClock clock_;
     std::filesystem::path dir_;

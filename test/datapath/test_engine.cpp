@@ -103,8 +103,13 @@ TEST_CASE("a -> b: signed first contact, then MAC tokens; the proof; marks; noth
     CHECK(B.engine->counters().refused.empty());
 }
 
+// The engines of a World start with the clock: past the first seconds, no
+// handshake of a previous process is recovered (kRecoveryWindow).
+constexpr auto kPastRecovery = std::chrono::seconds(11);
+
 TEST_CASE("refusals: no token, spoofed source, replay, policy, unexpected token") {
     World w;
+    w.clock().advance(kPastRecovery);
     Node& A = w.node_a();
     Node& B = w.node_b();
     // A tokenless SYN from a's address: in enforce mode a pod's address proves nothing.
@@ -147,6 +152,7 @@ TEST_CASE("refusals: no token, spoofed source, replay, policy, unexpected token"
 
 TEST_CASE("the final ACK's proof: wrong, missing, held data, repeated, after the client's RST") {
     World w;
+    w.clock().advance(kPastRecovery);
     Node& B = w.node_b();
     // Wrong proof: one byte of the proof flipped.
     Conn c{w, 42000, 100, 200};
@@ -601,6 +607,7 @@ TEST_CASE("client handshakes in flight: room is made from completed ones first, 
     handshake::HandshakeEngine::Context tweak;
     tweak.memory_limit = handshake::kMinHandshakeMemory;
     World w(tweak);
+    w.clock().advance(kPastRecovery);
     Node& A = w.node_a();
     const size_t room = A.engine->limits().pending_entries;
     REQUIRE(room < 100000);
@@ -751,5 +758,94 @@ TEST_CASE("per-namespace modes: the label signet.dev/handshake over the node's d
         CHECK(m.mode == handshake::HandshakeMode::permissive);
         CHECK_FALSE(m.from_label);
         CHECK(m.problem.find("not off, permissive or enforce") != std::string::npos);
+    }
+}
+
+TEST_CASE("across a restart: handshakes caught between SYN and proof complete, nothing else is let in") {
+    {
+        World w;
+        Node& B = w.node_b();
+        // The server's signetd restarts after its SYN-ACK went out: the new one
+        // has no nonces to check the proof against. It admits the connection on
+        // the previous verdict (the "awaiting proof" mark only it could set) and
+        // today's policy, and strips the proof.
+        Conn c{w, 53000, 10, 20};
+        c.run(5);
+        REQUIRE(has_option(c.ack_out.bytes));
+        w.restart_engine(B);
+        // Before conntrack (prerouting): stripped, passed unmarked, for
+        // conntrack and the pod's table to decide...
+        auto pre = w.judge("b", kPre, c.ack_out.bytes);
+        CHECK(pre.accepted);
+        CHECK(pre.bytes == c.ack());  // the pod never sees the proof
+        CHECK(pre.mark == 0);
+        CHECK(B.engine->counters().recovered_server == 0);
+        // ...which queue it again at input on the "awaiting proof" mark: recovered.
+        auto in = w.judge("b", kIn, pre.bytes);
+        CHECK(in.accepted);
+        CHECK(in.mark == nft::kCtMarkAuthenticated);
+        CHECK(B.engine->counters().recovered_server == 1);
+        // From c's address (not allowed by the policy): denied, not recovered.
+        auto from_c = w.judge("b", kIn, segment("10.0.0.3", "10.0.1.1", 53001, kPort, 5, 6, tcpf::ack));
+        CHECK_FALSE(from_c.accepted);
+        CHECK(B.engine->counters().recovered_server == 1);
+        // Past the recovery window: a missing handshake is no_proof again.
+        w.clock().advance(kPastRecovery);
+        Conn late{w, 53002, 30, 40};
+        late.run(5);
+        w.restart_engine(B);
+        w.clock().advance(kPastRecovery);
+        CHECK_FALSE(w.judge("b", kPre, late.ack_out.bytes).accepted);
+        CHECK(refused(B, "no_proof") == 1);
+    }
+    {
+        // A pod registered after the restart has no handshakes of the
+        // previous process: a proof without a handshake is no_proof at once.
+        World w;
+        Conn c{w, 53200, 10, 20};
+        c.run(5);
+        auto stray = c.ack_out.bytes;
+        stray[20] = static_cast<uint8_t>(53201 >> 8);
+        stray[21] = static_cast<uint8_t>(53201 & 0xff);
+        refix(stray);
+        CHECK_FALSE(w.judge("b", kPre, stray).accepted);
+        CHECK(refused(w.node_b(), "no_proof") == 1);
+    }
+    {
+        World w;
+        Node& A = w.node_a();
+        Node& B = w.node_b();
+        // The client's signetd restarts after its SYN went out: the server's
+        // retransmitted SYN-ACK (a fresh token) is verified afresh, and the
+        // proof goes with a zero client nonce, which the server accepts.
+        Conn c{w, 53100, 50, 60};
+        c.run(3);
+        REQUIRE(has_option(c.synack_out.bytes));
+        w.restart_engine(A);
+        auto again = w.judge("b", kOut, c.synack());  // b's kernel retransmits
+        REQUIRE(has_option(again.bytes));
+        auto in = w.judge("a", kPre, again.bytes);
+        CHECK(in.accepted);
+        CHECK(in.bytes == c.synack());
+        CHECK(A.engine->counters().recovered_client == 1);
+        auto proof = w.judge("a", kOut, c.ack());
+        REQUIRE(has_option(proof.bytes));
+        auto done = w.judge("b", kPre, proof.bytes);
+        CHECK(done.accepted);
+        CHECK(done.bytes == c.ack());
+        CHECK(B.engine->counters().proofs_verified >= 1);
+        // A wrong proof with the zero nonce is still refused.
+        Conn d{w, 53101, 70, 80};
+        d.run(3);
+        w.restart_engine(A);
+        auto d_in = w.judge("a", kPre, w.judge("b", kOut, d.synack()).bytes);
+        REQUIRE(d_in.accepted);
+        auto bad = w.judge("a", kOut, d.ack()).bytes;
+        bad.back() ^= 0x01;
+        refix(bad);
+        CHECK_FALSE(w.judge("b", kPre, bad).accepted);
+        CHECK(refused(B, "bad_proof") == 1);
+        CHECK(A.engine->drops().lost() == 0);
+        CHECK(B.engine->drops().lost() == 0);
     }
 }
