@@ -854,37 +854,30 @@ void Controller::explain_identity(const policy::Endpoint& from, const policy::En
         id.AddMember("judged_on", "proven identity", a);
         text += "    judged on " + from.to_string() +
                 "'s proven identity (a token from its node, checked against the cluster view), not on its address\n";
-    } else if (!client_on) {
-        // The server sees a tokenless SYN from the client's address.
-        id.AddMember("judged_on", rapidjson::StringRef(sm.mode == HandshakeMode::enforce ? "address" : "pod at the address"), a);
-        text += std::string("    the client sends no token: ") +
-                (sm.mode == HandshakeMode::enforce ? "the server (enforce) judges a plain address: only ipBlock rules "
-                                                     "can admit it\n"
-                                                   : "the server (permissive) judges the pod at the address\n");
-        if (sm.mode == HandshakeMode::enforce) {
-            std::string ip = ip_of(from);
-            auto t = ip.empty() ? Result<policy::Explanation>(make_error(ENOENT, "no address"))
-                                : policy_.explain(policy::Endpoint::address(ip), to, nft::kTcp, port);
-            bool in = t && t->allowed;
-            effective = effective && in;
-            text += std::string("    ingress of ") + to.to_string() + " from the plain address " +
-                    (ip.empty() ? std::string("(unknown)") : ip) + ": " + (in ? "ALLOWED" : "DENIED") + "\n";
-        }
     } else {
-        // The client's SYN-ACK comes back without a token.
-        id.AddMember("judged_on", rapidjson::StringRef(cm.mode == HandshakeMode::enforce ? "address" : "pod at the address"), a);
-        text += std::string("    the server sends no token: ") +
-                (cm.mode == HandshakeMode::enforce ? "the client (enforce) judges its egress on a plain address: "
-                                                     "only ipBlock rules can admit it\n"
-                                                   : "the client (permissive) judges the pod at the address\n");
-        if (cm.mode == HandshakeMode::enforce) {
-            std::string ip = ip_of(to);
+        // One side runs no handshake: the other sees no token. The server
+        // (client off) judges the client's address at ingress; the client
+        // (server off) judges the server's address at egress.
+        const bool server_judges = !client_on;
+        const handshake::NamespaceMode& judge = server_judges ? sm : cm;
+        const bool enforce = judge.mode == HandshakeMode::enforce;
+        id.AddMember("judged_on", rapidjson::StringRef(enforce ? "address" : "pod at the address"), a);
+        text += std::string(server_judges ? "    the client sends no token: the server" : "    the server sends no token: the client") +
+                (enforce ? " (enforce) judges a plain address: only ipBlock rules can admit it\n"
+                         : " (permissive) judges the pod at the address\n");
+        if (enforce) {
+            const policy::Endpoint& peer = server_judges ? from : to;
+            std::string ip = ip_of(peer);
+            auto bare = policy::Endpoint::address(ip);
             auto t = ip.empty() ? Result<policy::Explanation>(make_error(ENOENT, "no address"))
-                                : policy_.explain(from, policy::Endpoint::address(ip), nft::kTcp, port);
-            bool out = t && t->allowed;
-            effective = effective && out;
-            text += std::string("    egress of ") + from.to_string() + " to the plain address " +
-                    (ip.empty() ? std::string("(unknown)") : ip) + ": " + (out ? "ALLOWED" : "DENIED") + "\n";
+                                : server_judges ? policy_.explain(bare, to, nft::kTcp, port)
+                                                : policy_.explain(from, bare, nft::kTcp, port);
+            bool ok = t && t->allowed;
+            effective = effective && ok;
+            text += std::string(server_judges ? "    ingress of " + to.to_string() + " from"
+                                              : "    egress of " + from.to_string() + " to") +
+                    " the plain address " + (ip.empty() ? std::string("(unknown)") : ip) + ": " +
+                    (ok ? "ALLOWED" : "DENIED") + "\n";
         }
     }
     if (client_on && server_on) {

@@ -164,6 +164,17 @@ def main(name: str, body) -> None:
 # --------------------------------------------------------------------------
 # small utilities
 
+
+def wait_until(pred, timeout=10.0, step=0.05):
+    """Calls pred() until it returns something true or `timeout` seconds
+    passed; returns its last value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > end:
+            return v
+        time.sleep(step)
+
 def sh(*argv, check=True, timeout=60, input=None, env=None) -> subprocess.CompletedProcess:
     p = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
                        timeout=timeout, input=input, env=env)

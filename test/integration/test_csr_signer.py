@@ -47,13 +47,9 @@ def mode(p: Path) -> int:
     return stat.S_IMODE(os.stat(p).st_mode)
 
 
+
 def wait_until(pred, timeout=20.0, step=0.1):
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > end:
-            return v
-        time.sleep(step)
+    return harness.wait_until(pred, timeout, step)
 
 
 def b64(data: bytes | str) -> str:

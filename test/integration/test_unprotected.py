@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "apiserver"))
 from harness import (Signetd, cni_exec, k8s_args, main, require_root_and_tools,  # noqa: E402
-                     require_signet_binaries, unix_http_get)
+                     require_signet_binaries, unix_http_get, wait_until)
 import apiserver as A  # noqa: E402
 
 NODE = "node-u"
@@ -43,13 +43,6 @@ TAINT = "node.signet.dev/agent-not-ready"
 GRACE = 2.0
 
 
-def wait_until(pred, timeout=10.0, step=0.1):
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > end:
-            return v
-        time.sleep(step)
 
 
 def pod(name, node=NODE, phase="Running", ip=None, host=False):
