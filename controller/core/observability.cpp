@@ -33,6 +33,8 @@ Status Controller::start_outputs() {
         metrics::Handlers h;
         h.metrics = [this] { return metrics_text(); };
         if (opts_.graph) h.graph_json = [this] { return flows_->graph_json(); };
+        // The same readiness as the API socket's /readyz, for kubelet's httpGet probes.
+        h.ready = [this] { return ready_; };
         listener_ = std::make_unique<metrics::HttpListener>(io_, std::move(h));
         if (auto st = listener_->listen(opts_.metrics_address); !st) return st;
         log::info(kLog, "metrics on " + opts_.metrics_address + " (port " + std::to_string(listener_->port()) +
