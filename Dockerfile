@@ -52,8 +52,10 @@ COPY --from=web /web/node_modules /src/web/node_modules
 # Out of tree, so a build/ folder in the context cannot interfere (and
 # .dockerignore keeps it out anyway). No tests in the image build: CI runs
 # them (scripts/test.sh).
+# NINJA_JOBS: parallel compile jobs (default: ninja's, from the CPU count).
+ARG NINJA_JOBS=
 RUN meson setup /tmp/build /src -Dtests=false \
- && ninja -C /tmp/build \
+ && ninja -C /tmp/build ${NINJA_JOBS:+-j "$NINJA_JOBS"} \
  && mkdir -p /out \
  && cp /tmp/build/controller/signetd /tmp/build/controller/signetctl \
        /tmp/build/cni-plugin/signet /tmp/build/installer/signet-install-cni /out/ \

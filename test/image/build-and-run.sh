@@ -144,7 +144,9 @@ else
   [[ -e $ctx/web/node_modules ]] && die "web/node_modules is committed?"
 fi
 echo "podman build (log: $T/build.log; compiling signet takes several minutes)"
-if nice -n 10 podman build --pull=never --network=host --layers=false -t "$image" -f "$ctx/Dockerfile" "$ctx" \
+# SIGNET_IMAGE_JOBS: compile jobs in the build (default 2: a shared machine).
+if nice -n 10 podman build --pull=never --network=host --layers=false \
+     --build-arg NINJA_JOBS="${SIGNET_IMAGE_JOBS:-2}" -t "$image" -f "$ctx/Dockerfile" "$ctx" \
      >"$T/build.log" 2>&1; then
   pass "podman build of the Dockerfile"
 else
