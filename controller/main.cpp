@@ -71,19 +71,25 @@ Flags:
                           two thirds of its life. Needs --source kubernetes, --kubeconfig
                           or --csr-kubeconfig; the trust bundle from --trust-bundle or
                           --trust-bundle-configmap
-  --csr-kubeconfig FILE   credentials for the CSR: they must authenticate as the node
-                          (system:node:NAME, e.g. the kubelet's kubeconfig); default:
-                          --kubeconfig, else in-cluster
+  --csr-kubeconfig FILE   credentials for the CSR (default: --kubeconfig, else in-cluster:
+                          signetd's service account, whose pod-bound token names this
+                          node; the signer accepts it, Kubernetes 1.30 or later); or
+                          the node's own (system:node:NAME, e.g. the kubelet's kubeconfig)
   --trust-bundle FILE     the trust bundle (PEM CA certificates) for kubernetes-csr
   --trust-bundle-configmap NS/NAME[:KEY]
                           else read it from this ConfigMap key (default
-                          kube-system/signet-trust-bundle:trust-bundle.pem)
+                          signet-system/signet-trust-bundle:trust-bundle.pem)
   --trust-domain TD       the trust domain to request (default: the bundle's CA's)
   --csr-expiration D      requested certificate lifetime (default 24h; shorter for tests)
   --csr-signer            run as the cluster's CSR signer for signet.dev/node instead
                           of a node controller (one per cluster): approves and signs
                           only nodes' requests for their own name, denies the rest
-  --ca-secret NS/NAME     the signer's CA (keys ca.key, ca.crt; default kube-system/signet-ca)
+  --ca-secret NS/NAME     the signer's CA (keys ca.key, ca.crt; default signet-system/signet-ca)
+  --node-agent-service-account NS/NAME|none
+                          the signer also approves a request from this service account
+                          when its token is bound to a pod on node NAME (spec.extra
+                          authentication.kubernetes.io/node-name), for that node only
+                          (default: signet-system/signet, signetd's; none: nodes only)
   --handshake MODE        the identity handshake on each local pod's new TCP connections
                           (needs --authority):
                             off         policy by address only (default)
@@ -250,6 +256,11 @@ int main(int argc, char** argv) {
         } else if (arg == "--ca-secret") {
             if (!need(&signer_opts.ca_secret) || signer_opts.ca_secret.find('/') == std::string::npos)
                 return usage_error("--ca-secret takes NS/NAME");
+        } else if (arg == "--node-agent-service-account") {
+            if (!need(&v) || (v != "none" && (v.find('/') == std::string::npos || v.front() == '/' || v.back() == '/')))
+                return usage_error("--node-agent-service-account takes NS/NAME or none");
+            signer_opts.node_agent_service_accounts.clear();
+            if (v != "none") signer_opts.node_agent_service_accounts.push_back(v);
         } else {
             return usage_error("unknown flag '" + arg + "'");
         }

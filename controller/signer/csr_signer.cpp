@@ -68,7 +68,7 @@ void add_condition(rapidjson::Document& d, const char* type, const std::string& 
 }  // namespace
 
 Result<std::unique_ptr<CsrSigner>> CsrSigner::create(CsrSignerOptions opts) {
-    auto [ns, name] = split_ref(opts.ca_secret, "kube-system");
+    auto [ns, name] = split_ref(opts.ca_secret, "signet-system");
     if (ns.empty() || name.empty()) return make_error(EINVAL, "--ca-secret takes NAMESPACE/NAME");
     auto api = kube::KubeClient::create(opts.kubeconfig, opts.in_cluster);
     if (!api) return api.error();
@@ -121,7 +121,7 @@ void CsrSigner::note_error(const std::string& what) {
 }
 
 Status CsrSigner::load_ca() {
-    auto [ns, name] = split_ref(opts_.ca_secret, "kube-system");
+    auto [ns, name] = split_ref(opts_.ca_secret, "signet-system");
     const std::string what = "the CA Secret " + ns + "/" + name;
     auto r = call("GET", "/api/v1/namespaces/" + ns + "/secrets/" + name);
     if (!r) return make_error(r.error().code, what + ": " + r.error().message);
@@ -209,7 +209,12 @@ void CsrSigner::handle(const Value& obj) {
         return;
     }
     if (!c->uid.empty() && done_uids_.count(c->uid)) return;  // a stale event of one already handled
-    auto v = csr::decide(*c, ca_->trust_domain());
+    std::vector<std::string> agents;
+    for (const auto& sa : opts_.node_agent_service_accounts) {
+        auto [ns, name] = split_ref(sa, "signet-system");
+        agents.push_back("system:serviceaccount:" + ns + ":" + name);
+    }
+    auto v = csr::decide(*c, ca_->trust_domain(), agents);
     switch (v.action) {
         case csr::Action::Ignore:
         case csr::Action::Done:

@@ -6,7 +6,8 @@
 // lists and watches CertificateSigningRequests, and for each pending one
 // with signerName signet.dev/node decides (identity/csr_policy.h): approve
 // only a node's request for its own name (requestor system:node:<name> in
-// group system:nodes, a Node object <name>, subject exactly CN=<name>,
+// group system:nodes, or the node agent's service account with a token bound
+// to a pod on node <name>; a Node object <name>, subject exactly CN=<name>,
 // O=<trust domain>, a P-256 key whose CSR signature verifies); then the
 // Approved condition (PUT .../approval) and the certificate (PUT
 // .../status). Anything else gets a Denied condition with the reason. Other
@@ -22,6 +23,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <rapidjson/document.h>
 
@@ -36,7 +38,11 @@ using kube::split_ref;
 
 struct CsrSignerOptions {
     std::string kubeconfig;  // "" = in-cluster
-    std::string ca_secret = "kube-system/signet-ca";
+    std::string ca_secret = "signet-system/signet-ca";
+    // Service accounts (NS/NAME) whose pod-bound tokens may request the
+    // certificate of the node their pod runs on: signetd's own (the
+    // DaemonSet's). Empty: only nodes' own credentials (system:node:<name>).
+    std::vector<std::string> node_agent_service_accounts = {"signet-system/signet"};
     std::string ca_key_key = "ca.key";
     std::string ca_cert_key = "ca.crt";
     std::chrono::seconds watch_timeout{300};

@@ -64,7 +64,8 @@ test/integration/test_csr_signer.py, nothing above changed):
   request; Approved/Denied kept from the stored object); a PUT whose
   metadata.resourceVersion is not the stored one is ``409 Conflict``;
 * users: ``--token T`` (or fault ``tokens``) maps a token to a user name
-  or to ``{"username": U, "groups": [...]}``; groups default as the real
+  or to ``{"username": U, "groups": [...], "extra": {K: [V]}}`` (extra as a
+  pod-bound token's node claim, copied into a CSR's ``spec.extra``); groups default as the real
   authenticators set them (service accounts: ``system:serviceaccounts``,
   ``system:serviceaccounts:NS``; ``system:node:*``: ``system:nodes``; all:
   ``system:authenticated``); client certificates: CN = user, O = groups.
@@ -124,7 +125,12 @@ def user_info(user) -> dict:
             groups = ["system:nodes"]
     if name != "system:anonymous" and "system:authenticated" not in groups:
         groups.append("system:authenticated")
-    return {"username": name, "groups": groups, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + name))}
+    info = {"username": name, "groups": groups, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + name))}
+    if isinstance(user, dict) and user.get("extra"):
+        # What the authenticator adds, e.g. a pod-bound service account
+        # token's {"authentication.kubernetes.io/node-name": [NODE]}.
+        info["extra"] = {k: list(v) for k, v in user["extra"].items()}
+    return info
 
 
 def api_version_of(resource: str) -> str:
@@ -692,6 +698,8 @@ class Handler(BaseHTTPRequestHandler):
         # The requestor is whoever made this call, whatever the body says.
         spec = dict(spec, username=info["username"], groups=info["groups"], uid=info["uid"])
         spec.pop("extra", None)
+        if info.get("extra"):
+            spec["extra"] = info["extra"]
         body = dict(body, spec=spec, status={})
         try:
             obj = self.store.create("certificatesigningrequests", body)

@@ -40,6 +40,12 @@ TOKENS = {
     "worker-2-token": "system:node:worker-2",
     "worker-9-token": "system:node:worker-9",
     "sa-token": "system:serviceaccount:x:y",
+    # signetd's own service account (the DaemonSet's), its token bound to a
+    # pod on worker-2 as kubelet's projected tokens are (Kubernetes >= 1.30),
+    # and one without that binding (a legacy Secret token).
+    "agent-token": {"username": "system:serviceaccount:signet-system:signet",
+                    "extra": {"authentication.kubernetes.io/node-name": ["worker-2"]}},
+    "agent-unbound-token": "system:serviceaccount:signet-system:signet",
 }
 
 
@@ -138,10 +144,10 @@ def body(t: harness.Test, run: harness.Run):
     srv = A.ApiServer(store, 0).start()
     run.on_cleanup("test API server", srv.stop)
     store.apply({"kind": "Secret", "apiVersion": "v1", "type": "Opaque",
-                 "metadata": {"name": "signet-ca", "namespace": "kube-system"},
+                 "metadata": {"name": "signet-ca", "namespace": "signet-system"},
                  "data": {"ca.key": b64((ca / "ca.key").read_bytes()), "ca.crt": b64((ca / "ca.crt").read_bytes())}})
     store.apply({"kind": "ConfigMap", "apiVersion": "v1",
-                 "metadata": {"name": "signet-trust-bundle", "namespace": "kube-system"},
+                 "metadata": {"name": "signet-trust-bundle", "namespace": "signet-system"},
                  "data": {"trust-bundle.pem": (ca / "trust-bundle.pem").read_text()}})
     for n in ("worker-1", "worker-2"):
         store.apply({"kind": "Node", "apiVersion": "v1", "metadata": {"name": n},
@@ -163,11 +169,14 @@ def body(t: harness.Test, run: harness.Run):
 
     signer = Signer(run, bins, kc["signer-token"]).start()
 
-    # ---- two nodes get their certificates
+    # ---- two nodes get their certificates: worker-1 with the node's own
+    # credentials (system:node:worker-1), worker-2 as the manifests run it,
+    # with signetd's service account (its token bound to a pod on worker-2)
     nodes = {}
-    for n, extra in (("worker-1", ["--csr-expiration", "30s"]), ("worker-2", [])):
+    requestor = {"worker-1": "system:node:worker-1", "worker-2": "system:serviceaccount:signet-system:signet"}
+    for n, tok, extra in (("worker-1", "worker-1-token", ["--csr-expiration", "30s"]), ("worker-2", "agent-token", [])):
         d = harness.Signetd(run, bins, node=n)
-        d.extra_args = ["--authority", "kubernetes-csr", "--kubeconfig", str(kc[f"{n}-token"]), "--no-flows", *extra]
+        d.extra_args = ["--authority", "kubernetes-csr", "--kubeconfig", str(kc[tok]), "--no-flows", *extra]
         d.start()
         nodes[n] = d
 
@@ -196,12 +205,13 @@ def body(t: harness.Test, run: harness.Run):
         obj = csr(st["csr"]["name"])
         t.check(f"{n}: its CSR is Approved and carries the certificate",
                 "Approved" in conditions(obj) and (obj.get("status") or {}).get("certificate"), obj)
-        t.equal(f"{n}: the server set spec.username from the token", obj["spec"].get("username"),
-                f"system:node:{n}")
+        t.equal(f"{n}: the server set spec.username from the token", obj["spec"].get("username"), requestor[n])
     fp2 = identity(nodes["worker-2"])["fingerprint"]
 
     # ---- requests the signer must deny
     post_csr(srv.url, "sa-token", "from-sa", make_csr(tmp, "worker-1"))
+    post_csr(srv.url, "agent-token", "agent-other-node", make_csr(tmp, "worker-1"))
+    post_csr(srv.url, "agent-unbound-token", "agent-unbound", make_csr(tmp, "worker-1"))
     post_csr(srv.url, "worker-9-token", "no-such-node", make_csr(tmp, "worker-9"))
     post_csr(srv.url, "worker-1-token", "other-subject", make_csr(tmp, "worker-2"))
     post_csr(srv.url, "worker-1-token", "wrong-domain", make_csr(tmp, "worker-1", "other.domain"))
@@ -214,6 +224,8 @@ def body(t: harness.Test, run: harness.Run):
                  "metadata": {"name": "malformed-spec"}, "spec": "nonsense"})
     want = {
         "from-sa": "requestor system:serviceaccount:x:y is not a node",
+        "agent-other-node": "subject CN=worker-1 does not match requestor worker-2",
+        "agent-unbound": "requestor system:serviceaccount:signet-system:signet carries no node binding",
         "no-such-node": "no Node object worker-9",
         "other-subject": "subject CN=worker-2 does not match requestor worker-1",
         "wrong-domain": f"subject O=other.domain is not the trust domain {TD}",

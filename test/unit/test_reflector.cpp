@@ -375,7 +375,7 @@ TEST_CASE("csr signer: recorded streams (410 mid-stream, dropped connection) dri
     const std::string kCsr = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
     auto echo = [](const std::string& body) { return body; };
     auto server = FakeServer::make();
-    server->script("/api/v1/namespaces/kube-system/secrets/signet-ca",
+    server->script("/api/v1/namespaces/signet-system/secrets/signet-ca",
                    {{.chunks = {secret}}, {.chunks = {secret}}});
     server->script("/api/v1/nodes/n1", {{.chunks = {R"({"kind":"Node","metadata":{"name":"n1"}})"}}});
     server->script("/api/v1/nodes/n2", {{.status = 404, .chunks = {R"({"kind":"Status","code":404,"reason":"NotFound"})"}}});
@@ -416,7 +416,7 @@ TEST_CASE("csr signer: recorded streams (410 mid-stream, dropped connection) dri
     CHECK(st.approved == 1);  // csr1
     CHECK(st.denied == 2);    // csr3 (not a node), csr4 (no Node n2)
     auto reqs = server->requests();
-    CHECK(count_of(reqs, "GET /api/v1/namespaces/kube-system/secrets/signet-ca") == 2);  // the CA re-read at the relist
+    CHECK(count_of(reqs, "GET /api/v1/namespaces/signet-system/secrets/signet-ca") == 2);  // the CA re-read at the relist
     CHECK(count_of(reqs, "PUT " + kCsr + "/csr1/status") == 1);
     CHECK(contains(reqs, "\"certificate\":\"LS0t"));  // the issued certificate, base64 PEM
     CHECK(contains(reqs, "RequestorNotANode"));
