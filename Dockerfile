@@ -30,9 +30,19 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./
+# Behind a TLS-intercepting proxy, npm needs the proxy's CA: pass its PEM
+# certificate(s) as text, e.g.
+#   --build-arg EXTRA_CA_CERTS="$(cat /usr/local/share/ca-certificates/*.crt)"
+# (used in this stage only: not in the image). The package's integrity is
+# checked against the lockfile's sha512 either way.
+ARG EXTRA_CA_CERTS=
 # --ignore-scripts: no install script of a package runs at build time.
-RUN npm ci --no-audit --no-fund --ignore-scripts \
- && test -f node_modules/cytoscape/dist/cytoscape.min.js
+RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
+      printf '%s\n' "$EXTRA_CA_CERTS" >/tmp/extra-ca.pem && export NODE_EXTRA_CA_CERTS=/tmp/extra-ca.pem; \
+    fi \
+ && npm ci --no-audit --no-fund --ignore-scripts \
+ && test -f node_modules/cytoscape/dist/cytoscape.min.js \
+ && rm -f /tmp/extra-ca.pem
 
 FROM ${BASE_IMAGE} AS build
 # g++, meson, ninja, pkg-config; python3 runs web/embed.py; the libraries

@@ -51,6 +51,11 @@ Flags:
   --flow-export-interval D  how often flow aggregates are exported (default 10s)
   --metrics-address ADDR  serve Prometheus /metrics (read-only) on ADDR, e.g.
                           127.0.0.1:9464 or :9464 (all interfaces); off by default
+  --health-address ADDR   serve GET /healthz (200 while signetd's event loop runs) and
+                          /readyz (200 once ready, else 503: as the API socket's /readyz)
+                          on ADDR, e.g. 127.0.0.1:9879, for kubelet's httpGet probes;
+                          nothing else there. Off by default (the metrics listener
+                          answers both too)
   --graph                 also serve the live graph of who talks to whom at /graph
                           on the metrics address (off by default)
   --no-flows              do not record flows (no conntrack events or deny log read)
@@ -193,6 +198,11 @@ int main(int argc, char** argv) {
                 return usage_error("--metrics-address needs HOST:PORT");
             if (auto a = metrics::parse_listen_address(opts.metrics_address); !a)
                 return usage_error("--metrics-address: " + a.error().message);
+        } else if (arg == "--health-address") {
+            if (!need(&opts.health_address) || opts.health_address.empty())
+                return usage_error("--health-address needs HOST:PORT");
+            if (auto a = metrics::parse_listen_address(opts.health_address); !a)
+                return usage_error("--health-address: " + a.error().message);
         } else if (arg == "--graph") {
             opts.graph = true;
         } else if (arg == "--no-flows") {

@@ -124,7 +124,7 @@ if ! nice -n 10 mmdebstrap --quiet --variant=minbase --mode=root bookworm "$T/ba
   tail -20 "$T/mmdebstrap.log"
   die "mmdebstrap bookworm"
 fi
-podman import --change 'CMD ["bash"]' "$T/base.tar" localhost/signet-base-$id:12-slim >/dev/null \
+podman import --quiet --change 'CMD ["bash"]' "$T/base.tar" localhost/signet-base-$id:12-slim >/dev/null \
   || die "podman import of the base"
 rm -f "$T/base.tar"
 # The Dockerfile's default base, resolved locally (--pull=never below).
@@ -145,8 +145,20 @@ else
 fi
 echo "podman build (log: $T/build.log; compiling signet takes several minutes)"
 # SIGNET_IMAGE_JOBS: compile jobs in the build (default 2: a shared machine).
+build_args=(--build-arg NINJA_JOBS="${SIGNET_IMAGE_JOBS:-2}")
+# CA certificates added to this host's trust store (/usr/local/share/
+# ca-certificates: e.g. a TLS-intercepting egress proxy's, as on the CI
+# machines) go to the npm stage, as an operator behind such a proxy passes them.
+extra_ca=""
+for f in /usr/local/share/ca-certificates/*.crt /usr/local/share/ca-certificates/*/*.crt; do
+  [[ -f $f ]] && extra_ca+="$(cat "$f")"$'\n'
+done
+if [[ -n $extra_ca ]]; then
+  echo "passing this host's added CA certificates to the npm stage (--build-arg EXTRA_CA_CERTS)"
+  build_args+=(--build-arg EXTRA_CA_CERTS="$extra_ca")
+fi
 if nice -n 10 podman build --pull=never --network=host --layers=false \
-     --build-arg NINJA_JOBS="${SIGNET_IMAGE_JOBS:-2}" -t "$image" -f "$ctx/Dockerfile" "$ctx" \
+     "${build_args[@]}" -t "$image" -f "$ctx/Dockerfile" "$ctx" \
      >"$T/build.log" 2>&1; then
   pass "podman build of the Dockerfile"
 else
