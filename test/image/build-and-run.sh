@@ -22,10 +22,11 @@
 #      chained config, writes nothing);
 #   3. a short signetd start (--network=none, so its own netns; the
 #      DaemonSet's two capabilities): --source dir: with a NetworkPolicy,
-#      --metrics-address 127.0.0.1:9464; waits until /readyz on the metrics
-#      address (what kubelet's httpGet probe asks) answers 200, checks
-#      /healthz and /metrics and `signetctl status`, then SIGTERM: it must
-#      exit 0 and log "stopped".
+#      --health-address 127.0.0.1:9879 and --metrics-address 127.0.0.1:9464
+#      (as the DaemonSet runs it); waits until /readyz on the probe address
+#      (what kubelet's httpGet probe asks) answers 200, checks /healthz,
+#      /readyz and /metrics there and on the metrics address, and
+#      `signetctl status`, then SIGTERM: it must exit 0 and log "stopped".
 #
 # Prints PASS/FAIL per check and the time of each phase; exits 1 on any
 # failure. Needs root, podman, runc, mmdebstrap (installed with apt-get when
@@ -33,13 +34,19 @@
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+self="${BASH_SOURCE[0]}"
+
+# All in one function: bash reads it whole before running it, so the file
+# can change while a build runs.
+main() {
+
 use_worktree=0
 keep=0
 for a in "$@"; do
   case $a in
     --worktree) use_worktree=1 ;;
     --keep) keep=1 ;;
-    -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$self"; exit 0 ;;
     *) echo "usage: $0 [--worktree] [--keep]" >&2; exit 2 ;;
   esac
 done
@@ -236,33 +243,37 @@ if ! podman run -d --name "$ctr" --network=none --read-only \
      --tmpfs /run/signet --tmpfs /var/lib/signet --tmpfs /tmp \
      -v "$T/manifests:/etc/signet/manifests:ro" -e NODE_NAME=image-test \
      "$image" --source=dir:/etc/signet/manifests --socket=/run/signet/signetd.sock \
-     --state-dir=/var/lib/signet --metrics-address=127.0.0.1:9464 >/dev/null; then
+     --state-dir=/var/lib/signet --metrics-address=127.0.0.1:9464 --health-address=127.0.0.1:9879 >/dev/null; then
   fail "podman run signetd"
 else
   # GET PATH on the metrics address from inside the container, with bash's
   # /dev/tcp (the image has no curl, as kubelet's httpGet needs none).
-  http_get() {
-    podman exec "$ctr" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 || exit 1
+  http_get() {  # http_get PATH [PORT]: the metrics port unless PORT
+    podman exec "$ctr" bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$2" || exit 1
       printf "GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" "$1" >&3
-      cat <&3' _ "$1" 2>/dev/null
+      cat <&3' _ "$1" "${2:-9464}" 2>/dev/null
   }
   t0=$(date +%s%N)
   ready=""
   for _ in $(seq 1 100); do
     state=$(podman inspect --format '{{.State.Status}}' "$ctr" 2>/dev/null)
     [[ $state == running ]] || break
-    r=$(http_get /readyz)
+    r=$(http_get /readyz 9879)
     if [[ $r == "HTTP/1.1 200"* ]]; then ready=1; break; fi
     sleep 0.1
   done
   ms=$((($(date +%s%N) - t0) / 1000000))
   if [[ -n $ready ]]; then
-    pass "signetd ready: GET /readyz on 127.0.0.1:9464 answered 200 within ${ms} ms of podman run returning"
+    pass "signetd ready: GET /readyz on the probe address 127.0.0.1:9879 answered 200 within ${ms} ms of podman run returning"
   else
     fail "signetd not ready after ${ms} ms (state: $state); log:"; podman logs "$ctr" 2>&1 | tail -20
   fi
-  r=$(http_get /healthz)
-  [[ $r == "HTTP/1.1 200"* ]] && pass "GET /healthz: 200" || fail "GET /healthz: ${r:0:80}"
+  r=$(http_get /healthz 9879)
+  [[ $r == "HTTP/1.1 200"* ]] && pass "GET /healthz on 127.0.0.1:9879: 200" || fail "GET /healthz on 9879: ${r:0:80}"
+  r=$(http_get /metrics 9879)
+  [[ $r == "HTTP/1.1 404"* ]] && pass "GET /metrics on the probe address: 404 (probes only)" || fail "GET /metrics on 9879: ${r:0:80}"
+  r=$(http_get /readyz)
+  [[ $r == "HTTP/1.1 200"* ]] && pass "GET /readyz on the metrics address 127.0.0.1:9464: 200" || fail "GET /readyz on 9464: ${r:0:80}"
   r=$(http_get /metrics)
   if [[ $r == "HTTP/1.1 200"* && $r == *"# TYPE "* ]]; then
     pass "GET /metrics: 200, $(grep -c '^# TYPE ' <<<"$r") metric families"
@@ -294,3 +305,6 @@ if [[ $failures -eq 0 ]]; then
 fi
 echo "RESULT: FAIL ($failures failed)"
 exit 1
+}
+
+main "$@"
