@@ -55,7 +55,8 @@ Flags:
                           /readyz (200 once ready, else 503: as the API socket's /readyz)
                           on ADDR, e.g. 127.0.0.1:9879, for kubelet's httpGet probes;
                           nothing else there. Off by default (the metrics listener
-                          answers both too)
+                          answers both too). With --csr-signer: ready once the CA is
+                          loaded and the requests listed
   --graph                 also serve the live graph of who talks to whom at /graph
                           on the metrics address (off by default)
   --no-flows              do not record flows (no conntrack events or deny log read)
@@ -283,6 +284,7 @@ int main(int argc, char** argv) {
         return usage_error("--kubeconfig goes with --source kubernetes, --authority kubernetes-csr or --csr-signer");
     if (csr_signer) {
         signer_opts.kubeconfig = kubeconfig;
+        signer_opts.health_address = opts.health_address;
         return signer::run_csr_signer(signer_opts);
     }
     if (csr_mode) {

@@ -11,6 +11,7 @@
 
 #include "identity/crypto.h"
 #include "identity/csr_policy.h"
+#include "metrics/http_listener.h"
 #include "signet/json.h"
 #include "signet/log.h"
 
@@ -180,7 +181,7 @@ bool CsrSigner::on_list_item(const Value& obj, size_t) {
     return true;
 }
 
-void CsrSigner::on_listed(const std::string&) {}
+void CsrSigner::on_listed(const std::string&) { ready_ = true; }
 
 Result<bool> CsrSigner::on_event(const kube::WatchEvent& ev, const std::string&) {
     if (ev.type == kube::WatchEvent::Added || ev.type == kube::WatchEvent::Modified) handle(*ev.object);
@@ -346,11 +347,23 @@ int run_csr_signer(const CsrSignerOptions& opts) {
         sp->stop();
         io.stop();
     });
+    std::unique_ptr<metrics::HttpListener> health;
+    if (!opts.health_address.empty()) {
+        metrics::Handlers h;
+        h.ready = [sp] { return sp->ready(); };
+        health = std::make_unique<metrics::HttpListener>(io, std::move(h));
+        if (auto st = health->listen(opts.health_address); !st) {
+            log::error(kLog, "--health-address: " + st.error().message);
+            return 1;
+        }
+        log::info(kLog, "probes (/healthz, /readyz) on " + opts.health_address);
+    }
     std::thread worker([sp, &io] {
         sp->run();
         io.stop();
     });
     io.run();
+    if (health) health->stop();
     sp->stop();
     worker.join();
     auto st = sp->stats();

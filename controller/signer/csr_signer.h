@@ -45,6 +45,8 @@ struct CsrSignerOptions {
     std::vector<std::string> node_agent_service_accounts = {"signet-system/signet"};
     std::string ca_key_key = "ca.key";
     std::string ca_cert_key = "ca.crt";
+    // --health-address: /healthz and /readyz for kubelet's probes ("" = off).
+    std::string health_address;
     std::chrono::seconds watch_timeout{300};
     std::chrono::milliseconds backoff_initial{500};
     std::chrono::milliseconds backoff_max{30000};
@@ -66,6 +68,9 @@ public:
         uint64_t approved = 0, denied = 0, failed = 0, ignored = 0, malformed = 0;
     };
     Stats stats() const;
+    // The CA is loaded and the requests were listed (and handled) at least
+    // once: what /readyz says. Any thread.
+    bool ready() const { return ready_.load(); }
 
 private:
     explicit CsrSigner(CsrSignerOptions opts);
@@ -100,6 +105,7 @@ private:
     std::string last_error_;
     mutable std::mutex mu_;
     Stats stats_;
+    std::atomic<bool> ready_{false};
 };
 
 // signetd --csr-signer: runs a CsrSigner until SIGTERM/SIGINT; the exit status.

@@ -19,10 +19,12 @@ bearer token as kube-apiserver does.
 import base64
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -96,6 +98,20 @@ class Signer:
         self.dir = Path(run.mkdtemp("signer"))
         self.proc = None
         self.starts = 0
+        # --health-address (the Deployment's probes): a free loopback port.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.health_port = s.getsockname()[1]
+
+    def probe(self, path: str) -> int:
+        """GET path on the probe listener: the HTTP status, 0 when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=3) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
 
     def log_path(self) -> Path:
         return self.dir / f"signer.{self.starts}.log"
@@ -104,7 +120,7 @@ class Signer:
         self.starts += 1
         logf = open(self.log_path(), "wb")
         self.proc = subprocess.Popen([str(self.bins["signetd"]), "--csr-signer", "--kubeconfig", str(self.kubeconfig),
-                                      "--log-level", "debug"], stdout=logf, stderr=subprocess.STDOUT,
+                                      "--log-level", "debug", "--health-address", f"127.0.0.1:{self.health_port}"], stdout=logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()
         self.run.own_process(self.proc, f"signer#{self.starts}")
@@ -168,6 +184,10 @@ def body(t: harness.Test, run: harness.Run):
              signer="kubernetes.io/kubelet-serving")
 
     signer = Signer(run, bins, kc["signer-token"]).start()
+    t.check("signer: /readyz 200 once the CA is loaded and the requests listed (--health-address)",
+            wait_until(lambda: signer.probe("/readyz") == 200, 20), signer.log()[-2000:])
+    t.equal("signer: /healthz", signer.probe("/healthz"), 200)
+    t.equal("signer: nothing else on the probe listener", signer.probe("/metrics"), 404)
 
     # ---- two nodes get their certificates: worker-1 with the node's own
     # credentials (system:node:worker-1), worker-2 as the manifests run it,
