@@ -84,7 +84,9 @@ Flags:
   --trust-bundle FILE     the trust bundle (PEM CA certificates) for kubernetes-csr
   --trust-bundle-configmap NS/NAME[:KEY]
                           else read it from this ConfigMap key (default
-                          signet-system/signet-trust-bundle:trust-bundle.pem)
+                          signet-system/signet-trust-bundle:trust-bundle.pem); with
+                          --csr-signer: the ConfigMap the signer keeps equal to its CA
+                          Secret's trust-bundle.pem (else ca.crt), its only writer
   --trust-domain TD       the trust domain to request (default: the bundle's CA's)
   --csr-expiration D      requested certificate lifetime (default 24h; shorter for tests)
   --csr-signer            run as the cluster's CSR signer for signet.dev/node instead
@@ -284,6 +286,8 @@ int main(int argc, char** argv) {
         return usage_error("--kubeconfig goes with --source kubernetes, --authority kubernetes-csr or --csr-signer");
     if (csr_signer) {
         signer_opts.kubeconfig = kubeconfig;
+        signer_opts.trust_bundle_configmap = csr_opts.trust_bundle_configmap;
+        signer_opts.trust_bundle_key = csr_opts.trust_bundle_key;
         signer_opts.health_address = opts.health_address;
         return signer::run_csr_signer(signer_opts);
     }

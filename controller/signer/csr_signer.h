@@ -45,6 +45,12 @@ struct CsrSignerOptions {
     std::vector<std::string> node_agent_service_accounts = {"signet-system/signet"};
     std::string ca_key_key = "ca.key";
     std::string ca_cert_key = "ca.crt";
+    // The trust bundle the nodes read (their --trust-bundle-configmap): the
+    // signer keeps this ConfigMap key equal to the CA Secret's
+    // trust-bundle.pem (else its ca.crt), creating it when missing. It is
+    // the only writer (manifests/10-rbac.yaml). "" = do not publish.
+    std::string trust_bundle_configmap = "signet-system/signet-trust-bundle";
+    std::string trust_bundle_key = "trust-bundle.pem";
     // --health-address: /healthz and /readyz for kubelet's probes ("" = off).
     std::string health_address;
     std::chrono::seconds watch_timeout{300};
@@ -75,6 +81,9 @@ public:
 private:
     explicit CsrSigner(CsrSignerOptions opts);
     Status load_ca();
+    // Writes the trust bundle ConfigMap when it differs from `pem` (errors
+    // are logged and retried at the next relist; signing goes on).
+    void publish_bundle(const std::string& pem);
     // The reflector's handler: the CA is re-read at every list (a rotated
     // Secret is picked up); every listed or watched request is handled.
     Status on_list_start() override;
@@ -101,6 +110,7 @@ private:
     std::unique_ptr<kube::Reflector> reflector_;
     std::optional<identity::Authority> ca_;
     std::string ca_fingerprint_;
+    std::string published_bundle_;  // what the ConfigMap held after our last look
     std::set<std::string> done_uids_;  // issued or denied by this process (stale events are skipped)
     std::string last_error_;
     mutable std::mutex mu_;

@@ -47,7 +47,7 @@ Control API (plain JSON over the same port, no auth; see CONTROL below):
 ``/_control/bulk_pods``, ``GET /_control/requests``, ``/_control/state``,
 ``POST /_control/scan`` (ingest the followed manifest folder now).
 
-Single objects and the CSR API (signet's node certificates; added for
+Single objects, ConfigMap create/update (the signer's trust bundle) and the CSR API (signet's node certificates; added for
 test/integration/test_csr_signer.py, nothing above changed):
 
 * ``GET /api/v1/nodes/NAME``, ``GET /api/v1/namespaces/NS/{secrets,configmaps,
@@ -642,6 +642,10 @@ class Handler(BaseHTTPRequestHandler):
         info = getattr(self, "user_info", None) or user_info(user)
         if method == "POST" and not rest and resource == "certificatesigningrequests":
             return self._csr_create(info) or True
+        if method == "POST" and not rest and resource == "configmaps":
+            return self._configmap_write(ns, None) or True
+        if method == "PUT" and resource == "configmaps" and len(rest) == 1:
+            return self._configmap_write(ns, rest[0]) or True
         if not rest or len(rest) > 2:
             return False
         name, sub = rest[0], (rest[1] if len(rest) == 2 else "")
@@ -710,6 +714,36 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - e.g. no name
             return self._invalid(name, str(e))
         return self._json(201, obj)
+
+    def _configmap_write(self, ns: str, name: str | None) -> None:
+        """POST (name None) or PUT of a ConfigMap (the signer's trust bundle):
+        201/200, 409 AlreadyExists or Conflict (stale resourceVersion), 404."""
+        body = self._read_body()
+        md = (body or {}).get("metadata") if isinstance((body or {}).get("metadata"), dict) else None
+        if body is None or md is None or not md.get("name") or (name and md["name"] != name) or \
+                md.get("namespace", ns) != ns:
+            return self._json(400, status_body(400, "BadRequest", "the body is not a ConfigMap for this URL"))
+        body = dict(body, metadata=dict(md, namespace=ns))
+        cm = md["name"]
+        details = {"name": cm, "kind": "configmaps"}
+        if name is None:
+            try:
+                return self._json(201, self.store.create("configmaps", body))
+            except KeyError:
+                return self._json(409, status_body(409, "AlreadyExists", f'configmaps "{cm}" already exists', details))
+        try:
+            obj = self.store.update("configmaps", ns, cm,
+                                    lambda old: dict(old, data=body.get("data") or {},
+                                                     metadata=dict(old["metadata"],
+                                                                   labels=md.get("labels") or {})),
+                                    md.get("resourceVersion"))
+        except KeyError:
+            return self._json(404, status_body(404, "NotFound", f'configmaps "{cm}" not found', details))
+        except ValueError:
+            return self._json(409, status_body(409, "Conflict", f'Operation cannot be fulfilled on configmaps "{cm}": '
+                                               "the object has been modified; please apply your changes to the "
+                                               "latest version and try again", details))
+        return self._json(200, obj)
 
     def _csr_update(self, name: str, sub: str) -> None:
         body = self._read_body()

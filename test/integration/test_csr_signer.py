@@ -162,9 +162,6 @@ def body(t: harness.Test, run: harness.Run):
     store.apply({"kind": "Secret", "apiVersion": "v1", "type": "Opaque",
                  "metadata": {"name": "signet-ca", "namespace": "signet-system"},
                  "data": {"ca.key": b64((ca / "ca.key").read_bytes()), "ca.crt": b64((ca / "ca.crt").read_bytes())}})
-    store.apply({"kind": "ConfigMap", "apiVersion": "v1",
-                 "metadata": {"name": "signet-trust-bundle", "namespace": "signet-system"},
-                 "data": {"trust-bundle.pem": (ca / "trust-bundle.pem").read_text()}})
     for n in ("worker-1", "worker-2"):
         store.apply({"kind": "Node", "apiVersion": "v1", "metadata": {"name": n},
                      "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.10"}]}})
@@ -187,6 +184,13 @@ def body(t: harness.Test, run: harness.Run):
     t.check("signer: /readyz 200 once the CA is loaded and the requests listed (--health-address)",
             wait_until(lambda: signer.probe("/readyz") == 200, 20), signer.log()[-2000:])
     t.equal("signer: /healthz", signer.probe("/healthz"), 200)
+    # The signer publishes the trust bundle the nodes read (no one else may
+    # write it): the CA Secret has no trust-bundle.pem, so its ca.crt.
+    cm = wait_until(lambda: store.get("configmaps", "signet-system", "signet-trust-bundle"), 20)
+    t.check("signer: created the trust bundle ConfigMap signet-system/signet-trust-bundle", bool(cm),
+            signer.log()[-2000:])
+    t.equal("signer: the bundle is the CA Secret's certificate",
+            ((cm or {}).get("data") or {}).get("trust-bundle.pem"), (ca / "ca.crt").read_text())
     t.equal("signer: nothing else on the probe listener", signer.probe("/metrics"), 404)
 
     # ---- two nodes get their certificates: worker-1 with the node's own
@@ -296,7 +300,16 @@ def body(t: harness.Test, run: harness.Run):
     d1.stop()
     decided = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in all_csrs()}
     t.equal("signer stops cleanly on SIGTERM", signer.stop(), 0)
+    # A trust bundle changed behind the signer's back is put right at start.
+    store.apply({"kind": "ConfigMap", "apiVersion": "v1",
+                 "metadata": {"name": "signet-trust-bundle", "namespace": "signet-system"},
+                 "data": {"trust-bundle.pem": "stale", "other": "kept"}})
     signer.start()
+    cm = wait_until(lambda: (store.get("configmaps", "signet-system", "signet-trust-bundle") or {}).get("data", {})
+                    .get("trust-bundle.pem") != "stale" and store.get("configmaps", "signet-system",
+                                                                       "signet-trust-bundle"), 20)
+    t.equal("restarted signer: the trust bundle is the CA's again (PUT), other keys kept",
+            ((cm or {}).get("data") or {}), {"trust-bundle.pem": (ca / "ca.crt").read_text(), "other": "kept"})
     post_csr(srv.url, "sa-token", "after-restart", make_csr(tmp, "worker-1"))
     ok = wait_until(lambda: "Denied" in conditions(csr("after-restart")), 20)
     t.check("restarted signer decides new requests", ok, signer.log()[-2000:])

@@ -25,9 +25,10 @@ What it checks, for every manifests/*.yaml (not manifests/examples/):
     PKI or --kubeconfig/--csr-kubeconfig (its own service account);
   - the signer Deployment: Linux nodes, httpGet probes on --health-address;
   - the trust bundle ConfigMap: the same namespace in the code's default,
-    the docs and the manifests; node agents may get it, no Role or
-    ClusterRole here may write ConfigMaps; the Dockerfile's runtime stage
-    installs no curl;
+    the docs and the manifests; node agents may get it; only the signer's
+    Role may write ConfigMaps (update limited to the bundle by name), and it
+    publishes where the nodes read; the Dockerfile's runtime stage installs
+    no curl;
   - RBAC: no wildcards; the node agent's read rules cover exactly the API
     paths the Kubernetes source requests (grepped from
     controller/source/kubernetes/, or a fixed list when that folder has none)
@@ -469,24 +470,47 @@ def check_trust_bundle(docs):
         for other in re.findall(r"([a-z0-9-]+)/" + re.escape(name), text):
             if other != ns:
                 problem(doc, f"names the trust bundle {other}/{name}, the code reads {ns}/{name}")
-    readers = set()
+    # Who is bound to which Role (RoleBindings here).
+    holders = {}
+    for _, _, b in docs:
+        if b.get("kind") == "RoleBinding":
+            holders.setdefault((b.get("roleRef") or {}).get("name"), []).extend(
+                s.get("name") for s in b.get("subjects") or [])
+    readers, writers = set(), set()
     for where, _, d in docs:
         if d.get("kind") not in ("Role", "ClusterRole"):
             continue
+        rname = d["metadata"]["name"]
         for r in d.get("rules") or []:
             if "configmaps" not in (r.get("resources") or []):
                 continue
             verbs = set(r.get("verbs") or [])
-            if verbs - {"get", "list", "watch"}:
-                problem(where, f"{d['metadata']['name']} may write ConfigMaps ({sorted(verbs)}): the trust bundle "
-                               "is written by the administrator only")
-            if d.get("kind") == "Role" and d["metadata"].get("namespace") == ns and \
-                    name in (r.get("resourceNames") or []) and "get" in verbs:
-                readers.add(d["metadata"]["name"])
-    bound = {(b.get("roleRef") or {}).get("name"): [s.get("name") for s in b.get("subjects") or []]
-             for _, _, b in docs if b.get("kind") == "RoleBinding"}
-    if not any("signet" in bound.get(r, []) for r in readers):
+            names = r.get("resourceNames") or []
+            writes = verbs - {"get", "list", "watch"}
+            scoped = d.get("kind") == "Role" and d["metadata"].get("namespace") == ns
+            if writes:
+                subjects = holders.get(rname, []) if scoped else []
+                if not scoped or subjects != ["signet-signer"]:
+                    problem(where, f"{rname} may write ConfigMaps ({sorted(writes)}): only the signer's Role in "
+                                   f"{ns} may (it publishes the trust bundle)")
+                elif writes - {"create"} and names != [name]:
+                    problem(where, f"{rname}: {sorted(writes - {'create'})} on ConfigMaps must be limited to "
+                                   f"resourceNames [{name}]")
+                else:
+                    writers.add(rname)
+            if scoped and name in names and "get" in verbs:
+                readers.add(rname)
+    if not any("signet" in holders.get(r, []) for r in readers):
         problem("rbac", f"the node agent (signet) cannot get the ConfigMap {ns}/{name}")
+    if not writers:
+        problem("rbac", f"the signer cannot write the trust bundle {ns}/{name}")
+    # The signer publishes where the nodes read.
+    signer = next((d for _, _, d in docs if d.get("kind") == "Deployment"), None)
+    if signer is not None:
+        for c in signer["spec"]["template"]["spec"].get("containers") or []:
+            v = flag_value(c, "--trust-bundle-configmap")
+            if v is not None and v.split(":")[0] != f"{ns}/{name}":
+                problem("40-signer.yaml", f"the signer publishes the trust bundle to {v}, the nodes read {ns}/{name}")
 
 
 def api_reads_from_code():
