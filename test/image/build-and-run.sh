@@ -81,12 +81,16 @@ id=$(basename "$T" | cut -d. -f2 | tr 'A-Z' 'a-z')
 image="localhost/signet-image-test-$id:latest"
 ctr="signet-image-test-$id"
 
-# Private podman configuration and storage (graphroot under $T). The
-# containers get this shell's hard limits: podman would raise RLIMIT_NPROC
-# and RLIMIT_NOFILE above them, which needs CAP_SYS_RESOURCE.
+# Private podman configuration and storage (graphroot under $T). Explicit
+# RLIMIT_NOFILE and RLIMIT_NPROC for every container (RUN steps included):
+# podman's defaults are above what runc may set on machines without
+# CAP_SYS_RESOURCE (these CI machines: nofile 20000; nproc 32768 works,
+# 65536 is refused although the shell's hard limit is higher).
 mkdir -p "$T/storage" "$T/run" "$T/tmp"
 local nofile nproc
 nofile=$(ulimit -Hn); nproc=$(ulimit -Hu)
+[[ $nofile == unlimited || $nofile -gt 1048576 ]] && nofile=1048576
+[[ $nproc == unlimited || $nproc -gt 32768 ]] && nproc=32768
 cat >"$T/containers.conf" <<EOF
 [containers]
 default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
