@@ -27,7 +27,7 @@ FROM ${BASE_IMAGE} AS web
 # Debian's npm (Node.js 18): only to fetch and verify the lockfile's packages.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./
 # Behind a TLS-intercepting proxy, npm needs the proxy's CA: pass its PEM
@@ -55,7 +55,7 @@ RUN apt-get update \
       g++ meson ninja-build pkg-config python3 \
       libcurl4-openssl-dev rapidjson-dev libssl-dev libnftnl-dev libmnl-dev \
       libboost-dev libyaml-cpp-dev zlib1g-dev \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 COPY --from=web /web/node_modules /src/web/node_modules
@@ -82,7 +82,7 @@ FROM ${BASE_IMAGE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libcurl4 libssl3 ca-certificates libnftnl11 libmnl0 libyaml-cpp0.7 zlib1g libstdc++6 \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/signetd /out/signetctl /out/signet /out/signet-install-cni /usr/local/bin/
 LABEL org.opencontainers.image.title="signet" \
       org.opencontainers.image.description="Zero-trust Kubernetes NetworkPolicy enforcer chained into any CNI" \
