@@ -134,7 +134,7 @@ for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.l
 done
 [[ ${#sources[@]} -gt 0 ]] || die "no Debian mirror in /etc/apt/sources.list*"
 echo "base image: mmdebstrap --variant=minbase bookworm, mirror from ${sources[*]}"
-# Without apt's caches, as Debian's own images are (else 80 MB more).
+# Without apt's package lists and caches, as Debian's own images are.
 if ! nice -n 10 mmdebstrap --quiet --variant=minbase --mode=root \
      --customize-hook='find "$1"/var/cache/apt "$1"/var/lib/apt/lists -type f -delete' \
      bookworm "$T/base.tar" "${sources[@]}" \
