@@ -53,7 +53,7 @@ Flags:
                           127.0.0.1:9464 or :9464 (all interfaces); off by default
   --health-address ADDR   serve GET /healthz (200 while signetd's event loop runs) and
                           /readyz (200 once ready, else 503: as the API socket's /readyz)
-                          on ADDR, e.g. 127.0.0.1:9879, for kubelet's httpGet probes;
+                          on ADDR, e.g. 127.0.0.1:9468, for kubelet's httpGet probes;
                           nothing else there. Off by default (the metrics listener
                           answers both too). With --csr-signer: ready once the CA is
                           loaded and the requests listed

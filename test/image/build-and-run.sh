@@ -22,7 +22,7 @@
 #      chained config, writes nothing);
 #   3. a short signetd start (--network=none, so its own netns; the
 #      DaemonSet's two capabilities): --source dir: with a NetworkPolicy,
-#      --health-address 127.0.0.1:9879 and --metrics-address 127.0.0.1:9464
+#      --health-address 127.0.0.1:9468 and --metrics-address 127.0.0.1:9464
 #      (as the DaemonSet runs it); waits until /readyz on the probe address
 #      (what kubelet's httpGet probe asks) answers 200, checks /healthz,
 #      /readyz and /metrics there and on the metrics address, and
@@ -259,7 +259,7 @@ if ! podman run -d --name "$ctr" --network=none --read-only \
      --tmpfs /run/signet --tmpfs /var/lib/signet --tmpfs /tmp \
      -v "$T/manifests:/etc/signet/manifests:ro" -e NODE_NAME=image-test \
      "$image" --source=dir:/etc/signet/manifests --socket=/run/signet/signetd.sock \
-     --state-dir=/var/lib/signet --metrics-address=127.0.0.1:9464 --health-address=127.0.0.1:9879 >/dev/null; then
+     --state-dir=/var/lib/signet --metrics-address=127.0.0.1:9464 --health-address=127.0.0.1:9468 >/dev/null; then
   fail "podman run signetd"
 else
   # GET PATH on the metrics address from inside the container, with bash's
@@ -274,20 +274,20 @@ else
   for _ in $(seq 1 100); do
     state=$(podman inspect --format '{{.State.Status}}' "$ctr" 2>/dev/null)
     [[ $state == running ]] || break
-    r=$(http_get /readyz 9879)
+    r=$(http_get /readyz 9468)
     if [[ $r == "HTTP/1.1 200"* ]]; then ready=1; break; fi
     sleep 0.1
   done
   ms=$((($(date +%s%N) - t0) / 1000000))
   if [[ -n $ready ]]; then
-    pass "signetd ready: GET /readyz on the probe address 127.0.0.1:9879 answered 200 within ${ms} ms of podman run returning"
+    pass "signetd ready: GET /readyz on the probe address 127.0.0.1:9468 answered 200 within ${ms} ms of podman run returning"
   else
     fail "signetd not ready after ${ms} ms (state: $state); log:"; podman logs "$ctr" 2>&1 | tail -20
   fi
-  r=$(http_get /healthz 9879)
-  [[ $r == "HTTP/1.1 200"* ]] && pass "GET /healthz on 127.0.0.1:9879: 200" || fail "GET /healthz on 9879: ${r:0:80}"
-  r=$(http_get /metrics 9879)
-  [[ $r == "HTTP/1.1 404"* ]] && pass "GET /metrics on the probe address: 404 (probes only)" || fail "GET /metrics on 9879: ${r:0:80}"
+  r=$(http_get /healthz 9468)
+  [[ $r == "HTTP/1.1 200"* ]] && pass "GET /healthz on 127.0.0.1:9468: 200" || fail "GET /healthz on 9468: ${r:0:80}"
+  r=$(http_get /metrics 9468)
+  [[ $r == "HTTP/1.1 404"* ]] && pass "GET /metrics on the probe address: 404 (probes only)" || fail "GET /metrics on 9468: ${r:0:80}"
   r=$(http_get /readyz)
   [[ $r == "HTTP/1.1 200"* ]] && pass "GET /readyz on the metrics address 127.0.0.1:9464: 200" || fail "GET /readyz on 9464: ${r:0:80}"
   r=$(http_get /metrics)
