@@ -52,6 +52,12 @@ Flags:
   --flow-export-interval D  how often flow aggregates are exported (default 10s)
   --metrics-address ADDR  serve Prometheus /metrics (read-only) on ADDR, e.g.
                           127.0.0.1:9464 or :9464 (all interfaces); off by default
+  --health-address ADDR   serve GET /healthz (200 while signetd's event loop runs) and
+                          /readyz (200 once ready, else 503: as the API socket's /readyz)
+                          on ADDR, e.g. 127.0.0.1:9468, for kubelet's httpGet probes;
+                          nothing else there. Off by default (the metrics listener
+                          answers both too). With --csr-signer: ready once the CA is
+                          loaded and the requests listed
   --graph                 also serve the live graph of who talks to whom at /graph
                           on the metrics address (off by default)
   --metrics-pod-labels    label the flow series by pod name (local_pod) as well as by
@@ -93,19 +99,27 @@ Flags:
                           two thirds of its life. Needs --source kubernetes, --kubeconfig
                           or --csr-kubeconfig; the trust bundle from --trust-bundle or
                           --trust-bundle-configmap
-  --csr-kubeconfig FILE   credentials for the CSR: they must authenticate as the node
-                          (system:node:NAME, e.g. the kubelet's kubeconfig); default:
-                          --kubeconfig, else in-cluster
+  --csr-kubeconfig FILE   credentials for the CSR (default: --kubeconfig, else in-cluster:
+                          signetd's service account, whose pod-bound token names this
+                          node; the signer accepts it, Kubernetes 1.30 or later); or
+                          the node's own (system:node:NAME, e.g. the kubelet's kubeconfig)
   --trust-bundle FILE     the trust bundle (PEM CA certificates) for kubernetes-csr
   --trust-bundle-configmap NS/NAME[:KEY]
                           else read it from this ConfigMap key (default
-                          kube-system/signet-trust-bundle:trust-bundle.pem)
+                          signet-system/signet-trust-bundle:trust-bundle.pem); with
+                          --csr-signer: the ConfigMap the signer keeps equal to its CA
+                          Secret's trust-bundle.pem (else ca.crt), its only writer
   --trust-domain TD       the trust domain to request (default: the bundle's CA's)
   --csr-expiration D      requested certificate lifetime (default 24h; shorter for tests)
   --csr-signer            run as the cluster's CSR signer for signet.dev/node instead
                           of a node controller (one per cluster): approves and signs
                           only nodes' requests for their own name, denies the rest
-  --ca-secret NS/NAME     the signer's CA (keys ca.key, ca.crt; default kube-system/signet-ca)
+  --ca-secret NS/NAME     the signer's CA (keys ca.key, ca.crt; default signet-system/signet-ca)
+  --node-agent-service-account NS/NAME|none
+                          the signer also approves a request from this service account
+                          when its token is bound to a pod on node NAME (spec.extra
+                          authentication.kubernetes.io/node-name), for that node only
+                          (default: signet-system/signet, signetd's; none: nodes only)
   --handshake MODE        the identity handshake on each local pod's new TCP connections
                           (needs --authority):
                             off         policy by address only (default)
@@ -213,6 +227,11 @@ int main(int argc, char** argv) {
                 return usage_error("--metrics-address needs HOST:PORT");
             if (auto a = metrics::parse_listen_address(opts.metrics_address); !a)
                 return usage_error("--metrics-address: " + a.error().message);
+        } else if (arg == "--health-address") {
+            if (!need(&opts.health_address) || opts.health_address.empty())
+                return usage_error("--health-address needs HOST:PORT");
+            if (auto a = metrics::parse_listen_address(opts.health_address); !a)
+                return usage_error("--health-address: " + a.error().message);
         } else if (arg == "--graph") {
             opts.graph = true;
         } else if (arg == "--no-flows") {
@@ -305,6 +324,11 @@ int main(int argc, char** argv) {
         } else if (arg == "--ca-secret") {
             if (!need(&signer_opts.ca_secret) || signer_opts.ca_secret.find('/') == std::string::npos)
                 return usage_error("--ca-secret takes NS/NAME");
+        } else if (arg == "--node-agent-service-account") {
+            if (!need(&v) || (v != "none" && (v.find('/') == std::string::npos || v.front() == '/' || v.back() == '/')))
+                return usage_error("--node-agent-service-account takes NS/NAME or none");
+            signer_opts.node_agent_service_accounts.clear();
+            if (v != "none") signer_opts.node_agent_service_accounts.push_back(v);
         } else {
             return usage_error("unknown flag '" + arg + "'");
         }
@@ -317,6 +341,9 @@ int main(int argc, char** argv) {
         return usage_error("--kubeconfig goes with --source kubernetes, --authority kubernetes-csr or --csr-signer");
     if (csr_signer) {
         signer_opts.kubeconfig = kubeconfig;
+        signer_opts.trust_bundle_configmap = csr_opts.trust_bundle_configmap;
+        signer_opts.trust_bundle_key = csr_opts.trust_bundle_key;
+        signer_opts.health_address = opts.health_address;
         return signer::run_csr_signer(signer_opts);
     }
     if (csr_mode) {

@@ -13,6 +13,11 @@ RUN_PKGS=(iproute2 nftables iptables conntrack curl python3 containernetworking-
   podman runc busybox-static golang-go golang-github-appc-cni-dev
   containerd python3-grpcio python3-yaml iperf3
   influxdb influxdb-client prometheus chromium python3-scapy python3-prometheus-client)
+# kubectl: `kubectl kustomize` and a client-side dry run of install.yaml
+# (test/manifests/test_install_yaml.py, validate.py). Debian 12's
+# kubernetes-client, unless a kubectl is on PATH already (Kubernetes' own
+# kubectl package installs /usr/bin/kubectl too: the two conflict).
+command -v kubectl >/dev/null 2>&1 || RUN_PKGS+=(kubernetes-client)
 
 install_packages() {
   local missing=()

@@ -521,6 +521,8 @@ ipc::Response Controller::status_json() const {
     Value outputs(rapidjson::kObjectType);
     outputs.AddMember("metricsAddress", json::str(opts_.metrics_address, a), a);
     outputs.AddMember("metricsPort", Value(static_cast<uint64_t>(metrics_port())), a);
+    outputs.AddMember("healthAddress", json::str(opts_.health_address, a), a);
+    outputs.AddMember("healthPort", Value(static_cast<uint64_t>(health_port())), a);
     outputs.AddMember("graph", Value(opts_.graph && !opts_.metrics_address.empty()), a);
     if (influx_) {
         auto s = influx_->stats();

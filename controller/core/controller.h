@@ -62,6 +62,9 @@ struct Options {
     bool metrics_pod_labels = false;
     // Denied connections as JSON lines (--audit-log stdout|FILE; none when unset).
     std::optional<flows::AuditLogOptions> audit_log;
+    // The probe listener ("" = off): /healthz and /readyz only, for kubelet's
+    // httpGet probes on a loopback address, whatever --metrics-address is.
+    std::string health_address;
     // --authority dir:DIR: this node's identity credentials ("" = none).
     std::string authority_dir;
     // --authority kubernetes-csr: how the CSR is made and where the API is.
@@ -119,6 +122,7 @@ public:
     // The Prometheus exposition (what GET /metrics serves).
     std::string metrics_text() const;
     uint16_t metrics_port() const;  // 0 when the listener is off
+    uint16_t health_port() const;   // 0 when --health-address is off
 
     // The API entry point (also used by tests without a socket).
     void handle(const ipc::Request& req, ipc::Responder respond);
@@ -181,6 +185,7 @@ private:
     std::unique_ptr<FlowService> flows_;
     std::unique_ptr<exporter::InfluxExporter> influx_;
     std::unique_ptr<metrics::HttpListener> listener_;
+    std::unique_ptr<metrics::HttpListener> health_listener_;
     std::unique_ptr<NodeIdentity> identity_;
     std::unique_ptr<HandshakeEngine> handshake_;
     std::unique_ptr<handshake::NodeServices> services_;

@@ -42,16 +42,28 @@ Status Controller::start_outputs() {
         metrics::Handlers h;
         h.metrics = [this] { return metrics_text(); };
         if (opts_.graph) h.graph_json = [this] { return flows_->graph_json(); };
+        // The same readiness as the API socket's /readyz, for kubelet's httpGet probes.
+        h.ready = [this] { return ready_; };
         listener_ = std::make_unique<metrics::HttpListener>(io_, std::move(h));
         if (auto st = listener_->listen(opts_.metrics_address); !st) return st;
         log::info(kLog, "metrics on " + opts_.metrics_address + " (port " + std::to_string(listener_->port()) +
                             ")" + (opts_.graph ? ", graph page at /graph" : ""));
+    }
+    if (!opts_.health_address.empty()) {
+        // No /metrics, no graph: /healthz (the event loop answers) and /readyz.
+        metrics::Handlers h;
+        h.ready = [this] { return ready_; };
+        health_listener_ = std::make_unique<metrics::HttpListener>(io_, std::move(h));
+        if (auto st = health_listener_->listen(opts_.health_address); !st) return st;
+        log::info(kLog, "probes (/healthz, /readyz) on " + opts_.health_address + " (port " +
+                            std::to_string(health_listener_->port()) + ")");
     }
     return {};
 }
 
 void Controller::stop_outputs() {
     if (listener_) listener_->stop();
+    if (health_listener_) health_listener_->stop();
     if (influx_) {
         // What the last interval gathered goes out before the exporter stops.
         auto aggs = flows_->take_interval_now();
@@ -62,6 +74,7 @@ void Controller::stop_outputs() {
 }
 
 uint16_t Controller::metrics_port() const { return listener_ ? listener_->port() : 0; }
+uint16_t Controller::health_port() const { return health_listener_ ? health_listener_->port() : 0; }
 
 std::string Controller::metrics_text() const {
     metrics::Writer w;

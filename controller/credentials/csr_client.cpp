@@ -93,7 +93,7 @@ Result<std::string> CsrClient::fetch_bundle() {
         if (!text) return make_error(text.error().code, "--trust-bundle " + opts_.trust_bundle_file + ": " + text.error().message);
         return std::move(*text);
     }
-    auto [ns, name] = split_ref(opts_.trust_bundle_configmap, "kube-system");
+    auto [ns, name] = split_ref(opts_.trust_bundle_configmap, "signet-system");
     const std::string what = "the trust bundle ConfigMap " + ns + "/" + name;
     auto r = bundle_api_->call("GET", "/api/v1/namespaces/" + ns + "/configmaps/" + name);
     if (!r) return make_error(r.error().code, what + ": " + r.error().message);

@@ -30,15 +30,16 @@ using kube::KubeClient;
 using kube::split_ref;
 
 struct CsrClientOptions {
-    // Credentials for the CSR: they must authenticate as the node
-    // (system:node:<name>, group system:nodes; e.g. the kubelet's kubeconfig).
-    // "" = the in-cluster service account.
+    // Credentials for the CSR: "" = the in-cluster service account (its
+    // pod-bound token names this node, which the signer checks); or the
+    // node's own (system:node:<name>, group system:nodes; the kubelet's
+    // kubeconfig).
     std::string csr_kubeconfig;
     // Credentials for reading the trust bundle ConfigMap ("" = in-cluster).
     std::string kubeconfig;
     // The trust bundle: a file (when set), else a ConfigMap key.
     std::string trust_bundle_file;
-    std::string trust_bundle_configmap = "kube-system/signet-trust-bundle";
+    std::string trust_bundle_configmap = "signet-system/signet-trust-bundle";
     std::string trust_bundle_key = "trust-bundle.pem";
     // "" = the trust domain of the bundle's CA (its URI SAN); required when
     // the bundle holds several.

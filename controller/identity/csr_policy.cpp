@@ -154,6 +154,28 @@ Result<CsrObject> parse_csr_object(const rapidjson::Value& obj) {
         };
         strings("groups", &c.groups);
         strings("usages", &c.usages);
+        // extra: map of string to list of strings (user.Info's Extra).
+        if (const auto* x = json::find(*spec, "extra"); x && !x->IsNull()) {
+            if (!x->IsObject()) {
+                bad("spec.extra is not a map");
+            } else {
+                for (const auto& m : x->GetObject()) {
+                    std::vector<std::string> values;
+                    bool ok = m.value.IsArray();
+                    if (ok) {
+                        for (const auto& v : m.value.GetArray()) {
+                            if (!v.IsString()) { ok = false; break; }
+                            values.emplace_back(v.GetString(), v.GetStringLength());
+                        }
+                    }
+                    if (!ok) {
+                        bad("spec.extra holds a value that is not a list of strings");
+                        break;
+                    }
+                    c.extra.emplace_back(std::string(m.name.GetString(), m.name.GetStringLength()), std::move(values));
+                }
+            }
+        }
         if (const auto* e = json::find(*spec, "expirationSeconds"); e && !e->IsNull()) {
             if (e->IsInt64() && e->GetInt64() > 0) c.expiration_seconds = e->GetInt64();
             else bad("spec.expirationSeconds is not a positive integer");
@@ -243,20 +265,37 @@ Result<CsrInfo> inspect_csr(std::string_view pem) {
     return info;
 }
 
-Verdict decide(const CsrObject& csr, const std::string& trust_domain) {
+Verdict decide(const CsrObject& csr, const std::string& trust_domain, const std::vector<std::string>& node_agents) {
     if (csr.signer_name != kSignerName) return Verdict{Action::Ignore, {}, {}, "signer " + printable(csr.signer_name) + " is not ours"};
     if (csr.denied || csr.failed) return Verdict{Action::Done, {}, {}, csr.denied ? "already denied" : "already failed"};
     if (!csr.certificate_pem.empty()) return Verdict{Action::Done, {}, {}, "already issued"};
     if (!csr.malformed.empty()) return deny({}, "Malformed", "malformed CertificateSigningRequest: " + csr.malformed);
 
-    // The requestor: a node, as the API server authenticated it.
+    // The requestor, as the API server authenticated it: a node, or the node
+    // agent's service account with a token bound to a pod on that node.
     const std::string& u = csr.username;
-    if (u.rfind(kNodeUserPrefix, 0) != 0 || u.size() == kNodeUserPrefix.size())
-        return deny({}, "RequestorNotANode", "requestor " + (u.empty() ? std::string("(none)") : printable(u)) + " is not a node");
-    std::string node = u.substr(kNodeUserPrefix.size());
-    if (!valid_dns_subdomain(node)) return deny({}, "RequestorNotANode", "requestor " + printable(u) + " is not a valid node name");
-    if (std::find(csr.groups.begin(), csr.groups.end(), kNodesGroup) == csr.groups.end())
-        return deny(node, "RequestorNotANode", "requestor " + u + " is not in group " + std::string(kNodesGroup));
+    std::string node;
+    if (!u.empty() && std::find(node_agents.begin(), node_agents.end(), u) != node_agents.end()) {
+        const std::vector<std::string>* bound = nullptr;
+        for (const auto& [k, v] : csr.extra)
+            if (k == kNodeNameExtra) bound = &v;
+        if (!bound || bound->empty())
+            return deny({}, "RequestorNotANode",
+                        "requestor " + printable(u) + " carries no node binding (spec.extra " + std::string(kNodeNameExtra) +
+                            ": a service account token bound to a pod, Kubernetes 1.30 or later)");
+        if (bound->size() != 1)
+            return deny({}, "RequestorNotANode", "requestor " + printable(u) + " is bound to several nodes");
+        node = bound->front();
+        if (!valid_dns_subdomain(node))
+            return deny({}, "RequestorNotANode", "requestor " + printable(u) + "'s node " + printable(node) + " is not a valid node name");
+    } else {
+        if (u.rfind(kNodeUserPrefix, 0) != 0 || u.size() == kNodeUserPrefix.size())
+            return deny({}, "RequestorNotANode", "requestor " + (u.empty() ? std::string("(none)") : printable(u)) + " is not a node");
+        node = u.substr(kNodeUserPrefix.size());
+        if (!valid_dns_subdomain(node)) return deny({}, "RequestorNotANode", "requestor " + printable(u) + " is not a valid node name");
+        if (std::find(csr.groups.begin(), csr.groups.end(), kNodesGroup) == csr.groups.end())
+            return deny(node, "RequestorNotANode", "requestor " + u + " is not in group " + std::string(kNodesGroup));
+    }
 
     // The request itself.
     auto info = inspect_csr(csr.request_pem);

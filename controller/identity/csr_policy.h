@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "signet/result.h"
@@ -20,6 +21,12 @@ namespace signet::identity::csr {
 inline constexpr std::string_view kSignerName = "signet.dev/node";
 inline constexpr std::string_view kNodeUserPrefix = "system:node:";
 inline constexpr std::string_view kNodesGroup = "system:nodes";
+// What the API server adds to spec.extra for a service account token bound to
+// a pod (kubelet's projected tokens; Kubernetes 1.30 and later): the node the
+// pod runs on. Signed into the token by the API server, not claimed by the pod.
+inline constexpr std::string_view kNodeNameExtra = "authentication.kubernetes.io/node-name";
+// The node agent's service account (manifests/10-rbac.yaml), as a username.
+inline constexpr std::string_view kDefaultNodeAgent = "system:serviceaccount:signet-system:signet";
 // The usages a node certificate has (and the only ones a request may ask for).
 inline constexpr const char* kUsages[] = {"digital signature", "key agreement", "client auth", "server auth"};
 inline constexpr int64_t kMaxExpirationSeconds = 86400;  // 24 h: expiry is the revocation
@@ -31,6 +38,7 @@ struct CsrObject {
     std::string username;               // spec.username: set by the API server from the requestor
     std::vector<std::string> groups;    // spec.groups
     std::vector<std::string> usages;    // spec.usages
+    std::vector<std::pair<std::string, std::vector<std::string>>> extra;  // spec.extra, as the API server set it
     std::optional<int64_t> expiration_seconds;
     std::string request_pem;            // spec.request, base64-decoded
     bool approved = false, denied = false, failed = false;
@@ -68,11 +76,16 @@ struct Verdict {
     std::string message;  // human-readable
 };
 
-// The approval decision without the API: signer name, state, requestor
-// (system:node:<name> in group system:nodes), the CSR itself (readable,
-// P-256, signature verifies, subject exactly CN=<name>, O=<trust domain>)
-// and the usages.
-Verdict decide(const CsrObject& csr, const std::string& trust_domain);
+// The approval decision without the API: signer name, state, requestor, the
+// CSR itself (readable, P-256, signature verifies, subject exactly CN=<name>,
+// O=<trust domain>) and the usages. The requestor is either a node
+// (system:node:<name> in group system:nodes: the kubelet's credentials), or
+// one of `node_agents` (usernames such as
+// system:serviceaccount:signet-system:signet) with exactly one
+// spec.extra[authentication.kubernetes.io/node-name] = <name>: the pod-bound
+// token of a signetd on node <name>.
+Verdict decide(const CsrObject& csr, const std::string& trust_domain,
+               const std::vector<std::string>& node_agents = {});
 // The last check: Deny "no Node object <name>" when it does not exist.
 Verdict with_node(Verdict v, bool node_exists);
 

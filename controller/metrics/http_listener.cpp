@@ -122,6 +122,18 @@ Reply route(const Handlers& h, std::string_view path) {
         return r;
     }
     if (path == "/healthz") return text(bhttp::status::ok, "ok\n");
+    if (path == "/readyz" && h.ready) {
+        bool ready = false;
+        try {
+            ready = h.ready();
+        } catch (...) {
+            log::error("metrics", "/readyz handler failed");
+            return text(bhttp::status::internal_server_error, "internal error\n");
+        }
+        Reply r = ready ? text(bhttp::status::ok, "ok\n") : text(bhttp::status::service_unavailable, "not ready\n");
+        r.no_store = true;
+        return r;
+    }
     if (h.graph_json) {
         if (path == "/api/graph") {
             Reply r;

@@ -4,8 +4,10 @@
 // that loop's thread. GET and HEAD only, no request bodies, bounded request
 // headers, per-connection timeouts and a cap on concurrent connections.
 //
-// Routes: /metrics (text/plain; version=0.0.4), /healthz, and when
-// Handlers::graph_json is set: /graph (the page), /graph/app.js,
+// Routes: /metrics (text/plain; version=0.0.4), /healthz (200 while the
+// event loop serves), /readyz when Handlers::ready is set (200 "ok", or 503
+// "not ready": the same answer as the API socket's /readyz, so kubelet's
+// httpGet probes need no curl), and when Handlers::graph_json is set: /graph (the page), /graph/app.js,
 // /graph/lib.js (the bundled graph library), /api/graph (application/json).
 #pragma once
 
@@ -26,6 +28,7 @@ namespace signet::metrics {
 struct Handlers {
     std::function<std::string()> metrics;     // body of GET /metrics
     std::function<std::string()> graph_json;  // body of GET /api/graph; empty function = graph disabled
+    std::function<bool()> ready;              // GET /readyz: 200 when true, else 503; empty function = 404
 };
 
 // Defaults suit signetd; tests shrink them.

@@ -11,6 +11,7 @@
 
 #include "identity/crypto.h"
 #include "identity/csr_policy.h"
+#include "metrics/http_listener.h"
 #include "signet/json.h"
 #include "signet/log.h"
 
@@ -68,7 +69,7 @@ void add_condition(rapidjson::Document& d, const char* type, const std::string& 
 }  // namespace
 
 Result<std::unique_ptr<CsrSigner>> CsrSigner::create(CsrSignerOptions opts) {
-    auto [ns, name] = split_ref(opts.ca_secret, "kube-system");
+    auto [ns, name] = split_ref(opts.ca_secret, "signet-system");
     if (ns.empty() || name.empty()) return make_error(EINVAL, "--ca-secret takes NAMESPACE/NAME");
     auto api = kube::KubeClient::create(opts.kubeconfig, opts.in_cluster);
     if (!api) return api.error();
@@ -121,7 +122,7 @@ void CsrSigner::note_error(const std::string& what) {
 }
 
 Status CsrSigner::load_ca() {
-    auto [ns, name] = split_ref(opts_.ca_secret, "kube-system");
+    auto [ns, name] = split_ref(opts_.ca_secret, "signet-system");
     const std::string what = "the CA Secret " + ns + "/" + name;
     auto r = call("GET", "/api/v1/namespaces/" + ns + "/secrets/" + name);
     if (!r) return make_error(r.error().code, what + ": " + r.error().message);
@@ -148,6 +149,7 @@ Status CsrSigner::load_ca() {
     }
     auto bundle = field("trust-bundle.pem");
     auto ca = identity::Authority::from_pem(*key, *crt, bundle ? *bundle : std::string());
+    const std::string bundle_pem = bundle && !bundle->empty() ? *bundle : *crt;
     OPENSSL_cleanse(key->data(), key->size());
     // Wipe the parsed document's copy of the key too.
     if (Value* v = const_cast<Value*>(json::find(*data, opts_.ca_key_key.c_str())); v && v->IsString())
@@ -159,7 +161,62 @@ Status CsrSigner::load_ca() {
                             " with the CA from " + ns + "/" + name + " (certificate " + fp.substr(0, 16) + ")");
     ca_fingerprint_ = fp;
     ca_.emplace(std::move(*ca));
+    publish_bundle(bundle_pem);
     return {};
+}
+
+void CsrSigner::publish_bundle(const std::string& pem) {
+    if (opts_.trust_bundle_configmap.empty() || pem == published_bundle_) return;
+    auto [ns, name] = split_ref(opts_.trust_bundle_configmap, "signet-system");
+    const std::string what = "the trust bundle ConfigMap " + ns + "/" + name;
+    const std::string path = "/api/v1/namespaces/" + ns + "/configmaps";
+    auto r = call("GET", path + "/" + name);
+    if (!r) return note_error(what + ": " + r.error().message);
+    rapidjson::Document d;
+    auto& a = d.GetAllocator();
+    if (r->status == 404) {
+        d.SetObject();
+        d.AddMember("apiVersion", "v1", a);
+        d.AddMember("kind", "ConfigMap", a);
+        Value md(rapidjson::kObjectType), labels(rapidjson::kObjectType), data(rapidjson::kObjectType);
+        md.AddMember("name", json::str(name, a), a);
+        md.AddMember("namespace", json::str(ns, a), a);
+        labels.AddMember("app.kubernetes.io/name", "signet", a);
+        labels.AddMember("app.kubernetes.io/component", "signer", a);
+        md.AddMember("labels", labels, a);
+        d.AddMember("metadata", md, a);
+        data.AddMember(json::str(opts_.trust_bundle_key, a), json::str(pem, a), a);
+        d.AddMember("data", data, a);
+        auto w = call("POST", path, json::to_string(d));
+        if (!w) return note_error("creating " + what + ": " + w.error().message);
+        if (w->status != 201 && w->status != 200) return note_error("creating " + what + ": " + w->describe());
+        log::info(kLog, "created " + what + " (key " + opts_.trust_bundle_key + ") from the CA Secret");
+        published_bundle_ = pem;
+        return;
+    }
+    if (r->status != 200) return note_error(what + ": " + r->describe());
+    auto doc = json::parse(r->body);
+    if (!doc || !doc->IsObject()) return note_error(what + ": not a JSON object");
+    d.CopyFrom(*doc, a);
+    if (!d.HasMember("data") || !d["data"].IsObject()) {
+        d.RemoveMember("data");
+        d.AddMember("data", Value(rapidjson::kObjectType), a);
+    }
+    Value& data = d["data"];
+    if (const Value* cur = json::find(data, opts_.trust_bundle_key.c_str());
+        cur && cur->IsString() && std::string_view(cur->GetString(), cur->GetStringLength()) == pem) {
+        published_bundle_ = pem;  // already right
+        return;
+    }
+    data.RemoveMember(opts_.trust_bundle_key.c_str());
+    data.AddMember(json::str(opts_.trust_bundle_key, a), json::str(pem, a), a);
+    // metadata.resourceVersion stays: a concurrent change makes this a 409,
+    // and the next relist looks again.
+    auto w = call("PUT", path + "/" + name, json::to_string(d));
+    if (!w) return note_error("updating " + what + ": " + w.error().message);
+    if (w->status != 200) return note_error("updating " + what + ": " + w->describe());
+    log::info(kLog, "updated " + what + " (key " + opts_.trust_bundle_key + ") from the CA Secret");
+    published_bundle_ = pem;
 }
 
 void CsrSigner::run() {
@@ -180,7 +237,7 @@ bool CsrSigner::on_list_item(const Value& obj, size_t) {
     return true;
 }
 
-void CsrSigner::on_listed(const std::string&) {}
+void CsrSigner::on_listed(const std::string&) { ready_ = true; }
 
 Result<bool> CsrSigner::on_event(const kube::WatchEvent& ev, const std::string&) {
     if (ev.type == kube::WatchEvent::Added || ev.type == kube::WatchEvent::Modified) handle(*ev.object);
@@ -209,7 +266,12 @@ void CsrSigner::handle(const Value& obj) {
         return;
     }
     if (!c->uid.empty() && done_uids_.count(c->uid)) return;  // a stale event of one already handled
-    auto v = csr::decide(*c, ca_->trust_domain());
+    std::vector<std::string> agents;
+    for (const auto& sa : opts_.node_agent_service_accounts) {
+        auto [ns, name] = split_ref(sa, "signet-system");
+        agents.push_back("system:serviceaccount:" + ns + ":" + name);
+    }
+    auto v = csr::decide(*c, ca_->trust_domain(), agents);
     switch (v.action) {
         case csr::Action::Ignore:
         case csr::Action::Done:
@@ -341,11 +403,23 @@ int run_csr_signer(const CsrSignerOptions& opts) {
         sp->stop();
         io.stop();
     });
+    std::unique_ptr<metrics::HttpListener> health;
+    if (!opts.health_address.empty()) {
+        metrics::Handlers h;
+        h.ready = [sp] { return sp->ready(); };
+        health = std::make_unique<metrics::HttpListener>(io, std::move(h));
+        if (auto st = health->listen(opts.health_address); !st) {
+            log::error(kLog, "--health-address: " + st.error().message);
+            return 1;
+        }
+        log::info(kLog, "probes (/healthz, /readyz) on " + opts.health_address);
+    }
     std::thread worker([sp, &io] {
         sp->run();
         io.stop();
     });
     io.run();
+    if (health) health->stop();
     sp->stop();
     worker.join();
     auto st = sp->stats();

@@ -6,7 +6,8 @@
 // lists and watches CertificateSigningRequests, and for each pending one
 // with signerName signet.dev/node decides (identity/csr_policy.h): approve
 // only a node's request for its own name (requestor system:node:<name> in
-// group system:nodes, a Node object <name>, subject exactly CN=<name>,
+// group system:nodes, or the node agent's service account with a token bound
+// to a pod on node <name>; a Node object <name>, subject exactly CN=<name>,
 // O=<trust domain>, a P-256 key whose CSR signature verifies); then the
 // Approved condition (PUT .../approval) and the certificate (PUT
 // .../status). Anything else gets a Denied condition with the reason. Other
@@ -22,6 +23,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <rapidjson/document.h>
 
@@ -36,9 +38,21 @@ using kube::split_ref;
 
 struct CsrSignerOptions {
     std::string kubeconfig;  // "" = in-cluster
-    std::string ca_secret = "kube-system/signet-ca";
+    std::string ca_secret = "signet-system/signet-ca";
+    // Service accounts (NS/NAME) whose pod-bound tokens may request the
+    // certificate of the node their pod runs on: signetd's own (the
+    // DaemonSet's). Empty: only nodes' own credentials (system:node:<name>).
+    std::vector<std::string> node_agent_service_accounts = {"signet-system/signet"};
     std::string ca_key_key = "ca.key";
     std::string ca_cert_key = "ca.crt";
+    // The trust bundle the nodes read (their --trust-bundle-configmap): the
+    // signer keeps this ConfigMap key equal to the CA Secret's
+    // trust-bundle.pem (else its ca.crt), creating it when missing. It is
+    // the only writer (manifests/10-rbac.yaml). "" = do not publish.
+    std::string trust_bundle_configmap = "signet-system/signet-trust-bundle";
+    std::string trust_bundle_key = "trust-bundle.pem";
+    // --health-address: /healthz and /readyz for kubelet's probes ("" = off).
+    std::string health_address;
     std::chrono::seconds watch_timeout{300};
     std::chrono::milliseconds backoff_initial{500};
     std::chrono::milliseconds backoff_max{30000};
@@ -60,10 +74,16 @@ public:
         uint64_t approved = 0, denied = 0, failed = 0, ignored = 0, malformed = 0;
     };
     Stats stats() const;
+    // The CA is loaded and the requests were listed (and handled) at least
+    // once: what /readyz says. Any thread.
+    bool ready() const { return ready_.load(); }
 
 private:
     explicit CsrSigner(CsrSignerOptions opts);
     Status load_ca();
+    // Writes the trust bundle ConfigMap when it differs from `pem` (errors
+    // are logged and retried at the next relist; signing goes on).
+    void publish_bundle(const std::string& pem);
     // The reflector's handler: the CA is re-read at every list (a rotated
     // Secret is picked up); every listed or watched request is handled.
     Status on_list_start() override;
@@ -90,10 +110,12 @@ private:
     std::unique_ptr<kube::Reflector> reflector_;
     std::optional<identity::Authority> ca_;
     std::string ca_fingerprint_;
+    std::string published_bundle_;  // what the ConfigMap held after our last look
     std::set<std::string> done_uids_;  // issued or denied by this process (stale events are skipped)
     std::string last_error_;
     mutable std::mutex mu_;
     Stats stats_;
+    std::atomic<bool> ready_{false};
 };
 
 // signetd --csr-signer: runs a CsrSigner until SIGTERM/SIGINT; the exit status.

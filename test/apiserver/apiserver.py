@@ -47,7 +47,7 @@ Control API (plain JSON over the same port, no auth; see CONTROL below):
 ``/_control/bulk_pods``, ``GET /_control/requests``, ``/_control/state``,
 ``POST /_control/scan`` (ingest the followed manifest folder now).
 
-Single objects and the CSR API (signet's node certificates; added for
+Single objects, ConfigMap create/update (the signer's trust bundle) and the CSR API (signet's node certificates; added for
 test/integration/test_csr_signer.py, nothing above changed):
 
 * ``GET /api/v1/nodes/NAME``, ``GET /api/v1/namespaces/NS/{secrets,configmaps,
@@ -64,7 +64,8 @@ test/integration/test_csr_signer.py, nothing above changed):
   request; Approved/Denied kept from the stored object); a PUT whose
   metadata.resourceVersion is not the stored one is ``409 Conflict``;
 * users: ``--token T`` (or fault ``tokens``) maps a token to a user name
-  or to ``{"username": U, "groups": [...]}``; groups default as the real
+  or to ``{"username": U, "groups": [...], "extra": {K: [V]}}`` (extra as a
+  pod-bound token's node claim, copied into a CSR's ``spec.extra``); groups default as the real
   authenticators set them (service accounts: ``system:serviceaccounts``,
   ``system:serviceaccounts:NS``; ``system:node:*``: ``system:nodes``; all:
   ``system:authenticated``); client certificates: CN = user, O = groups.
@@ -145,7 +146,12 @@ def user_info(user) -> dict:
             groups = ["system:nodes"]
     if name != "system:anonymous" and "system:authenticated" not in groups:
         groups.append("system:authenticated")
-    return {"username": name, "groups": groups, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + name))}
+    info = {"username": name, "groups": groups, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + name))}
+    if isinstance(user, dict) and user.get("extra"):
+        # What the authenticator adds, e.g. a pod-bound service account
+        # token's {"authentication.kubernetes.io/node-name": [NODE]}.
+        info["extra"] = {k: list(v) for k, v in user["extra"].items()}
+    return info
 
 
 def api_version_of(resource: str) -> str:
@@ -760,6 +766,10 @@ class Handler(BaseHTTPRequestHandler):
             return self._event_create(ns) or True
         if method == "PATCH" and len(rest) == 1:
             return self._patch(resource, ns, rest[0], group) or True
+        if method == "POST" and not rest and resource == "configmaps":
+            return self._configmap_write(ns, None) or True
+        if method == "PUT" and resource == "configmaps" and len(rest) == 1:
+            return self._configmap_write(ns, rest[0]) or True
         if not rest or len(rest) > 2:
             return False
         name, sub = rest[0], (rest[1] if len(rest) == 2 else "")
@@ -887,6 +897,8 @@ class Handler(BaseHTTPRequestHandler):
         # The requestor is whoever made this call, whatever the body says.
         spec = dict(spec, username=info["username"], groups=info["groups"], uid=info["uid"])
         spec.pop("extra", None)
+        if info.get("extra"):
+            spec["extra"] = info["extra"]
         body = dict(body, spec=spec, status={})
         try:
             obj = self.store.create("certificatesigningrequests", body)
@@ -897,6 +909,36 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - e.g. no name
             return self._invalid(name, str(e))
         return self._json(201, obj)
+
+    def _configmap_write(self, ns: str, name: str | None) -> None:
+        """POST (name None) or PUT of a ConfigMap (the signer's trust bundle):
+        201/200, 409 AlreadyExists or Conflict (stale resourceVersion), 404."""
+        body = self._read_body()
+        md = (body or {}).get("metadata") if isinstance((body or {}).get("metadata"), dict) else None
+        if body is None or md is None or not md.get("name") or (name and md["name"] != name) or \
+                md.get("namespace", ns) != ns:
+            return self._json(400, status_body(400, "BadRequest", "the body is not a ConfigMap for this URL"))
+        body = dict(body, metadata=dict(md, namespace=ns))
+        cm = md["name"]
+        details = {"name": cm, "kind": "configmaps"}
+        if name is None:
+            try:
+                return self._json(201, self.store.create("configmaps", body))
+            except KeyError:
+                return self._json(409, status_body(409, "AlreadyExists", f'configmaps "{cm}" already exists', details))
+        try:
+            obj = self.store.update("configmaps", ns, cm,
+                                    lambda old: dict(old, data=body.get("data") or {},
+                                                     metadata=dict(old["metadata"],
+                                                                   labels=md.get("labels") or {})),
+                                    md.get("resourceVersion"))
+        except KeyError:
+            return self._json(404, status_body(404, "NotFound", f'configmaps "{cm}" not found', details))
+        except ValueError:
+            return self._json(409, status_body(409, "Conflict", f'Operation cannot be fulfilled on configmaps "{cm}": '
+                                               "the object has been modified; please apply your changes to the "
+                                               "latest version and try again", details))
+        return self._json(200, obj)
 
     def _csr_update(self, name: str, sub: str) -> None:
         body = self._read_body()

@@ -107,6 +107,51 @@ TEST_CASE("csr: requestors that are not nodes are denied") {
     CHECK(decide(request("system:node:Bad_Name", kNodeGroups, node_csr("worker-1")), kTd).action == Action::Deny);
 }
 
+TEST_CASE("csr: the node agent's service account, its token bound to a pod on the node, asks for that node only") {
+    const std::string kAgent = "system:serviceaccount:signet-system:signet";
+    const std::vector<std::string> agents = {kAgent};
+    const std::vector<std::string> sa_groups = {"system:serviceaccounts", "system:serviceaccounts:signet-system",
+                                                "system:authenticated"};
+    auto c = request(kAgent, sa_groups, node_csr("worker-1"));
+    c.extra = {{"authentication.kubernetes.io/pod-name", {"signet-abcde"}},
+               {std::string(kNodeNameExtra), {"worker-1"}}};
+    auto v = decide(c, kTd, agents);
+    CHECK(v.action == Action::CheckNode);
+    CHECK(v.node == "worker-1");
+    CHECK(with_node(v, false).reason == "NoSuchNode");
+
+    // Not a listed node agent: denied whatever it carries.
+    v = decide(c, kTd);
+    CHECK(v.action == Action::Deny);
+    CHECK(v.message == "requestor " + kAgent + " is not a node");
+    CHECK(decide(c, kTd, {"system:serviceaccount:signet-system:other"}).action == Action::Deny);
+
+    // Bound to worker-1, asking for worker-2.
+    auto other = request(kAgent, sa_groups, node_csr("worker-2"));
+    other.extra = c.extra;
+    v = decide(other, kTd, agents);
+    CHECK(v.action == Action::Deny);
+    CHECK(v.reason == "SubjectMismatch");
+    CHECK(v.message == "subject CN=worker-2 does not match requestor worker-1");
+
+    // No node claim (a legacy Secret token, an older API server): denied.
+    auto unbound = request(kAgent, sa_groups, node_csr("worker-1"));
+    v = decide(unbound, kTd, agents);
+    CHECK(v.action == Action::Deny);
+    CHECK(v.reason == "RequestorNotANode");
+    CHECK(v.message.find("carries no node binding") != std::string::npos);
+    unbound.extra = {{std::string(kNodeNameExtra), {}}};
+    CHECK(decide(unbound, kTd, agents).action == Action::Deny);
+    unbound.extra = {{std::string(kNodeNameExtra), {"worker-1", "worker-2"}}};
+    CHECK(decide(unbound, kTd, agents).message == "requestor " + kAgent + " is bound to several nodes");
+    unbound.extra = {{std::string(kNodeNameExtra), {"Bad_Name"}}};
+    CHECK(decide(unbound, kTd, agents).reason == "RequestorNotANode");
+    // The node claim means nothing for any other requestor.
+    auto sa = request("system:serviceaccount:x:y", sa_groups, node_csr("worker-1"));
+    sa.extra = c.extra;
+    CHECK(decide(sa, kTd, agents).message == "requestor system:serviceaccount:x:y is not a node");
+}
+
 TEST_CASE("csr: the subject must be exactly the requestor in the trust domain") {
     auto v = decide(request("system:node:worker-1", kNodeGroups, node_csr("worker-2")), kTd);
     CHECK(v.action == Action::Deny);
@@ -160,7 +205,8 @@ TEST_CASE("csr: parsing CertificateSigningRequest objects") {
       "metadata":{"name":"signet-worker-1-abcd","uid":"1234","resourceVersion":"17"},
       "spec":{"request":")" + base64_encode(pem) + R"(","signerName":"signet.dev/node","expirationSeconds":3600,
         "usages":["digital signature","key agreement","client auth","server auth"],
-        "username":"system:node:worker-1","groups":["system:nodes","system:authenticated"]},
+        "username":"system:node:worker-1","groups":["system:nodes","system:authenticated"],
+        "extra":{"authentication.kubernetes.io/node-name":["worker-1"],"x":[]}},
       "status":{"conditions":[{"type":"Denied","status":"True","reason":"X","message":"no"}]}})";
     auto c = parse_csr_json(text);
     REQUIRE_MESSAGE(c.ok(), c.error().message);
@@ -170,6 +216,10 @@ TEST_CASE("csr: parsing CertificateSigningRequest objects") {
     CHECK(c->request_pem == pem);
     CHECK(c->username == "system:node:worker-1");
     CHECK(c->groups.size() == 2);
+    REQUIRE(c->extra.size() == 2);
+    CHECK(c->extra[0].first == "authentication.kubernetes.io/node-name");
+    CHECK(c->extra[0].second == std::vector<std::string>{"worker-1"});
+    CHECK(c->extra[1].second.empty());
     CHECK(c->expiration_seconds == 3600);
     CHECK(granted_seconds(*c) == 3600);
     CHECK(c->denied);
@@ -182,6 +232,12 @@ TEST_CASE("csr: parsing CertificateSigningRequest objects") {
     auto m = parse_csr_json(R"({"metadata":{"name":"x"},"spec":{"signerName":"signet.dev/node","request":"%%%"}})");
     REQUIRE(m.ok());
     CHECK(m->malformed == "spec.request is not base64");
+    auto x = parse_csr_json(R"({"metadata":{"name":"x"},"spec":{"signerName":"signet.dev/node","request":"","extra":{"k":"v"}}})");
+    REQUIRE(x.ok());
+    CHECK(x->malformed == "spec.extra holds a value that is not a list of strings");
+    x = parse_csr_json(R"({"metadata":{"name":"x"},"spec":{"signerName":"signet.dev/node","request":"","extra":[]}})");
+    REQUIRE(x.ok());
+    CHECK(x->malformed == "spec.extra is not a map");
     m = parse_csr_json(R"({"metadata":{"name":"x"},"spec":{"signerName":"signet.dev/node","request":"","groups":"g"}})");
     REQUIRE(m.ok());
     CHECK_FALSE(m->malformed.empty());

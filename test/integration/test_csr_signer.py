@@ -19,10 +19,12 @@ bearer token as kube-apiserver does.
 import base64
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +42,12 @@ TOKENS = {
     "worker-2-token": "system:node:worker-2",
     "worker-9-token": "system:node:worker-9",
     "sa-token": "system:serviceaccount:x:y",
+    # signetd's own service account (the DaemonSet's), its token bound to a
+    # pod on worker-2 as kubelet's projected tokens are (Kubernetes >= 1.30),
+    # and one without that binding (a legacy Secret token).
+    "agent-token": {"username": "system:serviceaccount:signet-system:signet",
+                    "extra": {"authentication.kubernetes.io/node-name": ["worker-2"]}},
+    "agent-unbound-token": "system:serviceaccount:signet-system:signet",
 }
 
 
@@ -86,6 +94,20 @@ class Signer:
         self.dir = Path(run.mkdtemp("signer"))
         self.proc = None
         self.starts = 0
+        # --health-address (the Deployment's probes): a free loopback port.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.health_port = s.getsockname()[1]
+
+    def probe(self, path: str) -> int:
+        """GET path on the probe listener: the HTTP status, 0 when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=3) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return 0
 
     def log_path(self) -> Path:
         return self.dir / f"signer.{self.starts}.log"
@@ -94,7 +116,7 @@ class Signer:
         self.starts += 1
         logf = open(self.log_path(), "wb")
         self.proc = subprocess.Popen([str(self.bins["signetd"]), "--csr-signer", "--kubeconfig", str(self.kubeconfig),
-                                      "--log-level", "debug"], stdout=logf, stderr=subprocess.STDOUT,
+                                      "--log-level", "debug", "--health-address", f"127.0.0.1:{self.health_port}"], stdout=logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         logf.close()
         self.run.own_process(self.proc, f"signer#{self.starts}")
@@ -134,11 +156,8 @@ def body(t: harness.Test, run: harness.Run):
     srv = A.ApiServer(store, 0).start()
     run.on_cleanup("test API server", srv.stop)
     store.apply({"kind": "Secret", "apiVersion": "v1", "type": "Opaque",
-                 "metadata": {"name": "signet-ca", "namespace": "kube-system"},
+                 "metadata": {"name": "signet-ca", "namespace": "signet-system"},
                  "data": {"ca.key": b64((ca / "ca.key").read_bytes()), "ca.crt": b64((ca / "ca.crt").read_bytes())}})
-    store.apply({"kind": "ConfigMap", "apiVersion": "v1",
-                 "metadata": {"name": "signet-trust-bundle", "namespace": "kube-system"},
-                 "data": {"trust-bundle.pem": (ca / "trust-bundle.pem").read_text()}})
     for n in ("worker-1", "worker-2"):
         store.apply({"kind": "Node", "apiVersion": "v1", "metadata": {"name": n},
                      "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.10"}]}})
@@ -158,12 +177,26 @@ def body(t: harness.Test, run: harness.Run):
              signer="kubernetes.io/kubelet-serving")
 
     signer = Signer(run, bins, kc["signer-token"]).start()
+    t.check("signer: /readyz 200 once the CA is loaded and the requests listed (--health-address)",
+            wait_until(lambda: signer.probe("/readyz") == 200, 20), signer.log()[-2000:])
+    t.equal("signer: /healthz", signer.probe("/healthz"), 200)
+    # The signer publishes the trust bundle the nodes read (no one else may
+    # write it): the CA Secret has no trust-bundle.pem, so its ca.crt.
+    cm = wait_until(lambda: store.get("configmaps", "signet-system", "signet-trust-bundle"), 20)
+    t.check("signer: created the trust bundle ConfigMap signet-system/signet-trust-bundle", bool(cm),
+            signer.log()[-2000:])
+    t.equal("signer: the bundle is the CA Secret's certificate",
+            ((cm or {}).get("data") or {}).get("trust-bundle.pem"), (ca / "ca.crt").read_text())
+    t.equal("signer: nothing else on the probe listener", signer.probe("/metrics"), 404)
 
-    # ---- two nodes get their certificates
+    # ---- two nodes get their certificates: worker-1 with the node's own
+    # credentials (system:node:worker-1), worker-2 as the manifests run it,
+    # with signetd's service account (its token bound to a pod on worker-2)
     nodes = {}
-    for n, extra in (("worker-1", ["--csr-expiration", "30s"]), ("worker-2", [])):
+    requestor = {"worker-1": "system:node:worker-1", "worker-2": "system:serviceaccount:signet-system:signet"}
+    for n, tok, extra in (("worker-1", "worker-1-token", ["--csr-expiration", "30s"]), ("worker-2", "agent-token", [])):
         d = harness.Signetd(run, bins, node=n)
-        d.extra_args = ["--authority", "kubernetes-csr", "--kubeconfig", str(kc[f"{n}-token"]), "--no-flows", *extra]
+        d.extra_args = ["--authority", "kubernetes-csr", "--kubeconfig", str(kc[tok]), "--no-flows", *extra]
         d.start()
         nodes[n] = d
 
@@ -192,12 +225,13 @@ def body(t: harness.Test, run: harness.Run):
         obj = csr(st["csr"]["name"])
         t.check(f"{n}: its CSR is Approved and carries the certificate",
                 "Approved" in conditions(obj) and (obj.get("status") or {}).get("certificate"), obj)
-        t.equal(f"{n}: the server set spec.username from the token", obj["spec"].get("username"),
-                f"system:node:{n}")
+        t.equal(f"{n}: the server set spec.username from the token", obj["spec"].get("username"), requestor[n])
     fp2 = identity(nodes["worker-2"])["fingerprint"]
 
     # ---- requests the signer must deny
     post_csr(srv.url, "sa-token", "from-sa", make_csr(tmp, "worker-1"))
+    post_csr(srv.url, "agent-token", "agent-other-node", make_csr(tmp, "worker-1"))
+    post_csr(srv.url, "agent-unbound-token", "agent-unbound", make_csr(tmp, "worker-1"))
     post_csr(srv.url, "worker-9-token", "no-such-node", make_csr(tmp, "worker-9"))
     post_csr(srv.url, "worker-1-token", "other-subject", make_csr(tmp, "worker-2"))
     post_csr(srv.url, "worker-1-token", "wrong-domain", make_csr(tmp, "worker-1", "other.domain"))
@@ -210,6 +244,8 @@ def body(t: harness.Test, run: harness.Run):
                  "metadata": {"name": "malformed-spec"}, "spec": "nonsense"})
     want = {
         "from-sa": "requestor system:serviceaccount:x:y is not a node",
+        "agent-other-node": "subject CN=worker-1 does not match requestor worker-2",
+        "agent-unbound": "requestor system:serviceaccount:signet-system:signet carries no node binding",
         "no-such-node": "no Node object worker-9",
         "other-subject": "subject CN=worker-2 does not match requestor worker-1",
         "wrong-domain": f"subject O=other.domain is not the trust domain {TD}",
@@ -260,7 +296,16 @@ def body(t: harness.Test, run: harness.Run):
     d1.stop()
     decided = {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in all_csrs()}
     t.equal("signer stops cleanly on SIGTERM", signer.stop(), 0)
+    # A trust bundle changed behind the signer's back is put right at start.
+    store.apply({"kind": "ConfigMap", "apiVersion": "v1",
+                 "metadata": {"name": "signet-trust-bundle", "namespace": "signet-system"},
+                 "data": {"trust-bundle.pem": "stale", "other": "kept"}})
     signer.start()
+    cm = wait_until(lambda: (store.get("configmaps", "signet-system", "signet-trust-bundle") or {}).get("data", {})
+                    .get("trust-bundle.pem") != "stale" and store.get("configmaps", "signet-system",
+                                                                       "signet-trust-bundle"), 20)
+    t.equal("restarted signer: the trust bundle is the CA's again (PUT), other keys kept",
+            ((cm or {}).get("data") or {}), {"trust-bundle.pem": (ca / "ca.crt").read_text(), "other": "kept"})
     post_csr(srv.url, "sa-token", "after-restart", make_csr(tmp, "worker-1"))
     ok = wait_until(lambda: "Denied" in conditions(csr("after-restart")), 20)
     t.check("restarted signer decides new requests", ok, signer.log()[-2000:])

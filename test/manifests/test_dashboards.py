@@ -1056,8 +1056,12 @@ def kubectl_checks(dash_files):
         problem("components", f"--influxdb missing from the signetd args {args}")
     if "--metrics-address=$(POD_IP):9464" not in args:
         problem("components", "--metrics-address missing from the signetd args")
-    base_args = 5
-    if len(args) != base_args + 2:
+    # The base DaemonSet's own signetd args come first, unchanged.
+    with open(os.path.join(ROOT, "manifests", "30-daemonset.yaml")) as fh:
+        base_ds = [d for d in yaml.safe_load_all(fh) if d and d.get("kind") == "DaemonSet"][0]
+    base = [x for x in base_ds["spec"]["template"]["spec"]["containers"] if x["name"] == "signetd"][0].get("args") or []
+    base_args = len(base)
+    if len(args) != base_args + 2 or args[:base_args] != base:
         problem("components", f"the components must append to the base args, got {args}")
     svc = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "signet-metrics"]
     tmpl_labels = ds[0]["spec"]["template"]["metadata"]["labels"]

@@ -17,6 +17,18 @@ What it checks, for every manifests/*.yaml (not manifests/examples/):
     runs once as an init container and keeps running as a container with
     `install --watch` (issue #15: re-chains signet when the network plugin
     rewrites its config), both with the installer's capabilities only;
+    nodeSelector kubernetes.io/os: linux; signetd has no CPU limit (CFS
+    throttling delays queued SYNs), memory request = limit >=
+    --handshake-memory + 128Mi, httpGet probes (no exec) on its loopback
+    --health-address (liveness /healthz, readiness /readyz), the handshake
+    permissive with --authority kubernetes-csr, and no kubelet kubeconfig,
+    PKI or --kubeconfig/--csr-kubeconfig (its own service account);
+  - the signer Deployment: Linux nodes, httpGet probes on --health-address;
+  - the trust bundle ConfigMap: the same namespace in the code's default,
+    the docs and the manifests; node agents may get it; only the signer's
+    Role may write ConfigMaps (update limited to the bundle by name), and it
+    publishes where the nodes read; the Dockerfile's runtime stage installs
+    no curl;
   - RBAC: no wildcards; the node agent's read rules cover exactly the API
     paths the Kubernetes source requests (grepped from
     controller/source/kubernetes/, or a fixed list when that folder has none)
@@ -173,6 +185,12 @@ def check_container(where, c, env_names, configmaps, allowed_caps, is_init, host
     res = c.get("resources") or {}
     for part in ("requests", "limits"):
         for r in ("cpu", "memory"):
+            if r == "cpu" and part == "limits" and not is_init:
+                # signetd: no CPU limit. CFS throttling would hold the SYNs
+                # queued in NFQUEUE for the rest of the period.
+                if r in (res.get(part) or {}):
+                    problem(cw, "no CPU limit on signetd: CFS throttling delays the SYNs it holds")
+                continue
             if r not in (res.get(part) or {}):
                 problem(cw, f"resources.{part}.{r} missing")
     env = c.get("env") or []
@@ -210,15 +228,80 @@ def check_container(where, c, env_names, configmaps, allowed_caps, is_init, host
         for needed in ("NET_ADMIN", "SYS_ADMIN"):
             if needed not in added:
                 problem(cw, f"capability {needed} missing")
-        for probe in ("livenessProbe", "readinessProbe"):
-            p = c.get(probe)
-            if not p:
+        check_probes(cw, c, host_network=True)
+        check_memory(cw, c)
+
+
+def flag_value(c, flag):
+    """The value of --flag=V (or --flag V) in a container's args, else None."""
+    args = [str(a) for a in c.get("args") or []]
+    for i, a in enumerate(args):
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def check_probes(cw, c, host_network):
+    """httpGet probes on signetd's --health-address (no curl forked in the
+    container): liveness /healthz, readiness /readyz, on its port; with host
+    networking the address must be loopback and the probe's host too."""
+    addr = flag_value(c, "--health-address")
+    if not addr:
+        problem(cw, "--health-address missing (the probes' listener)")
+        return
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports") or []}
+    if host_network and host not in ("127.0.0.1", "::1"):
+        problem(cw, f"--health-address {addr}: with hostNetwork it must be a loopback address")
+    for probe, path in (("startupProbe", None), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        p = c.get(probe)
+        if not p:
+            if probe != "startupProbe":
                 problem(cw, f"{probe} missing")
-            elif "exec" in p and not (p["exec"].get("command")):
-                problem(cw, f"{probe}: exec without a command")
-        ready = " ".join(((c.get("readinessProbe") or {}).get("exec") or {}).get("command") or [])
-        if "/readyz" not in ready:
-            problem(cw, "the readiness probe must ask /readyz")
+            continue
+        if "exec" in p:
+            problem(cw, f"{probe}: exec probes fork a program in the container: use httpGet on --health-address")
+            continue
+        g = p.get("httpGet")
+        if not g:
+            problem(cw, f"{probe}: httpGet expected")
+            continue
+        if path and g.get("path") != path:
+            problem(cw, f"{probe}: path {g.get('path')!r}, expected {path}")
+        pport = ports.get(g["port"]) if isinstance(g.get("port"), str) else g.get("port")
+        if str(pport) != port:
+            problem(cw, f"{probe}: port {g.get('port')!r} is not --health-address's {port}")
+        if host_network and g.get("host") != host:
+            problem(cw, f"{probe}: host {g.get('host')!r}: with hostNetwork kubelet must ask {host} "
+                        "(the pod's address is the node's)")
+
+
+def mebibytes(q):
+    m = re.match(r"^(\d+)(Mi|Gi)$", str(q))
+    if not m:
+        return None
+    return int(m.group(1)) * (1024 if m.group(2) == "Gi" else 1)
+
+
+def check_memory(cw, c):
+    """signetd's memory limit covers its handshake budget plus the measured
+    RSS without it (46 MiB at a 10,000-pod relist's peak) with headroom:
+    limit >= --handshake-memory + 128Mi; request = limit."""
+    res = c.get("resources") or {}
+    limit = mebibytes((res.get("limits") or {}).get("memory"))
+    request = mebibytes((res.get("requests") or {}).get("memory"))
+    hs = flag_value(c, "--handshake-memory")
+    budget = int(hs) if hs and hs.isdigit() else 256  # signetd's default
+    if limit is None:
+        problem(cw, "memory limit must be in Mi or Gi")
+        return
+    if limit < budget + 128:
+        problem(cw, f"memory limit {limit}Mi is below --handshake-memory {budget} MiB + 128Mi")
+    if request != limit:
+        problem(cw, f"memory request {request}Mi should equal the limit {limit}Mi")
 
 
 def image_paths(dockerfile):
@@ -273,7 +356,16 @@ def check_daemonset(docs, files_text):
     if pod.get("serviceAccountName") not in sas:
         problem(where, f"serviceAccountName {pod.get('serviceAccountName')!r} is not a ServiceAccount here")
     host_pid = pod.get("hostPID") is True
+    if (pod.get("nodeSelector") or {}).get("kubernetes.io/os") != "linux":
+        problem(where, "nodeSelector kubernetes.io/os: linux expected")
     volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    # signetd's identity is its own service account and the CSR flow: no
+    # kubelet credentials on the node agent.
+    for v in volumes.values():
+        hp = (v.get("hostPath") or {}).get("path", "")
+        if hp.startswith(("/etc/kubernetes", "/var/lib/kubelet")):
+            problem(where, f"volume {v.get('name')}: hostPath {hp}: the kubelet's kubeconfig or PKI must not be "
+                           "mounted (signetd uses its own service account)")
     used = set()
     inits = pod.get("initContainers") or []
     containers = pod.get("containers") or []
@@ -311,6 +403,24 @@ def check_daemonset(docs, files_text):
     for p in sorted(REQUIRED_HOST_PATHS - host_paths):
         problem(where, f"hostPath {p} missing")
 
+    # The handshake out of the box: permissive, node certificates by the CSR
+    # flow with signetd's own credentials.
+    signetd = next((c for c in containers if not installs(c)), None)
+    if signetd is not None:
+        if flag_value(signetd, "--authority") != "kubernetes-csr":
+            problem(where, "signetd: --authority=kubernetes-csr expected (node certificates from the CSR signer)")
+        hs = flag_value(signetd, "--handshake") or ""
+        m = re.fullmatch(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", hs)
+        if m:
+            ref = next(((e.get("valueFrom") or {}).get("configMapKeyRef") for e in signetd.get("env") or []
+                        if e.get("name") == m.group(1)), None) or {}
+            hs = ((configmaps.get(ref.get("name")) or {}).get("data") or {}).get(ref.get("key"), "")
+        if hs != "permissive":
+            problem(where, f"signetd: --handshake must be permissive out of the box, is {hs!r}")
+        for flag in ("--kubeconfig", "--csr-kubeconfig"):
+            if flag_value(signetd, flag) is not None:
+                problem(where, f"signetd: {flag}: signetd uses its own service account (in-cluster)")
+
     # Flags and binaries agree with the programs and the image.
     known = {
         "signetd": flags_of("controller/main.cpp", "Usage: signetd"),
@@ -336,6 +446,76 @@ def check_daemonset(docs, files_text):
         for a in (c.get("args") or []) + ["".join(cmd)]:
             if str(a).startswith("--plugin=") and installed is not None and str(a).split("=", 1)[1] not in installed:
                 problem(where, f"the Dockerfile does not install {str(a).split('=', 1)[1]}")
+
+
+def check_signer(docs):
+    """The signer Deployment: Linux nodes, httpGet probes on --health-address."""
+    deps = [(w, d) for w, _, d in docs if d.get("kind") == "Deployment"]
+    for where, d in deps:
+        pod = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if (pod.get("nodeSelector") or {}).get("kubernetes.io/os") != "linux":
+            problem(where, "nodeSelector kubernetes.io/os: linux expected")
+        for c in pod.get("containers") or []:
+            check_probes(f"{where} container {c.get('name')!r}", c, host_network=pod.get("hostNetwork") is True)
+
+
+def check_trust_bundle(docs):
+    """The trust bundle: one namespace in code, manifests and docs; node
+    agents read it, no signet identity writes it."""
+    code = open(os.path.join(ROOT, "controller", "credentials", "csr_client.h")).read()
+    m = re.search(r'trust_bundle_configmap = "([^"/]+)/([^"]+)"', code)
+    if not m:
+        problem("csr_client.h", "no default trust_bundle_configmap found")
+        return
+    ns, name = m.group(1), m.group(2)
+    if ns != NAMESPACE:
+        problem("csr_client.h", f"the trust bundle's default namespace {ns} is not the manifests' {NAMESPACE}")
+    for doc in ("docs/handshake.md", "docs/install.md", "manifests/40-signer.yaml", "controller/main.cpp"):
+        text = open(os.path.join(ROOT, doc)).read()
+        for other in re.findall(r"([a-z0-9-]+)/" + re.escape(name), text):
+            if other != ns:
+                problem(doc, f"names the trust bundle {other}/{name}, the code reads {ns}/{name}")
+    # Who is bound to which Role (RoleBindings here).
+    holders = {}
+    for _, _, b in docs:
+        if b.get("kind") == "RoleBinding":
+            holders.setdefault((b.get("roleRef") or {}).get("name"), []).extend(
+                s.get("name") for s in b.get("subjects") or [])
+    readers, writers = set(), set()
+    for where, _, d in docs:
+        if d.get("kind") not in ("Role", "ClusterRole"):
+            continue
+        rname = d["metadata"]["name"]
+        for r in d.get("rules") or []:
+            if "configmaps" not in (r.get("resources") or []):
+                continue
+            verbs = set(r.get("verbs") or [])
+            names = r.get("resourceNames") or []
+            writes = verbs - {"get", "list", "watch"}
+            scoped = d.get("kind") == "Role" and d["metadata"].get("namespace") == ns
+            if writes:
+                subjects = holders.get(rname, []) if scoped else []
+                if not scoped or subjects != ["signet-signer"]:
+                    problem(where, f"{rname} may write ConfigMaps ({sorted(writes)}): only the signer's Role in "
+                                   f"{ns} may (it publishes the trust bundle)")
+                elif writes - {"create"} and names != [name]:
+                    problem(where, f"{rname}: {sorted(writes - {'create'})} on ConfigMaps must be limited to "
+                                   f"resourceNames [{name}]")
+                else:
+                    writers.add(rname)
+            if scoped and name in names and "get" in verbs:
+                readers.add(rname)
+    if not any("signet" in holders.get(r, []) for r in readers):
+        problem("rbac", f"the node agent (signet) cannot get the ConfigMap {ns}/{name}")
+    if not writers:
+        problem("rbac", f"the signer cannot write the trust bundle {ns}/{name}")
+    # The signer publishes where the nodes read.
+    signer = next((d for _, _, d in docs if d.get("kind") == "Deployment"), None)
+    if signer is not None:
+        for c in signer["spec"]["template"]["spec"].get("containers") or []:
+            v = flag_value(c, "--trust-bundle-configmap")
+            if v is not None and v.split(":")[0] != f"{ns}/{name}":
+                problem("40-signer.yaml", f"the signer publishes the trust bundle to {v}, the nodes read {ns}/{name}")
 
 
 def api_reads_from_code():
@@ -506,6 +686,15 @@ def check_kubectl(files, docs):
         problem("kustomization.yaml", f"kubectl kustomize builds {built}, the files hold {mine}")
 
 
+def check_image(dockerfile):
+    """The runtime stage installs no curl: the probes are httpGet."""
+    text = dockerfile.replace("\\\n", " ")
+    last = text[text.rfind("\nFROM "):]
+    for line in last.splitlines():
+        if line.startswith("RUN") and re.search(r"\bcurl\b", line):
+            problem("Dockerfile", "the runtime stage installs curl: nothing needs it (httpGet probes)")
+
+
 def main():
     files, docs = load_documents()
     files_text = {}
@@ -516,7 +705,10 @@ def main():
     check_common(docs)
     check_kustomization(files)
     check_daemonset(docs, files_text)
+    check_signer(docs)
     check_rbac(docs)
+    check_trust_bundle(docs)
+    check_image(files_text.get("Dockerfile", ""))
     check_kubectl(files, docs)
     for p in problems:
         print("FAIL " + p)

@@ -9,6 +9,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
+#include <atomic>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -134,8 +135,8 @@ TEST_CASE("routes, HEAD, 404, 405, handler failures") {
         CHECK(hz.status == 200);
         CHECK(hz.body == "ok\n");
 
-        for (const char* p : {"/", "/metrics/", "/graph", "/graph/app.js", "/graph/lib.js", "/api/graph", "/x"}) {
-            CHECK_MESSAGE(get(port, p).status == 404, p);  // graph disabled: no graph routes
+        for (const char* p : {"/", "/metrics/", "/graph", "/graph/app.js", "/graph/lib.js", "/api/graph", "/x", "/readyz"}) {
+            CHECK_MESSAGE(get(port, p).status == 404, p);  // graph disabled: no graph routes; no ready handler
         }
         for (const char* m : {"POST", "PUT", "DELETE", "OPTIONS", "PATCH"}) {
             auto r405 = get(port, "/metrics", m);
@@ -160,6 +161,38 @@ TEST_CASE("routes, HEAD, 404, 405, handler failures") {
         CHECK(two.body.find("ok\nHTTP/1.1 200 OK\r\n") != std::string::npos);
     });
     CHECK(scrapes == 3);  // HEAD calls the handler too (for Content-Length)
+}
+
+TEST_CASE("/readyz follows the ready handler (kubelet's httpGet probes); /healthz always answers") {
+    asio::io_context io;
+    std::atomic<bool> ready{false};
+    std::atomic<bool> throws{false};
+    Handlers h;
+    h.metrics = [] { return std::string(); };
+    h.ready = [&] {
+        if (throws) throw std::runtime_error("boom");
+        return ready.load();
+    };
+    HttpListener l(io, h);
+    REQUIRE(l.listen("127.0.0.1:0").ok());
+    serve(l, io, [&](uint16_t port) {
+        auto r = get(port, "/readyz");
+        CHECK(r.status == 503);
+        CHECK(r.body == "not ready\n");
+        CHECK(r.header("Cache-Control") == "no-store");
+        CHECK(get(port, "/healthz").status == 200);  // alive while not ready
+        ready = true;
+        r = get(port, "/readyz");
+        CHECK(r.status == 200);
+        CHECK(r.body == "ok\n");
+        CHECK(get(port, "/readyz?verbose=1").status == 200);
+        auto head = get(port, "/readyz", "HEAD");
+        CHECK(head.status == 200);
+        CHECK(head.body.empty());
+        CHECK(get(port, "/readyz", "POST").status == 405);
+        throws = true;
+        CHECK(get(port, "/readyz").status == 500);
+    });
 }
 
 TEST_CASE("graph routes serve the embedded page; a throwing handler answers 500") {

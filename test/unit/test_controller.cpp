@@ -1,7 +1,13 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <chrono>
+#include <future>
 #include <optional>
 #include <string>
 
@@ -34,8 +40,10 @@ struct Harness {
     std::vector<pods::HostNetns> host_netns;
     std::string node_netns;
     std::chrono::milliseconds unprotected_grace{30000};
+    std::string health_address, metrics_address;  // the listeners (off unless a test sets them)
 
-    explicit Harness(bool refuse_host_netns = false) {
+    explicit Harness(bool refuse_host_netns = false, std::string health = {}, std::string metrics = {})
+        : health_address(std::move(health)), metrics_address(std::move(metrics)) {
         if (refuse_host_netns) host_netns = pods::default_host_netns();
         REQUIRE(fs::make_dirs(dir.path + "/manifests").ok());
         write("pods.yaml", R"(apiVersion: v1
@@ -64,6 +72,8 @@ spec:
         o.host_netns = host_netns;
         o.node_netns = node_netns;
         o.unprotected_grace = unprotected_grace;
+        o.health_address = health_address;
+        o.metrics_address = metrics_address;
         auto fake = std::make_unique<nft::FakeBackend>();
         backend = fake.get();
         ctl = std::make_unique<core::Controller>(io, o, std::move(src), std::move(fake));
@@ -71,6 +81,26 @@ spec:
     }
     void write(const std::string& name, const std::string& text) {
         REQUIRE(fs::write_atomic(dir.path + "/manifests/" + name, text, 0644).ok());
+    }
+    // GET on one of the TCP listeners from another thread, while this one
+    // runs the controller's loop: "STATUS BODY".
+    std::string http_get(uint16_t port, const std::string& path) {
+        auto fut = std::async(std::launch::async, [port, path] {
+            boost::asio::io_context cio;
+            boost::asio::ip::tcp::socket s(cio);
+            s.connect({boost::asio::ip::make_address("127.0.0.1"), port});
+            std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+            boost::asio::write(s, boost::asio::buffer(req));
+            std::string all;
+            boost::system::error_code ec;
+            boost::asio::read(s, boost::asio::dynamic_buffer(all), ec);
+            size_t end = all.find("\r\n\r\n");
+            return all.substr(9, 3) + " " + (end == std::string::npos ? std::string() : all.substr(end + 4));
+        });
+        for (int i = 0; i < 500 && fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready; ++i)
+            io.run_one_for(std::chrono::milliseconds(10));
+        REQUIRE(fut.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+        return fut.get();
     }
     ipc::Response call(const std::string& method, const std::string& path, const std::string& body = {}) {
         ipc::Request req;
@@ -98,6 +128,21 @@ const char* kReg = R"({"containerID":"c0ffee","ifname":"eth0","netns":"/proc/sel
   "namespace":"shop","name":"web","uid":"u1","ips":["10.9.0.2/24"]})";
 
 }  // namespace
+
+TEST_CASE("--health-address serves /healthz and /readyz only (kubelet's httpGet probes); the metrics listener has /readyz too") {
+    Harness h(false, "127.0.0.1:0", "127.0.0.1:0");
+    REQUIRE(h.ctl->health_port() != 0);
+    REQUIRE(h.ctl->metrics_port() != 0);
+    CHECK(h.ctl->health_port() != h.ctl->metrics_port());
+    CHECK(h.http_get(h.ctl->health_port(), "/healthz") == "200 ok\n");
+    REQUIRE(h.call("POST", "/v1/sync").status == 200);  // the source's snapshot is in force: ready
+    REQUIRE(h.ctl->ready());
+    CHECK(h.http_get(h.ctl->health_port(), "/readyz") == "200 ok\n");
+    CHECK(h.http_get(h.ctl->metrics_port(), "/readyz") == "200 ok\n");
+    CHECK(h.http_get(h.ctl->health_port(), "/metrics").rfind("404 ", 0) == 0);  // probes only
+    CHECK(h.http_get(h.ctl->health_port(), "/graph").rfind("404 ", 0) == 0);
+    CHECK(h.http_get(h.ctl->metrics_port(), "/metrics").rfind("200 ", 0) == 0);
+}
 
 TEST_CASE("register resolves labels from the source; sync applies edits") {
     Harness h;

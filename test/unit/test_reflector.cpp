@@ -375,8 +375,13 @@ TEST_CASE("csr signer: recorded streams (410 mid-stream, dropped connection) dri
     const std::string kCsr = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
     auto echo = [](const std::string& body) { return body; };
     auto server = FakeServer::make();
-    server->script("/api/v1/namespaces/kube-system/secrets/signet-ca",
+    server->script("/api/v1/namespaces/signet-system/secrets/signet-ca",
                    {{.chunks = {secret}}, {.chunks = {secret}}});
+    // The trust bundle: missing at the first look, so the signer creates it
+    // (once: at the relist it knows it is published).
+    server->script("/api/v1/namespaces/signet-system/configmaps/signet-trust-bundle",
+                   {{.status = 404, .chunks = {R"({"kind":"Status","code":404,"reason":"NotFound"})"}}});
+    server->script("/api/v1/namespaces/signet-system/configmaps", {{.method = "POST", .status = 201, .reply = echo}});
     server->script("/api/v1/nodes/n1", {{.chunks = {R"({"kind":"Node","metadata":{"name":"n1"}})"}}});
     server->script("/api/v1/nodes/n2", {{.status = 404, .chunks = {R"({"kind":"Status","code":404,"reason":"NotFound"})"}}});
     server->script(kCsr + "/csr1", {{.method = "PUT", .query = "/approval", .reply = echo},
@@ -416,8 +421,11 @@ TEST_CASE("csr signer: recorded streams (410 mid-stream, dropped connection) dri
     CHECK(st.approved == 1);  // csr1
     CHECK(st.denied == 2);    // csr3 (not a node), csr4 (no Node n2)
     auto reqs = server->requests();
-    CHECK(count_of(reqs, "GET /api/v1/namespaces/kube-system/secrets/signet-ca") == 2);  // the CA re-read at the relist
+    CHECK(count_of(reqs, "GET /api/v1/namespaces/signet-system/secrets/signet-ca") == 2);  // the CA re-read at the relist
     CHECK(count_of(reqs, "PUT " + kCsr + "/csr1/status") == 1);
+    CHECK(count_of(reqs, "POST /api/v1/namespaces/signet-system/configmaps") == 1);  // the bundle, published once
+    CHECK(contains(reqs, R"("name":"signet-trust-bundle","namespace":"signet-system")"));
+    CHECK(contains(reqs, R"("data":{"trust-bundle.pem":"-----BEGIN CERTIFICATE-----)"));
     CHECK(contains(reqs, "\"certificate\":\"LS0t"));  // the issued certificate, base64 PEM
     CHECK(contains(reqs, "RequestorNotANode"));
     CHECK(contains(reqs, "NoSuchNode"));
