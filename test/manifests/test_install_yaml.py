@@ -108,6 +108,12 @@ class Stub(http.server.BaseHTTPRequestHandler):
                 return self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                         "message": f"\"{name}\" not found", "reason": "NotFound",
                                         "details": {"name": name}, "code": 404})
+        if path.startswith("/openapi/") or path.startswith("/swagger"):
+            # The OpenAPI schema: older kubectl (Debian's 1.20) fetches it even
+            # with --validate=false; a read, answered "none here".
+            Stub.gets.append(path)
+            return self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                    "code": 404})
         Stub.unexpected.append("GET " + self.path)
         self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
                          "code": 404})
