@@ -38,6 +38,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 import harness  # noqa: E402
+sys.path.insert(0, str(HERE))
+import benchlib  # noqa: E402
 
 PORT = 7000
 PARALLEL = 8
@@ -49,21 +51,8 @@ def log(msg=""):
     print(msg, flush=True)
 
 
-def cpu_idle(window=0.3):
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)
-    i0, t0 = sample()
-    time.sleep(window)
-    i1, t1 = sample()
-    return (i1 - i0) / max(1, t1 - t0)
-
-
-def settle(limit=3.0):
-    start = time.monotonic()
-    while cpu_idle() < 0.85 and time.monotonic() - start < limit:
-        pass
+def settle():
+    benchlib.settle(limit=3.0, idle=0.85, window=0.3)
 
 
 def flow_loss(st: dict) -> dict:

@@ -30,6 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 import harness  # noqa: E402
+sys.path.insert(0, str(HERE))
+import benchlib  # noqa: E402
 
 PORT = 7000
 ROUNDS = 2
@@ -42,21 +44,8 @@ def log(msg=""):
     print(msg, flush=True)
 
 
-def cpu_idle(window=0.5):
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)
-    i0, t0 = sample()
-    time.sleep(window)
-    i1, t1 = sample()
-    return (i1 - i0) / max(1, t1 - t0)
-
-
-def settle(limit=5.0):
-    start = time.monotonic()
-    while cpu_idle() < 0.9 and time.monotonic() - start < limit:
-        pass
+def settle():
+    benchlib.settle(limit=5.0, idle=0.9, window=0.5)
 
 
 def body(t: harness.Test, run: harness.Run):
