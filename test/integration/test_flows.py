@@ -9,6 +9,7 @@ manifest folder, nftables, conntrack events and nfnetlink_log in the pods' netns
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -182,25 +183,28 @@ def body(t: harness.Test, run: harness.Run):
     t.check("text: the allowed connection with its rule", "shop/web -> shop/api" in text and
             "shop/api-from-web#0" in text, text[-1500:])
 
-    # --follow prints what comes next.
+    # --follow prints what comes next: the records so far, then the new ones.
+    before = max((r["seq"] for r in flows("--pod", "shop/web")), default=0)
     fol = subprocess.Popen([str(bins["signetctl"]), "--socket", str(d.socket), "flows", "--follow", "-o", "json",
                             "--pod", "shop/web"], stdout=subprocess.PIPE, text=True, start_new_session=True)
     run.own_process(fol, "signetctl flows --follow")
+    seen = []
+
+    def read_follow():  # every line as it comes (select() on a buffered pipe misses lines already read ahead)
+        for line in fol.stdout:
+            if line.strip().startswith("{"):
+                seen.append(json.loads(line))
+    reader = threading.Thread(target=read_follow, daemon=True)
+    reader.start()
     time.sleep(0.3)
     t.equal("a second web -> api connection", connect("web"), "ok")
     end_entries("web")
-    seen = []
-    deadline = time.monotonic() + 8
-    import select
-    while time.monotonic() < deadline and not any(r.get("event") == "close" for r in seen):
-        rl, _, _ = select.select([fol.stdout], [], [], 0.5)
-        if rl:
-            line = fol.stdout.readline()
-            if line.strip().startswith("{"):
-                seen.append(json.loads(line))
+    new_close = lambda: [r for r in list(seen) if r.get("event") == "close" and r.get("seq", 0) > before]
+    harness.wait_until(new_close, timeout=8.0, step=0.1)
     fol.terminate()
-    t.check("--follow: the new connection's close arrived", any(r.get("event") == "close" for r in seen),
-            json.dumps(seen)[:1500])
+    reader.join(5)
+    t.check("--follow: the records before it, then the new connection's close", new_close()
+            and any(r.get("seq", 0) <= before for r in seen), json.dumps(seen)[:1500])
 
     st = d.status()["flows"]
     t.check("status: records counted", st["records"] >= 5, json.dumps(st))
