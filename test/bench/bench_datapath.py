@@ -21,6 +21,10 @@ flow records lost).
 A benchmark: it prints figures and asserts no timings. It exits non-zero only
 when something is broken (a sync fails, a pod is not programmed, ...).
 Everything it creates is removed by harness.Run.
+
+BENCH_DATAPATH_TABLES_ONLY=1 stops after (d) (no throughput, no
+connection setup); BENCH_DATAPATH_SIGNETD=PATH runs another signetd binary
+(before/after comparisons); BENCH_DATAPATH_INCREMENTAL=N changes (c)'s 20.
 """
 import json
 import os
@@ -37,7 +41,8 @@ sys.path.insert(0, str(HERE.parent / "integration"))
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 
-NAMESPACES, PODS, POLICIES, LOCAL, INCREMENTAL = 50, 5000, 1000, 100, 20
+NAMESPACES, PODS, POLICIES, LOCAL = 50, 5000, 1000, 100
+INCREMENTAL = int(os.environ.get("BENCH_DATAPATH_INCREMENTAL", "20"))
 ROUNDS, SECONDS = 6, 2  # iperf3: rounds of one run each, seconds per run
 NODE = "bench-node"
 MAX_FILE = 4 * 1024 * 1024
@@ -239,6 +244,9 @@ def must(t: harness.Test, what, cond, detail=None):
 def body(t: harness.Test, run: harness.Run):
     harness.require_root_and_tools("ip", "nft", "iperf3")
     bins = harness.require_signet_binaries(t)
+    if os.environ.get("BENCH_DATAPATH_SIGNETD"):  # another signetd (e.g. an older commit's), same cluster
+        bins = dict(bins, signetd=Path(os.environ["BENCH_DATAPATH_SIGNETD"]))
+        log(f"signetd: {bins['signetd']}")
     cni_path = ["/usr/lib/cni", str(bins["signet"].parent)]
     d = harness.Signetd(run, bins, node=NODE, log_level="info")
     mdir = d.manifest_dir
@@ -403,6 +411,10 @@ def body(t: harness.Test, run: harness.Run):
     log("")
     log(f"(d) signetd memory at the end: {mem_str(d.proc.pid)} "
         f"(compilerBytes {d.status()['datapath']['compilerBytes']})")
+
+    if os.environ.get("BENCH_DATAPATH_TABLES_ONLY"):  # (a) to (d) only: no iperf3, no bench_flows
+        d.stop()
+        return
 
     # ---- throughput --------------------------------------------------------
     plain = harness.Network(run, version="1.0.0", with_signet=False)
