@@ -375,7 +375,8 @@ def body(t: harness.Test, run: harness.Run):
         base.append(time.monotonic() - t0)
     prod_ns = [n for n in range(NAMESPACES) if ns_env(n) in ("prod", "staging")]
     inc, writes, applied = [], [], []
-    tw_start = writes_of(d.status()["datapath"])
+    dp0 = d.status()["datapath"]
+    tw_start = writes_of(dp0)
     for k in range(INCREMENTAL):
         ns = ns_name(prod_ns[k % len(prod_ns)])
         obj = pod_object(ns, f"new{k}", {"app": f"app{k % 10}", "tier": "fe", "canary": "true"},
@@ -390,7 +391,8 @@ def body(t: harness.Test, run: harness.Run):
         inc.append(dt)
         applied.append(last_applied_ms(d))
         writes.append(after - before)
-    tw_end = writes_of(d.status()["datapath"])
+    dp1 = d.status()["datapath"]
+    tw_end = writes_of(dp1)
     log("")
     log(f"(c) incremental: one new Pod object elsewhere (tier=fe, canary, prod/staging ns), "
         f"{INCREMENTAL} times; file write -> signetctl sync returned:")
@@ -406,6 +408,9 @@ def body(t: harness.Test, run: harness.Run):
             f"table writes: median {statistics.median(g[2] for g in got):.2f} ms")
     log(f"    tables rewritten per change: median {statistics.median(writes)}, min {min(writes)}, "
         f"max {max(writes)} (of {LOCAL + 2}); table writes (whole + set-only) {tw_start} -> {tw_end}")
+    log(f"    over the {INCREMENTAL} changes: whole-table writes {dp1['tableWrites'] - dp0['tableWrites']}, "
+        f"set-only updates {dp1.get('setUpdates', 0) - dp0.get('setUpdates', 0)}, "
+        f"conntrack checks {dp1.get('conntrackChecks', 0) - dp0.get('conntrackChecks', 0)}")
 
     # ---- (d) memory ------------------------------------------------------
     log("")
