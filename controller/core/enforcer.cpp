@@ -337,8 +337,9 @@ void Enforcer::write(Job& job) {
     if (defer_services_ && job.desired->egress.isolated) {
         // Service frontends go on to the node's table (docs/policy.md).
         job.desired->defer_services = true;
-        job.desired->sets["svc_v4"] = nft::AddrSet{nft::Family::v4, frontends_.v4};
-        job.desired->sets["svc_v6"] = nft::AddrSet{nft::Family::v6, frontends_.v6};
+        // Single addresses (ClusterIPs, external and load-balancer IPs): hash sets.
+        job.desired->sets["svc_v4"] = nft::AddrSet{nft::Family::v4, frontends_.v4, false};
+        job.desired->sets["svc_v6"] = nft::AddrSet{nft::Family::v6, frontends_.v6, false};
         job.desired->node_ports = frontends_.node_ports;
     }
     PodState& st = *job.st;

@@ -6,6 +6,7 @@
 #include <linux/netfilter/nfnetlink_conntrack.h>
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <linux/netlink.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -407,8 +408,22 @@ struct QueueReader::Impl : std::enable_shared_from_this<Impl> {
     std::optional<nft::NlSocket> sock;
     std::unique_ptr<boost::asio::posix::stream_descriptor> sd;
     uint64_t generation = 0;
-    std::vector<std::vector<uint8_t>> bufs;
+    // max_datagrams receive buffers of datagram_size bytes (2.2 MiB with the
+    // defaults) in one anonymous mapping: pages are only backed once recv()
+    // writes them, so a pod's reader costs what its packets touch (SYNs: the
+    // first page of a buffer or two), not 2.2 MiB of zeroed heap per pod.
+    struct Area {
+        uint8_t* base = nullptr;
+        size_t bytes = 0;
+        Area() = default;
+        Area(const Area&) = delete;
+        Area& operator=(const Area&) = delete;
+        ~Area() {
+            if (base != nullptr) ::munmap(base, bytes);
+        }
+    } area;
     std::vector<size_t> lens;
+    uint8_t* buf(size_t i) const { return area.base + i * opt.datagram_size; }
     std::vector<QueuedPacket> pkts;
     VerdictBatch batch;
     QueueStats stats;
@@ -432,7 +447,7 @@ struct QueueReader::Impl : std::enable_shared_from_this<Impl> {
         const int fd = sock->fd();
         size_t n = 0;
         while (n < opt.max_datagrams) {
-            ssize_t r = ::recv(fd, bufs[n].data(), bufs[n].size(), MSG_DONTWAIT);
+            ssize_t r = ::recv(fd, buf(n), opt.datagram_size, MSG_DONTWAIT);
             if (r < 0) {
                 if (errno == EINTR) continue;
                 if (errno == ENOBUFS) {  // the kernel dropped what it could not deliver
@@ -447,7 +462,7 @@ struct QueueReader::Impl : std::enable_shared_from_this<Impl> {
         pkts.clear();
         batch.clear();
         for (size_t i = 0; i < n; ++i) {
-            std::span<const uint8_t> dg(bufs[i].data(), lens[i]);
+            std::span<const uint8_t> dg(buf(i), lens[i]);
             if (opt.tap) opt.tap(dg);
             count_errors(nfq_parse_buffer(dg, pkts));
         }
@@ -521,8 +536,16 @@ struct QueueReader::Impl : std::enable_shared_from_this<Impl> {
         if (dupfd < 0) return errno_error(errno, "NFQUEUE reader: dup");
         sock.emplace(std::move(*s));
         sd = std::make_unique<boost::asio::posix::stream_descriptor>(io, dupfd);
-        if (bufs.size() != opt.max_datagrams) {
-            bufs.assign(opt.max_datagrams, std::vector<uint8_t>(opt.datagram_size));
+        if (area.base == nullptr) {
+            size_t bytes = opt.max_datagrams * opt.datagram_size;
+            void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED) {
+                sock.reset();
+                sd.reset();
+                return errno_error(errno, "NFQUEUE reader: receive buffers");
+            }
+            area.base = static_cast<uint8_t*>(p);
+            area.bytes = bytes;
             lens.assign(opt.max_datagrams, 0);
         }
         ++generation;

@@ -20,11 +20,21 @@ public:
         std::optional<PodRuleset> desired;  // apply only
         bool had_current = false;        // apply: current != nullptr
         bool incremental = false;        // apply: same structure as current
+        // apply: sets the kernel would be sent elements of (NetlinkBackend:
+        // incremental, only sets whose elements differ from current's;
+        // otherwise every set), and of those the hash sets (AddrSet::interval false).
+        size_t sets_written = 0;
+        size_t hash_sets_written = 0;
     };
 
     Status apply(Netns& ns, const PodRuleset& desired, const PodRuleset* current) override {
         Call c{Call::apply, ns.path(), desired, current != nullptr, false};
         c.incremental = current != nullptr && desired.same_structure(*current);
+        for (const auto& [name, set] : desired.sets) {
+            if (c.incremental && same_ranges(current->sets.at(name).elements, set.elements)) continue;
+            ++c.sets_written;
+            c.hash_sets_written += !set.interval;
+        }
         calls.push_back(std::move(c));
         if (auto e = take_failure()) return *e;
         tables[ns.path()] = desired;

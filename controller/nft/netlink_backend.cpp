@@ -35,6 +35,10 @@ constexpr uint16_t kMsgDestroyTable = 26;  // NFT_MSG_DESTROYTABLE
 constexpr uint32_t kTypeIpAddr = 7;
 constexpr uint32_t kTypeIp6Addr = 8;
 constexpr size_t kElemsPerMsg = 256;
+// A hash set's elements are single addresses: the merged ranges of a
+// pod-address set are expanded. Far more than any cluster's pods; a set
+// beyond it is refused (a compiler bug, not a cluster).
+constexpr size_t kMaxHashElems = size_t{1} << 22;
 constexpr size_t kMaxMsg = 64 * 1024;
 constexpr uint32_t kReg = NFT_REG_1;
 constexpr size_t kMaxComment = 250;  // NFT_USERDATA_MAXLEN minus TLV overhead
@@ -70,6 +74,29 @@ bool addr_next(Family f, const Addr& a, Addr& out) {
         if (++out.bytes[i] != 0) return true;
     }
     return false;
+}
+
+// a - 1; false when a is the lowest address.
+bool addr_prev(Family f, const Addr& a, Addr& out) {
+    out = a;
+    for (size_t i = addr_len(f); i-- > 0;) {
+        if (out.bytes[i]-- != 0) return true;
+    }
+    return false;
+}
+
+// The single addresses of `ranges` (a hash set's elements), appended to `out`.
+Status expand_addresses(Family f, const std::vector<Range>& ranges, std::vector<Addr>& out) {
+    for (const Range& r : ranges) {
+        Addr a = r.first;
+        for (;;) {
+            if (out.size() >= kMaxHashElems)
+                return make_error(E2BIG, "hash set over " + std::to_string(kMaxHashElems) + " addresses");
+            out.push_back(a);
+            if (a == r.last || !addr_next(f, a, a)) break;
+        }
+    }
+    return {};
 }
 
 // ------------------------------------------------------------ batch
@@ -118,14 +145,20 @@ public:
     }
 
 private:
+    // Each message is built in a per-thread scratch area of kMaxMsg bytes
+    // and appended at its real size: growing the batch by kMaxMsg zeroed
+    // bytes per message cost three 64 KiB memsets (and reallocations) per
+    // element update, in every table of a change. libmnl/libnftnl write
+    // every byte of a message (headers, attributes, padding).
     char* grow() {
         used_ = buf_.size();
-        buf_.resize(used_ + kMaxMsg);
-        return reinterpret_cast<char*>(buf_.data() + used_);
+        thread_local std::vector<uint8_t> scratch(kMaxMsg);
+        return reinterpret_cast<char*>(scratch.data());
     }
     void commit(char* at) {
         auto* nlh = reinterpret_cast<nlmsghdr*>(at);
-        buf_.resize(used_ + MNL_ALIGN(nlh->nlmsg_len));
+        const auto* p = reinterpret_cast<const uint8_t*>(at);
+        buf_.insert(buf_.end(), p, p + MNL_ALIGN(nlh->nlmsg_len));
     }
     std::vector<uint8_t> buf_;
     size_t used_ = 0;
@@ -414,19 +447,23 @@ void add_filter_chain(Batch& b, const std::string& name, uint32_t hook, int32_t 
               std::to_string(priority) + "; policy accept; }");
 }
 
-// An address set (interval) of `table`, referred to by rules of the same batch through `id`.
-void add_addr_set(Batch& b, const char* table, const std::string& name, Family family, uint32_t id) {
+// An address set of `table`, referred to by rules of the same batch through
+// `id`: an interval set (the kernel's rbtree) or, for single addresses, a
+// hash set (no flags: the kernel picks its resizable hash).
+void add_addr_set(Batch& b, const char* table, const std::string& name, Family family, uint32_t id,
+                  bool interval) {
     SetPtr s(nftnl_set_alloc());
     nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table);
     nftnl_set_set_str(s.get(), NFTNL_SET_NAME, name.c_str());
     nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
-    nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, NFT_SET_INTERVAL);
+    nftnl_set_set_u32(s.get(), NFTNL_SET_FLAGS, interval ? NFT_SET_INTERVAL : 0);
     nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_TYPE, family == Family::v4 ? kTypeIpAddr : kTypeIp6Addr);
     nftnl_set_set_u32(s.get(), NFTNL_SET_KEY_LEN, static_cast<uint32_t>(addr_len(family)));
     nftnl_set_set_u32(s.get(), NFTNL_SET_ID, id);
     b.add(NFT_MSG_NEWSET, NLM_F_CREATE | NLM_F_EXCL, [&](nlmsghdr* nlh) { nftnl_set_nlmsg_build_payload(nlh, s.get()); },
           std::string("add set inet ") + table + " " + name + " { type " +
-              (family == Family::v4 ? "ipv4_addr" : "ipv6_addr") + "; flags interval; id " + std::to_string(id) + " }");
+              (family == Family::v4 ? "ipv4_addr" : "ipv6_addr") + (interval ? "; flags interval" : "") + "; id " +
+              std::to_string(id) + " }");
 }
 
 // Copies the handshake's bits of the packet mark (a verdict set them) into
@@ -498,6 +535,43 @@ void add_elements(Batch& b, uint16_t type, const std::string& set_name, Family f
         uint16_t flags = type == NFT_MSG_NEWSETELEM ? (NLM_F_CREATE | NLM_F_EXCL) : 0;
         b.add(type, flags, [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, s.get()); }, text);
     }
+}
+
+// A hash set's elements: one key per address.
+void add_hash_elements(Batch& b, uint16_t type, const std::string& set_name, Family fam,
+                       const std::vector<Addr>& addrs, const char* table = kTableName) {
+    for (size_t start = 0; start < addrs.size(); start += kElemsPerMsg) {
+        SetPtr s(nftnl_set_alloc());
+        nftnl_set_set_str(s.get(), NFTNL_SET_TABLE, table);
+        nftnl_set_set_str(s.get(), NFTNL_SET_NAME, set_name.c_str());
+        nftnl_set_set_u32(s.get(), NFTNL_SET_FAMILY, NFPROTO_INET);
+        std::string text = std::string(type == NFT_MSG_NEWSETELEM ? "add" : "delete") + " element inet " +
+                           table + " " + set_name + " {";
+        size_t end = std::min(addrs.size(), start + kElemsPerMsg);
+        for (size_t i = start; i < end; ++i) {
+            nftnl_set_elem* e = nftnl_set_elem_alloc();
+            nftnl_set_elem_set(e, NFTNL_SET_ELEM_KEY, addrs[i].bytes.data(), addr_len(fam));
+            nftnl_set_elem_add(s.get(), e);
+            text += (i == start ? " " : ", ") + addr_text(fam, addrs[i]);
+        }
+        text += " }";
+        uint16_t flags = type == NFT_MSG_NEWSETELEM ? (NLM_F_CREATE | NLM_F_EXCL) : 0;
+        b.add(type, flags, [&](nlmsghdr* nlh) { nftnl_set_elems_nlmsg_build_payload(nlh, s.get()); }, text);
+    }
+}
+
+// A whole set's elements, as its kind takes them.
+Status add_set_elements(Batch& b, const std::string& name, const AddrSet& set, const char* table = kTableName) {
+    std::vector<Range> ranges = normalize_ranges(set.family, set.elements);
+    if (set.interval) {
+        add_elements(b, NFT_MSG_NEWSETELEM, name, set.family, ranges, table);
+        return {};
+    }
+    std::vector<Addr> addrs;
+    if (auto st = expand_addresses(set.family, ranges, addrs); !st)
+        return make_error(st.error().code, "set " + name + ": " + st.error().message);
+    add_hash_elements(b, NFT_MSG_NEWSETELEM, name, set.family, addrs, table);
+    return {};
 }
 
 struct SetRef {
@@ -770,8 +844,8 @@ Status build_full(Batch& b, const PodRuleset& rs, bool destroy_supported) {
             return make_error(EINVAL, "invalid set name '" + name + "'");
         uint32_t id = next_id++;
         ids[name] = id;
-        add_addr_set(b, kTableName, name, set.family, id);
-        add_elements(b, NFT_MSG_NEWSETELEM, name, set.family, normalize_ranges(set.family, set.elements));
+        add_addr_set(b, kTableName, name, set.family, id, set.interval);
+        if (auto st = add_set_elements(b, name, set); !st) return st;
     }
     for (Dir dir : {Dir::ingress, Dir::egress})  // priority 0: NF_IP_PRI_FILTER
         add_filter_chain(b, dir_name(dir), dir == Dir::ingress ? NF_INET_LOCAL_IN : NF_INET_LOCAL_OUT, 0);
@@ -827,9 +901,8 @@ Status build_node_full(Batch& b, const NodeRuleset& rs, bool destroy_supported) 
     const Named sets[] = {{"judged_v4", &rs.judged_v4, 1}, {"judged_v6", &rs.judged_v6, 2},
                           {"svc_v4", &rs.svc_v4, 3},       {"svc_v6", &rs.svc_v6, 4}};
     for (const auto& n : sets) {
-        add_addr_set(b, table, n.name, n.set->family, n.id);
-        add_elements(b, NFT_MSG_NEWSETELEM, n.name, n.set->family, normalize_ranges(n.set->family, n.set->elements),
-                     table);
+        add_addr_set(b, table, n.name, n.set->family, n.id, n.set->interval);
+        if (auto st = add_set_elements(b, n.name, *n.set, table); !st) return st;
     }
     const std::string chain = "service_judge";
     add_filter_chain(b, chain, NF_INET_FORWARD, -10, table);  // before the filter tables' forward chains
@@ -891,10 +964,17 @@ Status build_node_full(Batch& b, const NodeRuleset& rs, bool destroy_supported) 
     return {};
 }
 
-// Element-only changes. Returns false in `any` when nothing differs.
-void build_update(Batch& b, const PodRuleset& desired, const PodRuleset& current, bool& any) {
+// Element-only changes. Returns false in `any` when nothing differs. Sets
+// whose elements are unchanged are skipped without being sorted or sent.
+// Interval sets: the merged ranges that differ are deleted and re-added
+// whole (the kernel's interval elements must match exactly). Hash sets: only
+// the addresses that differ, computed on the ranges (O(ranges)) and then
+// expanded, so one pod appearing costs one element however large the set.
+// One batch, deletions first: the kernel commits it atomically.
+Status build_update(Batch& b, const PodRuleset& desired, const PodRuleset& current, bool& any) {
     any = false;
     std::vector<std::tuple<std::string, Family, std::vector<Range>>> dels, adds;
+    std::vector<std::tuple<std::string, Family, std::vector<Addr>>> hash_dels, hash_adds;
     for (const auto& [name, set] : desired.sets) {
         auto cur_it = current.sets.find(name);
         // Most sets of a table are untouched by a change: skip them without sorting.
@@ -902,6 +982,15 @@ void build_update(Batch& b, const PodRuleset& desired, const PodRuleset& current
         std::vector<Range> want = normalize_ranges(set.family, set.elements);
         std::vector<Range> have =
             cur_it == current.sets.end() ? std::vector<Range>{} : normalize_ranges(set.family, cur_it->second.elements);
+        if (!set.interval) {
+            std::vector<Addr> del, add;
+            Status st = expand_addresses(set.family, ranges_minus(set.family, have, want), del);
+            if (st) st = expand_addresses(set.family, ranges_minus(set.family, want, have), add);
+            if (!st) return make_error(st.error().code, "set " + name + ": " + st.error().message);
+            if (!del.empty()) hash_dels.emplace_back(name, set.family, std::move(del));
+            if (!add.empty()) hash_adds.emplace_back(name, set.family, std::move(add));
+            continue;
+        }
         std::vector<Range> del, add;
         std::set_difference(have.begin(), have.end(), want.begin(), want.end(), std::back_inserter(del));
         std::set_difference(want.begin(), want.end(), have.begin(), have.end(), std::back_inserter(add));
@@ -910,9 +999,12 @@ void build_update(Batch& b, const PodRuleset& desired, const PodRuleset& current
     }
     // Deletions first: what remains plus what is added never overlaps.
     for (auto& [name, fam, ranges] : dels) add_elements(b, NFT_MSG_DELSETELEM, name, fam, ranges);
+    for (auto& [name, fam, addrs] : hash_dels) add_hash_elements(b, NFT_MSG_DELSETELEM, name, fam, addrs);
     for (auto& [name, fam, ranges] : adds) add_elements(b, NFT_MSG_NEWSETELEM, name, fam, ranges);
+    for (auto& [name, fam, addrs] : hash_adds) add_hash_elements(b, NFT_MSG_NEWSETELEM, name, fam, addrs);
     any = b.messages() > 0;
     b.finish();
+    return {};
 }
 
 // ------------------------------------------------------------ queries
@@ -1055,6 +1147,28 @@ std::vector<Range> normalize_ranges(Family family, std::vector<Range> ranges) {
     return out;
 }
 
+std::vector<Range> ranges_minus(Family family, const std::vector<Range>& a, const std::vector<Range>& b) {
+    std::vector<Range> out;
+    size_t j = 0;
+    for (const Range& r : a) {
+        while (j < b.size() && b[j].last < r.first) ++j;
+        Addr cur = r.first;
+        bool open = true;  // [cur, r.last] not yet covered by b
+        for (size_t k = j; open && k < b.size() && b[k].first <= r.last; ++k) {
+            if (cur < b[k].first) {
+                Addr before;
+                addr_prev(family, b[k].first, before);  // b[k].first > cur: has one
+                out.push_back(Range{cur, before});
+            }
+            Addr after;
+            if (!addr_next(family, b[k].last, after) || r.last < after) open = false;
+            else if (cur < after) cur = after;
+        }
+        if (open) out.push_back(Range{cur, r.last});
+    }
+    return out;
+}
+
 Result<std::string> describe_full_batch(const PodRuleset& desired, bool destroy_table) {
     Batch b(1);
     if (auto s = build_full(b, desired, destroy_table); !s) return s.error();
@@ -1064,7 +1178,7 @@ Result<std::string> describe_full_batch(const PodRuleset& desired, bool destroy_
 Result<std::string> describe_update_batch(const PodRuleset& desired, const PodRuleset& current) {
     Batch b(1);
     bool any = false;
-    build_update(b, desired, current, any);
+    if (auto s = build_update(b, desired, current, any); !s) return s.error();
     return b.text();
 }
 
@@ -1114,7 +1228,7 @@ Status NetlinkBackend::apply(Netns& ns, const PodRuleset& desired, const PodRule
     if (!sock) return sock.error();
     Batch b((*sock)->next_seq());
     bool any = false;
-    build_update(b, desired, *current, any);
+    if (auto s = build_update(b, desired, *current, any); !s) return s;
     if (!any) {
         ++stats_.unchanged;
         return {};
@@ -1220,10 +1334,18 @@ Result<std::optional<TableState>> NetlinkBackend::read_state(Netns& ns) {
                            if (nftnl_set_nlmsg_parse(nlh, set.get()) < 0) return false;
                            const char* name = nftnl_set_get_str(set.get(), NFTNL_SET_NAME);
                            const char* table = nftnl_set_get_str(set.get(), NFTNL_SET_TABLE);
-                           if (name && table && std::strcmp(table, kTableName) == 0) state.sets.emplace_back(name);
+                           if (name && table && std::strcmp(table, kTableName) == 0) {
+                               state.sets.emplace_back(name);
+                               if (nftnl_set_is_set(set.get(), NFTNL_SET_FLAGS) &&
+                                   (nftnl_set_get_u32(set.get(), NFTNL_SET_FLAGS) & NFT_SET_INTERVAL))
+                                   state.interval_sets.emplace_back(name);
+                           }
                            return true;
                        },
-                       [&] { state.sets.clear(); });
+                       [&] {
+                           state.sets.clear();
+                           state.interval_sets.clear();
+                       });
     if (!s) return drop_on_transport_error(ns, Result<std::optional<TableState>>(s.error()));
 
     s = (*sock)->query([](uint32_t seq) { return build_get(seq, NFT_MSG_GETRULE, NLM_F_DUMP, 1); },

@@ -40,6 +40,7 @@ struct InstalledRule {
 struct TableState {
     uint64_t handle = 0;  // a new table gets a new handle: equal handles = not replaced
     std::vector<std::string> sets;
+    std::vector<std::string> interval_sets;  // those of `sets` with NFT_SET_INTERVAL (the others: hash sets)
     std::vector<InstalledRule> rules;  // in chain order (ingress, egress, other)
 };
 
@@ -98,6 +99,10 @@ std::optional<std::pair<Dir, Origin>> parse_rule_comment(std::string_view commen
 // Intervals of one set normalized as the kernel gets them: sorted, merged
 // (overlapping or adjacent), bytes beyond the family's length cleared.
 std::vector<Range> normalize_ranges(Family family, std::vector<Range> ranges);
+
+// What of `a` is not in `b`, as ranges; both normalized (sorted, disjoint).
+// O(|a| + |b|).
+std::vector<Range> ranges_minus(Family family, const std::vector<Range>& a, const std::vector<Range>& b);
 
 // Golden / diagnostic renderings of what is sent, one line per netlink
 // message ("<op> <object> ...", rules as libnftnl expression lists).

@@ -190,7 +190,7 @@ Status NlSocket::transact(std::span<const uint8_t> msgs, uint32_t first_seq, uin
     ensure_sndbuf(msgs.size());
     if (auto s = send(msgs); !s) return s;
     auto deadline = Clock::now() + timeout;
-    std::vector<uint8_t> buf(1 << 16);
+    thread_local std::vector<uint8_t> buf(1 << 16);  // not a zeroed 64 KiB per batch: answers are parsed from it at once
     std::optional<Error> first_error;
     bool last_seen = false;
     for (;;) {

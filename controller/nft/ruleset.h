@@ -33,8 +33,10 @@
 //      counted `drop` (default deny). Not isolated: nothing more (accept).
 //
 // Addresses are 16-byte values; IPv4 addresses are IPv4 (4-byte) values in
-// `v4` sets and IPv6 in `v6` sets. Sets with intervals hold [first, last]
-// inclusive ranges, already merged and with `except` subtracted.
+// `v4` sets and IPv6 in `v6` sets. Sets hold [first, last] inclusive ranges,
+// already merged and with `except` subtracted; in the kernel a set is an
+// interval set (rbtree) only where a peer is an ipBlock, and a hash set of
+// single addresses otherwise (AddrSet::interval).
 #pragma once
 
 #include <array>
@@ -105,11 +107,26 @@ inline bool same_ranges(const std::vector<Range>& a, const std::vector<Range>& b
     return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(Range)) == 0);
 }
 
-// A named set of addresses (interval set). Elements sorted, merged, disjoint.
+// A named set of addresses. Elements sorted, merged, disjoint.
+//
+// `interval`: the kernel's set has NFT_SET_INTERVAL (an rbtree of interval
+// start/end elements), needed where the peers are CIDRs or ranges (ipBlock).
+// The kernel's rbtree set costs O(set size) at every commit that touches the
+// table, and an element change there deletes and re-adds whole merged ranges.
+// Sets that hold only single addresses (pod addresses of podSelector /
+// namespaceSelector peers, the node's and the Service frontends' addresses)
+// are `interval = false`: a hash set, one element per address (the merged
+// ranges are expanded, so they never hold more elements than addresses the
+// compiler put there), where adding or removing a pod touches one element.
+// Part of the structure (PodRuleset::same_structure): a set changing kind is
+// a whole-table replacement.
 struct AddrSet {
     Family family = Family::v4;
     std::vector<Range> elements;
-    bool operator==(const AddrSet& o) const { return family == o.family && same_ranges(elements, o.elements); }
+    bool interval = true;
+    bool operator==(const AddrSet& o) const {
+        return family == o.family && interval == o.interval && same_ranges(elements, o.elements);
+    }
 };
 
 enum Proto : uint8_t { kTcp = 6, kUdp = 17, kSctp = 132 };

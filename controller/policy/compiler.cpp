@@ -455,8 +455,10 @@ void CompilerState::emit_rule(nft::PodRuleset& rs, const NetworkPolicy& p, const
             r.any_peer = true;
         } else {
             std::vector<const std::vector<nft::Range>*> p4, p6;
+            bool blocks = false;  // an ipBlock peer: an interval set; pods only: a hash set
             for (const PeerRef& ref : rule.peers) {
                 if (ref.is_block) {
+                    blocks = true;
                     (ref.block_family == nft::Family::v4 ? p4 : p6).push_back(&ref.block);
                 } else {
                     const Selector& s = sels.at(static_cast<uint32_t>(ref.sel));
@@ -466,11 +468,13 @@ void CompilerState::emit_rule(nft::PodRuleset& rs, const NetworkPolicy& p, const
             }
             if (!p4.empty()) {
                 r.set_v4 = base + "_4";
-                rs.sets[r.set_v4] = materialize(nft::Family::v4, p4);
+                nft::AddrSet& s4 = rs.sets[r.set_v4] = materialize(nft::Family::v4, p4);
+                s4.interval = blocks;
             }
             if (!p6.empty()) {
                 r.set_v6 = base + "_6";
-                rs.sets[r.set_v6] = materialize(nft::Family::v6, p6);
+                nft::AddrSet& s6 = rs.sets[r.set_v6] = materialize(nft::Family::v6, p6);
+                s6.interval = blocks;
             }
         }
         dir.rules.push_back(std::move(r));
@@ -514,7 +518,7 @@ void CompilerState::emit_rule(nft::PodRuleset& rs, const NetworkPolicy& p, const
             r.ports = ports_key;
             r.set_v4 = gname + "_4";
             r.set_v6 = gname + "_6";
-            nft::AddrSet s4{nft::Family::v4, {}}, s6{nft::Family::v6, {}};
+            nft::AddrSet s4{nft::Family::v4, {}, false}, s6{nft::Family::v6, {}, false};  // pod addresses: hash sets
             for (const Ip& ip : ips) (ip.family == nft::Family::v4 ? s4 : s6).elements.push_back({ip.addr, ip.addr});
             merge_ranges(nft::Family::v4, s4.elements);
             merge_ranges(nft::Family::v6, s6.elements);
@@ -590,8 +594,8 @@ std::vector<Ip> parse_ips(const std::vector<std::string>& texts) {
 }  // namespace
 
 void CompilerState::set_nodes(const std::vector<std::string>& addrs) {
-    node_v4 = nft::AddrSet{nft::Family::v4, {}};
-    node_v6 = nft::AddrSet{nft::Family::v6, {}};
+    node_v4 = nft::AddrSet{nft::Family::v4, {}, false};  // single addresses: hash sets
+    node_v6 = nft::AddrSet{nft::Family::v6, {}, false};
     for (const Ip& ip : parse_ips(addrs))
         (ip.family == nft::Family::v4 ? node_v4 : node_v6).elements.push_back({ip.addr, ip.addr});
     merge_ranges(nft::Family::v4, node_v4.elements);

@@ -71,7 +71,7 @@ struct CompilerState {
     cache::Snapshot snap;
     std::map<ObjectKey, std::vector<Ip>> locals;
     std::map<std::string, std::set<std::string>> locals_by_ns;
-    nft::AddrSet node_v4{nft::Family::v4, {}}, node_v6{nft::Family::v6, {}};
+    nft::AddrSet node_v4{nft::Family::v4, {}, false}, node_v6{nft::Family::v6, {}, false};  // hash sets
 
     std::map<ObjectKey, detail::PodInfo> pods;
     std::map<std::string, std::set<std::string>> pods_by_ns;

@@ -16,7 +16,8 @@ bool PodRuleset::same_structure(const PodRuleset& other) const {
     auto a = sets.begin();
     auto b = other.sets.begin();
     for (; a != sets.end(); ++a, ++b) {
-        if (a->first != b->first || a->second.family != b->second.family) return false;
+        if (a->first != b->first || a->second.family != b->second.family || a->second.interval != b->second.interval)
+            return false;
     }
     return true;
 }

@@ -133,11 +133,18 @@ bool ManifestDir::load(const std::string& name, FileState& state) {
         return fail("file too large (" + std::to_string(st.st_size) + " bytes, limit " +
                     std::to_string(kMaxManifestBytes) + ")");
 
-    // Read at most one byte past the limit, in case the file grew since fstat.
+    // Read at most one byte past the limit, in case the file grew since
+    // fstat. The buffer starts at the file's size (plus a little) and grows
+    // only if the file did: a zeroed 4 MiB buffer per file read was most of
+    // a rescan's CPU when small files change (perf, docs/performance.md).
     std::string text;
-    text.resize(kMaxManifestBytes + 1);
+    text.resize(std::min<size_t>(static_cast<size_t>(st.st_size) + 4096, kMaxManifestBytes + 1));
     size_t used = 0;
-    while (used < text.size()) {
+    for (;;) {
+        if (used == text.size()) {
+            if (text.size() >= kMaxManifestBytes + 1) break;
+            text.resize(std::min<size_t>(text.size() * 2, kMaxManifestBytes + 1));
+        }
         ssize_t n = ::read(fd.get(), text.data() + used, text.size() - used);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return fail("cannot read: " + errno_text(errno));

@@ -21,6 +21,10 @@ flow records lost).
 A benchmark: it prints figures and asserts no timings. It exits non-zero only
 when something is broken (a sync fails, a pod is not programmed, ...).
 Everything it creates is removed by harness.Run.
+
+BENCH_DATAPATH_TABLES_ONLY=1 stops after (d) (no throughput, no
+connection setup); BENCH_DATAPATH_SIGNETD=PATH runs another signetd binary
+(before/after comparisons); BENCH_DATAPATH_INCREMENTAL=N changes (c)'s 20.
 """
 import json
 import os
@@ -37,7 +41,8 @@ sys.path.insert(0, str(HERE.parent / "integration"))
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 
-NAMESPACES, PODS, POLICIES, LOCAL, INCREMENTAL = 50, 5000, 1000, 100, 20
+NAMESPACES, PODS, POLICIES, LOCAL = 50, 5000, 1000, 100
+INCREMENTAL = int(os.environ.get("BENCH_DATAPATH_INCREMENTAL", "20"))
 ROUNDS, SECONDS = 6, 2  # iperf3: rounds of one run each, seconds per run
 NODE = "bench-node"
 MAX_FILE = 4 * 1024 * 1024
@@ -239,6 +244,9 @@ def must(t: harness.Test, what, cond, detail=None):
 def body(t: harness.Test, run: harness.Run):
     harness.require_root_and_tools("ip", "nft", "iperf3")
     bins = harness.require_signet_binaries(t)
+    if os.environ.get("BENCH_DATAPATH_SIGNETD"):  # another signetd (e.g. an older commit's), same cluster
+        bins = dict(bins, signetd=Path(os.environ["BENCH_DATAPATH_SIGNETD"]))
+        log(f"signetd: {bins['signetd']}")
     cni_path = ["/usr/lib/cni", str(bins["signet"].parent)]
     d = harness.Signetd(run, bins, node=NODE, log_level="info")
     mdir = d.manifest_dir
@@ -367,7 +375,8 @@ def body(t: harness.Test, run: harness.Run):
         base.append(time.monotonic() - t0)
     prod_ns = [n for n in range(NAMESPACES) if ns_env(n) in ("prod", "staging")]
     inc, writes, applied = [], [], []
-    tw_start = writes_of(d.status()["datapath"])
+    dp0 = d.status()["datapath"]
+    tw_start = writes_of(dp0)
     for k in range(INCREMENTAL):
         ns = ns_name(prod_ns[k % len(prod_ns)])
         obj = pod_object(ns, f"new{k}", {"app": f"app{k % 10}", "tier": "fe", "canary": "true"},
@@ -382,7 +391,8 @@ def body(t: harness.Test, run: harness.Run):
         inc.append(dt)
         applied.append(last_applied_ms(d))
         writes.append(after - before)
-    tw_end = writes_of(d.status()["datapath"])
+    dp1 = d.status()["datapath"]
+    tw_end = writes_of(dp1)
     log("")
     log(f"(c) incremental: one new Pod object elsewhere (tier=fe, canary, prod/staging ns), "
         f"{INCREMENTAL} times; file write -> signetctl sync returned:")
@@ -398,11 +408,18 @@ def body(t: harness.Test, run: harness.Run):
             f"table writes: median {statistics.median(g[2] for g in got):.2f} ms")
     log(f"    tables rewritten per change: median {statistics.median(writes)}, min {min(writes)}, "
         f"max {max(writes)} (of {LOCAL + 2}); table writes (whole + set-only) {tw_start} -> {tw_end}")
+    log(f"    over the {INCREMENTAL} changes: whole-table writes {dp1['tableWrites'] - dp0['tableWrites']}, "
+        f"set-only updates {dp1.get('setUpdates', 0) - dp0.get('setUpdates', 0)}, "
+        f"conntrack checks {dp1.get('conntrackChecks', 0) - dp0.get('conntrackChecks', 0)}")
 
     # ---- (d) memory ------------------------------------------------------
     log("")
     log(f"(d) signetd memory at the end: {mem_str(d.proc.pid)} "
         f"(compilerBytes {d.status()['datapath']['compilerBytes']})")
+
+    if os.environ.get("BENCH_DATAPATH_TABLES_ONLY"):  # (a) to (d) only: no iperf3, no bench_flows
+        d.stop()
+        return
 
     # ---- throughput --------------------------------------------------------
     plain = harness.Network(run, version="1.0.0", with_signet=False)

@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -353,6 +354,7 @@ TEST_CASE("default deny, allowed peers and port ranges (v4, v6), replies, node, 
         }
     CHECK(logs == 2);
     CHECK(st.sets.size() == 6);
+    CHECK(st.interval_sets.size() == 6);  // AddrSet's default: interval sets
 }
 
 TEST_CASE("membership-only update changes verdicts without replacing the table") {
@@ -400,6 +402,75 @@ TEST_CASE("membership-only update changes verdicts without replacing the table")
     CHECK(state_of(be, A).handle != before.handle);
     CHECK(can_connect(B, "10.77.0.2", "10.77.0.1", 8000));
     CHECK_FALSE(can_connect(B, "10.77.0.3", "10.77.0.1", 8000));
+}
+
+TEST_CASE("hash sets (pod addresses): element add and delete, atomic, table kept") {
+    Netns A = open_ns(0), B = open_ns(1);
+    NetlinkBackend be;
+    PodRuleset rs = base_ruleset();
+    rs.sets["node_v4"].interval = false;
+    rs.sets["node_v6"].interval = false;
+    rs.sets["peers_v4"].interval = false;
+    rs.sets["peers_v6"].interval = false;
+    REQUIRE_OK(be.apply(A, rs, nullptr));
+    auto before = state_of(be, A);
+    CHECK(before.sets.size() == 6);
+    // Only the ipBlock-like sets are interval sets (the kernel's rbtree).
+    std::vector<std::string> intervals = before.interval_sets;
+    std::sort(intervals.begin(), intervals.end());
+    CHECK(intervals == std::vector<std::string>{"edge_v4", "edge_v6"});
+    Fd l = listen_on(A, "0.0.0.0", 8000);
+    CHECK(can_connect(B, "10.77.0.2", "10.77.0.1", 8000));
+    CHECK_FALSE(can_connect(B, "10.77.0.3", "10.77.0.1", 8000));
+    CHECK(can_connect(B, "10.77.0.9", "10.77.0.1", 8000));  // the node (a hash set too)
+
+    // .3 joins: [.2] -> [.2-.3] merged by the compiler, one address added in the kernel.
+    PodRuleset wider = rs;
+    wider.sets["peers_v4"].elements = {Range{v4("10.77.0.2"), v4("10.77.0.3")}};
+    REQUIRE(wider.same_structure(rs));
+    auto text = describe_update_batch(wider, rs);
+    REQUIRE(text.ok());
+    CHECK(*text == "add element inet signet peers_v4 { 10.77.0.3 }\n");
+    REQUIRE_OK(be.apply(A, wider, &rs));
+    CHECK(be.stats().element_updates == 1);
+    CHECK(be.stats().full_replaces == 1);
+    auto after = state_of(be, A);
+    CHECK(after.handle == before.handle);
+    CHECK(rule_handles(after) == rule_handles(before));
+    CHECK(can_connect(B, "10.77.0.3", "10.77.0.1", 8000));
+    CHECK(can_connect(B, "10.77.0.2", "10.77.0.1", 8000));
+
+    // .2 leaves and the v6 peer too: deletions of single addresses.
+    PodRuleset narrower = rs;
+    narrower.sets["peers_v4"].elements = {one(v4("10.77.0.3"))};
+    narrower.sets["peers_v6"].elements = {};
+    REQUIRE_OK(be.apply(A, narrower, &wider));
+    CHECK(be.stats().element_updates == 2);
+    CHECK(state_of(be, A).handle == before.handle);
+    CHECK(can_connect(B, "10.77.0.3", "10.77.0.1", 8000));
+    CHECK_FALSE(can_connect(B, "10.77.0.2", "10.77.0.1", 8000));
+    Fd l6 = listen_on(A, "fd77::1", 8000);
+    CHECK_FALSE(can_connect(B, "fd77::2", "fd77::1", 8000));
+
+    // The caller is wrong about the kernel: it believes [.2] (the kernel has
+    // [.3]) and wants [.2-.3], so .3 is added where it already is (EEXIST:
+    // elements are added with NLM_F_EXCL; deleting an absent one is ENOENT).
+    // The batch is refused as a whole and the table replaced instead.
+    REQUIRE_OK(be.apply(A, wider, &rs));
+    CHECK(be.stats().fallbacks == 1);
+    CHECK(state_of(be, A).handle != before.handle);
+    CHECK(can_connect(B, "10.77.0.2", "10.77.0.1", 8000));
+    CHECK(can_connect(B, "10.77.0.3", "10.77.0.1", 8000));
+    REQUIRE_OK(be.apply(A, rs, &wider));  // back to [.2], element by element
+    CHECK_FALSE(can_connect(B, "10.77.0.3", "10.77.0.1", 8000));
+
+    // A set changing kind (hash -> interval) replaces the table.
+    PodRuleset as_interval = rs;
+    as_interval.sets["peers_v4"].interval = true;
+    uint64_t handle = state_of(be, A).handle;
+    REQUIRE_OK(be.apply(A, as_interval, &rs));
+    CHECK(state_of(be, A).handle != handle);
+    CHECK(can_connect(B, "10.77.0.2", "10.77.0.1", 8000));
 }
 
 TEST_CASE("full replace after a restart keeps an established TCP connection") {

@@ -101,6 +101,32 @@ TEST_CASE("enforcer: a widening change writes sets only and does not re-check co
     CHECK(w.fake->calls.back().incremental);
     CHECK(w.fake->ct_entries["/fake/server"].size() == 1);
     CHECK(w.enforcer->programmed("c1/eth0"));
+    // Only the peer set that grew is written, and it is a hash set (pod
+    // addresses: no rbtree); the node's set and the rest are left alone.
+    CHECK(w.fake->calls.back().sets_written == 1);
+    CHECK(w.fake->calls.back().hash_sets_written == 1);
+    const nft::PodRuleset& t = w.fake->tables.at("/fake/server");
+    for (const auto& [name, set] : t.sets) {
+        INFO(name);
+        CHECK_FALSE(set.interval);  // podSelector peers and the node's addresses only
+    }
+}
+
+TEST_CASE("enforcer: an ipBlock peer keeps an interval set, pod peers a hash set") {
+    World w;
+    cache::NetworkPolicy p = allow_from("b");
+    p.name = "allow-block";
+    auto net = cache::parse_cidr("203.0.113.0/24"), hole = cache::parse_cidr("203.0.113.128/25");
+    REQUIRE(net);
+    REQUIRE(hole);
+    cache::Peer block{std::nullopt, std::nullopt, cache::IpBlock{*net, {*hole}}};
+    p.ingress[0].from->push_back(block);
+    w.change(p);
+    const nft::PodRuleset& t = w.fake->tables.at("/fake/server");
+    size_t interval = 0, hash = 0;
+    for (const auto& [name, set] : t.sets) (set.interval ? interval : hash)++;
+    CHECK(interval >= 1);  // the rule with the ipBlock (mixed with pods: interval)
+    CHECK(hash >= 3);      // allow-from-a's peers, node_v4, node_v6
 }
 
 TEST_CASE("enforcer: a narrowing change re-checks conntrack and cuts what is no longer allowed") {

@@ -131,6 +131,76 @@ TEST_CASE("golden: membership-only update sends only element changes") {
     CHECK(none->empty());
 }
 
+// Pod-address sets are hash sets (no NFT_SET_INTERVAL: no rbtree): one
+// element per address, and a membership change sends only the addresses
+// that differ, even where the compiler's merged ranges changed shape.
+PodRuleset hash_sample() {
+    PodRuleset rs = sample();
+    rs.sets["node_v4"].interval = false;
+    rs.sets["peers_v4"] = AddrSet{Family::v4, {Range{v4("10.0.0.1"), v4("10.0.0.3")}, Range{v4("10.0.0.9"), v4("10.0.0.9")}},
+                                  false};
+    rs.sets["peers_v6"] = AddrSet{Family::v6, {Range{v6("fd00::1"), v6("fd00::1")}}, false};
+    return rs;
+}
+
+const std::string kHashSets = R"GOLDEN(add set inet signet node_v4 { type ipv4_addr; id 1 }
+add element inet signet node_v4 { 192.168.1.10 }
+add set inet signet peers_v4 { type ipv4_addr; id 2 }
+add element inet signet peers_v4 { 10.0.0.1, 10.0.0.2, 10.0.0.3, 10.0.0.9 }
+add set inet signet peers_v6 { type ipv6_addr; id 3 }
+add element inet signet peers_v6 { fd00::1 }
+)GOLDEN";
+
+const std::string kHashUpdate = R"GOLDEN(delete element inet signet peers_v4 { 10.0.0.2 }
+delete element inet signet peers_v6 { fd00::1 }
+add element inet signet peers_v4 { 10.0.0.4, 10.0.0.8 }
+)GOLDEN";
+
+TEST_CASE("golden: pod-address sets are hash sets, updated address by address") {
+    auto got = describe_full_batch(hash_sample(), true);
+    REQUIRE(got.ok());
+    std::string sets;
+    for (const auto& l : lines(*got))
+        if (l.rfind("add set ", 0) == 0 || l.rfind("add element ", 0) == 0) sets += l + "\n";
+    check_golden(sets, kHashSets);
+    // The rules refer to the sets as before (lookups by name and id).
+    CHECK(got->find("[ lookup reg 1 set peers_v4 ]") != std::string::npos);
+
+    // [.1-.3, .9] -> [.1, .3-.4, .8-.9], the v6 peer gone, the node unchanged:
+    // two merged ranges changed shape, three addresses differ.
+    PodRuleset current = hash_sample(), desired = hash_sample();
+    desired.sets["peers_v4"].elements = {Range{v4("10.0.0.1"), v4("10.0.0.1")}, Range{v4("10.0.0.3"), v4("10.0.0.4")},
+                                         Range{v4("10.0.0.8"), v4("10.0.0.9")}};
+    desired.sets["peers_v6"].elements.clear();
+    REQUIRE(desired.same_structure(current));
+    auto upd = describe_update_batch(desired, current);
+    REQUIRE(upd.ok());
+    check_golden(*upd, kHashUpdate);
+
+    // A set that changes kind (hash <-> interval) is a structural change.
+    PodRuleset other = hash_sample();
+    other.sets["peers_v4"].interval = true;
+    CHECK_FALSE(other.same_structure(current));
+    CHECK_FALSE(other == current);
+}
+
+TEST_CASE("ranges_minus: what of a is not in b, on ranges") {
+    auto R = [](const char* a, const char* b) { return Range{v4(a), v4(b)}; };
+    std::vector<Range> a = {R("10.0.0.0", "10.0.0.255"), R("10.0.2.0", "10.0.2.9"), R("255.255.255.250", "255.255.255.255")};
+    std::vector<Range> b = {R("9.0.0.0", "10.0.0.3"), R("10.0.0.10", "10.0.0.10"), R("10.0.0.250", "10.0.2.1"),
+                            R("255.255.255.255", "255.255.255.255")};
+    auto d = ranges_minus(Family::v4, a, b);
+    REQUIRE(d.size() == 4);
+    CHECK(d[0] == R("10.0.0.4", "10.0.0.9"));
+    CHECK(d[1] == R("10.0.0.11", "10.0.0.249"));
+    CHECK(d[2] == R("10.0.2.2", "10.0.2.9"));
+    CHECK(d[3] == R("255.255.255.250", "255.255.255.254"));
+    CHECK(ranges_minus(Family::v4, a, a).empty());
+    CHECK(ranges_minus(Family::v4, a, {}) == a);
+    CHECK(ranges_minus(Family::v4, {}, b).empty());
+    CHECK(ranges_minus(Family::v4, b, {R("0.0.0.0", "255.255.255.255")}).empty());
+}
+
 TEST_CASE("golden: SYN / SYN-ACK queue rule, both backends, no bypass") {
     const std::string match =
         "[ meta load l4proto => reg 1 ] [ cmp eq reg 1 0x00000006 ] "
