@@ -8,6 +8,7 @@
 
 #include "identity/authority.h"
 #include "signet/duration.h"
+#include "signet/fsutil.h"
 
 namespace signet::ctl {
 namespace {
@@ -28,6 +29,13 @@ constexpr const char* kUsage = R"(Usage:
                        is its only revocation, and nodes refuse a peer
                        certificate that lives longer; renew when a third of
                        it remains)
+  signetctl authority issue-workload DIR --namespace NS --service-account SA --out DIR2
+                                    [--validity DURATION]
+      issue a workload's key and X.509-SVID (spiffe://<trust domain>/ns/NS/sa/SA,
+      docs/workload-identity.md) with the authority in DIR, into DIR2: svid.key
+      (0600, created there), svid.crt, trust-bundle.pem; refuses to overwrite
+      DIR2/svid.key.
+      --validity       the certificate's lifetime (default 1h, at most 24h)
 
 DURATION: a number with a unit h, m or s (e.g. 87600h, 90m).
 Exit status: 0 on success, 1 on failure, 2 on a usage error.
@@ -177,10 +185,50 @@ int cmd_issue(const std::vector<std::string>& args) {
     return 0;
 }
 
+int cmd_issue_workload(const std::vector<std::string>& args) {
+    Parsed p = parse_args(args, {"--namespace", "--service-account", "--out", "--validity"});
+    if (p.help) {
+        std::fputs(kUsage, stdout);
+        return 0;
+    }
+    if (!p.error.empty()) return usage_error(p.error);
+    if (p.positional.size() != 1) return usage_error("issue-workload takes the authority's folder");
+    auto ns = flag(p, "--namespace");
+    auto sa = flag(p, "--service-account");
+    auto out = flag(p, "--out");
+    if (!ns || !sa || !out) return usage_error("issue-workload needs --namespace NS, --service-account SA and --out DIR");
+    if (!valid_dns_label(*ns)) return usage_error("invalid namespace " + *ns + " (a Kubernetes namespace name)");
+    if (!valid_dns_subdomain(*sa)) return usage_error("invalid service account " + *sa + " (a Kubernetes name)");
+    WorkloadIssueOptions opts;
+    if (auto v = flag(p, "--validity")) {
+        auto d = parse_duration(*v);
+        if (!d) return usage_error("invalid --validity " + *v);
+        if (*d > kMaxWorkloadValidity)
+            return usage_error("--validity " + *v + " is over 24h: a workload certificate lives at most 24h "
+                               "(short-lived: expiry is its only revocation)");
+        opts.validity = *d;
+    }
+    auto a = Authority::load(p.positional[0]);
+    if (!a) return failure(a.error().message);
+    if (auto st = issue_workload_files(*a, *ns, *sa, *out, opts); !st) return failure(st.error().message);
+    auto bundle = TrustBundle::load(*out + "/trust-bundle.pem");
+    if (!bundle) return failure(bundle.error().message);
+    auto pem = signet::fs::read_file(*out + "/svid.crt");
+    if (!pem) return failure(pem.error().message);
+    auto certs = parse_certs_pem(*pem);
+    if (!certs) return failure(certs.error().message);
+    auto id = bundle->verify_workload(certs->front().get(), {}, Clock::now());
+    if (!id) return failure("issued, but the result does not verify: " + id.error().message);
+    std::printf("issued %s into %s: svid.key (0600), svid.crt, trust-bundle.pem; valid until %s (renew after %s)\n",
+                id->spiffe_id.c_str(), out->c_str(), utc(id->not_after).c_str(),
+                utc(id->not_after - (id->not_after - id->not_before) / 2).c_str());
+    return 0;
+}
+
 }  // namespace
 
 int authority_command(const std::vector<std::string>& args) {
-    if (args.empty()) return usage_error("missing subcommand (init or issue)");
+    if (args.empty()) return usage_error("missing subcommand (init, issue or issue-workload)");
     if (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
         std::fputs(kUsage, stdout);
         return 0;
@@ -188,6 +236,7 @@ int authority_command(const std::vector<std::string>& args) {
     std::vector<std::string> rest(args.begin() + 1, args.end());
     if (args[0] == "init") return cmd_init(rest);
     if (args[0] == "issue") return cmd_issue(rest);
+    if (args[0] == "issue-workload") return cmd_issue_workload(rest);
     return usage_error("unknown subcommand " + args[0]);
 }
 

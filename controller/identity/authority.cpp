@@ -177,6 +177,10 @@ std::string spiffe_node(const std::string& td, const std::string& node) { return
 
 }  // namespace
 
+std::string spiffe_workload(const std::string& td, const std::string& ns, const std::string& sa) {
+    return "spiffe://" + td + "/ns/" + ns + "/sa/" + sa;
+}
+
 // ---- names ------------------------------------------------------------------
 
 bool valid_dns_label(std::string_view s) {
@@ -447,6 +451,69 @@ Result<NodeCredentials> Authority::issue(const std::string& node_name, const Iss
     return c;
 }
 
+Result<std::string> Authority::sign_workload_csr(std::string_view csr_pem, const std::string& ns,
+                                                 const std::string& service_account, const WorkloadIssueOptions& opts) const {
+    if (!valid_dns_label(ns)) return cert_error(CertError::invalid_argument, "invalid namespace: " + ns);
+    if (!valid_dns_subdomain(service_account))
+        return cert_error(CertError::invalid_argument, "invalid service account name: " + service_account);
+    if (opts.validity <= std::chrono::seconds(0)) return cert_error(CertError::invalid_argument, "validity must be positive");
+    if (opts.validity > kMaxWorkloadValidity + kCertBackdate)
+        return cert_error(CertError::lifetime_too_long, "a workload certificate lives at most " +
+                                                            std::to_string(kMaxWorkloadValidity.count()) + "h: " +
+                                                            std::to_string(opts.validity.count()) + "s requested");
+    BioPtr bio(BIO_new_mem_buf(csr_pem.data(), static_cast<int>(csr_pem.size())));
+    X509ReqPtr req(bio ? PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+    if (!req) return ossl(CertError::invalid_argument, "cannot read the CSR");
+    EVP_PKEY* pub = X509_REQ_get0_pubkey(req.get());
+    if (!is_p256(pub)) return cert_error(CertError::invalid_argument, "the CSR's key is not P-256");
+    if (X509_REQ_verify(req.get(), pub) != 1) return ossl(CertError::invalid_argument, "the CSR's signature does not verify");
+    X509Ptr cert(X509_new());
+    X509_NAME* empty = X509_NAME_new();
+    bool built = cert && empty && X509_set_version(cert.get(), 2) == 1 && X509_set_subject_name(cert.get(), empty) == 1 &&
+                 X509_set_issuer_name(cert.get(), X509_get_subject_name(cert_.get())) == 1 &&
+                 X509_set_pubkey(cert.get(), pub) == 1;
+    X509_NAME_free(empty);
+    if (!built) return ossl(CertError::invalid_argument, "cannot build the workload certificate");
+    TimePoint from = opts.not_before.value_or(Clock::now() - kCertBackdate);
+    TimePoint to = std::min(from + opts.validity, cert_not_after(cert_.get()));
+    // An empty subject: the SAN is critical (RFC 5280 4.2.1.6), as SPIFFE X.509-SVIDs have it.
+    const std::string san = "critical,URI:" + spiffe_workload(trust_domain_, ns, service_account);
+    for (auto st : {set_random_serial(cert.get()), set_validity(cert.get(), from, to),
+                    add_ext(cert.get(), cert_.get(), NID_basic_constraints, "critical,CA:FALSE"),
+                    add_ext(cert.get(), cert_.get(), NID_key_usage, "critical,digitalSignature"),
+                    add_ext(cert.get(), cert_.get(), NID_ext_key_usage, "serverAuth,clientAuth"),
+                    add_ext(cert.get(), cert_.get(), NID_authority_key_identifier, "keyid:always"),
+                    add_ext(cert.get(), cert_.get(), NID_subject_alt_name, san.c_str())})
+        if (!st) return st.error();
+    if (X509_sign(cert.get(), key_.get(), sha256_md()) <= 0)
+        return ossl(CertError::invalid_argument, "cannot sign the workload certificate");
+    return cert_pem(cert.get());
+}
+
+Result<WorkloadCredentials> Authority::issue_workload(const std::string& ns, const std::string& service_account,
+                                                     const WorkloadIssueOptions& opts) const {
+    auto key = generate_p256_key();
+    if (!key) return key.error();
+    // A CSR for proof of possession; its subject is not used.
+    X509ReqPtr req(X509_REQ_new());
+    if (!req || X509_REQ_set_pubkey(req.get(), key->get()) != 1 || X509_REQ_sign(req.get(), key->get(), sha256_md()) <= 0)
+        return ossl(CertError::invalid_argument, "cannot make the workload's CSR");
+    BioPtr out(BIO_new(BIO_s_mem()));
+    if (!out || PEM_write_bio_X509_REQ(out.get(), req.get()) != 1) return ossl(CertError::invalid_argument, "cannot write the CSR");
+    char* data = nullptr;
+    long n = BIO_get_mem_data(out.get(), &data);
+    auto crt = sign_workload_csr(std::string_view(data, static_cast<size_t>(n)), ns, service_account, opts);
+    if (!crt) return crt.error();
+    auto certs = parse_certs_pem(*crt);
+    if (!certs) return certs.error();
+    WorkloadCredentials c;
+    c.key = std::move(*key);
+    c.cert = std::move(certs->front());
+    c.identity = WorkloadIdentity{trust_domain_, ns, service_account, spiffe_workload(trust_domain_, ns, service_account),
+                                  cert_not_before(c.cert.get()), cert_not_after(c.cert.get())};
+    return c;
+}
+
 Status issue_node(const Authority& ca, const std::string& node_name, const std::string& out_dir, const IssueOptions& opts) {
     if (!valid_dns_subdomain(node_name)) return cert_error(CertError::invalid_argument, "invalid node name: " + node_name);
     const std::string key_path = out_dir + "/node.key", crt_path = out_dir + "/node.crt", bundle_path = out_dir + "/trust-bundle.pem";
@@ -456,6 +523,27 @@ Status issue_node(const Authority& ca, const std::string& node_name, const std::
     if (!creds) return creds.error();
     if (auto st = fs::make_dirs(out_dir, 0700); !st) return cert_error(CertError::io, st.error().message);
     // The key is created here, in the node's folder, 0600 from its first byte.
+    if (auto st = write_new_private_key(key_path, creds->key.get()); !st) return st;
+    Status st = write_new_file(crt_path, cert_pem(creds->cert.get()), 0644);
+    if (st) {
+        if (auto w = fs::write_atomic(bundle_path, ca.bundle_pem(), 0644); !w) st = cert_error(CertError::io, w.error().message);
+    }
+    if (!st) {
+        ::unlink(key_path.c_str());
+        ::unlink(crt_path.c_str());
+    }
+    return st;
+}
+
+Status issue_workload_files(const Authority& ca, const std::string& ns, const std::string& service_account,
+                            const std::string& out_dir, const WorkloadIssueOptions& opts) {
+    const std::string key_path = out_dir + "/svid.key", crt_path = out_dir + "/svid.crt",
+                      bundle_path = out_dir + "/trust-bundle.pem";
+    for (const auto& p : {key_path, crt_path})
+        if (exists(p)) return cert_error(CertError::io, "refusing to overwrite " + p);
+    auto creds = ca.issue_workload(ns, service_account, opts);
+    if (!creds) return creds.error();
+    if (auto st = fs::make_dirs(out_dir, 0700); !st) return cert_error(CertError::io, st.error().message);
     if (auto st = write_new_private_key(key_path, creds->key.get()); !st) return st;
     Status st = write_new_file(crt_path, cert_pem(creds->cert.get()), 0644);
     if (st) {
@@ -514,7 +602,8 @@ std::vector<std::string> TrustBundle::trust_domains() const {
     return out;
 }
 
-Result<NodeIdentity> TrustBundle::verify_node(X509* leaf, std::span<X509* const> intermediates, TimePoint at) const {
+Result<const TrustBundle::Anchor*> TrustBundle::anchor_of(X509* leaf, std::span<X509* const> intermediates,
+                                                          TimePoint at, const std::string& what) const {
     if (!store_ || !leaf) return cert_error(CertError::chain_not_to_bundle, "empty trust bundle");
     struct SkFree { void operator()(STACK_OF(X509)* s) const { sk_X509_free(s); } };
     std::unique_ptr<STACK_OF(X509), SkFree> untrusted(sk_X509_new_null());
@@ -532,16 +621,23 @@ Result<NodeIdentity> TrustBundle::verify_node(X509* leaf, std::span<X509* const>
         int err = X509_STORE_CTX_get_error(ctx.get());
         ERR_clear_error();
         std::string text = X509_verify_cert_error_string(err);
-        if (err == X509_V_ERR_CERT_HAS_EXPIRED) return cert_error(CertError::expired, "node certificate expired: " + text);
-        if (err == X509_V_ERR_CERT_NOT_YET_VALID) return cert_error(CertError::not_yet_valid, "node certificate not yet valid: " + text);
-        return cert_error(CertError::chain_not_to_bundle, "node certificate does not chain to the trust bundle: " + text);
+        if (err == X509_V_ERR_CERT_HAS_EXPIRED) return cert_error(CertError::expired, what + " expired: " + text);
+        if (err == X509_V_ERR_CERT_NOT_YET_VALID) return cert_error(CertError::not_yet_valid, what + " not yet valid: " + text);
+        return cert_error(CertError::chain_not_to_bundle, what + " does not chain to the trust bundle: " + text);
     }
     STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
     X509* anchor = chain && sk_X509_num(chain) > 0 ? sk_X509_value(chain, sk_X509_num(chain) - 1) : nullptr;
     const Anchor* found = nullptr;
     for (const auto& a : *anchors_)
         if (anchor && X509_cmp(a.cert.get(), anchor) == 0) found = &a;
-    if (!found) return cert_error(CertError::chain_not_to_bundle, "node certificate chains to no CA of the bundle");
+    if (!found) return cert_error(CertError::chain_not_to_bundle, what + " chains to no CA of the bundle");
+    return found;
+}
+
+Result<NodeIdentity> TrustBundle::verify_node(X509* leaf, std::span<X509* const> intermediates, TimePoint at) const {
+    auto anchored = anchor_of(leaf, intermediates, at, "node certificate");
+    if (!anchored) return anchored.error();
+    const Anchor* found = *anchored;
 
     // A signet node certificate, of the anchoring CA's trust domain.
     if (X509_check_ca(leaf) != 0) return cert_error(CertError::bad_certificate, "a CA certificate is not a node certificate");
@@ -580,6 +676,52 @@ Result<NodeIdentity> TrustBundle::verify_node(X509* leaf, std::span<X509* const>
                               std::to_string(std::chrono::duration_cast<std::chrono::seconds>(id.not_after - id.not_before).count()) +
                               "s is over the " + std::to_string(kMaxNodeCertLifetime.count()) +
                               "s a node certificate may have (24 h + backdating; expiry is its only revocation)");
+    return id;
+}
+
+Result<WorkloadIdentity> TrustBundle::verify_workload(X509* leaf, std::span<X509* const> intermediates,
+                                                      TimePoint at) const {
+    auto anchored = anchor_of(leaf, intermediates, at, "workload certificate");
+    if (!anchored) return anchored.error();
+    const Anchor* found = *anchored;
+    if (X509_check_ca(leaf) != 0) return cert_error(CertError::bad_certificate, "a CA certificate is not a workload's");
+    const uint32_t flags = X509_get_extension_flags(leaf);
+    const uint32_t ku = X509_get_key_usage(leaf);
+    if (!(flags & EXFLAG_KUSAGE) || !(ku & KU_DIGITAL_SIGNATURE))
+        return cert_error(CertError::bad_certificate, "workload certificate lacks the keyUsage digitalSignature");
+    if (ku & (KU_KEY_CERT_SIGN | KU_CRL_SIGN | KU_KEY_AGREEMENT))
+        return cert_error(CertError::bad_certificate,
+                          "workload certificate has the keyUsage keyCertSign, cRLSign or keyAgreement (a node's)");
+    const uint32_t xku = X509_get_extended_key_usage(leaf);
+    if (!(flags & EXFLAG_XKUSAGE) || (xku & (XKU_SSL_SERVER | XKU_SSL_CLIENT)) != (XKU_SSL_SERVER | XKU_SSL_CLIENT))
+        return cert_error(CertError::bad_certificate, "workload certificate lacks the extended key usage serverAuth+clientAuth");
+    if (!is_p256(X509_get0_pubkey(leaf))) return cert_error(CertError::bad_certificate, "workload certificate key is not P-256");
+    bool other = false;
+    auto uris = uri_sans(leaf, &other);
+    if (uris.size() != 1 || other)
+        return cert_error(CertError::bad_certificate, "workload certificate must have exactly one SAN, a URI");
+    // spiffe://<td>/ns/<ns>/sa/<sa>, the trust domain the anchoring CA's.
+    const std::string prefix = "spiffe://" + found->trust_domain + "/ns/";
+    const std::string& uri = uris[0];
+    if (uri.rfind(prefix, 0) != 0)
+        return cert_error(uri.rfind("spiffe://", 0) == 0 && uri.find("/ns/") != std::string::npos
+                              ? CertError::wrong_trust_domain
+                              : CertError::bad_certificate,
+                          "workload certificate's URI SAN is not " + prefix + "<namespace>/sa/<service account>");
+    const std::string rest = uri.substr(prefix.size());
+    const size_t sa_at = rest.find("/sa/");
+    WorkloadIdentity id;
+    id.trust_domain = found->trust_domain;
+    id.namespace_ = sa_at == std::string::npos ? std::string() : rest.substr(0, sa_at);
+    id.service_account = sa_at == std::string::npos ? std::string() : rest.substr(sa_at + 4);
+    if (!valid_dns_label(id.namespace_) || !valid_dns_subdomain(id.service_account))
+        return cert_error(CertError::bad_certificate, "workload certificate's URI SAN names no valid namespace and service account");
+    id.spiffe_id = uri;
+    id.not_before = cert_not_before(leaf);
+    id.not_after = cert_not_after(leaf);
+    if (id.not_after - id.not_before > kMaxWorkloadCertLifetime)
+        return cert_error(CertError::lifetime_too_long, "workload certificate lifetime over " +
+                                                            std::to_string(kMaxWorkloadCertLifetime.count()) + "s");
     return id;
 }
 

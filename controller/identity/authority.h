@@ -41,6 +41,12 @@ constexpr std::chrono::hours kMaxNodeValidity{24};
 constexpr std::chrono::minutes kCertLifetimeSlack{5};
 constexpr std::chrono::seconds kMaxNodeCertLifetime = kMaxNodeValidity + kCertBackdate + kCertLifetimeSlack;  // 24 h 10 min
 
+// Workload identities (docs/workload-identity.md): SPIFFE X.509-SVIDs for
+// spiffe://<trust domain>/ns/<namespace>/sa/<service account>, short-lived.
+constexpr std::chrono::hours kDefaultWorkloadValidity{1};
+constexpr std::chrono::hours kMaxWorkloadValidity{24};
+constexpr std::chrono::seconds kMaxWorkloadCertLifetime = kMaxWorkloadValidity + kCertBackdate + kCertLifetimeSlack;
+
 // Kubernetes name rules. Namespaces are RFC 1123 labels (<= 63, [a-z0-9-],
 // alphanumeric at both ends); pod and node names are RFC 1123 subdomains
 // (<= 253, labels joined by dots). Trust domains follow SPIFFE: [a-z0-9._-],
@@ -92,6 +98,13 @@ struct NodeIdentity {
     TimePoint not_before{}, not_after{};
 };
 
+struct WorkloadIdentity {
+    std::string trust_domain, namespace_, service_account;
+    std::string spiffe_id;  // spiffe://<trust domain>/ns/<namespace>/sa/<service account>
+    TimePoint not_before{}, not_after{};
+};
+std::string spiffe_workload(const std::string& trust_domain, const std::string& ns, const std::string& service_account);
+
 // The CAs a node trusts: several at once (rotation, other clusters). Each CA
 // owns the trust domain of its URI SAN spiffe://<trust domain>, and may
 // vouch for nodes of that trust domain only. Copies share the same store.
@@ -115,15 +128,32 @@ public:
     // agreeing, notAfter - notBefore at most kMaxNodeCertLifetime), and that
     // its trust domain is the anchoring CA's. Error::code is a CertError.
     Result<NodeIdentity> verify_node(X509* leaf, std::span<X509* const> intermediates, TimePoint at) const;
+    // The same for a workload's X.509-SVID (docs/workload-identity.md): P-256,
+    // not a CA, keyUsage with digitalSignature and without keyAgreement,
+    // keyCertSign or cRLSign (so it is never a node certificate), EKU
+    // serverAuth+clientAuth, exactly one SAN: the URI
+    // spiffe://<the anchoring CA's trust domain>/ns/<namespace>/sa/<service
+    // account>, lifetime at most kMaxWorkloadCertLifetime.
+    Result<WorkloadIdentity> verify_workload(X509* leaf, std::span<X509* const> intermediates, TimePoint at) const;
 
 private:
     struct Anchor {
         std::shared_ptr<X509> cert;
         std::string trust_domain;
     };
+    // Verifies the chain at `at`; the anchoring CA. `what` names the leaf in errors.
+    Result<const Anchor*> anchor_of(X509* leaf, std::span<X509* const> intermediates, TimePoint at,
+                                    const std::string& what) const;
     std::shared_ptr<const std::vector<Anchor>> anchors_;
     std::shared_ptr<X509_STORE> store_;
     Fingerprint digest_{};
+};
+
+// A workload's key and X.509-SVID.
+struct WorkloadCredentials {
+    PKey key;
+    X509Ptr cert;
+    WorkloadIdentity identity;
 };
 
 // This node's own credentials, as issue_node (or a CSR signer) left them.
@@ -158,6 +188,12 @@ struct IssueOptions {
     std::optional<TimePoint> not_before;  // default: now - kCertBackdate
 };
 
+struct WorkloadIssueOptions {
+    // From notBefore; at most kMaxWorkloadValidity + kCertBackdate (refused above).
+    std::chrono::seconds validity = kDefaultWorkloadValidity;
+    std::optional<TimePoint> not_before;  // default: now - kCertBackdate
+};
+
 class Authority {
 public:
     // A new authority in memory (P-256 key, self-signed CA certificate:
@@ -189,6 +225,20 @@ public:
     // A new node key and its certificate, in memory.
     Result<NodeCredentials> issue(const std::string& node_name, const IssueOptions& opts = {}) const;
 
+    // Signs a workload's CSR (PEM; P-256, its signature verifying: proof of
+    // possession; its subject and extensions are ignored) as the X.509-SVID
+    // of spiffe://<trust domain>/ns/<ns>/sa/<service account>: empty subject,
+    // the URI SAN (critical), keyUsage digitalSignature, EKU
+    // serverAuth+clientAuth, CA:FALSE, random serial. `validity` defaults to
+    // kDefaultWorkloadValidity; over kMaxWorkloadValidity + kCertBackdate is
+    // refused (lifetime_too_long). Whether the caller may have that identity
+    // is the caller's to decide (the signer checks the pod). PEM.
+    Result<std::string> sign_workload_csr(std::string_view csr_pem, const std::string& ns,
+                                          const std::string& service_account, const WorkloadIssueOptions& opts = {}) const;
+    // A new workload key and its SVID, in memory.
+    Result<WorkloadCredentials> issue_workload(const std::string& ns, const std::string& service_account,
+                                               const WorkloadIssueOptions& opts = {}) const;
+
 private:
     PKey key_;
     X509Ptr cert_;
@@ -201,5 +251,12 @@ private:
 // Refuses when node.key already exists.
 Status issue_node(const Authority& ca, const std::string& node_name, const std::string& out_dir,
                   const IssueOptions& opts = {});
+
+// Creates svid.key (0600) in `out_dir` (0700 if new), has `ca` issue the
+// X.509-SVID of spiffe://<td>/ns/<ns>/sa/<service account> for it, writes
+// svid.crt and a copy of the authority's trust-bundle.pem. Refuses when
+// svid.key already exists.
+Status issue_workload_files(const Authority& ca, const std::string& ns, const std::string& service_account,
+                            const std::string& out_dir, const WorkloadIssueOptions& opts = {});
 
 }  // namespace signet::identity

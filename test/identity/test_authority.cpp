@@ -375,3 +375,57 @@ TEST_CASE("a trust bundle's digest names its CAs") {
     CHECK(one.digest() != both.digest());
     CHECK(one.digest() != bundle_of({&ca2}).digest());
 }
+
+TEST_CASE("workload X.509-SVIDs: issued for ns/sa, verified as workloads, never taken for a node (or a node for a workload)") {
+    Authority ca = make_ca("shop.test");
+    TrustBundle b = bundle_of({&ca});
+    auto w = ca.issue_workload("shop", "web");
+    REQUIRE_MESSAGE(w.ok(), w.error().message);
+    CHECK(w->identity.spiffe_id == "spiffe://shop.test/ns/shop/sa/web");
+    CHECK(w->identity.not_after - w->identity.not_before <= kDefaultWorkloadValidity + kCertBackdate);
+    auto id = b.verify_workload(w->cert.get(), {}, Clock::now());
+    REQUIRE_MESSAGE(id.ok(), id.error().message);
+    CHECK(id->namespace_ == "shop");
+    CHECK(id->service_account == "web");
+    CHECK(id->trust_domain == "shop.test");
+    CHECK(X509_NAME_entry_count(X509_get_subject_name(w->cert.get())) == 0);  // the URI SAN is the identity
+    // A workload's certificate is not a node's, and a node's is not a workload's.
+    auto as_node = b.verify_node(w->cert.get(), {}, Clock::now());
+    REQUIRE_FALSE(as_node.ok());
+    CHECK(code(as_node.error()) == code(CertError::bad_certificate));
+    auto node = ca.issue("node-1");
+    REQUIRE(node.ok());
+    auto node_as_workload = b.verify_workload(node->cert.get(), {}, Clock::now());
+    REQUIRE_FALSE(node_as_workload.ok());
+    CHECK(code(node_as_workload.error()) == code(CertError::bad_certificate));
+    // Another authority's SVID: no chain; expired: refused.
+    Authority other = make_ca("shop.test");
+    auto foreign = other.issue_workload("shop", "web");
+    REQUIRE(foreign.ok());
+    CHECK(code(b.verify_workload(foreign->cert.get(), {}, Clock::now()).error()) == code(CertError::chain_not_to_bundle));
+    CHECK(code(b.verify_workload(w->cert.get(), {}, Clock::now() + 2h).error()) == code(CertError::expired));
+    // Lifetimes: up to 24 h issued and accepted; more refused at issuance.
+    WorkloadIssueOptions day;
+    day.validity = kMaxWorkloadValidity;
+    auto long_lived = ca.issue_workload("shop", "web", day);
+    REQUIRE(long_lived.ok());
+    CHECK(b.verify_workload(long_lived->cert.get(), {}, Clock::now()).ok());
+    WorkloadIssueOptions too_long;
+    too_long.validity = kMaxWorkloadValidity + 1h;
+    CHECK(code(ca.issue_workload("shop", "web", too_long).error()) == code(CertError::lifetime_too_long));
+    // Names as Kubernetes has them.
+    CHECK_FALSE(ca.issue_workload("Shop", "web").ok());
+    CHECK_FALSE(ca.issue_workload("shop", "we/b").ok());
+    CHECK_FALSE(ca.issue_workload("shop", "").ok());
+}
+
+TEST_CASE("workload SVIDs on disk: svid.key 0600, no overwrite") {
+    TempDir dir;
+    Authority ca = make_ca();
+    const std::string out = dir / "web";
+    REQUIRE(issue_workload_files(ca, "default", "web", out).ok());
+    CHECK(file_mode(out + "/svid.key") == 0600);
+    auto again = issue_workload_files(ca, "default", "web", out);
+    REQUIRE_FALSE(again.ok());
+    CHECK(code(again.error()) == code(CertError::io));
+}

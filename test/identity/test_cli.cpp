@@ -4,6 +4,7 @@
 #include "ctl/authority.h"
 #include "helpers.h"
 #include "identity/authority.h"
+#include "signet/fsutil.h"
 
 using signet::ctl::authority_command;
 using namespace signet::identity;
@@ -53,4 +54,31 @@ TEST_CASE("signetctl authority init / issue") {
         REQUIRE_MESSAGE(c.ok(), c.error().message);
         CHECK(c->identity.not_after - c->identity.not_before == std::chrono::hours(24));
     }
+}
+
+TEST_CASE("signetctl authority issue-workload") {
+    TempDir tmp;
+    const std::string ca = tmp / "ca", w = tmp / "web";
+    REQUIRE(authority_command({"init", ca, "--trust-domain", "prod.example"}) == 0);
+    CHECK(authority_command({"issue-workload", ca, "--namespace", "shop", "--out", w}) == 2);  // no --service-account
+    CHECK(authority_command({"issue-workload", ca, "--namespace", "Shop", "--service-account", "web", "--out", w}) == 2);
+    CHECK(authority_command({"issue-workload", ca, "--namespace", "shop", "--service-account", "web", "--out", w,
+                             "--validity", "25h"}) == 2);
+    CHECK(authority_command({"issue-workload", tmp / "nowhere", "--namespace", "shop", "--service-account", "web",
+                             "--out", w}) == 1);
+    CHECK_FALSE(file_exists(w + "/svid.key"));
+    REQUIRE(authority_command({"issue-workload", ca, "--namespace", "shop", "--service-account", "web", "--out", w,
+                               "--validity", "30m"}) == 0);
+    CHECK(file_mode(w + "/svid.key") == 0600);
+    auto bundle = TrustBundle::load(w + "/trust-bundle.pem");
+    REQUIRE(bundle.ok());
+    auto pem = signet::fs::read_file(w + "/svid.crt");
+    REQUIRE(pem.ok());
+    auto certs = parse_certs_pem(*pem);
+    REQUIRE(certs.ok());
+    auto id = bundle->verify_workload(certs->front().get(), {}, Clock::now());
+    REQUIRE_MESSAGE(id.ok(), id.error().message);
+    CHECK(id->spiffe_id == "spiffe://prod.example/ns/shop/sa/web");
+    CHECK(id->not_after - id->not_before == std::chrono::minutes(30));
+    CHECK(authority_command({"issue-workload", ca, "--namespace", "shop", "--service-account", "web", "--out", w}) == 1);
 }
