@@ -396,6 +396,21 @@ Result<Authority> Authority::from_pem(std::string_view key_pem, std::string_view
     return a;
 }
 
+namespace {
+
+// A CSR (PEM) whose key is P-256 and whose signature verifies (proof of possession).
+Result<X509ReqPtr> read_csr(std::string_view csr_pem) {
+    BioPtr bio(BIO_new_mem_buf(csr_pem.data(), static_cast<int>(csr_pem.size())));
+    X509ReqPtr req(bio ? PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr) : nullptr);
+    if (!req) return ossl(CertError::invalid_argument, "cannot read the CSR");
+    EVP_PKEY* pub = X509_REQ_get0_pubkey(req.get());
+    if (!is_p256(pub)) return cert_error(CertError::invalid_argument, "the CSR's key is not P-256");
+    if (X509_REQ_verify(req.get(), pub) != 1) return ossl(CertError::invalid_argument, "the CSR's signature does not verify");
+    return req;
+}
+
+}  // namespace
+
 Result<std::string> Authority::sign_csr(std::string_view csr_pem, const std::string& node_name, const IssueOptions& opts) const {
     if (!valid_dns_subdomain(node_name)) return cert_error(CertError::invalid_argument, "invalid node name: " + node_name);
     if (opts.validity <= std::chrono::seconds(0)) return cert_error(CertError::invalid_argument, "validity must be positive");
@@ -404,12 +419,10 @@ Result<std::string> Authority::sign_csr(std::string_view csr_pem, const std::str
                           "a node certificate lives at most " + std::to_string(kMaxNodeValidity.count()) +
                               "h (expiry is its only revocation; verifiers refuse longer ones): " +
                               std::to_string(opts.validity.count()) + "s requested");
-    BioPtr bio(BIO_new_mem_buf(csr_pem.data(), static_cast<int>(csr_pem.size())));
-    X509ReqPtr req(bio ? PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr) : nullptr);
-    if (!req) return ossl(CertError::invalid_argument, "cannot read the CSR");
+    auto read = read_csr(csr_pem);
+    if (!read) return read.error();
+    X509ReqPtr req = std::move(*read);
     EVP_PKEY* pub = X509_REQ_get0_pubkey(req.get());
-    if (!is_p256(pub)) return cert_error(CertError::invalid_argument, "the CSR's key is not P-256");
-    if (X509_REQ_verify(req.get(), pub) != 1) return ossl(CertError::invalid_argument, "the CSR's signature does not verify");
     const X509_NAME* subj = X509_REQ_get_subject_name(req.get());
     if (subject_entry(subj, NID_commonName) != node_name || subject_entry(subj, NID_organizationName) != trust_domain_)
         return cert_error(CertError::invalid_argument, "the CSR's subject is not CN=" + node_name + ", O=" + trust_domain_);
@@ -461,12 +474,10 @@ Result<std::string> Authority::sign_workload_csr(std::string_view csr_pem, const
         return cert_error(CertError::lifetime_too_long, "a workload certificate lives at most " +
                                                             std::to_string(kMaxWorkloadValidity.count()) + "h: " +
                                                             std::to_string(opts.validity.count()) + "s requested");
-    BioPtr bio(BIO_new_mem_buf(csr_pem.data(), static_cast<int>(csr_pem.size())));
-    X509ReqPtr req(bio ? PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr) : nullptr);
-    if (!req) return ossl(CertError::invalid_argument, "cannot read the CSR");
+    auto read = read_csr(csr_pem);
+    if (!read) return read.error();
+    X509ReqPtr req = std::move(*read);
     EVP_PKEY* pub = X509_REQ_get0_pubkey(req.get());
-    if (!is_p256(pub)) return cert_error(CertError::invalid_argument, "the CSR's key is not P-256");
-    if (X509_REQ_verify(req.get(), pub) != 1) return ossl(CertError::invalid_argument, "the CSR's signature does not verify");
     X509Ptr cert(X509_new());
     X509_NAME* empty = X509_NAME_new();
     bool built = cert && empty && X509_set_version(cert.get(), 2) == 1 && X509_set_subject_name(cert.get(), empty) == 1 &&
@@ -514,6 +525,28 @@ Result<WorkloadCredentials> Authority::issue_workload(const std::string& ns, con
     return c;
 }
 
+namespace {
+
+// The key (a new file, 0600 from its first byte), the certificate and a copy
+// of the trust bundle into `out_dir` (0700 if new); on failure neither the key
+// nor the certificate is left.
+Status write_credential_files(const std::string& out_dir, const std::string& key_path, const std::string& crt_path,
+                              const std::string& bundle_path, EVP_PKEY* key, X509* cert, const std::string& bundle_pem) {
+    if (auto st = fs::make_dirs(out_dir, 0700); !st) return cert_error(CertError::io, st.error().message);
+    if (auto st = write_new_private_key(key_path, key); !st) return st;
+    Status st = write_new_file(crt_path, cert_pem(cert), 0644);
+    if (st) {
+        if (auto w = fs::write_atomic(bundle_path, bundle_pem, 0644); !w) st = cert_error(CertError::io, w.error().message);
+    }
+    if (!st) {
+        ::unlink(key_path.c_str());
+        ::unlink(crt_path.c_str());
+    }
+    return st;
+}
+
+}  // namespace
+
 Status issue_node(const Authority& ca, const std::string& node_name, const std::string& out_dir, const IssueOptions& opts) {
     if (!valid_dns_subdomain(node_name)) return cert_error(CertError::invalid_argument, "invalid node name: " + node_name);
     const std::string key_path = out_dir + "/node.key", crt_path = out_dir + "/node.crt", bundle_path = out_dir + "/trust-bundle.pem";
@@ -521,18 +554,8 @@ Status issue_node(const Authority& ca, const std::string& node_name, const std::
         if (exists(p)) return cert_error(CertError::io, "refusing to overwrite " + p);
     auto creds = ca.issue(node_name, opts);
     if (!creds) return creds.error();
-    if (auto st = fs::make_dirs(out_dir, 0700); !st) return cert_error(CertError::io, st.error().message);
-    // The key is created here, in the node's folder, 0600 from its first byte.
-    if (auto st = write_new_private_key(key_path, creds->key.get()); !st) return st;
-    Status st = write_new_file(crt_path, cert_pem(creds->cert.get()), 0644);
-    if (st) {
-        if (auto w = fs::write_atomic(bundle_path, ca.bundle_pem(), 0644); !w) st = cert_error(CertError::io, w.error().message);
-    }
-    if (!st) {
-        ::unlink(key_path.c_str());
-        ::unlink(crt_path.c_str());
-    }
-    return st;
+    return write_credential_files(out_dir, key_path, crt_path, bundle_path, creds->key.get(), creds->cert.get(),
+                                  ca.bundle_pem());
 }
 
 Status issue_workload_files(const Authority& ca, const std::string& ns, const std::string& service_account,
@@ -543,17 +566,8 @@ Status issue_workload_files(const Authority& ca, const std::string& ns, const st
         if (exists(p)) return cert_error(CertError::io, "refusing to overwrite " + p);
     auto creds = ca.issue_workload(ns, service_account, opts);
     if (!creds) return creds.error();
-    if (auto st = fs::make_dirs(out_dir, 0700); !st) return cert_error(CertError::io, st.error().message);
-    if (auto st = write_new_private_key(key_path, creds->key.get()); !st) return st;
-    Status st = write_new_file(crt_path, cert_pem(creds->cert.get()), 0644);
-    if (st) {
-        if (auto w = fs::write_atomic(bundle_path, ca.bundle_pem(), 0644); !w) st = cert_error(CertError::io, w.error().message);
-    }
-    if (!st) {
-        ::unlink(key_path.c_str());
-        ::unlink(crt_path.c_str());
-    }
-    return st;
+    return write_credential_files(out_dir, key_path, crt_path, bundle_path, creds->key.get(), creds->cert.get(),
+                                  ca.bundle_pem());
 }
 
 // ---- trust bundles ----------------------------------------------------------

@@ -39,6 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 sys.path.insert(0, str(HERE))
+import benchlib  # noqa: E402
 import harness  # noqa: E402
 
 NAMESPACES, PODS, POLICIES, LOCAL = 50, 5000, 1000, 100
@@ -188,26 +189,12 @@ def last_applied_ms(d):
     return last
 
 
-def cpu_idle(window=0.5):
-    """Fraction of CPU time idle over `window` seconds, all cores."""
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)  # idle + iowait, total
-    i0, t0 = sample()
-    time.sleep(window)
-    i1, t1 = sample()
-    return (i1 - i0) / max(1, t1 - t0)
-
-
 def settle(what, limit=30.0):
     """Waits until the machine is quiet (the kernel tears network namespaces
     down in the background for seconds after a test deletes many), so that a
     timing is not taken against another test's leftovers."""
     start = time.monotonic()
-    idle = cpu_idle()
-    while idle < 0.9 and time.monotonic() - start < limit:
-        idle = cpu_idle()
+    idle = benchlib.settle(limit=limit, idle=0.9)
     log(f"    (before {what}: machine {idle * 100:.0f}% idle after {time.monotonic() - start:.1f} s)")
 
 
