@@ -80,6 +80,39 @@ Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<sourc
       unprotected_(opts_.unprotected_grace),
       unprotected_timer_(io) {
     enforcer_.set_query(&policy_);
+    enforcer_.set_audit([this](const api::PodRecord& rec) {
+        bool audit = audit_of(rec);
+        audited_[rec.reg.namespace_ + "/" + rec.reg.name] = audit;
+        return audit;
+    });
+}
+
+// Audit mode (docs/policy.md): the pod's namespace's signet.dev/policy-mode
+// label, else the node's --policy-mode.
+bool Controller::audit_of(const api::PodRecord& rec) const {
+    return policy::policy_mode_of(source_->snapshot(), rec.reg.namespace_, opts_.policy_mode).mode ==
+           policy::PolicyMode::audit;
+}
+
+// After a change of the source: the local pods whose policy mode changed
+// (a namespace's label set, changed or removed), to be rewritten like any
+// policy change (audit -> enforce cuts what the policy does not allow).
+std::set<cache::ObjectKey> Controller::refresh_policy_modes() {
+    std::set<cache::ObjectKey> changed;
+    std::map<std::string, bool> seen;
+    for (const auto& [k, rec] : registry_.all()) {
+        const std::string id = rec.reg.namespace_ + "/" + rec.reg.name;
+        auto it = audited_.find(id);
+        if (it == audited_.end()) continue;  // not written yet: its first table takes the mode
+        bool now = audit_of(rec);
+        seen[id] = it->second;
+        if (now == it->second) continue;
+        log::info(kLog, "policy mode of " + id + ": " + (it->second ? "audit" : "enforce") + " -> " +
+                            (now ? "audit" : "enforce"));
+        changed.insert(cache::ObjectKey{rec.reg.namespace_, rec.reg.name});
+    }
+    audited_ = std::move(seen);  // forget pods gone (the enforcer records the new modes as it writes)
+    return changed;
 }
 
 Controller::~Controller() { stop(); }
@@ -126,6 +159,7 @@ Status Controller::start() {
         HandshakeEngine::Context hc;
         hc.node_name = opts_.node_name;
         hc.mode = opts_.handshake;
+        hc.policy_mode = opts_.policy_mode;
         hc.source = source_.get();
         hc.registry = &registry_;
         hc.policy = &policy_;
@@ -238,6 +272,7 @@ void Controller::on_source_change() {
         auto t0 = std::chrono::steady_clock::now();
         uint64_t changes = enforcer_.program_latency().count();
         enforcer_.source_changed(source_->snapshot(), delta, registry_.all());
+        for (const auto& pod : refresh_policy_modes()) mode_changed.insert(pod);
         if (!mode_changed.empty()) enforcer_.reprogram(mode_changed, registry_.all());
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         char buf[160];
@@ -507,6 +542,23 @@ ipc::Response Controller::status_json() const {
     src.AddMember("podObjects", Value(static_cast<uint64_t>(snap.pods.size())), a);
     src.AddMember("networkPolicies", Value(static_cast<uint64_t>(snap.policies.size())), a);
     d.AddMember("source", src, a);
+    {  // Audit mode (docs/policy.md): the node's default and the namespaces that set theirs.
+        Value pm(rapidjson::kObjectType);
+        pm.AddMember("default", Value(policy::to_string(opts_.policy_mode), a), a);
+        Value audit(rapidjson::kArrayType), labelled(rapidjson::kObjectType);
+        for (const auto& [name, ns] : snap.namespaces) {
+            auto m = policy::policy_mode_of(snap, name, opts_.policy_mode);
+            if (m.mode == policy::PolicyMode::audit) audit.PushBack(json::str(name, a), a);
+            if (!ns.labels.count(policy::kPolicyModeLabel)) continue;
+            Value e(rapidjson::kObjectType);
+            e.AddMember("mode", Value(policy::to_string(m.mode), a), a);
+            if (!m.problem.empty()) e.AddMember("problem", json::str(m.problem, a), a);
+            labelled.AddMember(json::str(name, a), e, a);
+        }
+        pm.AddMember("auditNamespaces", audit, a);
+        pm.AddMember("labelled", labelled, a);
+        d.AddMember("policyMode", pm, a);
+    }
     Value dp;
     enforcer_.status(dp, a);
     dp.AddMember("enforcing", enforcing_, a);

@@ -162,6 +162,19 @@ int cmd_status(const Options& o) {
             std::printf("  %-14s %s\n", (key + ":").c_str(), value.c_str());
         }
     }
+    if (const auto* pm = json::find(d, "policyMode"); pm != nullptr && pm->IsObject()) {
+        // Audit mode (docs/policy.md): the node's default and the namespaces auditing.
+        std::string list;
+        if (const auto* an = json::find(*pm, "auditNamespaces"); an != nullptr && an->IsArray())
+            for (const auto& n : an->GetArray())
+                if (n.IsString()) list += (list.empty() ? "" : ", ") + std::string(n.GetString());
+        std::printf("policy mode:     %s (node default); audit: %s\n",
+                    json::opt_string(*pm, "default").value_or("?").c_str(), list.empty() ? "no namespace" : list.c_str());
+        if (const auto* l = json::find(*pm, "labelled"); l != nullptr && l->IsObject())
+            for (auto it = l->MemberBegin(); it != l->MemberEnd(); ++it)
+                if (auto pr = json::opt_string(it->value, "problem"))
+                    std::printf("policy mode:     namespace %s: %s\n", it->name.GetString(), pr->c_str());
+    }
     if (const auto* dp = json::find(d, "datapath"); dp != nullptr && dp->IsObject()) {
         std::printf("datapath:        queue %s, %llu attachment(s) programmed, %llu table write(s), %llu set update(s), %llu connection(s) cut\n",
                     json::opt_string(*dp, "queueBackend").value_or("?").c_str(), num(*dp, "programmedAttachments"),
@@ -411,8 +424,8 @@ void print_flow(const rapidjson::Value& f) {
 }
 
 int cmd_flows(const Options& o) {
-    if (!o.verdict.empty() && o.verdict != "allowed" && o.verdict != "denied")
-        return usage_error("--verdict takes allowed or denied");
+    if (!o.verdict.empty() && o.verdict != "allowed" && o.verdict != "denied" && o.verdict != "audit-denied")
+        return usage_error("--verdict takes allowed, denied or audit-denied");
     char* end = nullptr;
     unsigned long limit = std::strtoul(o.limit.c_str(), &end, 10);
     if (o.limit.empty() || *end != '\0' || limit == 0 || limit > 10000) return usage_error("--limit takes 1..10000");
