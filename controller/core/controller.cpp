@@ -844,6 +844,32 @@ void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond
     rapidjson::Document d;
     ex->to_json(d, d.GetAllocator());
     std::string text = ex->text();
+    {
+        // Audit mode (docs/policy.md): a side the policy denies whose pod's
+        // namespace audits lets the connection through and records it. The
+        // verdict ("allowed", the exit status) stays the policy's.
+        auto& al = d.GetAllocator();
+        const auto& snap = source_->snapshot();
+        bool audited_all = !ex->allowed;
+        rapidjson::Value audit(rapidjson::kArrayType);
+        for (const auto* side : {&ex->egress, &ex->ingress}) {
+            if (!*side || (*side)->allowed) continue;
+            const std::string& pod = (*side)->pod;
+            const std::string ns = pod.substr(0, pod.find('/'));
+            auto m = policy::policy_mode_of(snap, ns, opts_.policy_mode);
+            if (m.mode != policy::PolicyMode::audit) {
+                audited_all = false;
+                continue;
+            }
+            audit.PushBack(json::str(std::string((*side)->ingress ? "ingress of " : "egress of ") + pod, al), al);
+        }
+        if (!audit.Empty()) {
+            text += audited_all ? "would be DENIED; audit mode: allowed and recorded (verdict audit-denied)\n"
+                                : "audit mode on one side only: the other side's denial still refuses it\n";
+            d.AddMember("auditMode", audit, al);
+            d.AddMember("auditAllowed", audited_all, al);
+        }
+    }
     if (handshake_ && *proto == nft::kTcp) explain_identity(*from, *to, port, d, text);
     if (!to->is_pod())
         if (auto ip = policy::parse_ip(to->ip)) services_->explain(*from, *ip, *proto, port, d, text);
