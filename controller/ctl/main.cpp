@@ -32,10 +32,11 @@ Commands:
                       whether a connection from A to B is allowed, and the policies and rules
                       that decide it; A and B are NAMESPACE/POD or an IP address. Exit
                       status: 0 allowed, 3 denied (to a Service: by any of its backends),
-                      1 error, 2 usage
+                      1 error, 2 usage. The policy's verdict also in audit mode, where
+                      the text adds that the connection is allowed and recorded
   policies NS/POD     the policies in force for a pod, its rules (peers, ports), and the
                       packets each rule accepted and the default deny dropped
-  flows [--namespace NS] [--pod NS/POD] [--verdict allowed|denied] [--limit N] [--follow]
+  flows [--namespace NS] [--pod NS/POD] [--verdict allowed|denied|audit-denied] [--limit N] [--follow]
                       the latest connections of this node's pods: opened, closed (with
                       packets and bytes each way) and denied attempts, with the peer (pod,
                       node or address) and the policy rule or default deny that decided it;
