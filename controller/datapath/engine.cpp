@@ -534,7 +534,8 @@ bool HandshakeEngine::make_room(PendingTable<V>& table, bool client) {
 }
 
 bool HandshakeEngine::allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
-                              const policy::Ip& peer_ip, uint16_t port, const Packet& p, bool* audited) {
+                              const policy::Ip& peer_ip, uint16_t port, const Packet& p, bool* audited,
+                              bool auditable) {
     policy::ConnKey k;
     k.ingress = ingress;
     k.local = at.pod;
@@ -549,8 +550,8 @@ bool HandshakeEngine::allowed(const Attachment& at, bool ingress, const std::opt
     // policy's: the identity's checks (tokens, replay, spoofing) refuse in
     // every mode, before this is asked. Once per connection: `audited`
     // remembers it across the client's SYN and SYN-ACK.
-    if (policy::policy_mode_of(ctx_.source->snapshot(), at.pod.namespace_, ctx_.policy_mode).mode !=
-        policy::PolicyMode::audit)
+    if (!auditable || policy::policy_mode_of(ctx_.source->snapshot(), at.pod.namespace_, ctx_.policy_mode).mode !=
+                          policy::PolicyMode::audit)
         return false;
     if (audited == nullptr || !*audited) {
         ++counters_.audit_denied;
@@ -977,7 +978,11 @@ Decision HandshakeEngine::judge_tokenless(const Attachment& at, const Packet& p,
                                           const policy::Ip& peer_ip, uint16_t port) {
     std::optional<cache::ObjectKey> as_pod;
     if (pod_peer && at.mode == HandshakeMode::permissive) as_pod = pod_peer->pod;
-    if (!allowed(at, ingress, as_pod, peer_ip, port, p)) {
+    // Enforce mode, a pod's address without its token: refused for want of
+    // the proof (no_token) in every policy mode; audit mode does not lift the
+    // identity's requirements.
+    const bool proof_missing = pod_peer && at.mode == HandshakeMode::enforce;
+    if (!allowed(at, ingress, as_pod, peer_ip, port, p, nullptr, !proof_missing)) {
         report_denied(at, p, ingress);
         if (pod_peer && at.mode == HandshakeMode::enforce)
             return refuse("no_token", at, p,

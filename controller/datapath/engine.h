@@ -350,9 +350,11 @@ private:
     // compact check (cached per policy version), never the text explain.
     // In audit mode (the pod's namespace's policy mode, policy/mode.h) a
     // refusal is reported as audit-denied (`p`'s connection; not again when
-    // `*audited` says it was already) and the answer is true.
+    // `*audited` says it was already) and the answer is true; not when
+    // `auditable` is false (a refusal that is the identity's, not the policy's).
     bool allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
-                 const policy::Ip& peer_ip, uint16_t port, const handshake::Packet& p, bool* audited = nullptr);
+                 const policy::Ip& peer_ip, uint16_t port, const handshake::Packet& p, bool* audited = nullptr,
+                 bool auditable = true);
     const Peer* peer_at(handshake::Family f, const std::array<uint8_t, 16>& addr);
     // The local pod attachment owning an address (addr_key), or null.
     Attachment* attachment_at(const std::string& addr);
