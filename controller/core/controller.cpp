@@ -187,6 +187,10 @@ Status Controller::start() {
     sc.policy = &policy_;
     sc.node_addresses = &node_addresses_;
     sc.set_node = [this](const std::string& path, nft::QueueBackend q) { enforcer_.set_node(path, q); };
+    sc.audit = [this](const policy::ObjectKey& pod) {
+        return policy::policy_mode_of(source_->snapshot(), pod.namespace_, opts_.policy_mode).mode ==
+               policy::PolicyMode::audit;
+    };
     sc.apply = [this](bool defer, const policy::ServiceFrontends& f) { enforcer_.set_services(defer, f, registry_.all()); };
     sc.tcp_handshake = [this](const handshake::QueuedPacket& q) -> std::optional<handshake::Decision> {
         if (!handshake_) return std::nullopt;
