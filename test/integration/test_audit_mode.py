@@ -143,6 +143,12 @@ def body(t: harness.Test, run: harness.Run):
         t.equal("audit-denied record: the default deny that would have refused it", r["policy"], "default-deny")
         t.equal("audit-denied record: TCP/8080", (r["proto"], r["port"]), (6, 8080))
     t.equal("audit: no denied record", [r for r in flows("--verdict", "denied")], [])
+    # The connection itself (conntrack) was allowed: its open record says so,
+    # with the default deny that would have refused it (docs/policy.md).
+    opened = wait_for("db's open record", lambda: [r for r in flows("--pod", "shop/db") if r["event"] == "open"
+                                                     and r["pod"] == "shop/api"])
+    t.check("audit: db's connection opened, verdict allowed, policy default-deny",
+            len(opened) == 1 and (opened[0]["verdict"], opened[0]["policy"]) == ("allowed", "default-deny"), opened)
     t.equal("audit: no audit-denied record of web's connection",
             [r for r in flows("--verdict", "audit-denied") if r.get("peer", {}).get("pod") == "shop/web"], [])
 
