@@ -482,6 +482,8 @@ Status Enforcer::describe_pod(const ObjectKey& pod, const Records& records, Valu
             if (it != pods_.end() && it->second.netns) st = &it->second;
         }
     out.AddMember("local", local, a);
+    // Audit mode (docs/policy.md): what the pod's table holds now.
+    if (st != nullptr && st->rules) put(out, "policyMode", st->rules->audit ? "audit" : "enforce", a);
     std::optional<nft::Counters> counters;
     if (st != nullptr) {
         if (auto c = backend_->counters(*st->netns); c) counters = *c;
@@ -536,6 +538,9 @@ Status Enforcer::describe_pod(const ObjectKey& pod, const Records& records, Valu
         if (counters)
             dir.AddMember("deniedPackets",
                           Value(static_cast<uint64_t>(ingress ? counters->ingress_drop_packets : counters->egress_drop_packets)), a);
+        if (counters)
+            dir.AddMember("auditDeniedPackets",
+                          Value(static_cast<uint64_t>(ingress ? counters->ingress_audit_packets : counters->egress_audit_packets)), a);
         out.AddMember(Value(ingress ? "ingress" : "egress", a), dir, a);
     }
     if (st != nullptr) {

@@ -362,8 +362,12 @@ int cmd_policies(const Options& o) {
                 std::printf("\n");
             }
         }
-        if (const auto* dp = json::find(*v, "deniedPackets"); dp != nullptr && dp->IsUint64() && isolated)
+        const bool audit = json::opt_string(d, "policyMode").value_or("") == "audit";
+        if (const auto* dp = json::find(*v, "deniedPackets"); dp != nullptr && dp->IsUint64() && isolated && !audit)
             std::printf("  deny   everything else  [%llu packets denied]\n", static_cast<unsigned long long>(dp->GetUint64()));
+        if (const auto* ap = json::find(*v, "auditDeniedPackets"); ap != nullptr && ap->IsUint64() && isolated && audit)
+            std::printf("  audit  everything else: allowed and recorded (audit mode)  [%llu packets audit-denied]\n",
+                        static_cast<unsigned long long>(ap->GetUint64()));
     }
     if (const auto* c = json::find(d, "cutConnections"); c != nullptr && c->IsUint64() && c->GetUint64() > 0)
         std::printf("\nconnections cut after policy changes: %llu\n", static_cast<unsigned long long>(c->GetUint64()));

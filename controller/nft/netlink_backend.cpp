@@ -1288,6 +1288,10 @@ Result<Counters> NetlinkBackend::counters(Netns& ns) {
             continue;
         }
         if (*r.verdict != NF_ACCEPT) continue;
+        if (r.comment == "signet " + r.chain + " audit-accept") {
+            (dir == Dir::ingress ? out.ingress_audit_packets : out.egress_audit_packets) += r.packets;
+            continue;
+        }
         auto parsed = parse_rule_comment(r.comment);
         if (!parsed) continue;
         auto it = std::find_if(out.accepts.begin(), out.accepts.end(), [&](const RuleCounter& c) {

@@ -152,6 +152,13 @@ def body(t: harness.Test, run: harness.Run):
     t.equal("audit: no audit-denied record of web's connection",
             [r for r in flows("--verdict", "audit-denied") if r.get("peer", {}).get("pod") == "shop/web"], [])
 
+    pol = json.loads(d.ctl("policies", "shop/api", "-o", "json").stdout)
+    t.equal("policies shop/api: policy mode audit", pol.get("policyMode"), "audit")
+    t.check("policies shop/api: the audit-accept rule counted db's SYN, nothing denied",
+            pol["ingress"].get("auditDeniedPackets", 0) >= 1 and pol["ingress"].get("deniedPackets") == 0, pol)
+    text = d.ctl("policies", "shop/api").stdout
+    t.check("policies text: audited, not denied", "audit-denied" in text and "packets denied" not in text, text)
+
     port = d.status()["outputs"]["metricsPort"]
     metrics = harness.sh("curl", "-sf", f"http://127.0.0.1:{port}/metrics", check=False).stdout
     line = [m for m in metrics.splitlines() if m.startswith("signet_flow_connections_total{")
@@ -181,6 +188,8 @@ def body(t: harness.Test, run: harness.Run):
     table = harness.sh("ip", "netns", "exec", pods["api"]["netns"], "nft", "list", "table", "inet", "signet",
                        check=False).stdout
     t.check("enforce: api's table drops again", 'prefix "signet-deny ingress"' in table and "drop" in table, table)
+    t.equal("policies shop/api: policy mode enforce",
+            json.loads(d.ctl("policies", "shop/api", "-o", "json").stdout).get("policyMode"), "enforce")
     got = ping(db_conn)
     t.check("enforce: db's established connection is cut", got in ("fail", "closed"), got)
     t.equal("enforce: web's established connection still echoes", ping(web_conn), "ok")
