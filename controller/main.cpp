@@ -120,6 +120,14 @@ Flags:
                           when its token is bound to a pod on node NAME (spec.extra
                           authentication.kubernetes.io/node-name), for that node only
                           (default: signet-system/signet, signetd's; none: nodes only)
+  --policy-mode MODE      the node's default policy mode (docs/policy.md, "Audit mode"):
+                            enforce     what the policy denies is refused (default)
+                            audit       policies are evaluated as in enforcement, but a
+                                        connection they would deny is allowed and recorded
+                                        with verdict audit-denied (flows, --audit-log,
+                                        /metrics, InfluxDB)
+                          a Namespace's label signet.dev/policy-mode: audit|enforce sets
+                          its pods' mode over this default
   --handshake MODE        the identity handshake on each local pod's new TCP connections
                           (needs --authority):
                             off         policy by address only (default)
@@ -277,6 +285,11 @@ int main(int argc, char** argv) {
                     if (auto a = ns->run([] { return core::host_addresses(); })) *last = std::move(*a);
                 return *last;
             };
+        } else if (arg == "--policy-mode") {
+            if (!need(&v)) return usage_error("--policy-mode needs audit or enforce");
+            auto m = signet::policy::parse_policy_mode(v);
+            if (!m) return usage_error("--policy-mode takes audit or enforce, not '" + v + "'");
+            opts.policy_mode = *m;
         } else if (arg == "--handshake") {
             std::string v;
             if (!need(&v)) return usage_error("--handshake needs off, permissive or enforce");

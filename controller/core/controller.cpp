@@ -80,6 +80,39 @@ Controller::Controller(asio::io_context& io, Options opts, std::unique_ptr<sourc
       unprotected_(opts_.unprotected_grace),
       unprotected_timer_(io) {
     enforcer_.set_query(&policy_);
+    enforcer_.set_audit([this](const api::PodRecord& rec) {
+        bool audit = audit_of(rec);
+        audited_[rec.reg.namespace_ + "/" + rec.reg.name] = audit;
+        return audit;
+    });
+}
+
+// Audit mode (docs/policy.md): the pod's namespace's signet.dev/policy-mode
+// label, else the node's --policy-mode.
+bool Controller::audit_of(const api::PodRecord& rec) const {
+    return policy::policy_mode_of(source_->snapshot(), rec.reg.namespace_, opts_.policy_mode).mode ==
+           policy::PolicyMode::audit;
+}
+
+// After a change of the source: the local pods whose policy mode changed
+// (a namespace's label set, changed or removed), to be rewritten like any
+// policy change (audit -> enforce cuts what the policy does not allow).
+std::set<cache::ObjectKey> Controller::refresh_policy_modes() {
+    std::set<cache::ObjectKey> changed;
+    std::map<std::string, bool> seen;
+    for (const auto& [k, rec] : registry_.all()) {
+        const std::string id = rec.reg.namespace_ + "/" + rec.reg.name;
+        auto it = audited_.find(id);
+        if (it == audited_.end()) continue;  // not written yet: its first table takes the mode
+        bool now = audit_of(rec);
+        seen[id] = it->second;
+        if (now == it->second) continue;
+        log::info(kLog, "policy mode of " + id + ": " + (it->second ? "audit" : "enforce") + " -> " +
+                            (now ? "audit" : "enforce"));
+        changed.insert(cache::ObjectKey{rec.reg.namespace_, rec.reg.name});
+    }
+    audited_ = std::move(seen);  // forget pods gone (the enforcer records the new modes as it writes)
+    return changed;
 }
 
 Controller::~Controller() { stop(); }
@@ -126,6 +159,7 @@ Status Controller::start() {
         HandshakeEngine::Context hc;
         hc.node_name = opts_.node_name;
         hc.mode = opts_.handshake;
+        hc.policy_mode = opts_.policy_mode;
         hc.source = source_.get();
         hc.registry = &registry_;
         hc.policy = &policy_;
@@ -153,6 +187,10 @@ Status Controller::start() {
     sc.policy = &policy_;
     sc.node_addresses = &node_addresses_;
     sc.set_node = [this](const std::string& path, nft::QueueBackend q) { enforcer_.set_node(path, q); };
+    sc.audit = [this](const policy::ObjectKey& pod) {
+        return policy::policy_mode_of(source_->snapshot(), pod.namespace_, opts_.policy_mode).mode ==
+               policy::PolicyMode::audit;
+    };
     sc.apply = [this](bool defer, const policy::ServiceFrontends& f) { enforcer_.set_services(defer, f, registry_.all()); };
     sc.tcp_handshake = [this](const handshake::QueuedPacket& q) -> std::optional<handshake::Decision> {
         if (!handshake_) return std::nullopt;
@@ -238,6 +276,7 @@ void Controller::on_source_change() {
         auto t0 = std::chrono::steady_clock::now();
         uint64_t changes = enforcer_.program_latency().count();
         enforcer_.source_changed(source_->snapshot(), delta, registry_.all());
+        for (const auto& pod : refresh_policy_modes()) mode_changed.insert(pod);
         if (!mode_changed.empty()) enforcer_.reprogram(mode_changed, registry_.all());
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
         char buf[160];
@@ -507,6 +546,23 @@ ipc::Response Controller::status_json() const {
     src.AddMember("podObjects", Value(static_cast<uint64_t>(snap.pods.size())), a);
     src.AddMember("networkPolicies", Value(static_cast<uint64_t>(snap.policies.size())), a);
     d.AddMember("source", src, a);
+    {  // Audit mode (docs/policy.md): the node's default and the namespaces that set theirs.
+        Value pm(rapidjson::kObjectType);
+        pm.AddMember("default", Value(policy::to_string(opts_.policy_mode), a), a);
+        Value audit(rapidjson::kArrayType), labelled(rapidjson::kObjectType);
+        for (const auto& [name, ns] : snap.namespaces) {
+            auto m = policy::policy_mode_of(snap, name, opts_.policy_mode);
+            if (m.mode == policy::PolicyMode::audit) audit.PushBack(json::str(name, a), a);
+            if (!ns.labels.count(policy::kPolicyModeLabel)) continue;
+            Value e(rapidjson::kObjectType);
+            e.AddMember("mode", Value(policy::to_string(m.mode), a), a);
+            if (!m.problem.empty()) e.AddMember("problem", json::str(m.problem, a), a);
+            labelled.AddMember(json::str(name, a), e, a);
+        }
+        pm.AddMember("auditNamespaces", audit, a);
+        pm.AddMember("labelled", labelled, a);
+        d.AddMember("policyMode", pm, a);
+    }
     Value dp;
     enforcer_.status(dp, a);
     dp.AddMember("enforcing", enforcing_, a);
@@ -792,6 +848,32 @@ void Controller::handle_explain(const ipc::Request& req, ipc::Responder& respond
     rapidjson::Document d;
     ex->to_json(d, d.GetAllocator());
     std::string text = ex->text();
+    {
+        // Audit mode (docs/policy.md): a side the policy denies whose pod's
+        // namespace audits lets the connection through and records it. The
+        // verdict ("allowed", the exit status) stays the policy's.
+        auto& al = d.GetAllocator();
+        const auto& snap = source_->snapshot();
+        bool audited_all = !ex->allowed;
+        rapidjson::Value audit(rapidjson::kArrayType);
+        for (const auto* side : {&ex->egress, &ex->ingress}) {
+            if (!*side || (*side)->allowed) continue;
+            const std::string& pod = (*side)->pod;
+            const std::string ns = pod.substr(0, pod.find('/'));
+            auto m = policy::policy_mode_of(snap, ns, opts_.policy_mode);
+            if (m.mode != policy::PolicyMode::audit) {
+                audited_all = false;
+                continue;
+            }
+            audit.PushBack(json::str(std::string((*side)->ingress ? "ingress of " : "egress of ") + pod, al), al);
+        }
+        if (!audit.Empty()) {
+            text += audited_all ? "would be DENIED; audit mode: allowed and recorded (verdict audit-denied)\n"
+                                : "audit mode on one side only: the other side's denial still refuses it\n";
+            d.AddMember("auditMode", audit, al);
+            d.AddMember("auditAllowed", audited_all, al);
+        }
+    }
     if (handshake_ && *proto == nft::kTcp) explain_identity(*from, *to, port, d, text);
     if (!to->is_pod())
         if (auto ip = policy::parse_ip(to->ip)) services_->explain(*from, *ip, *proto, port, d, text);

@@ -31,6 +31,7 @@
 #include "coverage/cluster_writer.h"
 #include "coverage/unprotected.h"
 #include "../source/source.h"
+#include "../policy/mode.h"
 #include "signet/result.h"
 
 namespace signet::core {
@@ -69,6 +70,9 @@ struct Options {
     std::string authority_dir;
     // --authority kubernetes-csr: how the CSR is made and where the API is.
     credentials::CsrClientOptions csr;
+    // --policy-mode: the node's default policy mode (docs/policy.md, "Audit
+    // mode"); a namespace's signet.dev/policy-mode label overrides it.
+    policy::PolicyMode policy_mode = policy::PolicyMode::enforce;
     // --handshake: the identity handshake on new TCP connections, and how the
     // kernel queues them (the probe's answer).
     HandshakeMode handshake = HandshakeMode::off;
@@ -189,6 +193,11 @@ private:
     std::unique_ptr<NodeIdentity> identity_;
     std::unique_ptr<HandshakeEngine> handshake_;
     std::unique_ptr<handshake::NodeServices> services_;
+    // Audit mode per local pod (registry key) as last given to the enforcer:
+    // a namespace's label change rewrites the pods whose mode it changed.
+    std::map<std::string, bool> audited_;
+    bool audit_of(const api::PodRecord& rec) const;
+    std::set<cache::ObjectKey> refresh_policy_modes();
     ipc::Server server_;
     boost::asio::steady_timer sweep_timer_;
     boost::asio::steady_timer retry_timer_;

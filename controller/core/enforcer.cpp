@@ -310,6 +310,7 @@ Enforcer::Job Enforcer::prepare(const std::string& key, const api::PodRecord& re
     job.fresh = fresh;
     if (handshake_ != nft::QueueBackend::none)
         job.hs = handshake_of_ ? handshake_of_(key, rec) : PodHandshake{true, handshake_enforce_};
+    job.audit = audit_of_ && audit_of_(rec);
     if (!job.st->netns) {
         auto ns = backend_->open(rec.reg.netns);
         if (!ns) {
@@ -334,6 +335,7 @@ void Enforcer::write(Job& job) {
     job.desired = std::move(*rs);
     job.desired->handshake = job.hs.on ? handshake_ : nft::QueueBackend::none;
     job.desired->handshake_enforce = job.hs.on && job.hs.strict;
+    job.desired->audit = job.audit;
     if (defer_services_ && job.desired->egress.isolated) {
         // Service frontends go on to the node's table (docs/policy.md).
         job.desired->defer_services = true;
@@ -358,7 +360,9 @@ void Enforcer::write(Job& job) {
     job.outcome = members_only ? Job::SetUpdate : Job::FullWrite;
     st.rules = std::move(*job.desired);
     job.desired.reset();
-    if (check_conntrack) cut_disallowed(job);
+    // An audit-mode table lets everything through: nothing is cut. Turning
+    // audit off is a structure change (not only_widens): the re-check runs.
+    if (check_conntrack && !st.rules->audit) cut_disallowed(job);
 }
 
 void Enforcer::write_all(std::vector<Job>& jobs) {
@@ -479,6 +483,8 @@ Status Enforcer::describe_pod(const ObjectKey& pod, const Records& records, Valu
             if (it != pods_.end() && it->second.netns) st = &it->second;
         }
     out.AddMember("local", local, a);
+    // Audit mode (docs/policy.md): what the pod's table holds now.
+    if (st != nullptr && st->rules) put(out, "policyMode", st->rules->audit ? "audit" : "enforce", a);
     std::optional<nft::Counters> counters;
     if (st != nullptr) {
         if (auto c = backend_->counters(*st->netns); c) counters = *c;
@@ -533,6 +539,9 @@ Status Enforcer::describe_pod(const ObjectKey& pod, const Records& records, Valu
         if (counters)
             dir.AddMember("deniedPackets",
                           Value(static_cast<uint64_t>(ingress ? counters->ingress_drop_packets : counters->egress_drop_packets)), a);
+        if (counters)
+            dir.AddMember("auditDeniedPackets",
+                          Value(static_cast<uint64_t>(ingress ? counters->ingress_audit_packets : counters->egress_audit_packets)), a);
         out.AddMember(Value(ingress ? "ingress" : "egress", a), dir, a);
     }
     if (st != nullptr) {

@@ -97,8 +97,13 @@ public:
         handshake_enforce_ = false;
         handshake_of_ = std::move(of);
     }
+    // Audit mode (docs/policy.md): whether a pod's table audits (logs and
+    // accepts) what its policy would deny instead of dropping it. Asked on
+    // the loop thread for each table written; unset: every pod enforces.
+    using AuditOf = std::function<bool(const api::PodRecord& rec)>;
+    void set_audit(AuditOf of) { audit_of_ = std::move(of); }
     // Rewrites these pods' tables (what they hold changed outside the
-    // policy: their handshake mode).
+    // policy: their handshake mode or policy mode).
     void reprogram(const std::set<cache::ObjectKey>& pods, const Records& records) {
         policy::Affected a;
         a.pods = pods;
@@ -135,6 +140,7 @@ private:
     nft::QueueBackend handshake_ = nft::QueueBackend::none;
     bool handshake_enforce_ = false;
     HandshakeOf handshake_of_;
+    AuditOf audit_of_;
     struct PodState {
         std::optional<nft::Netns> netns;
         std::optional<nft::PodRuleset> rules;  // what the table holds; empty when unknown
@@ -153,6 +159,7 @@ private:
         PodState* st = nullptr;
         bool fresh = false;
         PodHandshake hs;  // the handshake's rules in its table
+        bool audit = false;  // audit mode (nft::PodRuleset::audit)
         std::optional<nft::PodRuleset> desired;
         std::optional<Error> error;
         enum Outcome { Unchanged, SetUpdate, FullWrite } outcome = Unchanged;

@@ -178,6 +178,7 @@ std::string Controller::metrics_text() const {
                      "New translated Service connections judged at the node, by verdict");
             w.sample("signet_service_connections_total", L{{"verdict", "allowed"}}, static_cast<double>(c.allowed));
             w.sample("signet_service_connections_total", L{{"verdict", "denied"}}, static_cast<double>(c.denied));
+            w.sample("signet_service_connections_total", L{{"verdict", "audit-denied"}}, static_cast<double>(c.audit_denied));
             w.family("signet_service_drops_total", "counter",
                      "Queued Service packets dropped before judging, by reason");
             w.sample("signet_service_drops_total", L{{"reason", "not_a_local_pod"}}, static_cast<double>(c.not_a_local_pod));

@@ -32,10 +32,11 @@ Commands:
                       whether a connection from A to B is allowed, and the policies and rules
                       that decide it; A and B are NAMESPACE/POD or an IP address. Exit
                       status: 0 allowed, 3 denied (to a Service: by any of its backends),
-                      1 error, 2 usage
+                      1 error, 2 usage. The policy's verdict also in audit mode, where
+                      the text adds that the connection is allowed and recorded
   policies NS/POD     the policies in force for a pod, its rules (peers, ports), and the
                       packets each rule accepted and the default deny dropped
-  flows [--namespace NS] [--pod NS/POD] [--verdict allowed|denied] [--limit N] [--follow]
+  flows [--namespace NS] [--pod NS/POD] [--verdict allowed|denied|audit-denied] [--limit N] [--follow]
                       the latest connections of this node's pods: opened, closed (with
                       packets and bytes each way) and denied attempts, with the peer (pod,
                       node or address) and the policy rule or default deny that decided it;
@@ -161,6 +162,19 @@ int cmd_status(const Options& o) {
             if (value.size() > 200) value = value.substr(0, 200) + "...";
             std::printf("  %-14s %s\n", (key + ":").c_str(), value.c_str());
         }
+    }
+    if (const auto* pm = json::find(d, "policyMode"); pm != nullptr && pm->IsObject()) {
+        // Audit mode (docs/policy.md): the node's default and the namespaces auditing.
+        std::string list;
+        if (const auto* an = json::find(*pm, "auditNamespaces"); an != nullptr && an->IsArray())
+            for (const auto& n : an->GetArray())
+                if (n.IsString()) list += (list.empty() ? "" : ", ") + std::string(n.GetString());
+        std::printf("policy mode:     %s (node default); audit: %s\n",
+                    json::opt_string(*pm, "default").value_or("?").c_str(), list.empty() ? "no namespace" : list.c_str());
+        if (const auto* l = json::find(*pm, "labelled"); l != nullptr && l->IsObject())
+            for (auto it = l->MemberBegin(); it != l->MemberEnd(); ++it)
+                if (auto pr = json::opt_string(it->value, "problem"))
+                    std::printf("policy mode:     namespace %s: %s\n", it->name.GetString(), pr->c_str());
     }
     if (const auto* dp = json::find(d, "datapath"); dp != nullptr && dp->IsObject()) {
         std::printf("datapath:        queue %s, %llu attachment(s) programmed, %llu table write(s), %llu set update(s), %llu connection(s) cut\n",
@@ -348,8 +362,12 @@ int cmd_policies(const Options& o) {
                 std::printf("\n");
             }
         }
-        if (const auto* dp = json::find(*v, "deniedPackets"); dp != nullptr && dp->IsUint64() && isolated)
+        const bool audit = json::opt_string(d, "policyMode").value_or("") == "audit";
+        if (const auto* dp = json::find(*v, "deniedPackets"); dp != nullptr && dp->IsUint64() && isolated && !audit)
             std::printf("  deny   everything else  [%llu packets denied]\n", static_cast<unsigned long long>(dp->GetUint64()));
+        if (const auto* ap = json::find(*v, "auditDeniedPackets"); ap != nullptr && ap->IsUint64() && isolated && audit)
+            std::printf("  audit  everything else: allowed and recorded (audit mode)  [%llu packets audit-denied]\n",
+                        static_cast<unsigned long long>(ap->GetUint64()));
     }
     if (const auto* c = json::find(d, "cutConnections"); c != nullptr && c->IsUint64() && c->GetUint64() > 0)
         std::printf("\nconnections cut after policy changes: %llu\n", static_cast<unsigned long long>(c->GetUint64()));
@@ -411,8 +429,8 @@ void print_flow(const rapidjson::Value& f) {
 }
 
 int cmd_flows(const Options& o) {
-    if (!o.verdict.empty() && o.verdict != "allowed" && o.verdict != "denied")
-        return usage_error("--verdict takes allowed or denied");
+    if (!o.verdict.empty() && o.verdict != "allowed" && o.verdict != "denied" && o.verdict != "audit-denied")
+        return usage_error("--verdict takes allowed, denied or audit-denied");
     char* end = nullptr;
     unsigned long limit = std::strtoul(o.limit.c_str(), &end, 10);
     if (o.limit.empty() || *end != '\0' || limit == 0 || limit > 10000) return usage_error("--limit takes 1..10000");

@@ -534,7 +534,8 @@ bool HandshakeEngine::make_room(PendingTable<V>& table, bool client) {
 }
 
 bool HandshakeEngine::allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
-                              const policy::Ip& peer_ip, uint16_t port) {
+                              const policy::Ip& peer_ip, uint16_t port, const Packet& p, bool* audited,
+                              bool auditable) {
     policy::ConnKey k;
     k.ingress = ingress;
     k.local = at.pod;
@@ -543,7 +544,21 @@ bool HandshakeEngine::allowed(const Attachment& at, bool ingress, const std::opt
     k.proto = nft::kTcp;
     k.port = port;
     const policy::ConnVerdict v = ctx_.policy->check(k);
-    return v.answered && v.allowed;  // a pod the policy does not know: fail closed
+    if (v.answered && v.allowed) return true;  // a pod the policy does not know: fail closed
+    // Audit mode (docs/policy.md): the policy's refusal is recorded as
+    // audit-denied and the connection goes on as if allowed. Only the
+    // policy's: the identity's checks (tokens, replay, spoofing) refuse in
+    // every mode, before this is asked. Once per connection: `audited`
+    // remembers it across the client's SYN and SYN-ACK.
+    if (!auditable || policy::policy_mode_of(ctx_.source->snapshot(), at.pod.namespace_, ctx_.policy_mode).mode !=
+                          policy::PolicyMode::audit)
+        return false;
+    if (audited == nullptr || !*audited) {
+        ++counters_.audit_denied;
+        report_denied(at, p, ingress, true);
+    }
+    if (audited != nullptr) *audited = true;
+    return true;
 }
 
 Decision HandshakeEngine::refuse(const std::string& reason, const Attachment& at, const Packet& p,
@@ -654,7 +669,7 @@ std::optional<Decision> HandshakeEngine::judge_at_node(const handshake::QueuedPa
         const Peer* peer = peer_at(p->family, p->dst);
         std::optional<cache::ObjectKey> as_pod;
         if (peer && !peer->host_network) as_pod = peer->pod;
-        if (!allowed(*at, false, as_pod, ip_of(p->family, p->dst), p->dport)) {
+        if (!allowed(*at, false, as_pod, ip_of(p->family, p->dst), p->dport, *p)) {
             ++counters_.denied;
             report_denied(*at, *p, false);
             return Decision{};
@@ -751,7 +766,8 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p, bool at_no
     // proven identity when the SYN-ACK comes back) or its address.
     std::optional<cache::ObjectKey> as_pod;
     if (pod_peer) as_pod = peer->pod;
-    if (!allowed(at, false, as_pod, dst_ip, p.dport)) {
+    bool audited = false;  // audit mode: reported here, not again at the SYN-ACK
+    if (!allowed(at, false, as_pod, dst_ip, p.dport, p, &audited)) {
         ++counters_.denied;
         report_denied(at, p, false);
         return Decision{};
@@ -773,6 +789,7 @@ Decision HandshakeEngine::client_syn(Attachment& at, const Packet& p, bool at_no
     if (pend.attempts > 0 && pend.isn != p.seq) pend = ClientPending{};  // the ports reused: a new connection
     pend.isn = p.seq;
     pend.verified = false;
+    pend.audited = audited;
     const bool retransmission = pend.attempts > 0;
     ++pend.attempts;
     auto now = ctx_.clock.wall();
@@ -823,7 +840,7 @@ Decision HandshakeEngine::server_syn(Attachment& at, const Packet& p) {
         if (Decision refused = verify_peer(at, p, identity::Role::client, b, v, stripped); !v) return refused;
         const bool was_signed = v->type == identity::TokenType::signed_first_contact;
         cache::ObjectKey proven{v->claims.pod_namespace, v->claims.pod_name};
-        if (!allowed(at, true, proven, src_ip, p.dport)) {
+        if (!allowed(at, true, proven, src_ip, p.dport, p)) {
             ++counters_.denied;
             report_denied(at, p, true);
             return Decision{};
@@ -919,7 +936,7 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
         std::vector<uint8_t> stripped;
         if (Decision refused = verify_peer(at, p, identity::Role::server, b, v, stripped); !v) return refused;
         cache::ObjectKey proven{v->claims.pod_namespace, v->claims.pod_name};
-        if (!allowed(at, false, proven, src_ip, p.sport)) {
+        if (!allowed(at, false, proven, src_ip, p.sport, p, &found->audited)) {
             ++counters_.denied;
             report_denied(at, p, false);
             return Decision{};
@@ -961,7 +978,11 @@ Decision HandshakeEngine::judge_tokenless(const Attachment& at, const Packet& p,
                                           const policy::Ip& peer_ip, uint16_t port) {
     std::optional<cache::ObjectKey> as_pod;
     if (pod_peer && at.mode == HandshakeMode::permissive) as_pod = pod_peer->pod;
-    if (!allowed(at, ingress, as_pod, peer_ip, port)) {
+    // Enforce mode, a pod's address without its token: refused for want of
+    // the proof (no_token) in every policy mode; audit mode does not lift the
+    // identity's requirements.
+    const bool proof_missing = pod_peer && at.mode == HandshakeMode::enforce;
+    if (!allowed(at, ingress, as_pod, peer_ip, port, p, nullptr, !proof_missing)) {
         report_denied(at, p, ingress);
         if (pod_peer && at.mode == HandshakeMode::enforce)
             return refuse("no_token", at, p,
@@ -1037,7 +1058,7 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p, uint8_t ho
         std::optional<cache::ObjectKey> as_pod;
         if (peer && !peer->host_network) as_pod = peer->pod;
         if (!as_pod) return refuse("no_proof", at, p, "after a restart: the client's address is no pod's");
-        if (!allowed(at, true, as_pod, ip_of(p.family, p.src), p.dport)) {
+        if (!allowed(at, true, as_pod, ip_of(p.family, p.src), p.dport, p)) {
             ++counters_.denied;
             report_denied(at, p, true);
             return Decision{};
@@ -1166,11 +1187,11 @@ bool HandshakeEngine::connection_socket_exists(Attachment& at, const Packet& p, 
 
 // A refused new connection as the flow records take it: the connection's
 // tuple (initiator -> responder) and the segment's length.
-void HandshakeEngine::report_denied(const Attachment& at, const Packet& p, bool ingress) {
+void HandshakeEngine::report_denied(const Attachment& at, const Packet& p, bool ingress, bool audit) {
     if (!ctx_.on_denied) return;
     const bool syn_ack = p.has(handshake::tcp_flag::ack);
     nft::LoggedPacket lp;
-    lp.prefix = ingress ? "signet ingress" : "signet egress";
+    lp.prefix = std::string(audit ? nft::kAuditLogPrefix : "signet ") + (ingress ? "ingress" : "egress");
     lp.tuple.family = p.family == Family::ipv4 ? nft::Family::v4 : nft::Family::v6;
     std::memcpy(lp.tuple.src.bytes.data(), (syn_ack ? p.dst : p.src).data(), 16);
     std::memcpy(lp.tuple.dst.bytes.data(), (syn_ack ? p.src : p.dst).data(), 16);
@@ -1264,6 +1285,7 @@ void HandshakeEngine::status(rapidjson::Value& out, rapidjson::Document::Allocat
     c.AddMember("accepted_authenticated", Value(counters_.accepted_authenticated), a);
     c.AddMember("accepted_by_address", Value(counters_.accepted_by_address), a);
     c.AddMember("denied", Value(counters_.denied), a);
+    c.AddMember("audit_denied", Value(counters_.audit_denied), a);
     c.AddMember("proofs_sent", Value(counters_.proofs_sent), a);
     c.AddMember("proofs_verified", Value(counters_.proofs_verified), a);
     c.AddMember("held_for_proof", Value(counters_.held_for_proof), a);

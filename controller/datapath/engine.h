@@ -47,6 +47,7 @@
 #include "../pods/registry.h"
 #include "../source/source.h"
 #include "../policy/addr.h"
+#include "../policy/mode.h"
 #include "../policy/query.h"
 #include "datapath/bounded_tables.h"
 #include "datapath/nfqueue.h"
@@ -110,6 +111,8 @@ public:
     struct Context {
         std::string node_name;
         HandshakeMode mode = HandshakeMode::off;
+        // The node's default policy mode (--policy-mode); a namespace's label overrides it.
+        policy::PolicyMode policy_mode = policy::PolicyMode::enforce;
         const source::Source* source = nullptr;
         const pods::Registry* registry = nullptr;
         policy::Query* policy = nullptr;  // the policy in force (the controller's query)
@@ -188,6 +191,7 @@ public:
         uint64_t accepted_authenticated = 0;  // connections admitted on a proven identity (per side)
         uint64_t accepted_by_address = 0;     // admitted on address rules (no token)
         uint64_t denied = 0;                  // policy said no (on claims or address)
+        uint64_t audit_denied = 0;            // policy said no, admitted in audit mode (policy/mode.h)
         uint64_t proofs_sent = 0, proofs_verified = 0;
         uint64_t held_for_proof = 0;          // server: packets dropped while the final ACK's proof is awaited
         uint64_t proof_after_reset = 0;       // server: a proof behind the client's own RST (discarded)
@@ -299,6 +303,7 @@ private:
         identity::ConnBinding binding;  // with the server's ISN
         identity::Nonce server_nonce{};
         std::shared_ptr<const identity::PairKey> pair_key;
+        bool audited = false;  // audit mode: the connection was reported audit-denied already
     };
     struct ServerPending {
         uint32_t isn = 0;
@@ -343,8 +348,13 @@ private:
     // Policy: ingress of the local pod (peer = source) or its egress (peer =
     // destination), on a pod identity or an address: the policy query's
     // compact check (cached per policy version), never the text explain.
+    // In audit mode (the pod's namespace's policy mode, policy/mode.h) a
+    // refusal is reported as audit-denied (`p`'s connection; not again when
+    // `*audited` says it was already) and the answer is true; not when
+    // `auditable` is false (a refusal that is the identity's, not the policy's).
     bool allowed(const Attachment& at, bool ingress, const std::optional<cache::ObjectKey>& peer_pod,
-                 const policy::Ip& peer_ip, uint16_t port);
+                 const policy::Ip& peer_ip, uint16_t port, const handshake::Packet& p, bool* audited = nullptr,
+                 bool auditable = true);
     const Peer* peer_at(handshake::Family f, const std::array<uint8_t, 16>& addr);
     // The local pod attachment owning an address (addr_key), or null.
     Attachment* attachment_at(const std::string& addr);
@@ -359,7 +369,7 @@ private:
                                const std::string& detail);
     handshake::Decision rewrite(const handshake::Packet& p, std::span<const uint8_t> token, uint32_t ct_mark);
     void sweep();
-    void report_denied(const Attachment& at, const handshake::Packet& p, bool ingress);
+    void report_denied(const Attachment& at, const handshake::Packet& p, bool ingress, bool audit = false);
 
     boost::asio::io_context& io_;
     Context ctx_;

@@ -36,7 +36,7 @@ bool NodeServices::ensure_queue() {
             ctx_.policy, [this](const policy::Ip& ip) { return local_pod_at(ip); },
             [this](const policy::Ip& ip) { return pod_at(ip); },
             // With the identity handshake, its client side for TCP.
-            ctx_.tcp_handshake});
+            ctx_.tcp_handshake, ctx_.audit});
     auto source = handshake::make_nfqueue_source(*ctx_.io, nft::kServiceQueueNum);
     auto binding = source->open(netns_path_, [this](const handshake::QueuedPacket& p) {
         if (index_dirty_) rebuild_index();
@@ -152,6 +152,7 @@ void NodeServices::status(Value& out, rapidjson::Document::AllocatorType& a, boo
         cn.AddMember("judged", c.judged, a);
         cn.AddMember("allowed", c.allowed, a);
         cn.AddMember("denied", c.denied, a);
+        cn.AddMember("auditDenied", c.audit_denied, a);
         cn.AddMember("notALocalPod", c.not_a_local_pod, a);
         cn.AddMember("malformed", c.malformed, a);
         out.AddMember("connections", cn, a);

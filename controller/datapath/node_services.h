@@ -49,6 +49,8 @@ public:
         std::function<void(bool defer, const policy::ServiceFrontends&)> apply;
         // With the identity handshake: its client side for TCP at the node.
         std::function<std::optional<Decision>(const QueuedPacket&)> tcp_handshake;
+        // Audit mode of a local pod (ServiceJudge::Context::audit).
+        std::function<bool(const policy::ObjectKey&)> audit;
     };
     explicit NodeServices(Context ctx);
 

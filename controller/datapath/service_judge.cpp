@@ -115,6 +115,11 @@ Decision ServiceJudge::judge(const QueuedPacket& p) {
         d.verdict = kAccept;
         return d;
     }
+    if (ctx_.audit && ctx_.audit(*client)) {
+        ++counters_.audit_denied;
+        d.verdict = kAccept;
+        return d;
+    }
     ++counters_.denied;
     Denial den;
     den.client = client->namespace_ + "/" + client->name;

@@ -53,6 +53,10 @@ public:
         // (HandshakeEngine::judge_at_node), which judges TCP itself; nullopt
         // from it: not TCP, judged here.
         std::function<std::optional<Decision>(const QueuedPacket&)> tcp_handshake;
+        // Audit mode (docs/policy.md): whether the client pod audits instead
+        // of enforcing; what its policy denies is then accepted and counted
+        // (audit_denied), as denials here are counted. Unset: enforce.
+        std::function<bool(const policy::ObjectKey&)> audit;
     };
     explicit ServiceJudge(Context ctx) : ctx_(std::move(ctx)) {}
 
@@ -60,6 +64,7 @@ public:
 
     struct Counters {
         uint64_t judged = 0, allowed = 0, denied = 0;
+        uint64_t audit_denied = 0;     // denied by the policy, accepted in audit mode
         uint64_t not_a_local_pod = 0;  // the source is no local pod (dropped)
         uint64_t malformed = 0;        // unreadable packet (dropped)
         uint64_t handshake_segments = 0;  // SYN-ACKs and final ACKs of the handshake at the node

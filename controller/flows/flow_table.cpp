@@ -20,7 +20,20 @@ std::string rfc3339(int64_t ns) {
     return buf;
 }
 
-std::string_view to_string(Verdict v) { return v == Verdict::allowed ? "allowed" : "denied"; }
+std::string_view to_string(Verdict v) {
+    switch (v) {
+        case Verdict::allowed: return "allowed";
+        case Verdict::denied: return "denied";
+        case Verdict::audit_denied: return "audit-denied";
+    }
+    return "denied";
+}
+
+std::optional<Verdict> parse_verdict(std::string_view s) {
+    for (Verdict v : {Verdict::allowed, Verdict::denied, Verdict::audit_denied})
+        if (to_string(v) == s) return v;
+    return std::nullopt;
+}
 
 std::string_view to_string(PeerKind k) {
     switch (k) {

@@ -13,15 +13,21 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace signet::flows {
 
-enum class Verdict : uint8_t { allowed, denied };
+// audit_denied: the policy would have denied the connection, but the pod's
+// namespace is in audit mode (docs/policy.md, "Audit mode"): it was allowed
+// and recorded. Recorded like a denied attempt (Record::denied events).
+enum class Verdict : uint8_t { allowed, denied, audit_denied };
 enum class PeerKind : uint8_t { pod, address, node };
 
 std::string_view to_string(Verdict v);
+// "allowed" / "denied" / "audit-denied" (to_string's names); nullopt otherwise.
+std::optional<Verdict> parse_verdict(std::string_view s);
 // "2026-11-24T22:00:00.123Z" (UTC, milliseconds).
 std::string rfc3339(int64_t unix_ns);
 std::string_view to_string(PeerKind k);

@@ -176,7 +176,7 @@ FlowService::PeerInfo FlowService::peer_of(const std::string& ip) {
 
 flows::Decision FlowService::decide(const flows::FlowKey& k, const policy::Ip& peer_ip) {
     flows::Decision d;
-    d.policy = k.verdict == flows::Verdict::denied ? "default-deny" : "none";
+    d.policy = k.verdict != flows::Verdict::allowed ? "default-deny" : "none";
     policy::ConnKey ck;
     ck.ingress = k.ingress;
     ck.local = cache::ObjectKey{k.local_namespace, k.local_pod};
@@ -194,7 +194,7 @@ flows::Decision FlowService::decide(const flows::FlowKey& k, const policy::Ip& p
     if (!v.answered) return d;
     if (!v.isolated) {
         d.policy = "none";
-    } else if (k.verdict == flows::Verdict::denied || !v.allowed) {
+    } else if (k.verdict != flows::Verdict::allowed || !v.allowed) {
         d.policy = "default-deny";
     } else {
         d.policy = ctx_.policy->label(v.by);  // the first rule's policy, or why (from the node)
@@ -283,6 +283,9 @@ void FlowService::on_denied(const std::string& key, const std::vector<nft::Logge
     int64_t now = now_ns();
     for (const auto& p : packets) {
         bool ingress = p.prefix.find("ingress") != std::string::npos;
+        // An audit-mode pod's table logs what its policy would drop with its
+        // own prefix, and accepts it (docs/policy.md, "Audit mode").
+        const bool audit = p.prefix.rfind(nft::kAuditLogPrefix, 0) == 0;
         const nft::CtTuple& t = p.tuple;
         std::string src = policy::to_string(t.family, t.src), dst = policy::to_string(t.family, t.dst);
         std::string peer_ip = ingress ? src : dst;
@@ -290,7 +293,8 @@ void FlowService::on_denied(const std::string& key, const std::vector<nft::Logge
         flows::Record r;
         r.event = flows::Record::denied;
         r.time_ns = now;
-        r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress, flows::Verdict::denied, peer.kind,
+        r.key = flows::FlowKey{rec->reg.namespace_, rec->reg.name, ingress,
+                               audit ? flows::Verdict::audit_denied : flows::Verdict::denied, peer.kind,
                                peer.namespace_, peer.name, peer_ip, t.proto, t.dport};
         r.decision = decide(r.key, policy::Ip{t.family, ingress ? t.src : t.dst});
         if (ctx_.handshake_mode) r.handshake = ctx_.handshake_mode(rec->reg.namespace_);
@@ -313,8 +317,8 @@ ipc::Response FlowService::query(const ipc::Request& req) const {
     f.namespace_ = ipc::query_param(req.query, "namespace");
     f.pod = ipc::query_param(req.query, "pod");
     f.verdict = ipc::query_param(req.query, "verdict");
-    if (!f.verdict.empty() && f.verdict != "allowed" && f.verdict != "denied")
-        return ipc::json_error(400, "verdict: expected allowed or denied");
+    if (!f.verdict.empty() && !flows::parse_verdict(f.verdict))
+        return ipc::json_error(400, "verdict: expected allowed, denied or audit-denied");
     uint64_t after = 0;
     size_t limit = 1000;
     auto number = [](const std::string& s, uint64_t& out) {

@@ -33,6 +33,10 @@ struct Counters {
     uint64_t ingress_drop_bytes = 0;
     uint64_t egress_drop_packets = 0;
     uint64_t egress_drop_bytes = 0;
+    // Audit mode: what the default deny would have dropped, accepted (the
+    // counted accept "signet <chain> audit-accept") per direction.
+    uint64_t ingress_audit_packets = 0;
+    uint64_t egress_audit_packets = 0;
     bool operator==(const Counters&) const = default;
 };
 

@@ -817,13 +817,19 @@ Status add_direction(Batch& b, const PodRuleset& rs, const std::map<std::string,
     }
     {  // 5. denied attempts to the controller (flow records), rate-limited per pod
         RuleBuilder log(table, chain);
+        // In audit mode the same log (own prefix, same group and rate) and an
+        // accept: what the policy would refuse passes and is recorded as
+        // audit-denied (flows::FlowService::on_denied).
         log.limit(kDenyLogRate, kDenyLogBurst)
-            .log_group(kDenyLogGroup, std::string(kDenyLogPrefix) + chain, kDenyLogSnaplen)
-            .comment(std::string("signet ") + chain + " deny-log");
+            .log_group(kDenyLogGroup, std::string(rs.audit ? kAuditLogPrefix : kDenyLogPrefix) + chain, kDenyLogSnaplen)
+            .comment(std::string("signet ") + chain + (rs.audit ? " audit-log" : " deny-log"));
         add_rule(b, log);
     }
     RuleBuilder drop(table, chain);
-    drop.counter().verdict(NF_DROP).comment(std::string("signet ") + chain + " default-deny");
+    if (rs.audit)
+        drop.counter().verdict(NF_ACCEPT).comment(std::string("signet ") + chain + " audit-accept");
+    else
+        drop.counter().verdict(NF_DROP).comment(std::string("signet ") + chain + " default-deny");
     add_rule(b, drop);
     return {};
 }
@@ -1404,6 +1410,10 @@ Result<Counters> NetlinkBackend::counters(Netns& ns) {
             continue;
         }
         if (*r.verdict != NF_ACCEPT) continue;
+        if (r.comment == "signet " + r.chain + " audit-accept") {
+            (dir == Dir::ingress ? out.ingress_audit_packets : out.egress_audit_packets) += r.packets;
+            continue;
+        }
         auto parsed = parse_rule_comment(r.comment);
         if (!parsed) continue;
         auto it = std::find_if(out.accepts.begin(), out.accepts.end(), [&](const RuleCounter& c) {

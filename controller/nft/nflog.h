@@ -22,6 +22,10 @@ inline constexpr uint16_t kDenyLogGroup = 3471;
 inline constexpr uint32_t kDenyLogSnaplen = 128;
 // The log rule's prefix: "signet-deny ingress" / "signet-deny egress".
 inline constexpr const char* kDenyLogPrefix = "signet-deny ";
+// An audit-mode pod's table (PodRuleset::audit) logs what its policy would
+// drop with this prefix ("signet-audit ingress" / "signet-audit egress"),
+// same group and rate, and accepts it: recorded as verdict audit-denied.
+inline constexpr const char* kAuditLogPrefix = "signet-audit ";
 // At most this many denied packets a second per pod and direction are logged
 // (the rest are still dropped and counted): a flood cannot swamp signetd.
 inline constexpr uint64_t kDenyLogRate = 50;

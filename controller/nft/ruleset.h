@@ -30,7 +30,10 @@
 //                                                 by conntrack, IPv6 breaks without it)
 //   3. [ingress only] ip/ip6 saddr @node_v4/@node_v6 accept   (the pod's own node)
 //   4. if the direction is isolated: one `accept` rule per Rule below, then a
-//      counted `drop` (default deny). Not isolated: nothing more (accept).
+//      rate-limited log to NFLOG (prefix "signet-deny <chain>") and a counted
+//      `drop` (default deny); in audit mode (PodRuleset::audit) the log's
+//      prefix is "signet-audit <chain>" and the counted verdict `accept`.
+//      Not isolated: nothing more (accept).
 //
 // Addresses are 16-byte values; IPv4 addresses are IPv4 (4-byte) values in
 // `v4` sets and IPv6 in `v6` sets. Sets hold [first, last] inclusive ranges,
@@ -207,6 +210,13 @@ struct PodRuleset {
     // (fail closed when the node cannot judge them).
     bool defer_services = false;
     std::vector<PortRange> node_ports;  // sorted, merged, per protocol
+    // Audit mode (docs/policy.md, "Audit mode"): the pod's namespace (or the
+    // node default) says `audit`. Everything is compiled as in enforcement,
+    // but the end of an isolated chain logs what would be denied with the
+    // audit prefix (nflog.h: kAuditLogPrefix, same group and rate limit) and
+    // accepts it (a counted accept, comment "signet <chain> audit-accept")
+    // instead of the deny-log + counted drop.
+    bool audit = false;
     bool operator==(const PodRuleset&) const = default;
 
     // True when `other` differs only in set elements (same rules, same set

@@ -10,7 +10,7 @@ namespace signet::nft {
 
 bool PodRuleset::same_structure(const PodRuleset& other) const {
     if (!(ingress == other.ingress) || !(egress == other.egress) || handshake != other.handshake || handshake_enforce != other.handshake_enforce ||
-        defer_services != other.defer_services || node_ports != other.node_ports)
+        audit != other.audit || defer_services != other.defer_services || node_ports != other.node_ports)
         return false;
     if (sets.size() != other.sets.size()) return false;
     auto a = sets.begin();

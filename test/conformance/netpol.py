@@ -802,8 +802,10 @@ class Cluster:
     def __init__(self, test: harness.Test, run: harness.Run, *, probe_timeout: float = 1.0,
                  ipv6: bool = False, log=harness.log, source: str = "dir", handshake: str = "off",
                  via_service: str | None = None, node_netns_flag: bool = True, with_signet: bool = True,
-                 nodes: int = 1, warm_up: bool = True, ns_modes: dict | None = None):
+                 nodes: int = 1, warm_up: bool = True, ns_modes: dict | None = None,
+                 signetd_args: list | None = None):
         self.source = source
+        self.signetd_args = list(signetd_args or [])  # more signetd flags (one node: e.g. --policy-mode audit)
         self.warm_up = warm_up  # --nodes 2 with the handshake: first contact between the nodes, one at a time
         # nodes=2: the pods over twonode.py's two node netns (joined by a wire, one signetd each,
         # one manifest folder); pod -> node in self.placement
@@ -1108,7 +1110,7 @@ class Cluster:
                                      source_args=self._start_apiserver(folder))
         else:
             self.d = harness.Signetd(self.run, self.bins, node=NODE_NAME)
-        self.d.extra_args = extra
+        self.d.extra_args = extra + self.signetd_args
         self.d.start()
         self.daemons = [self.d]
         for ns in NAMESPACES:

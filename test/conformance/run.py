@@ -96,7 +96,15 @@ def parse_args(argv):
     ap.add_argument("--no-first-contact", action="store_true",
                     help="with --nodes 2 and the handshake: leave out the one-at-a-time first connections "
                          "between the nodes before the cases (shows signetd's first-contact pair-key race)")
+    ap.add_argument("--policy-mode", choices=["enforce", "audit"], default="enforce",
+                    help="audit: signetd --policy-mode audit (docs/policy.md, \"Audit mode\"): every probe must "
+                         "succeed, and each step's flow records with verdict audit-denied must name exactly "
+                         "the pairs the step's truth table denies (one node, IPv4, no --via-service)")
     args = ap.parse_args(argv)
+    if args.policy_mode == "audit" and (args.nodes != 1 or args.via_service or args.ipv6 or args.emulate_datapath
+                                        or args.namespace_modes or args.full):
+        ap.error("--policy-mode audit: one node, IPv4, without --via-service, --emulate-datapath, "
+                 "--namespace-modes or --full")
     args.ns_modes = {}
     for item in filter(None, args.namespace_modes.split(",")):
         ns, _, mode = item.partition("=")
@@ -302,11 +310,62 @@ def check_step(cl, args, step, i, nsteps, res: CaseResult) -> bool:
                     bad.append((f"{pr}/{p}{sfx} (--full, table by the reference evaluator)", cmp_))
         return bad
 
+    def audit_records(after):
+        """(from, to, port, proto) of the audit-denied flow records after seq `after`."""
+        p = cl.d.ctl("flows", "-o", "json", "--verdict", "audit-denied", "--limit", "10000")
+        if p.returncode != 0:
+            return None
+        out = set()
+        for r in json.loads(p.stdout).get("flows", []):
+            peer = r.get("peer", {}).get("pod")
+            if r.get("seq", 0) <= after or not peer:
+                continue
+            f, t = (r["pod"], peer) if r["direction"] == "egress" else (peer, r["pod"])
+            out.add((f, t, r["port"], {6: "TCP", 17: "UDP", 132: "SCTP"}.get(r["proto"], str(r["proto"]))))
+        return out
+
+    def last_seq():
+        p = cl.d.ctl("flows", "-o", "json", "--limit", "1")
+        recs = json.loads(p.stdout).get("flows", []) if p.returncode == 0 else []
+        return recs[-1]["seq"] if recs else 0
+
+    def compare_audit(obs, after):
+        """Audit mode: every probe allowed; the audit-denied records name exactly what the step denies."""
+        bad = []
+        want = set()
+        for c in step.checks:
+            o = {(f, t): obs[(f, t, c.port, c.proto, 4)] for f in ALL_PODS for t in ALL_PODS}
+            cmp_ = Comparison(c.port, c.proto, netpol.TruthTable(ALL_PODS, ALL_PODS, True), o)
+            if cmp_.wrong():
+                bad.append((f"{c.proto}/{c.port} audit mode: every probe allowed", cmp_))
+            if c.node_allowed is not None:
+                nb = [t for t in ALL_PODS if not obs[(NODE, t, c.port, c.proto, 4)].ok]
+                if nb:
+                    bad.append((f"{c.proto}/{c.port} from the node (audit mode)", "node -> " + ", ".join(nb)
+                                + ": expected allowed"))
+            want |= {(f, t, c.port, c.proto) for f in ALL_PODS for t in ALL_PODS
+                     if f != t and not c.reach.expected.get(f, t)}
+        # Records come asynchronously (NFLOG, read every 10 ms while busy): until they match, 5 s at most.
+        deadline = time.monotonic() + 5
+        while True:
+            got = audit_records(after)
+            if got == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if got == want:
+            log(f"  {label}: {len(want)} audit-denied (from, to, port, protocol), as the table denies")
+        if got != want:
+            missing, extra_ = sorted(want - (got or set())), sorted((got or set()) - want)
+            bad.append(("audit-denied records vs the truth table's denials",
+                        f"missing {len(missing)}: {missing[:12]}; not denied by the table {len(extra_)}: {extra_[:12]}"))
+        return bad
+
     attempts = 0
     while True:
+        after = last_seq() if args.policy_mode == "audit" else 0
         obs = cl.probe_matrix(combos + extra, with_node)
         res.probes += len(obs)
-        bad = compare(obs)
+        bad = compare_audit(obs, after) if args.policy_mode == "audit" else compare(obs)
         if not bad or attempts >= args.retries:
             break
         attempts += 1
@@ -423,7 +482,8 @@ def body(args, cases, table_problems, setup_test: harness.Test, run: harness.Run
                         handshake=args.handshake, via_service=args.via_service,
                         node_netns_flag=node_netns_flag and not args.emulate_datapath,
                         with_signet=not (args.via_service and args.emulate_datapath), nodes=args.nodes,
-                        warm_up=not args.no_first_contact, ns_modes=args.ns_modes)
+                        warm_up=not args.no_first_contact, ns_modes=args.ns_modes,
+                        signetd_args=["--policy-mode", "audit"] if args.policy_mode == "audit" else [])
     cl.setup()
     setup_secs = time.monotonic() - t0
     if args.emulate_datapath:

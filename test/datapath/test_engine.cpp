@@ -849,3 +849,62 @@ TEST_CASE("across a restart: handshakes caught between SYN and proof complete, n
         CHECK(B.engine->drops().lost() == 0);
     }
 }
+
+// Audit mode (docs/policy.md, "Audit mode"): what the policy refuses is
+// admitted as an allowed connection would be, and reported audit-denied once;
+// the identity's refusals stay refusals.
+TEST_CASE("audit mode: a policy refusal is admitted and reported audit-denied once; security refusals stay") {
+    std::vector<nft::LoggedPacket> reported;
+    handshake::HandshakeEngine::Context audit;
+    audit.policy_mode = policy::PolicyMode::audit;  // the node's default
+    audit.on_denied = [&](const std::string&, const nft::LoggedPacket& p) { reported.push_back(p); };
+    World w(audit);
+    w.clock().advance(kPastRecovery);
+    Node& A = w.node_a();
+    Node& B = w.node_b();
+    // c is not admitted by to-b: its proven identity is judged, denied, and
+    // admitted in audit mode; the handshake completes (authenticated).
+    Conn fromc{w, 43000, 5, 6};
+    fromc.client = "c";
+    fromc.client_ip = "10.0.0.3";
+    fromc.run();
+    CHECK(fromc.syn_in.accepted);
+    CHECK(fromc.syn_in.mark == nft::kCtMarkAwaitProof);
+    CHECK(fromc.ack_in.accepted);
+    CHECK(fromc.ack_in.mark == nft::kCtMarkAuthenticated);
+    CHECK(B.engine->counters().denied == 0);
+    CHECK(B.engine->counters().audit_denied == 1);
+    REQUIRE(reported.size() == 1);
+    CHECK(reported[0].prefix == "signet-audit ingress");
+    CHECK(reported[0].tuple.dport == kPort);
+    // a -> b is allowed: nothing reported.
+    Conn ok{w, 43001, 50, 60};
+    ok.run();
+    CHECK(ok.ack_in.accepted);
+    CHECK(reported.size() == 1);
+    // Security refusals in audit mode too: a tokenless SYN from a pod's
+    // address (enforce handshake), a spoofed source, a replayed token.
+    CHECK_FALSE(w.judge("b", kIn, segment("10.0.0.1", "10.0.1.1", 43002, kPort, 1, 0, tcpf::syn)).accepted);
+    CHECK(refused(B, "no_token") == 1);
+    CHECK_FALSE(w.judge("c", kOut, segment("10.0.0.1", "10.0.1.1", 43003, kPort, 1, 0, tcpf::syn)).accepted);
+    CHECK(refused(A, "spoofed_source") == 1);
+    Conn r{w, 43004, 77, 88};
+    r.run(2);
+    REQUIRE(r.syn_in.accepted);
+    CHECK_FALSE(w.judge("b", kPre, r.syn_out.bytes).accepted);
+    CHECK(refused(B, "replay") == 1);
+    CHECK(B.engine->counters().audit_denied == 1);
+
+    // The namespace's label enforce over the node's audit default: refused again.
+    World e(audit, [](cache::Snapshot& s) {
+        s.put(cache::Namespace{"x", {{"kubernetes.io/metadata.name", "x"}, {policy::kPolicyModeLabel, "enforce"}}});
+    });
+    e.clock().advance(kPastRecovery);
+    Conn denied{e, 43005, 5, 6};
+    denied.client = "c";
+    denied.client_ip = "10.0.0.3";
+    denied.run(2);
+    CHECK_FALSE(denied.syn_in.accepted);
+    CHECK(e.node_b().engine->counters().denied == 1);
+    CHECK(e.node_b().engine->counters().audit_denied == 0);
+}

@@ -57,7 +57,7 @@ struct World {
                 if (a == db) return policy::ObjectKey{"x", "db"};
                 return std::nullopt;
             },
-        nullptr});
+        nullptr, nullptr});
     }
 };
 

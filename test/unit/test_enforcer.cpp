@@ -164,3 +164,33 @@ TEST_CASE("enforcer: a failed write is reported, retried, and counted as not app
     CHECK(w.enforcer->programmed("c1/eth0"));
     CHECK_FALSE(w.enforcer->has_failures());
 }
+
+// Audit mode (docs/policy.md, "Audit mode"): the table says audit; while it
+// does nothing is cut; audit -> enforce is a rewrite that re-checks conntrack
+// and cuts what the policy does not allow.
+TEST_CASE("enforcer: audit mode: the table audits, nothing is cut, and audit -> enforce cuts") {
+    World w;
+    bool audit = true;
+    w.enforcer->set_audit([&audit](const api::PodRecord&) { return audit; });
+    // An established connection from b, not allowed by the policy (it got in while auditing).
+    w.fake->ct_entries["/fake/server"].push_back(tcp_conn("10.0.0.4", 40001, "10.0.0.2", 80));
+    w.enforcer->reprogram({cache::ObjectKey{"x", "server"}}, w.records);
+    REQUIRE(w.fake->tables.count("/fake/server"));
+    CHECK(w.fake->tables["/fake/server"].audit);
+    CHECK_FALSE(w.fake->calls.back().incremental);  // a structure change: the table is replaced
+    CHECK(w.fake->ct_entries["/fake/server"].size() == 2);
+    // A narrowing policy change while auditing cuts nothing either.
+    w.change(allow_from("c"));
+    CHECK(w.fake->tables["/fake/server"].audit);
+    CHECK(w.fake->ct_entries["/fake/server"].size() == 2);
+    // Back to enforce: the rewrite re-checks conntrack; neither a nor b is allowed by allow-from-c.
+    w.change(allow_from("b"));  // b allowed again (still auditing): nothing cut
+    CHECK(w.fake->ct_entries["/fake/server"].size() == 2);
+    audit = false;
+    size_t ct_before = w.fake->count(FakeBackend::Call::conntrack);
+    w.enforcer->reprogram({cache::ObjectKey{"x", "server"}}, w.records);
+    CHECK_FALSE(w.fake->tables["/fake/server"].audit);
+    CHECK(w.fake->count(FakeBackend::Call::conntrack) == ct_before + 1);
+    REQUIRE(w.fake->ct_entries["/fake/server"].size() == 1);  // a's connection cut, b's kept
+    CHECK(w.fake->ct_entries["/fake/server"][0] == tcp_conn("10.0.0.4", 40001, "10.0.0.2", 80));
+}

@@ -417,3 +417,35 @@ TEST_CASE("audit log: bounded, never blocking: a full pipe and the rate limit dr
     CHECK((*limited)->stats().written <= 11);
     CHECK((*limited)->stats().rate_limited == 50 - (*limited)->stats().written);
 }
+
+// Audit mode (docs/policy.md): what the policy would have denied, allowed and
+// recorded as a denied attempt with its own verdict, everywhere a verdict shows.
+TEST_CASE("flows: the audit-denied verdict in the records, the query filter, InfluxDB and the audit log") {
+    CHECK(to_string(Verdict::audit_denied) == "audit-denied");
+    for (Verdict v : {Verdict::allowed, Verdict::denied, Verdict::audit_denied})
+        CHECK(parse_verdict(to_string(v)) == v);
+    CHECK_FALSE(parse_verdict("audit_denied").has_value());
+    CHECK_FALSE(parse_verdict("").has_value());
+
+    FlowTable t;
+    t.add(rec(Record::denied, "api", "db", Verdict::denied, "default-deny", 1));
+    t.add(rec(Record::denied, "api", "web", Verdict::audit_denied, "default-deny", 2));
+    t.add(rec(Record::open, "api", "web", Verdict::allowed, "default-deny", 3));
+    auto audited = t.query(0, {"", "", "audit-denied"}, 100);
+    REQUIRE(audited.size() == 1);
+    CHECK(audited[0]->key.peer_pod == "web");
+    CHECK(t.query(0, {"", "", "denied"}, 100).size() == 1);  // not the audit-denied one
+    CHECK(t.stats().denied_records == 2);                      // both are attempts the policy refuses
+
+    auto pts = exporter::flow_points("node-1", t.take_interval(), {});
+    bool found = false;
+    for (const auto& p : pts)
+        for (const auto& [n, v] : p.tags)
+            if (n == "verdict" && v == "audit-denied") found = true;
+    CHECK(found);
+
+    auto doc = json::parse(AuditLog::line(rec(Record::denied, "api", "web", Verdict::audit_denied, "default-deny", 5), "n"));
+    REQUIRE(doc);
+    CHECK(std::string((*doc)["verdict"].GetString()) == "audit-denied");
+    CHECK(std::string((*doc)["policy"].GetString()) == "default-deny");
+}

@@ -108,6 +108,41 @@ TEST_CASE("golden: full table batch") {
     check_golden(*got, kFull);
 }
 
+// Audit mode: the same table, but the end of each isolated chain logs with
+// the audit prefix (same group, snaplen and rate limit) and accepts.
+TEST_CASE("golden: audit mode logs with its own prefix and accepts instead of dropping") {
+    PodRuleset rs = sample();
+    rs.audit = true;
+    auto got = describe_full_batch(rs, true);
+    REQUIRE(got.ok());
+    std::string want = kFull;
+    auto replace = [&](const std::string& from, const std::string& to) {
+        auto at = want.find(from);
+        REQUIRE(at != std::string::npos);
+        want.replace(at, from.size(), to);
+    };
+    for (const char* chain : {"ingress", "egress"}) {
+        const std::string c = chain;
+        replace("[ log prefix signet-deny " + c + " group 3471 snaplen 128 qthreshold 0 ] comment \"signet " + c +
+                    " deny-log\"",
+                "[ log prefix signet-audit " + c + " group 3471 snaplen 128 qthreshold 0 ] comment \"signet " + c +
+                    " audit-log\"");
+        replace("[ counter pkts 0 bytes 0 ] [ immediate reg 0 drop ] comment \"signet " + c + " default-deny\"",
+                "[ counter pkts 0 bytes 0 ] [ immediate reg 0 accept ] comment \"signet " + c + " audit-accept\"");
+    }
+    check_golden(*got, want);
+    CHECK(got->find(" drop ") == std::string::npos);
+    CHECK(std::string(kAuditLogPrefix) == "signet-audit ");
+    // Switching the mode is a structure change (a full replace), not an element update.
+    CHECK_FALSE(rs.same_structure(sample()));
+    // A pod that is not isolated has no default deny, so nothing to audit either.
+    PodRuleset open;
+    open.audit = true;
+    auto o = describe_full_batch(open, true);
+    REQUIRE(o.ok());
+    CHECK(o->find("audit") == std::string::npos);
+}
+
 TEST_CASE("golden: without NFT_MSG_DESTROYTABLE the delete is made idempotent") {
     auto got = describe_full_batch(sample(), false);
     REQUIRE(got.ok());

@@ -223,6 +223,7 @@ TEST_CASE("service judge: the client's egress judged on the backend it was trans
     auto snap = model();
     c.reset(snap, {{"x", "client", {"10.1.0.2"}}}, {"192.168.1.10"});
     Query q(c);
+    bool audit = false;  // the client's policy mode (docs/policy.md, "Audit mode")
     handshake::ServiceJudge judge(handshake::ServiceJudge::Context{
         &q,
         [](const Ip& a) -> std::optional<ObjectKey> {
@@ -234,7 +235,7 @@ TEST_CASE("service judge: the client's egress judged on the backend it was trans
                 if (!p.pod_ips.empty() && p.pod_ips[0] == to_string(a)) return k;
             return std::nullopt;
         },
-        nullptr});
+        nullptr, [&audit](const ObjectKey&) { return audit; }});
     auto verdict = [&](std::vector<uint8_t> bytes) {
         handshake::QueuedPacket qp;
         qp.payload = bytes;
@@ -260,4 +261,12 @@ TEST_CASE("service judge: the client's egress judged on the backend it was trans
     CHECK(judge.recent_denials()[0].client == "x/client");
     CHECK(judge.recent_denials()[0].backend == "y/web");
     CHECK(judge.recent_denials()[1].port == 5433);
+    // Audit mode: what the client's policy denies is accepted and counted apart.
+    audit = true;
+    CHECK(verdict(syn4("10.1.0.2", "10.1.1.5", 40005, 8080)) == handshake::kAccept);  // web: audit-denied
+    CHECK(verdict(syn4("10.1.0.2", "10.1.1.1", 40006, 5432)) == handshake::kAccept);  // db1: allowed
+    CHECK(verdict(syn4("10.9.9.9", "10.1.1.1", 40007, 5432)) == handshake::kDrop);    // still no local pod
+    CHECK(judge.counters().audit_denied == 1);
+    CHECK(judge.counters().denied == 2);
+    CHECK(judge.counters().allowed == 3);
 }
