@@ -106,7 +106,9 @@ TEST_CASE("enforcer: a widening change writes sets only and does not re-check co
     CHECK(w.fake->calls.back().sets_written == 1);
     CHECK(w.fake->calls.back().hash_sets_written == 1);
     const nft::PodRuleset& t = w.fake->tables.at("/fake/server");
-    for (const auto& [name, set] : t.sets) {
+    for (const auto& entry : t.sets) {
+        const std::string& name = entry.first;  // (not a structured binding: clang 14 cannot capture one in INFO)
+        const auto& set = entry.second;
         INFO(name);
         CHECK_FALSE(set.interval);  // podSelector peers and the node's addresses only
     }
