@@ -911,10 +911,9 @@ Decision HandshakeEngine::client_syn_ack(Attachment& at, const Packet& p, bool a
         // SYN-ACK with a fresh token. Verified and judged as a first one;
         // the proof then goes with a zero client nonce (the one our token
         // carried died with the previous process), which the server accepts.
-        bool fresh = false;
         if (!pending.contains(ck) && !make_room(pending, true))
             return refuse("pending_full", at, p, "too many handshakes in flight on this node, none completed to give up");
-        ClientPending& pend = pending.touch(ck, ctx_.clock.steady(), &fresh);
+        ClientPending& pend = pending.touch(ck, ctx_.clock.steady());
         pend = ClientPending{};
         pend.isn = b.client_isn;
         pend.attempts = 1;
@@ -984,7 +983,7 @@ Decision HandshakeEngine::judge_tokenless(const Attachment& at, const Packet& p,
     const bool proof_missing = pod_peer && at.mode == HandshakeMode::enforce;
     if (!allowed(at, ingress, as_pod, peer_ip, port, p, nullptr, !proof_missing)) {
         report_denied(at, p, ingress);
-        if (pod_peer && at.mode == HandshakeMode::enforce)
+        if (proof_missing)
             return refuse("no_token", at, p,
                           std::string("a tokenless ") + (ingress ? "SYN" : "SYN-ACK") + " from pod " +
                               pod_str(pod_peer->pod) + "'s address");
@@ -1032,8 +1031,9 @@ Decision HandshakeEngine::client_ack(Attachment& at, const Packet& p, bool at_no
 Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p, uint8_t hook) {
     const std::string ck = conn_key(binding_of_later(p, true));
     ServerPending* found = at.server.find(ck);
-    if (!found && at.inherited && recovering() && !server_evicted_live_ && hook != handshake::hook::input &&
-        p.options.token) {
+    // A handshake the previous signetd left between SYN and proof (docs/handshake.md, "Across a restart").
+    const bool orphan = !found && at.inherited && recovering() && !server_evicted_live_;
+    if (orphan && hook != handshake::hook::input && p.options.token) {
         // A segment with the option (the final ACK's proof), queued before
         // conntrack: whether its connection awaits a proof is not known
         // here. Stripped and passed unmarked: conntrack and the pod's table
@@ -1046,7 +1046,7 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p, uint8_t ho
         d.replacement = std::move(stripped->packet);
         return d;
     }
-    if (!found && at.inherited && recovering() && !server_evicted_live_ && hook == handshake::hook::input) {
+    if (orphan && hook == handshake::hook::input) {
         // A connection the previous signetd admitted on the client's
         // verified token (only it sets the "awaiting proof" mark this
         // segment was queued on), caught by the restart before the final
@@ -1119,14 +1119,14 @@ Decision HandshakeEngine::server_ack(Attachment& at, const Packet& p, uint8_t ho
     // signetd restarted before its proof lost its own (client_syn_ack's
     // recovery; the server's fresh nonce still binds the proof to this
     // SYN-ACK, the pair key to the client's node).
-    std::vector<identity::Nonce> client_nonces = sp.client_nonces;
-    client_nonces.push_back(identity::Nonce{});
-    for (const auto& cn : client_nonces) {
+    auto check = [&](const identity::Nonce& cn) {
         for (const auto& sn : sp.server_nonces) {
             auto want = identity::ack_proof(*sp.pair_key, b, cn, sn);
             match = match || (ok && CRYPTO_memcmp(want.data(), stripped->token.data(), want.size()) == 0);
         }
-    }
+    };
+    for (const auto& cn : sp.client_nonces) check(cn);
+    check(identity::Nonce{});
     if (!match) return refuse("bad_proof", at, p, "the final ACK's proof does not verify");
     sp.proven = true;
     at.server.set_done(ck, true, ctx_.clock.steady());
