@@ -19,35 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
-SERVER = r"""
-import socket, sys, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
-print("ready", flush=True)
-def serve(c):
-    while True:
-        d = c.recv(4096)
-        if not d: break
-        c.sendall(d)
-while True:
-    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
-
-# One long-lived connection; each input line sends a byte and reports the echo.
-CLIENT = r"""
-import socket, sys
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-    print("connected", flush=True)
-except OSError as e:
-    print("connect-failed", e, flush=True); sys.exit(0)
-for line in sys.stdin:
-    try:
-        s.settimeout(1.0); s.sendall(b"x"); d = s.recv(16)
-        print("ok" if d else "closed", flush=True)
-    except OSError as e:
-        print("fail", type(e).__name__, flush=True)
-"""
+# The echo server and the long-lived client of test_enforcement (the same cut to observe).
+from test_enforcement import CLIENT, SERVER  # noqa: E402
 
 
 def objects(mode):
